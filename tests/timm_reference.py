@@ -1,0 +1,49 @@
+"""timm reference models for the parity tests: random init, then every weight and
+statistic perturbed so that zero-initialised tensors (attention biases, the last BN of
+each MBConv, BN running stats) are exercised too."""
+import numpy as np
+import torch
+
+# Our registry names that timm lacks are timm's 224 model at another img_size.
+_TIMM_ALIASES = {
+    'deit_tiny_patch16_384': 'deit_tiny_patch16_224',
+    'deit_small_patch16_384': 'deit_small_patch16_224',
+    'deit_tiny_distilled_patch16_384': 'deit_tiny_distilled_patch16_224',
+    'deit_small_distilled_patch16_384': 'deit_small_distilled_patch16_224',
+}
+
+
+def create_timm_model(name: str, *, seed: int = 0, **kwargs):
+  import timm
+  torch.manual_seed(seed)
+  kwargs.setdefault('num_classes', 1000)  # timm's TinyViT defaults to the 21k head
+  timm_name = _TIMM_ALIASES.get(name, name)
+  if timm_name != name:
+    kwargs.setdefault('img_size', 384)
+  if name.startswith('tiny_vit'):
+    kwargs.pop('img_size', None)  # timm's TinyViT takes any input size as it is
+  model = timm.create_model(timm_name, pretrained=False, **kwargs)
+  perturb(model, seed)
+  return model
+
+
+@torch.no_grad()
+def perturb(model, seed: int):
+  g = torch.Generator().manual_seed(seed + 1)
+  for name, p in model.named_parameters():
+    scale = 0.5 if 'attention_biases' in name else 0.05
+    p.add_(scale * torch.randn(p.shape, generator=g))
+  for name, b in model.named_buffers():
+    if name.endswith('running_mean'):
+      b.copy_(0.1 * torch.randn(b.shape, generator=g))
+    elif name.endswith('running_var'):
+      b.copy_(0.5 + torch.rand(b.shape, generator=g))
+
+
+def timm_logits(model, images_nhwc: np.ndarray):
+  """Runs timm on NHWC numpy images; returns numpy logits (a tuple for two heads)."""
+  with torch.no_grad():
+    out = model(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).contiguous())
+  if isinstance(out, tuple):
+    return tuple(o.numpy() for o in out)
+  return out.numpy()

@@ -1,0 +1,222 @@
+"""Weights both ways between our models and timm / official (Cream) PyTorch checkpoints.
+
+Our module names equal timm's, so a state path maps onto a timm key by renaming its
+leaf (``kernel`` -> ``weight``, ``scale`` -> ``weight``, ``mean`` -> ``running_mean``, ...)
+and transposing kernels (Linear ``(in, out)`` <-> ``(out, in)``, conv HWIO <-> OIHW).
+Cream TinyViT checkpoints are renamed to timm's names first (``cream_to_timm``).
+
+CLI::
+
+  python -m tinyvit_jax.convert --model tiny_vit_5m_224 --from ckpt.pth --out DIR
+  python -m tinyvit_jax.convert --model tiny_vit_5m_224 --from DIR --to-timm out.safetensors
+"""
+import argparse
+import os
+import re
+import sys
+
+import numpy as np
+from flax import nnx
+
+from tinyvit_jax import model_checkpoint
+from tinyvit_jax.models import WEIGHTS, create_model
+
+_LEAF_TO_TIMM = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
+                 'var': 'running_var'}
+# Keys timm/Cream carry that hold no weights of ours.
+_IGNORED_SUFFIXES = ('num_batches_tracked', 'attention_bias_idxs')
+
+
+class StateDictMismatch(ValueError):
+  """A checkpoint whose keys or shapes do not fit the model; lists every offender."""
+
+
+def _to_timm_array(leaf: str, value: np.ndarray) -> np.ndarray:
+  if leaf == 'kernel' and value.ndim == 2:
+    return value.T
+  if leaf == 'kernel' and value.ndim == 4:
+    return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW (depthwise (k,k,1,C) -> (C,1,k,k))
+  return value
+
+
+def _from_timm_array(leaf: str, value: np.ndarray) -> np.ndarray:
+  if leaf == 'kernel' and value.ndim == 2:
+    return value.T
+  if leaf == 'kernel' and value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+  return value
+
+
+def _timm_layout(model: nnx.Module):
+  """Yields (timm_key, state_path, leaf) for every weight the model holds."""
+  state = nnx.state(model, WEIGHTS)
+  for path, _ in nnx.to_flat_state(state):
+    leaf = str(path[-1])
+    yield '.'.join(map(str, path[:-1] + (_LEAF_TO_TIMM.get(leaf, leaf),))), path, leaf
+
+
+def to_timm_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+  """Our weights under timm's keys and layouts, float32, with BN's num_batches_tracked."""
+  state = dict(nnx.to_flat_state(nnx.state(model, WEIGHTS)))
+  out = {}
+  for key, path, leaf in _timm_layout(model):
+    out[key] = np.ascontiguousarray(_to_timm_array(leaf, np.asarray(state[path][...])))
+    if leaf == 'var':
+      out[key.rsplit('.', 1)[0] + '.num_batches_tracked'] = np.zeros((), np.int64)
+  return out
+
+
+def _head_hint(model, name: str, expected: tuple, found: tuple) -> str:
+  if name in ('head.fc.weight', 'head.weight', 'head_dist.weight') and expected[1:] == found[1:]:
+    return (f' The checkpoint has a {found[0]}-class head and the model {expected[0]}: '
+            f'pass --num-classes {found[0]} (num_classes={found[0]}).')
+  return ''
+
+
+def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
+  """Loads a timm-named state_dict (numpy or torch tensors) into ``model`` in place.
+
+  Every missing, unexpected or wrongly shaped key is reported in one error.
+  """
+  sd = {k: _as_numpy(v) for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
+  state = nnx.state(model, WEIGHTS)
+  flat = dict(nnx.to_flat_state(state))
+  missing, wrong_shape, hint, updates = [], [], '', {}
+  expected_keys = set()
+  for key, path, leaf in _timm_layout(model):
+    expected_keys.add(key)
+    if key not in sd:
+      missing.append(key)
+      continue
+    expected = _to_timm_array(leaf, np.zeros(flat[path][...].shape, np.int8)).shape
+    if sd[key].shape != expected:
+      wrong_shape.append(f'{key}: expected {expected}, found {sd[key].shape}')
+      hint = hint or _head_hint(model, key, expected, sd[key].shape)
+      continue
+    updates[path] = _from_timm_array(leaf, sd[key]).astype(flat[path][...].dtype)
+  unexpected = sorted(set(sd) - expected_keys)
+  if missing or unexpected or wrong_shape:
+    lines = [f'State dict does not fit {type(model).__name__}:{hint}']
+    for title, items in (('missing', missing), ('unexpected', unexpected),
+                         ('wrong shape', wrong_shape)):
+      if items:
+        lines.append(f'  {len(items)} {title}:')
+        lines += [f'    {item}' for item in items]
+    raise StateDictMismatch('\n'.join(lines))
+  for path, value in updates.items():
+    flat[path][...] = value
+  return model
+
+
+def _as_numpy(value) -> np.ndarray:
+  if hasattr(value, 'detach'):  # torch.Tensor, without importing torch
+    value = value.detach().cpu().float().numpy() if value.is_floating_point() \
+        else value.detach().cpu().numpy()
+  return np.asarray(value)
+
+
+# Cream (microsoft/Cream, TinyViT) -> timm key renaming, applied in order.
+_CREAM_TO_TIMM = [
+    (r'^patch_embed\.seq\.0\.', 'patch_embed.conv1.'),
+    (r'^patch_embed\.seq\.2\.', 'patch_embed.conv2.'),
+    (r'\.c\.', '.conv.'),
+    (r'^norm_head\.', 'head.norm.'),
+    (r'^head\.(weight|bias)$', r'head.fc.\1'),
+    (r'^layers\.(\d+)\.blocks\.', r'stages.\1.blocks.'),
+]
+
+
+def cream_to_timm(state_dict: dict) -> dict:
+  """Renames an official Cream TinyViT state_dict to timm's keys.
+
+  Cream keeps the patch merging at the end of layer k; timm at the start of stage k+1.
+  """
+  out = {}
+  for key, value in state_dict.items():
+    m = re.match(r'^layers\.(\d+)\.downsample\.(.*)$', key)
+    if m:
+      key = f'stages.{int(m.group(1)) + 1}.downsample.{m.group(2)}'
+    for pattern, repl in _CREAM_TO_TIMM:
+      key = re.sub(pattern, repl, key)
+    out[key] = value
+  return out
+
+
+def is_cream_state_dict(state_dict: dict) -> bool:
+  return any(k.startswith(('layers.', 'patch_embed.seq.', 'norm_head.')) for k in state_dict)
+
+
+def read_state_dict(path: str) -> dict:
+  """Reads a .safetensors file or a torch checkpoint (its ``model`` / ``state_dict``
+  entry if present), with Cream names converted to timm's."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Checkpoint file {path!r} does not exist.')
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file
+    sd = load_file(path)
+  else:
+    try:
+      import torch
+    except ImportError as e:
+      raise ImportError(f'Reading {path!r} needs torch (pip install torch), or convert it '
+                        'to .safetensors first.') from e
+    sd = torch.load(path, map_location='cpu', weights_only=True)
+    for entry in ('model', 'state_dict'):
+      if isinstance(sd, dict) and entry in sd and isinstance(sd[entry], dict):
+        sd = sd[entry]
+  return cream_to_timm(sd) if is_cream_state_dict(sd) else sd
+
+
+def write_timm_safetensors(model: nnx.Module, path: str) -> None:
+  """Writes timm-named weights atomically: a killed write leaves no file at ``path``."""
+  from safetensors.numpy import save_file
+  tmp = f'{path}.tmp-{os.getpid()}'
+  save_file(to_timm_state_dict(model), tmp)
+  os.replace(tmp, path)
+
+
+def _parse_args(argv):
+  p = argparse.ArgumentParser(prog='python -m tinyvit_jax.convert', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--model', required=True, help='registered model name, e.g. tiny_vit_5m_224')
+  p.add_argument('--from', dest='src', required=True,
+                 help='timm/Cream .pth/.safetensors file, or (with --to-timm) our checkpoint dir')
+  p.add_argument('--out', help='output directory for our (orbax) model checkpoint')
+  p.add_argument('--to-timm', help='write a timm-named .safetensors instead')
+  p.add_argument('--num-classes', type=int, default=None,
+                 help='classifier size; default: read from the checkpoint head')
+  args = p.parse_args(argv)
+  if bool(args.out) == bool(args.to_timm):
+    p.error('give exactly one of --out (timm/Cream -> ours) or --to-timm (ours -> timm)')
+  return args
+
+
+def _head_classes(sd: dict) -> int | None:
+  for key in ('head.fc.weight', 'head.weight'):
+    if key in sd:
+      return int(sd[key].shape[0])
+  return None
+
+
+def run(argv=None) -> int:
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    if args.to_timm:
+      model = model_checkpoint.restore_model(args.src)
+      write_timm_safetensors(model, args.to_timm)
+      print(f'Wrote timm weights of {args.src} to {args.to_timm}')
+      return 0
+    sd = read_state_dict(args.src)
+    num_classes = args.num_classes or _head_classes(sd) or 1000
+    model = create_model(args.model, num_classes=num_classes)
+    load_timm_state_dict(model, sd)
+    model_checkpoint.save_model(args.out, model, args.model, num_classes=num_classes)
+    print(f'Wrote {args.model} ({num_classes} classes) to {args.out}')
+    return 0
+  except (StateDictMismatch, FileNotFoundError, FileExistsError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(run())

@@ -1,0 +1,1 @@
+"""Data: sources, keyed epoch order and augmentation. Knows nothing of models."""

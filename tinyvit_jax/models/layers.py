@@ -1,0 +1,130 @@
+"""Building blocks shared by the model files.
+
+Attribute names follow timm's module names (``conv``, ``bn``, ``fc1``...) so that a flat
+NNX state path such as ``stages.1.blocks.0.attn.qkv.kernel`` maps onto the timm key
+``stages.1.blocks.0.attn.qkv.weight`` by renaming the leaf alone (see ``convert.py``).
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tinyvit_jax.models import conv_ops
+
+# The state that makes up a model's weights: parameters and BatchNorm statistics.
+WEIGHTS = (nnx.Param, nnx.BatchStat)
+
+trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0, upper=2.0)
+
+
+def gelu(x):
+  """Exact (erf) GELU, as timm's nn.GELU; the tanh form breaks parity."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def linear(din: int, dout: int, *, rngs: nnx.Rngs, dtype=None, use_bias: bool = True):
+  """A Linear initialised as in timm/DeiT: truncated normal(0.02) weight, zero bias."""
+  return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal_02,
+                    bias_init=nnx.initializers.zeros_init(), dtype=dtype,
+                    param_dtype=jnp.float32, rngs=rngs)
+
+
+def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs, dtype=None):
+  return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def conv_kernel_init(key, shape):
+  """timm leaves convs at torch's default init, kaiming_uniform(a=sqrt(5)), which is
+  uniform(+-1/sqrt(fan_in)). ``shape`` is HWIO."""
+  bound = 1.0 / (shape[0] * shape[1] * shape[2]) ** 0.5
+  return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
+
+
+class BatchNorm(nnx.Module):
+  """BatchNorm with PyTorch's semantics, so timm statistics carry over exactly.
+
+  Batch statistics are computed in float32 over every axis but the last; under a
+  sharded jit that is the global batch. The running variance is updated with the
+  unbiased batch variance, as torch does (flax's BatchNorm uses the biased one).
+  """
+
+  def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5,
+               scale_init: float = 1.0, use_running_average: bool = False):
+    self.scale = nnx.Param(jnp.full((num_features,), scale_init, jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.momentum = momentum
+    self.eps = eps
+    self.use_running_average = use_running_average
+
+  def __call__(self, x):
+    dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axis=axes)
+      var = jnp.mean(jnp.square(xf - mean), axis=axes)
+      n = x.size // x.shape[-1]
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+      self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
+    mul = self.scale[...] * jax.lax.rsqrt(var + self.eps)
+    return (xf * mul + (self.bias[...] - mean * mul)).astype(dtype)
+
+
+class ConvNorm(nnx.Module):
+  """Bias-free conv followed by BatchNorm (timm's ``ConvNorm``, Cream's ``Conv2d_BN``)."""
+
+  def __init__(self, cin: int, cout: int, *, k: int = 1, stride: int = 1, pad: int = 0,
+               groups: int = 1, bn_weight_init: float = 1.0, conv_impl: str = 'auto',
+               dtype=None, rngs: nnx.Rngs):
+    kernel = conv_kernel_init(rngs.params(), (k, k, cin // groups, cout))
+    self.conv = _Conv(kernel, stride=stride, pad=pad, groups=groups, conv_impl=conv_impl,
+                      dtype=dtype)
+    self.bn = BatchNorm(cout, scale_init=bn_weight_init)
+
+  def __call__(self, x):
+    return self.bn(self.conv(x))
+
+
+class _Conv(nnx.Module):
+  """The conv half of ConvNorm: holds the kernel under timm's name ``conv``."""
+
+  def __init__(self, kernel, *, stride, pad, groups, conv_impl, dtype):
+    self.kernel = nnx.Param(kernel)
+    self.stride, self.pad, self.groups = stride, pad, groups
+    self.conv_impl = conv_impl
+    self.dtype = dtype
+
+  def __call__(self, x):
+    kernel = self.kernel[...]
+    if self.dtype is not None:
+      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    return conv_ops.conv2d(x, kernel, stride=self.stride, pad=self.pad, groups=self.groups,
+                           impl=self.conv_impl)
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth: drops the whole residual branch per sample, scales the rest."""
+
+  def __init__(self, rate: float, *, rngs: nnx.Rngs):
+    self.rate = rate
+    self.deterministic = False
+    self.rngs = rngs['dropout'].fork() if rate > 0 else nnx.data(None)
+
+  def __call__(self, x):
+    if self.deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+  """Linearly increasing rates over all blocks, as timm's calculate_drop_path_rates."""
+  if depth == 1:
+    return [0.0]
+  return [rate * i / (depth - 1) for i in range(depth)]
