@@ -1,0 +1,52 @@
+"""Parameter counts and MACs against timm and the TinyViT paper."""
+import jax
+import pytest
+from flax import nnx
+
+from timm_reference import create_timm_model
+from tinyvit_jax.models import create_model, list_models
+from tinyvit_jax.models.macs import count_macs, xla_flops
+
+
+def _num_params(model) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize('name, num_classes, expected', [
+    ('tiny_vit_5m_224', 1000, 5_392_764),
+    ('tiny_vit_11m_224', 1000, 10_996_972),
+    ('tiny_vit_21m_224', 1000, 21_198_568),
+    ('tiny_vit_5m_224', 21841, 12_082_725),
+    ('deit_tiny_distilled_patch16_224', 1000, 5_910_800),
+])
+def test_param_counts_match_the_papers(name, num_classes, expected):
+  assert _num_params(create_model(name, num_classes=num_classes)) == expected
+
+
+@pytest.mark.parametrize('name', list_models())
+def test_param_counts_equal_timms(name):
+  timm_model = create_timm_model(name)
+  timm_count = sum(p.numel() for p in timm_model.parameters())
+  assert _num_params(create_model(name)) == timm_count
+
+
+@pytest.mark.parametrize('name, img_size, paper_gmacs', [
+    ('tiny_vit_5m_224', 224, 1.3),
+    ('tiny_vit_11m_224', 224, 2.0),
+    ('tiny_vit_21m_224', 224, 4.3),
+    ('tiny_vit_21m_384', 384, 13.8),
+    ('tiny_vit_21m_512', 512, 27.0),
+])
+def test_macs_within_10_percent_of_paper(name, img_size, paper_gmacs):
+  model = create_model(name, conv_impl='xla')
+  model.eval()
+  gmacs = count_macs(model, img_size) / 1e9
+  assert abs(gmacs - paper_gmacs) <= 0.1 * paper_gmacs, gmacs
+
+
+def test_xla_cost_analysis_agrees_with_the_mac_count():
+  """XLA counts 2 flops per MAC plus the elementwise ops, which cost a little extra."""
+  model = create_model('tiny_vit_5m_224', conv_impl='xla')
+  model.eval()
+  macs = count_macs(model, 224)
+  assert 2 * macs <= xla_flops(model, 224) <= 2 * macs * 1.25
