@@ -1,0 +1,168 @@
+"""Weights both ways: timm/Cream -> ours -> timm, the CLI, and mismatch errors."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from test_models_parity import _apply, assert_logits_close
+from timm_reference import create_timm_model, timm_logits
+from tinyvit_jax import convert, model_checkpoint
+from tinyvit_jax.models import create_model
+
+_NAMES = ['tiny_vit_5m_224', 'deit_tiny_distilled_patch16_224']
+
+
+def _images(size=224, batch=2, seed=1):
+  return np.random.RandomState(seed).randn(batch, size, size, 3).astype(np.float32)
+
+
+def _ours_from_timm(name, timm_model, **kwargs):
+  model = create_model(name, **kwargs)
+  convert.load_timm_state_dict(model, timm_model.state_dict())
+  model.eval()
+  return model
+
+
+@pytest.mark.parametrize('name', _NAMES)
+def test_round_trip_through_timm_safetensors(name, tmp_path):
+  """ours -> timm-named safetensors -> timm (strict load) gives the same logits."""
+  source = create_timm_model(name, seed=3)
+  ours = _ours_from_timm(name, source)
+  path = str(tmp_path / 'w.safetensors')
+  convert.write_timm_safetensors(ours, path)
+
+  from safetensors.torch import load_file
+  fresh = create_timm_model(name, seed=99)
+  fresh.load_state_dict(load_file(path), strict=True)
+  fresh.eval()
+  images = _images()
+  assert_logits_close(_apply(ours, images), timm_logits(fresh, images))
+
+
+def _timm_to_cream_by_the_documented_renaming(sd):
+  """Written independently of convert.py, from the key list in facts.md."""
+  out = {}
+  for key, value in sd.items():
+    if key.endswith('num_batches_tracked'):
+      continue
+    key = key.replace('patch_embed.conv1.', 'patch_embed.seq.0.')
+    key = key.replace('patch_embed.conv2.', 'patch_embed.seq.2.')
+    key = re.sub(r'\.conv\.(weight)$', r'.c.\1', key)
+    key = key.replace('head.norm.', 'norm_head.').replace('head.fc.', 'head.')
+    m = re.match(r'stages\.(\d+)\.downsample\.(.*)', key)
+    if m:  # Cream keeps patch merging at the end of the previous layer
+      key = f'layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}'
+    key = re.sub(r'^stages\.', 'layers.', key)
+    out[key] = value
+  # Cream also stores the bias index buffers; they hold no weights.
+  out['layers.1.blocks.0.attn.attention_bias_idxs'] = torch.zeros(49, 49, dtype=torch.long)
+  return out
+
+
+def test_cream_checkpoint_loads_and_matches(tmp_path):
+  timm_model = create_timm_model('tiny_vit_5m_224', seed=5)
+  cream_sd = _timm_to_cream_by_the_documented_renaming(timm_model.state_dict())
+  assert 'layers.0.downsample.conv2.c.weight' in cream_sd
+  path = tmp_path / 'tiny_vit_5m_1k.pth'
+  torch.save({'model': cream_sd, 'epoch': 299}, path)
+
+  ours = create_model('tiny_vit_5m_224')
+  convert.load_timm_state_dict(ours, convert.read_state_dict(str(path)))
+  ours.eval()
+  timm_model.eval()
+  images = _images()
+  assert_logits_close(_apply(ours, images), timm_logits(timm_model, images))
+
+
+def test_mismatch_lists_every_key_with_shapes():
+  sd = {k: v for k, v in create_timm_model('tiny_vit_5m_224').state_dict().items()}
+  del sd['stages.1.blocks.0.attn.qkv.weight']
+  del sd['head.norm.bias']
+  sd['stages.9.extra.weight'] = torch.zeros(3)
+  sd['stages.2.blocks.0.attn.attention_biases'] = torch.zeros(5, 49)
+  with pytest.raises(convert.StateDictMismatch) as err:
+    convert.load_timm_state_dict(create_model('tiny_vit_5m_224'), sd)
+  msg = str(err.value)
+  assert '2 missing' in msg and 'stages.1.blocks.0.attn.qkv.weight' in msg
+  assert 'head.norm.bias' in msg
+  assert '1 unexpected' in msg and 'stages.9.extra.weight' in msg
+  assert 'stages.2.blocks.0.attn.attention_biases: expected (5, 196), found (5, 49)' in msg
+
+
+def test_head_size_mismatch_names_the_flag():
+  sd = create_timm_model('tiny_vit_5m_224', num_classes=21841).state_dict()
+  with pytest.raises(convert.StateDictMismatch, match='pass --num-classes 21841'):
+    convert.load_timm_state_dict(create_model('tiny_vit_5m_224'), sd)
+
+
+def test_21k_head_loads_into_a_21k_model():
+  timm_model = create_timm_model('tiny_vit_5m_224', num_classes=21841, seed=7)
+  ours = _ours_from_timm('tiny_vit_5m_224', timm_model, num_classes=21841)
+  timm_model.eval()
+  images = _images(batch=1)
+  assert_logits_close(_apply(ours, images), timm_logits(timm_model, images))
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'tinyvit_jax.convert', *args],
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_both_ways(tmp_path):
+  """.pth -> our orbax checkpoint (head size read from the file) -> timm safetensors."""
+  timm_model = create_timm_model('tiny_vit_5m_224', num_classes=21841, seed=11)
+  torch.save(timm_model.state_dict(), tmp_path / 'in.pth')
+  out = tmp_path / 'ours'
+  result = _cli('--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'in.pth'),
+                '--out', str(out))
+  assert result.returncode == 0, result.stderr
+  assert '21841 classes' in result.stdout
+
+  restored = model_checkpoint.restore_model(str(out))
+  restored.eval()
+  timm_model.eval()
+  images = _images(batch=1)
+  assert_logits_close(_apply(restored, images), timm_logits(timm_model, images))
+
+  again = _cli('--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'in.pth'),
+               '--out', str(out))
+  assert again.returncode == 2 and 'exists' in again.stderr
+
+  back = _cli('--model', 'tiny_vit_5m_224', '--from', str(out),
+              '--to-timm', str(tmp_path / 'back.safetensors'))
+  assert back.returncode == 0, back.stderr
+  from safetensors.torch import load_file
+  fresh = create_timm_model('tiny_vit_5m_224', num_classes=21841, seed=0)
+  fresh.load_state_dict(load_file(tmp_path / 'back.safetensors'), strict=True)
+  fresh.eval()
+  np.testing.assert_array_equal(timm_logits(fresh, images), timm_logits(timm_model, images))
+
+
+def test_cli_missing_file_is_a_clear_error(tmp_path):
+  result = _cli('--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'nope.pth'),
+                '--out', str(tmp_path / 'o'))
+  assert result.returncode == 2
+  assert 'nope.pth' in result.stderr and 'does not exist' in result.stderr
+  assert not (tmp_path / 'o').exists()
+
+
+def test_restore_from_a_non_checkpoint_dir_says_how_to_make_one(tmp_path):
+  with pytest.raises(FileNotFoundError, match='tinyvit_jax.convert'):
+    model_checkpoint.restore_model(str(tmp_path))
+
+
+def test_a_failed_save_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+  model = create_model('deit_tiny_patch16_224', img_size=32, num_classes=3)
+
+  def broken_dump(*args, **kwargs):
+    raise OSError('disk full')
+
+  monkeypatch.setattr(model_checkpoint.json, 'dump', broken_dump)
+  with pytest.raises(OSError, match='disk full'):
+    model_checkpoint.save_model(str(tmp_path / 'ckpt'), model, 'deit_tiny_patch16_224',
+                                img_size=32, num_classes=3)
+  assert list(tmp_path.iterdir()) == []
