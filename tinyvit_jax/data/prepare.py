@@ -1,0 +1,141 @@
+"""Converts an image folder to ArrayRecord shards, the fast way to read a big folder.
+
+  python -m tinyvit_jax.data.prepare --folder ROOT --out DIR [--shard-size N]
+
+ROOT is laid out as ROOT/<class>/<image>. The output is read by ``ArrayRecordSource``.
+
+Undecodable files (corrupt, truncated, not an image) are skipped: each is reported by
+path as it is found, and the count and list go to DIR/metadata.json.
+
+A killed conversion resumes. Shard i holds files [i*N, (i+1)*N) of the sorted folder
+listing, so shard contents never depend on earlier shards. Each shard is written under a
+temporary name and renamed when complete, after a sidecar JSON naming the files it
+covers. A rerun keeps every shard whose sidecar matches the current listing and
+redoes the others. metadata.json is written last and marks the conversion complete.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+from array_record.python import array_record_module
+from tqdm import tqdm
+
+from tinyvit_jax.data import array_record_source
+from tinyvit_jax.data import decode
+from tinyvit_jax.data import image_folder
+
+# Records are read one at a time in random order, and the images are already compressed.
+_WRITER_OPTIONS = 'group_size:1,uncompressed'
+
+
+def _write_json(path: str, value) -> None:
+  """Writes JSON atomically: a kill leaves either the old file or the new one."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_shard(folder: str, files: list, path: str, progress: tqdm) -> dict:
+  """Writes one shard under a temporary name, then renames it; returns its summary."""
+  writer = array_record_module.ArrayRecordWriter(path + '.tmp', _WRITER_OPTIONS)
+  skipped = []
+  for name, label in files:
+    with open(os.path.join(folder, name), 'rb') as f:
+      data = f.read()
+    try:
+      decode.decode_image(data)
+    except decode.DECODE_ERRORS as error:
+      tqdm.write(f'skipping {os.path.join(folder, name)}: {error}', file=sys.stderr)
+      skipped.append(name)
+    else:
+      writer.write(array_record_source.encode_record(label, name, data))
+    progress.update()
+  writer.close()
+  summary = dict(files=[list(file) for file in files], num_records=len(files) - len(skipped),
+                 skipped=skipped)
+  _write_json(path + '.json', summary)
+  os.replace(path + '.tmp', path)
+  return summary
+
+
+def _finished_shard(path: str, files: list) -> dict | None:
+  """The summary of a shard a previous run completed for these same files, else None."""
+  if not (os.path.exists(path) and os.path.exists(path + '.json')):
+    return None
+  summary = _read_json(path + '.json')
+  return summary if summary['files'] == [list(file) for file in files] else None
+
+
+def prepare(folder: str, out: str, shard_size: int = 1000) -> dict:
+  """Converts (or finishes converting) ``folder`` into ``out``; returns the metadata."""
+  if shard_size < 1:
+    raise ValueError(f'--shard-size {shard_size} must be at least 1.')
+  class_names, files = image_folder.list_image_folder(folder)
+  chunks = [files[start:start + shard_size] for start in range(0, len(files), shard_size)]
+  names = [f'shard-{i:05d}-of-{len(chunks):05d}.array_record' for i in range(len(chunks))]
+  os.makedirs(out, exist_ok=True)
+  foreign = sorted(set(map(os.path.basename, glob.glob(os.path.join(out, 'shard-*.array_record'))))
+                   - set(names))
+  if foreign:
+    raise ValueError(f'{out!r} holds shards of another conversion ({foreign[0]}, ...); '
+                     'use a new --out, or delete them to convert again.')
+  for stale in glob.glob(os.path.join(out, 'shard-*.tmp')):
+    os.remove(stale)
+  metadata_path = os.path.join(out, array_record_source.METADATA_FILE)
+  if os.path.exists(metadata_path):
+    os.remove(metadata_path)
+  summaries = []
+  with tqdm(total=len(files), unit='img', desc=f'preparing {out}') as progress:
+    for name, chunk in zip(names, chunks):
+      path = os.path.join(out, name)
+      summary = _finished_shard(path, chunk)
+      if summary is None:
+        summary = _write_shard(folder, chunk, path, progress)
+      else:
+        progress.update(len(chunk))
+      summaries.append(summary)
+  skipped = [name for summary in summaries for name in summary['skipped']]
+  class_counts = [0] * len(class_names)
+  for name, label in files:
+    class_counts[label] += name not in skipped
+  metadata = dict(
+      format_version=array_record_source.FORMAT_VERSION, class_names=class_names, class_counts=class_counts,
+      num_records=sum(summary['num_records'] for summary in summaries),
+      shards=[dict(file=name, num_records=summary['num_records'])
+              for name, summary in zip(names, summaries)],
+      num_skipped=len(skipped), skipped=skipped)
+  _write_json(metadata_path, metadata)
+  return metadata
+
+
+def _parse_args(argv):
+  p = argparse.ArgumentParser(prog='python -m tinyvit_jax.data.prepare', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--folder', required=True, help='image folder, laid out ROOT/<class>/<image>')
+  p.add_argument('--out', required=True, help='output directory for shards and metadata.json')
+  p.add_argument('--shard-size', type=int, default=1000, help='images per shard')
+  return p.parse_args(argv)
+
+
+def run(argv=None) -> int:
+  args = _parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    metadata = prepare(args.folder, args.out, args.shard_size)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'Wrote {metadata["num_records"]} images of {len(metadata["class_names"])} classes '
+        f'in {len(metadata["shards"])} shards to {args.out}. Skipped {metadata["num_skipped"]} '
+        f'undecodable files (listed under "skipped" in metadata.json).')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(run())
