@@ -1,0 +1,115 @@
+"""Epoch order and its split over steps and processes: pure arithmetic on (seed, epoch, step)."""
+from hypothesis import given, settings, strategies as st
+import numpy as np
+import pytest
+
+from tinyvit_jax.data import order
+
+
+def _stream(seed, n, global_batch, process_index, process_count, steps):
+  """(epoch, position, index) rows that one process reads over ``steps``."""
+  per_epoch = order.steps_per_epoch(n, global_batch)
+  rows = []
+  for step in steps:
+    epoch, batch = order.epoch_and_batch(step, per_epoch)
+    positions = order.process_positions(batch, global_batch, process_index, process_count)
+    indices = order.epoch_permutation(seed, epoch, n)[positions]
+    rows += [(epoch, p, i) for p, i in zip(positions, indices)]
+  return rows
+
+
+def test_permutation_is_pure_and_changes_with_epoch_and_seed():
+  first = order.epoch_permutation(3, 5, 1000)
+  assert np.array_equal(np.sort(first), np.arange(1000))
+  order.epoch_permutation.cache_clear()
+  assert np.array_equal(order.epoch_permutation(3, 5, 1000), first)  # recomputed, same
+  assert not np.array_equal(order.epoch_permutation(3, 6, 1000), first)
+  assert not np.array_equal(order.epoch_permutation(4, 5, 1000), first)
+  assert not first.flags.writeable  # the cached array cannot be corrupted by a caller
+
+
+def test_permutation_is_pinned():
+  # Guards the order across machines and library versions: stored teacher logits and
+  # Mixup pairs depend on it.
+  assert order.epoch_permutation(0, 0, 10).tolist() == [8, 5, 6, 3, 1, 7, 2, 4, 9, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), global_batch=st.integers(1, 64), process_count=st.integers(1, 8))
+def test_process_slices_tile_the_global_batch(n, global_batch, process_count):
+  global_batch *= process_count
+  if n < global_batch:
+    return
+  for batch in (0, order.steps_per_epoch(n, global_batch) - 1):
+    slices = [order.process_positions(batch, global_batch, k, process_count)
+              for k in range(process_count)]
+    assert np.array_equal(np.concatenate(slices),
+                          np.arange(batch * global_batch, (batch + 1) * global_batch))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 200), global_batch=st.integers(1, 32), process_count=st.integers(1, 4),
+       resume=st.integers(0, 30))
+def test_resuming_at_a_step_continues_the_same_stream(n, global_batch, process_count, resume):
+  global_batch *= process_count
+  if n < global_batch:
+    return
+  straight = _stream(7, n, global_batch, process_count - 1, process_count, range(40))
+  resumed = _stream(7, n, global_batch, process_count - 1, process_count, range(resume, 40))
+  per_process = global_batch // process_count
+  assert resumed == straight[resume * per_process:]
+
+
+def test_each_epoch_reads_n_floor_b_examples_once_and_drops_the_tail():
+  n, global_batch = 50, 8
+  assert order.steps_per_epoch(n, global_batch) == 6
+  rows = _stream(1, n, global_batch, 0, 1, range(12))
+  for epoch in (0, 1):
+    indices = [i for e, _, i in rows if e == epoch]
+    assert len(indices) == len(set(indices)) == 48
+    positions = [p for e, p, _ in rows if e == epoch]
+    assert positions == list(range(48))
+  dropped = [set(range(n)) - {i for e, _, i in rows if e == epoch} for epoch in (0, 1)]
+  assert dropped[0] != dropped[1]  # the order changes, so different examples miss out
+
+
+def test_eval_positions_cover_everything_once_padded_and_masked():
+  n, global_batch = 21, 8
+  assert order.eval_steps(n, global_batch) == 3
+  seen = []
+  for batch in range(3):
+    for k in range(2):
+      positions, mask = order.eval_positions(batch, n, global_batch, k, 2)
+      assert len(positions) == 4 and positions.max() < n
+      seen += positions[mask].tolist()
+  assert seen == list(range(n))
+
+
+def test_step_to_epoch_and_batch():
+  assert [order.epoch_and_batch(s, 3) for s in (0, 2, 3, 7)] == [(0, 0), (0, 2), (1, 0), (2, 1)]
+  with pytest.raises(ValueError, match='step -1 must be non-negative'):
+    order.epoch_and_batch(-1, 3)
+
+
+def test_empty_or_too_small_dataset():
+  with pytest.raises(ValueError, match=r'dataset is empty \(0 examples\)'):
+    order.epoch_permutation(0, 0, 0)
+  with pytest.raises(ValueError, match=r'dataset is empty'):
+    order.steps_per_epoch(0, 8)
+  with pytest.raises(ValueError, match='has 5 examples, fewer than one global batch of 8'):
+    order.steps_per_epoch(5, 8)
+
+
+def test_batch_must_split_over_processes():
+  with pytest.raises(ValueError, match='global batch 10 does not split over 4 processes'):
+    order.process_positions(0, 10, 0, 4)
+  with pytest.raises(ValueError, match=r'process index 4 is outside \[0, 4\)'):
+    order.process_positions(0, 8, 4, 4)
+
+
+def test_mixup_needs_an_even_per_device_batch():
+  assert order.check_mixup_batch(64, 8) == 8
+  with pytest.raises(ValueError, match='global batch 24 over 8 devices gives 3.*multiple of 16'):
+    order.check_mixup_batch(24, 8)
+  with pytest.raises(ValueError, match='global batch 20 does not split over 8 devices'):
+    order.check_mixup_batch(20, 8)

@@ -1,0 +1,151 @@
+"""Process-local batches for training and evaluation, read and transformed by grain.
+
+One grain element is one process-local batch: ``MapDataset.range(steps).map(batch)``.
+Building a batch is a pure function of its global step (``order`` gives the positions
+and example indices, ``keys.sample_key`` the per-example keys), so:
+- resuming is ``train_batches(..., start_step=step)``: the loader's whole state is the
+  step, which the trainer checkpoints anyway;
+- worker processes (``num_workers``) each build whole batches of their own steps, and
+  grain hands them back in step order, so the output does not depend on the worker count.
+
+The per-example transform runs where the batch is built, ``transform(record, key_data)``
+-> dict of numpy arrays, with ``key_data`` the uint32 data of ``sample_key(seed, epoch,
+index)`` for the example's dataset index. Transforms must be picklable (module-level) to
+reach the workers. Workers are spawned and run JAX on CPU only, for the keys and the
+order, so they never claim an accelerator.
+
+Every batch carries ``label``, ``index`` (dataset index), ``position`` (in the epoch's
+order) and ``epoch`` next to the transform's outputs; evaluation batches add ``mask``.
+"""
+import dataclasses
+import itertools
+import sys
+from typing import Callable, Iterator
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+
+from tinyvit_jax.data import keys
+from tinyvit_jax.data import order
+
+Transform = Callable[[dict, np.ndarray], dict]
+
+
+def raw_image(record: dict, key_data: np.ndarray) -> dict:
+  """The default transform: the decoded image as is."""
+  del key_data
+  return dict(image=record['image'])
+
+
+@jax.jit
+def _sample_key_data(seed, epoch, indices):
+  return jax.vmap(lambda index: jax.random.key_data(keys.sample_key(seed, epoch, index)))(indices)
+
+
+def _cpu():
+  return jax.local_devices(backend='cpu')[0]
+
+
+@dataclasses.dataclass
+class _ProcessBatch:
+  """Step -> this process's batch: the picklable function grain maps over steps.
+
+  Training reads the epoch's permuted order; evaluation (``train=False``) reads dataset
+  order once, with keys of epoch 0, and pads and masks its last batch.
+  """
+  source: object
+  transform: Transform
+  seed: int
+  global_batch: int
+  process_index: int
+  process_count: int
+  train: bool
+
+  def __call__(self, step: int) -> dict:
+    n = len(self.source)
+    with jax.default_device(_cpu()):
+      if self.train:
+        epoch, batch = order.epoch_and_batch(step, order.steps_per_epoch(n, self.global_batch))
+        positions = order.process_positions(batch, self.global_batch, self.process_index,
+                                            self.process_count)
+        indices, mask = order.epoch_permutation(self.seed, epoch, n)[positions], {}
+      else:
+        epoch = 0
+        indices, valid = order.eval_positions(step, n, self.global_batch, self.process_index,
+                                              self.process_count)
+        positions, mask = indices, dict(mask=valid)
+      key_data = np.asarray(_sample_key_data(self.seed, epoch, indices))
+    examples = []
+    for position, index, key in zip(positions, indices, key_data):
+      record = self.source[int(index)]
+      examples.append(dict(self.transform(record, key), label=record['label'], index=index,
+                           position=position, epoch=epoch))
+    stacked = {name: np.stack([example[name] for example in examples]) for name in examples[0]}
+    return dict(stacked, **mask)
+
+
+def _use_cpu_only(worker_index: int, worker_count: int):
+  """Worker init: JAX in a worker computes keys only, so keep it off accelerators."""
+  del worker_index, worker_count
+  jax.config.update('jax_platforms', 'cpu')
+
+
+def _iterate(batch: _ProcessBatch, start_step: int, num_steps: int | None, num_workers: int,
+             prefetch: int) -> Iterator[dict]:
+  """Yields ``batch(step)`` for ``num_steps`` steps (None: forever), built on
+  ``num_workers`` processes (0: this one), and closes grain's iterator at the end.
+
+  grain is always given an endless range, and we stop reading: workers that run to the
+  end of their slice leave shared memory that Python reports as leaked at exit (grain
+  issue #1031). The few batches prefetched past the end are wasted, nothing more.
+  """
+  dataset = grain.MapDataset.range(start_step, sys.maxsize).map(batch).to_iter_dataset(
+      grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+  if num_workers:
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside absl.app nobody parsed them.
+      flags.FLAGS.mark_as_parsed()
+    dataset = dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch),
+        worker_init_fn=_use_cpu_only)
+  iterator = iter(dataset)
+  try:
+    for built in itertools.islice(iterator, num_steps):
+      # Copy out of the workers' shared memory, so grain frees each block now rather
+      # than at interpreter exit.
+      yield {name: np.array(value) for name, value in built.items()}
+  finally:
+    iterator.close()
+
+
+def train_batches(source, *, seed: int, global_batch: int, transform: Transform = raw_image,
+                  process_index: int = 0, process_count: int = 1, start_step: int = 0,
+                  num_steps: int | None = None, num_workers: int = 0,
+                  prefetch: int = 2) -> Iterator[dict]:
+  """This process's training batches from global step ``start_step`` on, epoch after epoch.
+
+  Each epoch has ``len(source) // global_batch`` steps (the incomplete tail is dropped,
+  see ``order``). Stops after ``num_steps`` batches, or never. Close the iterator (or let
+  it go) to stop the workers.
+  """
+  # Raise here, not in a worker, for an empty or small dataset, bad split or negative step.
+  order.epoch_and_batch(start_step, order.steps_per_epoch(len(source), global_batch))
+  order.process_positions(0, global_batch, process_index, process_count)  # checks the split
+  batch = _ProcessBatch(source, transform, seed, global_batch, process_index, process_count,
+                        train=True)
+  return _iterate(batch, start_step, num_steps, num_workers, prefetch)
+
+
+def eval_batches(source, *, global_batch: int, transform: Transform = raw_image,
+                 process_index: int = 0, process_count: int = 1, num_workers: int = 0,
+                 prefetch: int = 2, seed: int = 0) -> Iterator[dict]:
+  """One pass over ``source`` in dataset order; weight metrics by the batches' ``mask``.
+
+  Keys are those of epoch 0, for transforms that want one; evaluation ones need none.
+  """
+  steps = order.eval_steps(len(source), global_batch)
+  order.process_positions(0, global_batch, process_index, process_count)  # checks the split
+  batch = _ProcessBatch(source, transform, seed, global_batch, process_index, process_count,
+                        train=False)
+  return _iterate(batch, 0, steps, num_workers, prefetch)
