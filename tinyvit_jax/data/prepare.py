@@ -102,11 +102,14 @@ def prepare(folder: str, out: str, shard_size: int = 1000) -> dict:
         progress.update(len(chunk))
       summaries.append(summary)
   skipped = [name for summary in summaries for name in summary['skipped']]
+  skipped_names = set(skipped)
   class_counts = [0] * len(class_names)
   for name, label in files:
-    class_counts[label] += name not in skipped
+    if name not in skipped_names:
+      class_counts[label] += 1
   metadata = dict(
-      format_version=array_record_source.FORMAT_VERSION, class_names=class_names, class_counts=class_counts,
+      format_version=array_record_source.FORMAT_VERSION, class_names=class_names,
+      class_counts=class_counts,
       num_records=sum(summary['num_records'] for summary in summaries),
       shards=[dict(file=name, num_records=summary['num_records'])
               for name, summary in zip(names, summaries)],

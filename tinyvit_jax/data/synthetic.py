@@ -36,7 +36,8 @@ class SyntheticSource:
     sample = np.random.default_rng((self.seed, 1, index))
     grid = np.linspace(0, 2 * np.pi, self.image_size, endpoint=False)
     y, x = np.meshgrid(grid, grid, indexing='ij')
-    wave = np.cos(frequency * (x * np.cos(angle) + y * np.sin(angle)) + sample.uniform(0, 2 * np.pi))
+    phase = sample.uniform(0, 2 * np.pi)
+    wave = np.cos(frequency * (x * np.cos(angle) + y * np.sin(angle)) + phase)
     blend = (wave[..., None] + 1) / 2
     image = blend * colours[0] + (1 - blend) * colours[1]
     image += sample.normal(0, 20, image.shape)
