@@ -9,9 +9,9 @@ path as it is found, and the count and list go to DIR/metadata.json.
 
 A killed conversion resumes. Shard i holds files [i*N, (i+1)*N) of the sorted folder
 listing, so shard contents never depend on earlier shards. Each shard is written under a
-temporary name and renamed when complete, after a sidecar JSON naming the files it
-covers. A rerun keeps every shard whose sidecar matches the current listing and
-redoes the others. metadata.json is written last and marks the conversion complete.
+temporary name and renamed when complete; then a sidecar JSON naming the files it
+covers marks it done. A rerun keeps every shard whose sidecar matches the current
+listing and redoes the others. metadata.json is written last and marks the conversion complete.
 """
 import argparse
 import glob
@@ -43,7 +43,7 @@ def _read_json(path: str):
 
 
 def _write_shard(folder: str, files: list, path: str, progress: tqdm) -> dict:
-  """Writes one shard under a temporary name, then renames it; returns its summary."""
+  """Writes one shard under a temporary name, renames it, then writes its summary."""
   writer = array_record_module.ArrayRecordWriter(path + '.tmp', _WRITER_OPTIONS)
   skipped = []
   for name, label in files:
@@ -58,10 +58,10 @@ def _write_shard(folder: str, files: list, path: str, progress: tqdm) -> dict:
       writer.write(array_record_source.encode_record(label, name, data))
     progress.update()
   writer.close()
+  os.replace(path + '.tmp', path)
   summary = dict(files=[list(file) for file in files], num_records=len(files) - len(skipped),
                  skipped=skipped)
-  _write_json(path + '.json', summary)
-  os.replace(path + '.tmp', path)
+  _write_json(path + '.json', summary)  # last: the shard's completion marker
   return summary
 
 
