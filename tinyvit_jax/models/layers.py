@@ -13,7 +13,9 @@ from tinyvit_jax.models import conv_ops
 # The state that makes up a model's weights: parameters and BatchNorm statistics.
 WEIGHTS = (nnx.Param, nnx.BatchStat)
 
-trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02, lower=-2.0, upper=2.0)
+# timm's trunc_normal_(std=.02) cuts at +-2 in absolute value, i.e. at +-100 std: in
+# effect N(0, 0.02^2). jax's bounds are in units of std, hence +-100.
+trunc_normal_02 = nnx.initializers.truncated_normal(stddev=0.02, lower=-100.0, upper=100.0)
 
 
 def gelu(x):
