@@ -1,0 +1,150 @@
+"""Augmentation from a small config: a host transform for the loader, a device function
+for the train step.
+
+Where each op runs, and why:
+- Host (``augment_host``, PIL, loader workers): RandomResizedCrop and flip, because they
+  change the image size; after them every image is (size, size, 3) uint8, so batches
+  stack and cross to the device small.
+- Device (jax.numpy, vmapped over per-sample keys, inside the jitted step): RandAugment,
+  colour jitter, normalisation, random erasing, then Mixup/CutMix over pairs. These are
+  the costly per-pixel ops, and on an accelerator they are nearly free next to the model.
+
+Keys: everything about example ``i`` in epoch ``e`` comes from ``keys.sample_key(seed, e,
+i)``, whose data the loader gives the host transform and the host passes on as
+``batch['key']``. The host draws crop and flip from it (see ``augment_host``); the device
+splits it into (RandAugment, colour jitter, erasing, pair) keys. Pair ``j`` (positions
+2j and 2j+1) mixes with the pair key of position 2j. Each image is thus a pure function of
+(seed, e, i), and each mixed pair of its two examples, whatever the batch or device count.
+
+Config keys (``make_train_augment``; a dict, a ConfigDict or keyword overrides):
+image_size, scale, ratio, hflip, interpolation; rand_augment (timm spec or None),
+color_jitter (0, a strength, or (brightness, contrast, saturation)); mean, std;
+erase_prob; mixup_alpha, cutmix_alpha, mix_prob, switch_prob (both alphas 0: no mixing).
+The defaults are the DeiT/TinyViT recipe as timm runs it. timm turns colour jitter off
+whenever RandAugment is on, so those recipes never jitter: the default here is 0.
+"""
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+
+from tinyvit_jax.data import augment_device
+from tinyvit_jax.data import augment_host
+from tinyvit_jax.data import mix
+from tinyvit_jax.data import randaugment
+
+TRAIN_DEFAULTS = dict(
+    image_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
+    interpolation='bicubic', rand_augment='rand-m9-mstd0.5-inc1', color_jitter=0.0,
+    mean=augment_device.IMAGENET_MEAN, std=augment_device.IMAGENET_STD, erase_prob=0.25,
+    mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5)
+
+EVAL_DEFAULTS = dict(image_size=224, crop_pct=0.875, interpolation='bicubic',
+                     mean=augment_device.IMAGENET_MEAN, std=augment_device.IMAGENET_STD)
+
+
+class Augment(NamedTuple):
+  """``host``: the loader transform, ``(record, key_data) -> dict of numpy arrays``.
+
+  ``device``: for training ``(images uint8 (B, H, W, 3), key_data uint32 (B, 2), targets
+  (B, classes)) -> (images float32, targets)``; for evaluation ``images -> images``.
+  Pure and jittable; targets are dense rows (``mix.smooth_one_hot`` for labels).
+  """
+  host: Callable
+  device: Callable
+
+
+def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean, std,
+                 erase_prob, mixing):
+  """The training device half; ``make_train_augment`` binds the keyword settings."""
+  streams = jax.vmap(lambda key: jax.random.split(key, 4))(jax.random.wrap_key_data(key_data))
+
+  def one_image(image, rand_augment_key, jitter_key, erase_key):
+    if rand_augment is not None:
+      image = randaugment.rand_augment(image, rand_augment_key, **rand_augment)
+    if any(color_jitter):
+      image = augment_device.colour_jitter(image, jitter_key, *color_jitter)
+    image = augment_device.normalise(image, mean, std)
+    if erase_prob:
+      image = augment_device.random_erase(image, erase_key, erase_prob)
+    return image
+
+  images = jax.vmap(one_image)(images, streams[:, 0], streams[:, 1], streams[:, 2])
+  if mixing is not None:
+    images, targets = mix.mix_pairs(images, targets, streams[0::2, 3], **mixing)
+  return images, targets
+
+
+def make_train_augment(config=None, **overrides) -> Augment:
+  """Host transform and device function of a training config (see the module doc)."""
+  cfg = _settings(TRAIN_DEFAULTS, config, overrides)
+  _check_crop(cfg)
+  _check_probability('hflip', cfg['hflip'])
+  _check_probability('erase_prob', cfg['erase_prob'])
+  _check_probability('mix_prob', cfg['mix_prob'])
+  _check_probability('switch_prob', cfg['switch_prob'])
+  if min(cfg['mixup_alpha'], cfg['cutmix_alpha']) < 0:
+    raise ValueError(f'mixup_alpha={cfg["mixup_alpha"]} and cutmix_alpha='
+                     f'{cfg["cutmix_alpha"]} must be >= 0 (0 turns one off).')
+  jitter = cfg['color_jitter']
+  jitter = tuple(float(s) for s in (jitter if isinstance(jitter, (tuple, list)) else [jitter] * 3))
+  if len(jitter) != 3 or min(jitter) < 0:
+    raise ValueError(f'color_jitter={cfg["color_jitter"]}: give one strength >= 0 or '
+                     '(brightness, contrast, saturation); hue is not supported.')
+  rand_augment = None
+  if cfg['rand_augment']:
+    fill = tuple(min(255, round(255 * m)) for m in cfg['mean'])  # timm's img_mean
+    rand_augment = dict(randaugment.parse_spec(cfg['rand_augment']), fill=fill)
+  mixing = None
+  if cfg['mixup_alpha'] > 0 or cfg['cutmix_alpha'] > 0:
+    mixing = dict(mixup_alpha=cfg['mixup_alpha'], cutmix_alpha=cfg['cutmix_alpha'],
+                  switch_prob=cfg['switch_prob'], prob=cfg['mix_prob'])
+  host = augment_host.TrainCrop(cfg['image_size'], tuple(cfg['scale']), tuple(cfg['ratio']),
+                                cfg['hflip'], cfg['interpolation'])
+  device = functools.partial(train_images, rand_augment=rand_augment, color_jitter=jitter,
+                             mean=tuple(cfg['mean']), std=tuple(cfg['std']),
+                             erase_prob=cfg['erase_prob'], mixing=mixing)
+  return Augment(host, device)
+
+
+def make_eval_augment(config=None, **overrides) -> Augment:
+  """timm's eval transform: resize to size / crop_pct, centre crop, normalise."""
+  cfg = _settings(EVAL_DEFAULTS, config, overrides)
+  _check_size_and_interpolation(cfg)
+  if not 0 < cfg['crop_pct'] <= 1:
+    raise ValueError(f'crop_pct={cfg["crop_pct"]} must be in (0, 1].')
+  host = augment_host.EvalResizeCrop(cfg['image_size'], cfg['crop_pct'], cfg['interpolation'])
+  device = functools.partial(augment_device.normalise, mean=tuple(cfg['mean']),
+                             std=tuple(cfg['std']))
+  return Augment(host, device)
+
+
+def _settings(defaults: dict, config, overrides: dict) -> dict:
+  """Defaults updated by ``config`` then ``overrides``; unknown keys are an error."""
+  given = dict(config or {}, **overrides)
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ValueError(f'Unknown augmentation settings {unknown}; known: {sorted(defaults)}.')
+  return dict(defaults, **given)
+
+
+def _check_probability(name: str, value: float):
+  if not 0 <= value <= 1:
+    raise ValueError(f'{name}={value} is a probability; it must be in [0, 1].')
+
+
+def _check_size_and_interpolation(cfg: dict):
+  if cfg['image_size'] < 1:
+    raise ValueError(f'image_size={cfg["image_size"]} must be positive.')
+  if cfg['interpolation'] not in augment_host.INTERPOLATIONS:
+    raise ValueError(f'interpolation={cfg["interpolation"]!r}; expected one of '
+                     f'{sorted(augment_host.INTERPOLATIONS)}.')
+
+
+def _check_crop(cfg: dict):
+  _check_size_and_interpolation(cfg)
+  (scale_lo, scale_hi), (ratio_lo, ratio_hi) = cfg['scale'], cfg['ratio']
+  if not 0 < scale_lo <= scale_hi <= 1:
+    raise ValueError(f'scale={cfg["scale"]} must satisfy 0 < min <= max <= 1.')
+  if not 0 < ratio_lo <= ratio_hi:
+    raise ValueError(f'ratio={cfg["ratio"]} must satisfy 0 < min <= max.')

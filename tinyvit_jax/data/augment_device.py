@@ -1,0 +1,75 @@
+"""Per-image device ops besides RandAugment: colour jitter, normalisation, random erasing.
+
+Each takes one HWC image and its own key; ``augment`` vmaps them over a batch inside jit.
+Colour jitter works on uint8 with PIL's rounding (it is torchvision's ColorJitter on a
+PIL image); erasing works on the normalised float image, as timm's RandomErasing.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from tinyvit_jax.data import pil_ops
+
+# timm's IMAGENET_DEFAULT_MEAN / _STD.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# torchvision's ColorJitter ops on PIL, by index: brightness, contrast, saturation.
+_JITTER_DEGENERATES = (pil_ops.brightness_degenerate, pil_ops.contrast_degenerate,
+                       pil_ops.colour_degenerate)
+
+
+def colour_jitter(image, key, brightness: float, contrast: float, saturation: float):
+  """torchvision ColorJitter(brightness, contrast, saturation) on a uint8 image.
+
+  Each factor is uniform in [max(0, 1 - s), 1 + s]; the three enhance ops run in a random
+  order, as torchvision permutes them. A strength of 0 gives factor 1, an exact no-op.
+  Key split: (order, brightness, contrast, saturation).
+  """
+  order_key, *factor_keys = jax.random.split(key, 4)
+  factors = jnp.stack([
+      jax.random.uniform(k, (), jnp.float32, max(0.0, 1.0 - s), 1.0 + s)
+      for k, s in zip(factor_keys, (brightness, contrast, saturation))])
+  for which in jax.random.permutation(order_key, 3):
+    degenerate = jax.lax.switch(which, _JITTER_DEGENERATES, image)
+    image = pil_ops.blend(degenerate, image, factors[which])
+  return image
+
+
+def normalise(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+  """uint8 -> float32 ``(x / 255 - mean) / std``, as ToTensor + Normalize."""
+  scaled = image.astype(jnp.float32) / 255.0
+  return (scaled - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+ERASE_ATTEMPTS = 10
+
+
+def random_erase(image, key, prob: float, min_area: float = 0.02, max_area: float = 1 / 3,
+                 min_aspect: float = 0.3):
+  """timm's RandomErasing, mode 'pixel', one box: with probability ``prob``, a box of area
+  fraction uniform in [min_area, max_area] and log-uniform aspect in
+  [min_aspect, 1 / min_aspect] becomes per-pixel N(0, 1) noise (the normalised image's
+  scale). The first of ten attempts whose box fits strictly inside is used, as timm; all
+  ten are drawn at once so the shapes stay static. Key split: (apply, area, aspect, top,
+  left, noise).
+  """
+  h, w, _ = image.shape
+  apply_key, area_key, aspect_key, top_key, left_key, noise_key = jax.random.split(key, 6)
+  area = jax.random.uniform(area_key, (ERASE_ATTEMPTS,), jnp.float32, min_area, max_area) * h * w
+  log_aspect = jax.random.uniform(aspect_key, (ERASE_ATTEMPTS,), jnp.float32,
+                                  math.log(min_aspect), -math.log(min_aspect))
+  aspect = jnp.exp(log_aspect)
+  box_h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  box_w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  fits = (box_w < w) & (box_h < h)
+  first = jnp.argmax(fits)
+  box_h, box_w = box_h[first], box_w[first]
+  top = jnp.floor(jax.random.uniform(top_key) * (h - box_h + 1)).astype(jnp.int32)
+  left = jnp.floor(jax.random.uniform(left_key) * (w - box_w + 1)).astype(jnp.int32)
+  rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+  inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
+  erase = inside & fits.any() & (jax.random.uniform(apply_key) < prob)
+  noise = jax.random.normal(noise_key, image.shape, image.dtype)
+  return jnp.where(erase[..., None], noise, image)

@@ -1,0 +1,124 @@
+"""Host half of augmentation: decoded image -> fixed-size uint8 crop, in loader workers.
+
+RandomResizedCrop and the flip run here, with PIL, because they change the image size:
+after them every example has the same shape, so the batch stacks and the device half
+(``augment_device``, ``randaugment``, ``mix``) runs vmapped inside jit. Doing the crop on
+the host also sends a 224x224 uint8 crop to the device instead of the full image.
+
+The workers need no accelerator and no JAX: crop and flip parameters come from a numpy
+Philox generator keyed by the 64 bits of the sample key (``keys.sample_key``'s
+``key_data``, which the loader hands each transform), the construction ``order`` uses
+for the epoch permutation. Only ``Generator.random()`` doubles are read, a stream numpy
+keeps stable, and each is mapped to timm's draw by hand (``uniform``: a + (b - a) u,
+``randint(a, b)``: a + floor(u (b - a + 1))). The same key gives the same crop in every
+process. Draw order: the crop's attempts, then the flip.
+"""
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+INTERPOLATIONS = {'bicubic': Image.Resampling.BICUBIC, 'bilinear': Image.Resampling.BILINEAR}
+
+
+class _Draws:
+  """timm's ``random.uniform`` / ``random.randint`` over a keyed numpy stream."""
+
+  def __init__(self, key_data):
+    hi, lo = (int(word) for word in np.asarray(key_data, np.uint32))
+    self._generator = np.random.Generator(np.random.Philox(key=(hi << 32) | lo))
+
+  def random(self) -> float:
+    return float(self._generator.random())
+
+  def uniform(self, a: float, b: float) -> float:
+    return a + (b - a) * self.random()
+
+  def randint(self, a: int, b: int) -> int:
+    """An integer in [a, b], both ends included, as Python's random.randint."""
+    return a + math.floor(self.random() * (b - a + 1))
+
+
+def crop_params(draws, height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
+  """(top, left, crop height, crop width) by timm's RandomResizedCrop rule.
+
+  Ten attempts at an area fraction uniform in ``scale`` and a log-uniform aspect ratio
+  (width / height) in ``ratio``; the first crop that fits is placed uniformly. If none
+  fits, the centred crop of the whole image, clamped to the ratio range.
+  """
+  area = height * width
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(10):
+    target_area = draws.uniform(*scale) * area
+    aspect = math.exp(draws.uniform(*log_ratio))
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if w <= width and h <= height:
+      return draws.randint(0, height - h), draws.randint(0, width - w), h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    w, h = int(round(height * max(ratio))), height
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def resized_crop(image: np.ndarray, top: int, left: int, h: int, w: int, size: int,
+                 interpolation: str) -> np.ndarray:
+  """Crop then resize to ``size`` x ``size`` with PIL, as torchvision's resized_crop."""
+  crop = Image.fromarray(image).crop((left, top, left + w, top + h))
+  return np.asarray(crop.resize((size, size), INTERPOLATIONS[interpolation]))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCrop:
+  """Loader transform ``(record, key_data) -> dict(image, key)`` for training.
+
+  ``image``: the RandomResizedCrop of the record's image, flipped left-right with
+  probability ``hflip``, uint8 (size, size, 3). ``key``: the sample key's data, passed on
+  so the device half draws its own ops from the same key.
+  """
+  size: int
+  scale: tuple = (0.08, 1.0)
+  ratio: tuple = (3 / 4, 4 / 3)
+  hflip: float = 0.5
+  interpolation: str = 'bicubic'
+
+  def __call__(self, record: dict, key_data: np.ndarray) -> dict:
+    image = record['image']
+    draws = _Draws(key_data)
+    top, left, h, w = crop_params(draws, image.shape[0], image.shape[1], self.scale, self.ratio)
+    crop = resized_crop(image, top, left, h, w, self.size, self.interpolation)
+    if draws.random() < self.hflip:
+      crop = crop[:, ::-1]
+    return dict(image=np.ascontiguousarray(crop), key=np.asarray(key_data, np.uint32))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResizeCrop:
+  """Loader transform for evaluation: timm's eval resize and centre crop.
+
+  The shorter side goes to ``floor(size / crop_pct)``, the longer one keeps the aspect
+  (truncated, as torchvision), then the centred ``size`` x ``size`` crop (offsets
+  rounded, as torchvision). Needs no key.
+  """
+  size: int
+  crop_pct: float = 0.875
+  interpolation: str = 'bicubic'
+
+  def __call__(self, record: dict, key_data: np.ndarray) -> dict:
+    del key_data
+    image = record['image']
+    height, width = image.shape[:2]
+    short = math.floor(self.size / self.crop_pct)
+    if width <= height:
+      new_w, new_h = short, int(short * height / width)
+    else:
+      new_w, new_h = int(short * width / height), short
+    resized = Image.fromarray(image).resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
+    top = int(round((new_h - self.size) / 2.0))
+    left = int(round((new_w - self.size) / 2.0))
+    return dict(image=np.asarray(resized)[top:top + self.size, left:left + self.size])
