@@ -7,8 +7,9 @@ For each model the three implementations (ours under jax.jit, timm eager, timm +
 torch.compile) run in alternating rounds, so that noise from a shared machine hits all
 of them alike; the table gives medians over rounds with (min-max), and ratios of medians.
 
-* Ours: the NNX state is split once outside jit; a pure ``train_step(params, rest,
-  opt_state, images, labels)`` is jitted with the state donated (optax.adamw 1e-3, wd 0.05,
+* Ours: the NNX state is split once outside jit; a pure ``train_step(leaves, images,
+  labels)`` over the flat list of (params, rest, opt_state) arrays is jitted with the
+  state donated (optax.adamw 1e-3, wd 0.05,
   softmax cross-entropy; a distilled DeiT averages both heads' CE). Forward is a jitted
   pure eval-mode function.
 * timm: channels_last, torch.optim.AdamW with the same settings, ``torch.no_grad()`` and
@@ -20,8 +21,9 @@ of them alike; the table gives medians over rounds with (min-max), and ratios of
   process is pinned to N CPUs before JAX starts its backend, which pins torch too.
 * Per-step overhead: on the first model at batch 1 and 32x32, a jitted step that takes
   and returns the same donated state as the train step but computes nothing, i.e. the
-  host cost of one step (pytree flattening, dispatch); also with the state passed as a
-  flat list of arrays, and the real train step's time at that size for scale.
+  host cost of one step (pytree flattening, dispatch): once with the state as nnx/optax
+  pytrees, once as the flat list of arrays our train step takes; and the real train
+  step's time at that size for scale.
 """
 import argparse
 import json
@@ -129,8 +131,12 @@ def split_ours(name, img_size, conv_impl, dtype):
   return eval_graphdef, graphdef, params, rest
 
 
-def make_train_step(graphdef, tx):
-  def train_step(params, rest, opt_state, images, labels):
+def make_train_step(graphdef, tx, state_treedef):
+  """The jitted step takes the whole state as one flat list of arrays: jit flattens nnx
+  State pytrees in Python on every call (~10 ms for 700 arrays), a list in C++."""
+  def train_step(leaves, images, labels):
+    params, rest, opt_state = jax.tree.unflatten(state_treedef, leaves)
+
     def loss_fn(params):
       model = nnx.merge(graphdef, params, rest, copy=True)
       loss = softmax_ce(model(images), labels)
@@ -139,9 +145,9 @@ def make_train_step(graphdef, tx):
 
     (loss, rest_out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), rest_out, opt_state, loss
+    return jax.tree.leaves((optax.apply_updates(params, updates), rest_out, opt_state)), loss
 
-  return jax.jit(train_step, donate_argnums=(0, 1, 2))
+  return jax.jit(train_step, donate_argnums=0)
 
 
 def ours_calls(name, args, img_size, images, labels) -> dict:
@@ -149,18 +155,19 @@ def ours_calls(name, args, img_size, images, labels) -> dict:
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else None
   eval_graphdef, graphdef, params, rest = split_ours(name, img_size, args.conv_impl, dtype)
   tx = optax.adamw(1e-3, weight_decay=0.05)
-  train_step = make_train_step(graphdef, tx)
+  leaves, treedef = jax.tree.flatten((params, rest, tx.init(params)))
+  train_step = make_train_step(graphdef, tx, treedef)
   forward_fn = jax.jit(lambda params, rest, x: nnx.merge(eval_graphdef, params, rest)(x))
   images, labels = jnp.asarray(images), jnp.asarray(labels)
-  state = [params, rest, tx.init(params)]
+  state = [leaves]
 
   def forward():
-    jax.block_until_ready(forward_fn(state[0], state[1], images))
+    params, rest, _ = jax.tree.unflatten(treedef, state[0])
+    jax.block_until_ready(forward_fn(params, rest, images))
 
   def train():
-    outputs = train_step(*state, images, labels)
-    state[:] = outputs[:3]
-    jax.block_until_ready(outputs)
+    state[0], loss = train_step(state[0], images, labels)
+    jax.block_until_ready(loss)
 
   return dict(forward=forward, train=train)
 
@@ -327,12 +334,13 @@ def measure_step_overhead(name, args) -> dict:
   noop_flat = jax.jit(lambda leaves, x, y: (leaves, jnp.sum(y)), donate_argnums=0)
   copy = lambda tree: jax.tree.map(jnp.copy, tree)  # each measurement donates its own
   state = (params, rest, tx.init(params))
+  leaves, treedef = jax.tree.flatten(state)
   return dict(
       model=name, batch=1, img_size=OVERHEAD_IMG_SIZE, calls=OVERHEAD_CALLS,
-      state_arrays=len(jax.tree.leaves(state)),
+      state_arrays=len(leaves),
       noop_step_ms=ms_per_call(noop, copy(state)),
-      noop_step_flat_ms=ms_per_call(noop_flat, [copy(jax.tree.leaves(state))]),
-      train_step_ms=ms_per_call(make_train_step(graphdef, tx), state))
+      noop_step_flat_ms=ms_per_call(noop_flat, [copy(leaves)]),
+      train_step_ms=ms_per_call(make_train_step(graphdef, tx, treedef), [leaves]))
 
 
 # --- report ---------------------------------------------------------------------------
