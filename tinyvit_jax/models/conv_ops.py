@@ -5,8 +5,9 @@ a 3x3 depthwise conv (see shared/reference/facts.md), while on GPU (cuDNN) and T
 built-in convolution is the fast path. So every conv here has two implementations:
 
 * ``'xla'``: ``lax.conv_general_dilated`` (``feature_group_count`` for depthwise).
-* ``'shifts'``: depthwise as k*k shifted multiply-adds, dense convs as im2col + dot and
-  1x1 convs as a plain dot. Built for the CPU.
+* ``'shifts'``: depthwise as k*k shifted multiply-adds, 1x1 convs as a matmul (both
+  with hand-written VJPs) and the stem's dense convs as im2col + matmul. Built for the
+  CPU, where it trains TinyViT several times faster (benchmarks/RESULTS.md).
 
 ``'auto'`` picks ``'shifts'`` on CPU and ``'xla'`` elsewhere. Both are kept under the
 timm parity tests. Layout is NHWC; kernels are HWIO (depthwise: ``(k, k, 1, C)``).
