@@ -95,12 +95,17 @@ def eval_positions(batch: int, n: int, global_batch: int, process_index: int,
   return np.minimum(positions, n - 1), positions < n
 
 
-def check_mixup_batch(global_batch: int, num_devices: int) -> int:
-  """Per-device batch; raises unless it is whole and even, as Mixup pairs need."""
+def device_batch_size(global_batch: int, num_devices: int) -> int:
+  """Examples each device augments per step; the global batch must split evenly."""
   if global_batch % num_devices:
     raise ValueError(f'global batch {global_batch} does not split over {num_devices} '
                      f'devices; make it a multiple of {num_devices}.')
-  per_device = global_batch // num_devices
+  return global_batch // num_devices
+
+
+def check_mixup_batch(global_batch: int, num_devices: int) -> int:
+  """Per-device batch; raises unless it is whole and even, as Mixup pairs need."""
+  per_device = device_batch_size(global_batch, num_devices)
   if per_device % 2:
     raise ValueError(f'Mixup/CutMix pairs positions 2j and 2j+1 on one device, so the '
                      f'per-device batch must be even, but global batch {global_batch} over '

@@ -1,0 +1,74 @@
+"""One replay run: the augmented images and mixed targets a pipeline gives, by example.
+
+``test_data_replay`` calls ``augmented`` in its own process and runs this file as a script
+in fresh interpreters, with simulated devices (XLA_FLAGS) or as one of several JAX
+processes (``--coordinator``), which write what they see to an .npz.
+"""
+import argparse
+
+import jax
+import numpy as np
+
+from tinyvit_jax.data import pipeline
+from tinyvit_jax.data import synthetic
+
+SEED, N, CLASSES = 7, 128, 10
+# The whole recipe, colour jitter included, at 32x32 so a run takes seconds.
+AUG = dict(image_size=32, color_jitter=0.4)
+
+
+def source():
+  return synthetic.SyntheticSource(N, num_classes=CLASSES, image_size=40)
+
+
+def local_rows(array) -> np.ndarray:
+  """This process's rows of a global array, in order."""
+  shards = sorted(array.addressable_shards, key=lambda shard: shard.index[0].start)
+  return np.concatenate([np.asarray(shard.data) for shard in shards])
+
+
+def augmented(global_batch: int, spans) -> dict:
+  """{(epoch, index): (image, target)} over ``spans``: (start step, number of steps)."""
+  seen = {}
+  for start_step, num_steps in spans:
+    run = pipeline.make_input_pipeline(source(), AUG, seed=SEED, global_batch=global_batch,
+                                       label_smoothing=0.1, start_step=start_step,
+                                       num_steps=num_steps)
+    for batch in run.batches:
+      images, targets = run.device_augment(batch)
+      rows = zip(local_rows(batch['epoch']), local_rows(batch['index']), local_rows(images),
+                 local_rows(targets))
+      seen.update({(int(epoch), int(index)): (image, target)
+                   for epoch, index, image, target in rows})
+  return seen
+
+
+def save(seen: dict, path: str):
+  names = sorted(seen)
+  np.savez(path, epoch_index=np.array(names), images=np.stack([seen[n][0] for n in names]),
+           targets=np.stack([seen[n][1] for n in names]))
+
+
+def load(path: str) -> dict:
+  saved = np.load(path)
+  return {(int(epoch), int(index)): (image, target) for (epoch, index), image, target
+          in zip(saved['epoch_index'], saved['images'], saved['targets'])}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--global_batch', type=int, required=True)
+  parser.add_argument('--spans', required=True, help='start:steps,... e.g. 0:4,3:1')
+  parser.add_argument('--coordinator', help='host:port of process 0, for a multi-process run')
+  parser.add_argument('--num_processes', type=int, default=1)
+  parser.add_argument('--process_id', type=int, default=0)
+  args = parser.parse_args()
+  if args.coordinator:
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  spans = [tuple(int(n) for n in span.split(':')) for span in args.spans.split(',')]
+  save(augmented(args.global_batch, spans), args.out)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,111 @@
+"""Bit-identical replay through the whole input pipeline: the augmented image and mixed
+target of example i in epoch e are the same bits at any batch size, device count, process
+count and start step.
+
+The runs use the whole recipe (RandAugment, colour jitter, erasing, Mixup/CutMix pairs)
+on 128 synthetic examples at 32x32 (``replay_run``). The reference is global batch 8 on
+one device over two whole epochs; every other run must give the same bits on every
+example it sees. Runs with several devices or processes start fresh interpreters, since
+the device count is fixed when JAX starts.
+"""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinyvit_jax.data import order
+
+import replay_run
+
+HERE = os.path.dirname(__file__)
+
+
+@pytest.fixture(scope='module')
+def one_device():
+  """Global batch 8 on one device: two whole epochs (16 steps each)."""
+  return replay_run.augmented(8, [(0, 32)])
+
+
+def assert_same_bits(run: dict, reference: dict):
+  assert run and set(run) <= set(reference)
+  for example, (image, target) in run.items():
+    np.testing.assert_array_equal(image, reference[example][0], err_msg=f'image {example}')
+    np.testing.assert_array_equal(target, reference[example][1], err_msg=f'target {example}')
+
+
+def start_runs(tmp_path, devices_per_process: int, num_processes: int = 1, **args) -> list:
+  """Starts ``replay_run`` in ``num_processes`` fresh interpreters (one JAX run between
+  them), each with ``devices_per_process`` simulated CPU devices."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  command = [sys.executable, os.path.join(HERE, 'replay_run.py')]
+  command += [f'--{name}={value}' for name, value in args.items()]
+  if num_processes > 1:
+    with socket.socket() as free:
+      free.bind(('127.0.0.1', 0))
+      command += [f'--coordinator=127.0.0.1:{free.getsockname()[1]}',
+                  f'--num_processes={num_processes}']
+  return [subprocess.Popen(command + [f'--process_id={k}',
+                                      f'--out={tmp_path / f"process{k}.npz"}'],
+                           env=env, stderr=subprocess.PIPE, text=True)
+          for k in range(num_processes)]
+
+
+def finish_runs(tmp_path, processes) -> dict:
+  """Waits for ``start_runs``' processes; the union of what they saw."""
+  seen = {}
+  for k, process in enumerate(processes):
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    seen.update(replay_run.load(tmp_path / f'process{k}.npz'))
+  return seen
+
+
+def test_epochs_are_whole_and_mixed(one_device):
+  """The reference saw every example in both epochs, and Mixup/CutMix mixed most targets."""
+  assert sorted(one_device) == [(e, i) for e in (0, 1) for i in range(replay_run.N)]
+  mixed = [(target > 0.02).sum() == 2 for _, target in one_device.values()]
+  assert np.mean(mixed) > 0.5
+
+
+def test_resumed_mid_epoch(one_device):
+  """Started at step 21 (batch 5 of epoch 1), the run replays the reference."""
+  resumed = replay_run.augmented(8, [(21, 5)])
+  positions = order.epoch_permutation(replay_run.SEED, 1, replay_run.N)[40:80]
+  assert sorted(resumed) == sorted((1, int(i)) for i in positions)
+  assert_same_bits(resumed, one_device)
+
+
+@pytest.mark.slow
+def test_batch_64_on_8_devices(tmp_path, one_device):
+  run = finish_runs(tmp_path, start_runs(tmp_path, 8, global_batch=64, spans='0:4'))
+  assert len(run) == 2 * replay_run.N
+  assert_same_bits(run, one_device)
+
+
+@pytest.mark.slow
+def test_two_processes_resumed_mid_epoch(tmp_path, one_device):
+  """Two JAX processes of 2 devices each (16 examples per device, not 8), started at
+  step 1, the second half of epoch 0."""
+  run = finish_runs(tmp_path, start_runs(tmp_path, 2, num_processes=2, global_batch=64,
+                                         spans='1:3'))
+  assert len(run) == replay_run.N + replay_run.N // 2
+  assert_same_bits(run, one_device)
+
+
+def test_odd_batch_per_device_with_mixup_names_the_numbers():
+  """Global batch 24 on 8 devices is 3 per device: a pair would straddle two devices."""
+  code = ('import replay_run\n'
+          'from tinyvit_jax.data import pipeline\n'
+          'pipeline.make_input_pipeline(replay_run.source(), replay_run.AUG, seed=0, '
+          'global_batch=24)\n')
+  result = subprocess.run(
+      [sys.executable, '-c', code], capture_output=True, text=True, cwd=HERE,
+      env=dict(os.environ, JAX_PLATFORMS='cpu',
+               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  assert result.returncode != 0
+  assert ('per-device batch must be even, but global batch 24 over 8 devices gives 3'
+          in result.stderr), result.stderr

@@ -1,0 +1,76 @@
+"""A training run's input: loader batches as global arrays, and their device augmentation.
+
+``make_input_pipeline`` joins the loader (``loader.train_batches``, with the host crop of
+``augment`` as its transform) to a data-parallel mesh (axis ``'data'``). Each process
+loads its contiguous slice of the global batch, and ``jax.make_array_from_process_local_data``
+puts that slice on the process's devices, so device ``d`` holds a contiguous run of
+positions.
+
+``device_augment`` runs the device half of ``augment`` under ``shard_map``: each device
+augments its own rows and nothing crosses devices. Mixup pairs (positions 2j, 2j+1) are
+then on one device only when the per-device batch is even, which is checked here, with
+the numbers, before any data is read. Every device also runs the same program on the
+same per-device shape as a single device would, so an example's bits do not depend on the
+device count.
+"""
+from typing import Callable, Iterator, NamedTuple
+
+import jax
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from tinyvit_jax.data import augment
+from tinyvit_jax.data import loader
+from tinyvit_jax.data import mix
+from tinyvit_jax.data import order
+
+
+class InputPipeline(NamedTuple):
+  """``batches``: global batches from the start step on, dicts of arrays sharded over the
+  mesh's ``'data'`` axis (the loader's image, key, label, index, position, epoch).
+
+  ``device_augment``: jitted ``(batch, targets=None) -> (images float32 (B, H, W, 3),
+  targets (B, classes))``, to call inside the train step. Without ``targets`` they are
+  the smoothed one-hot labels; FPD passes the teacher's dense rows for the batch instead.
+  """
+  batches: Iterator[dict]
+  device_augment: Callable
+  steps_per_epoch: int
+
+
+def data_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: all, in ``jax.devices()`` order, which puts
+  each process's devices together, as the contiguous per-process slices need)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), ('data',))
+
+
+def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
+                        mesh: Mesh | None = None, label_smoothing: float = 0.0,
+                        start_step: int = 0, num_steps: int | None = None,
+                        num_workers: int = 0) -> InputPipeline:
+  """The input of a training run from global step ``start_step`` on (a resume is just a
+  later start step). ``aug_config``: ``augment.make_train_augment``'s settings."""
+  mesh = data_mesh() if mesh is None else mesh
+  train_augment = augment.make_train_augment(aug_config)
+  mixes = train_augment.device.keywords['mixing'] is not None  # the config turned a mix on
+  (order.check_mixup_batch if mixes else order.device_batch_size)(global_batch, mesh.size)
+  sharding = NamedSharding(mesh, P('data'))
+  host_batches = loader.train_batches(
+      source, seed=seed, global_batch=global_batch, transform=train_augment.host,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      start_step=start_step, num_steps=num_steps, num_workers=num_workers)
+  batches = ({name: jax.make_array_from_process_local_data(sharding, value)
+              for name, value in batch.items()} for batch in host_batches)
+  per_device = jax.shard_map(train_augment.device, mesh=mesh, in_specs=P('data'),
+                             out_specs=P('data'))
+
+  @jax.jit
+  def device_augment(batch, targets=None):
+    if targets is None:
+      targets = mix.smooth_one_hot(batch['label'], source.num_classes, label_smoothing)
+    return per_device(batch['image'], batch['key'], targets)
+
+  return InputPipeline(batches, device_augment,
+                       order.steps_per_epoch(len(source), global_batch))
