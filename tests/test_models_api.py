@@ -69,3 +69,18 @@ def test_initialisation_follows_the_papers():
   deit = create_model('deit_tiny_distilled_patch16_224')
   for token in (deit.cls_token, deit.dist_token, deit.pos_embed):
     assert abs(np.asarray(token[...]).std() - 0.02) < 0.004
+
+
+def test_drop_path_drops_whole_samples_at_its_rate_and_rescales_the_rest():
+  from tinyvit_jax.models.layers import DropPath
+  drop = DropPath(0.25, rngs=nnx.Rngs(dropout=0))
+  x = jnp.ones((4000, 3, 2, 5), jnp.float32)
+  y = np.asarray(drop(x))
+  per_sample = y.reshape(4000, -1)
+  assert np.all(per_sample == per_sample[:, :1])  # one decision per sample
+  assert set(np.unique(per_sample)) <= {0.0, np.float32(1 / 0.75)}
+  dropped = np.mean(per_sample[:, 0] == 0)
+  assert abs(dropped - 0.25) < 5 * np.sqrt(0.25 * 0.75 / 4000)  # 5 binomial sigma
+  assert not np.array_equal(np.asarray(drop(x)), y)  # the stream advances per call
+  drop.deterministic = True
+  np.testing.assert_array_equal(drop(x), x)

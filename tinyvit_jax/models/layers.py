@@ -122,7 +122,9 @@ class DropPath(nnx.Module):
       return x
     keep = 1.0 - self.rate
     mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, jnp.zeros((), x.dtype))
+    # A per-sample scale fuses into the residual add; a select on a broadcast mask
+    # made XLA:CPU write the branch out once more (40% of an 11M train step).
+    return x * (mask / keep).astype(x.dtype)
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
