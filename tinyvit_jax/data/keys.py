@@ -28,3 +28,11 @@ def sample_key(seed: int, epoch: int, index, repeat=0) -> jax.Array:
 def order_key(seed: int, epoch: int) -> jax.Array:
   """Key of the epoch's permutation, kept apart from every sample key."""
   return jax.random.fold_in(epoch_key(seed, epoch), jnp.uint32(0))
+
+
+def augment_streams(key) -> tuple:
+  """(RandAugment, colour jitter, erasing, Mixup pair) keys of a sample key.
+
+  Each op draws from its own stream, wherever it runs (device, or host for CPU runs).
+  """
+  return tuple(jax.random.split(key, 4))

@@ -16,6 +16,7 @@ Random draws per layer come from ``jax.random.split(key, num_layers)``, and each
 key splits into (op, apply, magnitude, sign) keys.
 """
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,17 +58,20 @@ def _solarize_threshold(m):
   return jnp.minimum(256, jnp.trunc(_divide(m * 256, 10)).astype(jnp.int32))
 
 
-# Lookup-table ops: (image, magnitude) -> (3, 256) table.
+# Lookup-table ops: name -> (magnitude -> integer argument, (image, argument) -> (3, 256)
+# table). The argument is what the PIL op takes (bits, threshold, amount; 0 when none).
 _LUT_OPS = {
-    'AutoContrast': lambda image, m: pil_ops.autocontrast_lut(image),
-    'Equalize': lambda image, m: pil_ops.equalize_lut(image),
-    'Invert': lambda image, m: pil_ops.invert_lut(),
-    'Posterize': lambda image, m: pil_ops.posterize_lut(_posterize_bits(m)),
-    'PosterizeIncreasing': lambda image, m: pil_ops.posterize_lut(4 - _posterize_bits(m)),
-    'Solarize': lambda image, m: pil_ops.solarize_lut(_solarize_threshold(m)),
-    'SolarizeIncreasing': lambda image, m: pil_ops.solarize_lut(256 - _solarize_threshold(m)),
-    'SolarizeAdd': lambda image, m: pil_ops.solarize_add_lut(
-        jnp.minimum(128, jnp.trunc(m * 11).astype(jnp.int32))),
+    'AutoContrast': (lambda m: 0, lambda image, arg: pil_ops.autocontrast_lut(image)),
+    'Equalize': (lambda m: 0, lambda image, arg: pil_ops.equalize_lut(image)),
+    'Invert': (lambda m: 0, lambda image, arg: pil_ops.invert_lut()),
+    'Posterize': (_posterize_bits, lambda image, bits: pil_ops.posterize_lut(bits)),
+    'PosterizeIncreasing': (lambda m: 4 - _posterize_bits(m),
+                            lambda image, bits: pil_ops.posterize_lut(bits)),
+    'Solarize': (_solarize_threshold, lambda image, arg: pil_ops.solarize_lut(arg)),
+    'SolarizeIncreasing': (lambda m: 256 - _solarize_threshold(m),
+                           lambda image, arg: pil_ops.solarize_lut(arg)),
+    'SolarizeAdd': (lambda m: jnp.minimum(128, jnp.trunc(m * 11).astype(jnp.int32)),
+                    lambda image, arg: pil_ops.solarize_add_lut(arg)),
 }
 
 
@@ -110,36 +114,63 @@ _WARP_OPS = {
 KNOWN_OPS = frozenset(_LUT_OPS) | frozenset(_BLEND_OPS) | frozenset(_WARP_OPS)
 
 
+class OpArguments(NamedTuple):
+  """What a layer's op takes, one field per kind; the kinds it is not take identity values.
+
+  ``lut``: the lookup-table op's integer argument; ``factor``: the blend factor (1: none);
+  ``matrix``: the affine matrix (identity: none). ``randaugment_pil`` applies the same
+  arguments with PIL, so host and device share this one mapping from magnitudes.
+  """
+  lut: jax.Array
+  factor: jax.Array
+  matrix: jax.Array
+
+
+def op_arguments(op, magnitude, negate, ops, height: int, width: int) -> OpArguments:
+  """Arguments of op ``ops[op]`` at ``magnitude`` (0 to 10) on a height x width image.
+
+  ``op`` = -1: none. ``negate`` flips the sign of signed ops (timm's _randomly_negate).
+  ``op``, ``magnitude`` and ``negate`` may be traced; ``ops`` (names) is static.
+  """
+  magnitude = jnp.asarray(magnitude, jnp.float32)
+  signed = jnp.where(negate, -magnitude, magnitude)
+  lut, factor = jnp.int32(0), jnp.float32(1.0)
+  matrix = jnp.asarray(pil_ops.IDENTITY_MATRIX, jnp.float32)
+  for index, name in enumerate(ops):
+    is_chosen = op == index
+    if name in _LUT_OPS:
+      lut = jnp.where(is_chosen, _LUT_OPS[name][0](magnitude), lut)
+    elif name in _BLEND_OPS:
+      factor = jnp.where(is_chosen, _BLEND_OPS[name][1](magnitude, signed), factor)
+    else:
+      matrix = jnp.where(is_chosen, jnp.stack(_WARP_OPS[name](signed, height, width)), matrix)
+  return OpArguments(lut, factor, matrix)
+
+
 def apply_op(image, op, magnitude, negate, ops, fill):
   """Op ``ops[op]`` at ``magnitude`` (0 to 10) on a uint8 HWC image; ``op`` = -1: none.
 
-  ``negate`` flips the sign of signed ops (timm's _randomly_negate). ``op``, ``magnitude``
-  and ``negate`` may be traced; ``ops`` (names) and ``fill`` (uint8 RGB) are static.
+  See ``op_arguments``; ``fill`` (uint8 RGB, static) is what warps leave outside the image.
   """
   h, w, _ = image.shape
-  magnitude = jnp.asarray(magnitude, jnp.float32)
-  signed = jnp.where(negate, -magnitude, magnitude)
-  chosen = [(op == index, name) for index, name in enumerate(ops)]
+  return apply_arguments(image, op, op_arguments(op, magnitude, negate, ops, h, w), ops, fill)
 
+
+def apply_arguments(image, op, arguments: OpArguments, ops, fill):
+  """Op ``ops[op]`` (-1: none) with its ``op_arguments`` on a uint8 HWC image."""
+  chosen = [(op == index, name) for index, name in enumerate(ops)]
   lut = pil_ops.identity_lut()
   for is_chosen, name in chosen:
     if name in _LUT_OPS:
-      lut = jnp.where(is_chosen, _LUT_OPS[name](image, magnitude), lut)
+      lut = jnp.where(is_chosen, _LUT_OPS[name][1](image, arguments.lut), lut)
   image = pil_ops.apply_lut(image, lut)
 
-  degenerate, factor = image, jnp.float32(1.0)
+  degenerate = image
   for is_chosen, name in chosen:
     if name in _BLEND_OPS:
-      degenerate_of, factor_of = _BLEND_OPS[name]
-      degenerate = jnp.where(is_chosen, degenerate_of(image), degenerate)
-      factor = jnp.where(is_chosen, factor_of(magnitude, signed), factor)
-  image = pil_ops.blend(degenerate, image, factor)
-
-  matrix = jnp.asarray(pil_ops.IDENTITY_MATRIX, jnp.float32)
-  for is_chosen, name in chosen:
-    if name in _WARP_OPS:
-      matrix = jnp.where(is_chosen, jnp.stack(_WARP_OPS[name](signed, h, w)), matrix)
-  return pil_ops.affine(image, matrix, fill)
+      degenerate = jnp.where(is_chosen, _BLEND_OPS[name][0](image), degenerate)
+  image = pil_ops.blend(degenerate, image, arguments.factor)
+  return pil_ops.affine(image, arguments.matrix, fill)
 
 
 def draw_layer(key, num_ops: int, prob: float, magnitude: float, magnitude_std: float):
@@ -156,12 +187,24 @@ def draw_layer(key, num_ops: int, prob: float, magnitude: float, magnitude_std: 
   return jnp.where(applied, op, -1), drawn, negate
 
 
-def rand_augment(image, key, *, ops=INCREASING_OPS, num_layers: int = 2, prob: float = 0.5,
-                 magnitude: float = 9.0, magnitude_std: float = 0.5, fill=(124, 116, 104)):
-  """RandAugment on one uint8 HWC image; every draw comes from ``key``."""
+def layer_arguments(key, height: int, width: int, *, ops=INCREASING_OPS, num_layers: int = 2,
+                    prob: float = 0.5, magnitude: float = 9.0, magnitude_std: float = 0.5):
+  """[(op or -1, OpArguments)] of each layer on a height x width image, from ``key``."""
+  layers = []
   for layer_key in jax.random.split(key, num_layers):
     op, drawn, negate = draw_layer(layer_key, len(ops), prob, magnitude, magnitude_std)
-    image = apply_op(image, op, drawn, negate, ops, fill)
+    layers.append((op, op_arguments(op, drawn, negate, ops, height, width)))
+  return layers
+
+
+def rand_augment(image, key, *, ops=INCREASING_OPS, fill=(124, 116, 104), **settings):
+  """RandAugment on one uint8 HWC image; every draw comes from ``key``.
+
+  ``settings``: ``layer_arguments``' num_layers, prob, magnitude, magnitude_std.
+  """
+  h, w, _ = image.shape
+  for op, arguments in layer_arguments(key, h, w, ops=ops, **settings):
+    image = apply_arguments(image, op, arguments, ops, fill)
   return image
 
 
