@@ -14,6 +14,7 @@ keeps stable, and each is mapped to timm's draw by hand (``uniform``: a + (b - a
 process. Draw order: the crop's attempts, then the flip.
 """
 import dataclasses
+import io
 import math
 
 import numpy as np
@@ -69,8 +70,38 @@ def crop_params(draws, height: int, width: int, scale, ratio) -> tuple[int, int,
 def resized_crop(image: np.ndarray, top: int, left: int, h: int, w: int, size: int,
                  interpolation: str) -> np.ndarray:
   """Crop then resize to ``size`` x ``size`` with PIL, as torchvision's resized_crop."""
-  crop = Image.fromarray(image).crop((left, top, left + w, top + h))
-  return np.asarray(crop.resize((size, size), INTERPOLATIONS[interpolation]))
+  return np.asarray(_crop_resize(Image.fromarray(image), top, left, h, w, size, interpolation))
+
+
+def _crop_resize(image: Image.Image, top: int, left: int, h: int, w: int, size: int,
+                 interpolation: str) -> Image.Image:
+  crop = image.crop((left, top, left + w, top + h))
+  return crop.resize((size, size), INTERPOLATIONS[interpolation])
+
+
+def draft_reduction(h: int, w: int, size: int) -> int:
+  """The largest JPEG decode reduction (8, 4, 2, else 1) that leaves an h x w crop at least
+  ``size`` pixels a side, so the resize after it still only shrinks."""
+  return next((r for r in (8, 4, 2) if min(h, w) >= r * size), 1)
+
+
+def _encoded_crop(data: bytes, draws, size: int, scale, ratio, interpolation: str,
+                  draft: bool) -> Image.Image:
+  """RandomResizedCrop of encoded bytes. The crop is drawn from the header's size; with
+  ``draft``, libjpeg decodes at 1/r scale (``draft_reduction``) and the resize reads the
+  crop box scaled by 1/r, in fractional pixels."""
+  with Image.open(io.BytesIO(data)) as encoded:
+    width, height = encoded.size
+    top, left, h, w = crop_params(draws, height, width, scale, ratio)
+    reduction = draft_reduction(h, w, size) if draft else 1
+    if reduction > 1:
+      encoded.draft('RGB', (width // reduction, height // reduction))
+    image = encoded.convert('RGB') if encoded.mode != 'RGB' else encoded
+    image.load()
+    if reduction > 1:
+      box = tuple(edge / reduction for edge in (left, top, left + w, top + h))
+      return image.resize((size, size), INTERPOLATIONS[interpolation], box=box)
+    return _crop_resize(image, top, left, h, w, size, interpolation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,22 +110,36 @@ class TrainCrop:
 
   ``image``: the RandomResizedCrop of the record's image, flipped left-right with
   probability ``hflip``, uint8 (size, size, 3). ``key``: the sample key's data, passed on
-  so the device half draws its own ops from the same key.
+  so the device half draws its own ops from the same key. The record's image is decoded
+  pixels, or encoded bytes (sources built with ``decode=False``), which skips copies and
+  allows ``draft``: JPEG decoding at 1/2, 1/4 or 1/8 scale when the crop is at least that
+  many times the output size (timm always decodes in full; off by default for parity).
   """
   size: int
   scale: tuple = (0.08, 1.0)
   ratio: tuple = (3 / 4, 4 / 3)
   hflip: float = 0.5
   interpolation: str = 'bicubic'
+  draft: bool = False
+
+  def crop(self, image, key_data: np.ndarray) -> Image.Image:
+    """The flipped crop of decoded pixels or encoded bytes, as a PIL image."""
+    draws = _Draws(key_data)
+    if isinstance(image, bytes):
+      crop = _encoded_crop(image, draws, self.size, self.scale, self.ratio,
+                           self.interpolation, self.draft)
+    else:
+      top, left, h, w = crop_params(draws, image.shape[0], image.shape[1], self.scale,
+                                    self.ratio)
+      crop = _crop_resize(Image.fromarray(image), top, left, h, w, self.size,
+                          self.interpolation)
+    if draws.random() < self.hflip:
+      crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return crop
 
   def __call__(self, record: dict, key_data: np.ndarray) -> dict:
-    image = record['image']
-    draws = _Draws(key_data)
-    top, left, h, w = crop_params(draws, image.shape[0], image.shape[1], self.scale, self.ratio)
-    crop = resized_crop(image, top, left, h, w, self.size, self.interpolation)
-    if draws.random() < self.hflip:
-      crop = crop[:, ::-1]
-    return dict(image=np.ascontiguousarray(crop), key=np.asarray(key_data, np.uint32))
+    return dict(image=np.asarray(self.crop(record['image'], key_data)),
+                key=np.asarray(key_data, np.uint32))
 
 
 @dataclasses.dataclass(frozen=True)

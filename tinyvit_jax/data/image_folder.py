@@ -34,10 +34,15 @@ def list_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
 
 
 class ImageFolderSource:
-  """Random-access source: ``source[i]`` is dict(image=uint8 HWC RGB, label, index)."""
+  """Random-access source: ``source[i]`` is dict(image=uint8 HWC RGB, label, index).
 
-  def __init__(self, root: str):
+  With ``decode=False``, ``image`` is the file's bytes, for transforms that decode
+  themselves (``augment_host.TrainCrop``: fewer copies, optional reduced-scale JPEG decode).
+  """
+
+  def __init__(self, root: str, decode: bool = True):
     self.root = root
+    self.decode = decode
     self.class_names, self.files = list_image_folder(root)
     self.num_classes = len(self.class_names)
 
@@ -48,6 +53,8 @@ class ImageFolderSource:
     path, label = self.files[index]
     with open(os.path.join(self.root, path), 'rb') as f:
       data = f.read()
+    if not self.decode:
+      return dict(image=data, label=label, index=int(index))
     try:
       image = decode.decode_image(data)
     except decode.DECODE_ERRORS as error:
