@@ -8,6 +8,8 @@ Where each op runs, and why:
 - Device (jax.numpy, vmapped over per-sample keys, inside the jitted step): RandAugment,
   colour jitter, normalisation, random erasing, then Mixup/CutMix over pairs. These are
   the costly per-pixel ops, and on an accelerator they are nearly free next to the model.
+  On a CPU, XLA runs them ~15x slower than PIL, so CPU-only runs set ``augment_on='host'``
+  and all but Mixup/CutMix run in the workers (``augment_on_host``), from the same draws.
 
 Keys: everything about example ``i`` in epoch ``e`` comes from ``keys.sample_key(seed, e,
 i)``, whose data the loader gives the host transform and the host passes on as
@@ -19,7 +21,11 @@ splits it into (RandAugment, colour jitter, erasing, pair) keys. Pair ``j`` (pos
 Config keys (``make_train_augment``; a dict, a ConfigDict or keyword overrides):
 image_size, scale, ratio, hflip, interpolation; rand_augment (timm spec or None),
 color_jitter (0, a strength, or (brightness, contrast, saturation)); mean, std;
-erase_prob; mixup_alpha, cutmix_alpha, mix_prob, switch_prob (both alphas 0: no mixing).
+erase_prob; mixup_alpha, cutmix_alpha, mix_prob, switch_prob (both alphas 0: no mixing);
+augment_on ('device', or 'host': every per-image op in the loader workers with PIL, for
+CPU-only runs, see ``augment_on_host``); jpeg_draft (decode JPEGs at a reduced scale when
+the crop allows, see ``augment_host.TrainCrop``). Both change pixels, so an FPD store must
+be replayed with the config it was saved with.
 The defaults are the DeiT/TinyViT recipe as timm runs it. timm turns colour jitter off
 whenever RandAugment is on, so those recipes never jitter: the default here is 0.
 """
@@ -30,6 +36,8 @@ import jax
 
 from tinyvit_jax.data import augment_device
 from tinyvit_jax.data import augment_host
+from tinyvit_jax.data import augment_on_host
+from tinyvit_jax.data import keys
 from tinyvit_jax.data import mix
 from tinyvit_jax.data import randaugment
 
@@ -37,7 +45,8 @@ TRAIN_DEFAULTS = dict(
     image_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
     interpolation='bicubic', rand_augment='rand-m9-mstd0.5-inc1', color_jitter=0.0,
     mean=augment_device.IMAGENET_MEAN, std=augment_device.IMAGENET_STD, erase_prob=0.25,
-    mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5)
+    mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5, augment_on='device',
+    jpeg_draft=False)
 
 EVAL_DEFAULTS = dict(image_size=224, crop_pct=0.875, interpolation='bicubic',
                      mean=augment_device.IMAGENET_MEAN, std=augment_device.IMAGENET_STD)
@@ -47,7 +56,8 @@ class Augment(NamedTuple):
   """``host``: the loader transform, ``(record, key_data) -> dict of numpy arrays``.
 
   ``device``: for training ``(images uint8 (B, H, W, 3), key_data uint32 (B, 2), targets
-  (B, classes)) -> (images float32, targets)``; for evaluation ``images -> images``.
+  (B, classes)) -> (images float32, targets)`` (with ``augment_on='host'`` the images come
+  in float32, augmented and normalised); for evaluation ``images -> images``.
   Pure and jittable; targets are dense rows (``mix.smooth_one_hot`` for labels).
   """
   host: Callable
@@ -57,7 +67,7 @@ class Augment(NamedTuple):
 def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean, std,
                  erase_prob, mixing):
   """The training device half; ``make_train_augment`` binds the keyword settings."""
-  streams = jax.vmap(lambda key: jax.random.split(key, 4))(jax.random.wrap_key_data(key_data))
+  streams = jax.vmap(keys.augment_streams)(jax.random.wrap_key_data(key_data))
 
   def one_image(image, rand_augment_key, jitter_key, erase_key):
     if rand_augment is not None:
@@ -69,10 +79,17 @@ def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean,
       image = augment_device.random_erase(image, erase_key, erase_prob)
     return image
 
-  images = jax.vmap(one_image)(images, streams[:, 0], streams[:, 1], streams[:, 2])
-  if mixing is not None:
-    images, targets = mix.mix_pairs(images, targets, streams[0::2, 3], **mixing)
-  return images, targets
+  images = jax.vmap(one_image)(images, *streams[:3])
+  return mixed_images(images, key_data, targets, mixing=mixing)
+
+
+def mixed_images(images, key_data, targets, *, mixing):
+  """Mixup/CutMix of pair j with the pair key of position 2j; all the device does when
+  the host ran the per-image ops (``augment_on='host'``)."""
+  if mixing is None:
+    return images, targets
+  pair_keys = jax.vmap(keys.augment_streams)(jax.random.wrap_key_data(key_data))[3]
+  return mix.mix_pairs(images, targets, pair_keys[0::2], **mixing)
 
 
 def make_train_augment(config=None, **overrides) -> Augment:
@@ -91,20 +108,27 @@ def make_train_augment(config=None, **overrides) -> Augment:
   if len(jitter) != 3 or min(jitter) < 0:
     raise ValueError(f'color_jitter={cfg["color_jitter"]}: give one strength >= 0 or '
                      '(brightness, contrast, saturation); hue is not supported.')
-  rand_augment = None
+  if cfg['augment_on'] not in ('device', 'host'):
+    raise ValueError(f'augment_on={cfg["augment_on"]!r}; expected "device" or "host".')
+  rand_augment = fill = None
   if cfg['rand_augment']:
     fill = tuple(min(255, round(255 * m)) for m in cfg['mean'])  # timm's img_mean
-    rand_augment = dict(randaugment.parse_spec(cfg['rand_augment']), fill=fill)
+    rand_augment = randaugment.parse_spec(cfg['rand_augment'])
   mixing = None
   if cfg['mixup_alpha'] > 0 or cfg['cutmix_alpha'] > 0:
     mixing = dict(mixup_alpha=cfg['mixup_alpha'], cutmix_alpha=cfg['cutmix_alpha'],
                   switch_prob=cfg['switch_prob'], prob=cfg['mix_prob'])
-  host = augment_host.TrainCrop(cfg['image_size'], tuple(cfg['scale']), tuple(cfg['ratio']),
-                                cfg['hflip'], cfg['interpolation'])
-  device = functools.partial(train_images, rand_augment=rand_augment, color_jitter=jitter,
-                             mean=tuple(cfg['mean']), std=tuple(cfg['std']),
-                             erase_prob=cfg['erase_prob'], mixing=mixing)
-  return Augment(host, device)
+  crop = augment_host.TrainCrop(cfg['image_size'], tuple(cfg['scale']), tuple(cfg['ratio']),
+                                cfg['hflip'], cfg['interpolation'], cfg['jpeg_draft'])
+  if cfg['augment_on'] == 'host':
+    host = augment_on_host.TrainOnHost(crop, rand_augment, jitter, tuple(cfg['mean']),
+                                       tuple(cfg['std']), cfg['erase_prob'], fill)
+    return Augment(host, functools.partial(mixed_images, mixing=mixing))
+  device = functools.partial(
+      train_images, rand_augment=rand_augment and dict(rand_augment, fill=fill),
+      color_jitter=jitter, mean=tuple(cfg['mean']), std=tuple(cfg['std']),
+      erase_prob=cfg['erase_prob'], mixing=mixing)
+  return Augment(crop, device)
 
 
 def make_eval_augment(config=None, **overrides) -> Augment:
