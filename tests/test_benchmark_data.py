@@ -1,0 +1,29 @@
+"""benchmarks/data.py --quick runs both pipelines end to end and writes the JSON it promises."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_quick_run_writes_positive_figures(tmp_path):
+  out = tmp_path / 'data.json'
+  subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'data.py'), '--quick',
+                  '--workers', '1', '--cache', str(tmp_path / 'jpegs'), '--json', str(out)],
+                 check=True, cwd=REPO, timeout=600)
+  report = json.loads(out.read_text())
+
+  assert report['config']['batch'] == 8 and report['config']['workers'] == 1
+  assert len(os.listdir(tmp_path / 'jpegs_quick' / '64_375x500')) == 10 + 1  # classes, done
+  for arm in ('ours', 'timm'):
+    for metric in ('img_per_s', 'img_per_cpu_s'):
+      rate = report['results'][arm][metric]
+      assert len(rate['runs']) == 2 and all(r > 0 for r in rate['runs'])
+      assert rate['min'] <= rate['median'] <= rate['max']
+  assert report['ours_over_timm']['img_per_s'] == pytest.approx(
+      report['results']['ours']['img_per_s']['median']
+      / report['results']['timm']['img_per_s']['median'])
