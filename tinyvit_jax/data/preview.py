@@ -1,0 +1,87 @@
+"""Shows what the model sees, for eyeballing an augmentation config.
+
+  python -m tinyvit_jax.data.preview --config=FILE.py[:arg] --epoch E --count N \
+      --out grid.png [--npy FILE]
+
+Takes positions 0..N-1 of epoch E (N even while Mixup/CutMix is on), augments and mixes
+them exactly as training does (``pipeline.make_input_pipeline``), and writes them as a
+grid, denormalised to pixels, each tile captioned with its example (dataset) index.
+``--npy`` also saves the exact tensors: ``np.savez`` with ``images`` (N, H, W, 3) float32
+as the model gets them, ``indices`` and ``targets`` (N, classes), the mixed targets. The
+config file's ``get_config(arg)`` returns ``data`` and ``aug`` (see
+``configs/preview_digits.py``); ``--config.aug.KEY=VALUE`` overrides a setting.
+"""
+import math
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+
+from tinyvit_jax.data import augment
+from tinyvit_jax.data import order
+from tinyvit_jax.data import pipeline
+from tinyvit_jax.data import sources
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with data and aug.',
+                                          lock_config=True)
+_EPOCH = flags.DEFINE_integer('epoch', 0, 'Epoch to show.')
+_COUNT = flags.DEFINE_integer('count', 16, 'Examples to show: positions 0..count-1.')
+_OUT = flags.DEFINE_string('out', 'preview.png', 'Grid PNG to write.')
+_NPY = flags.DEFINE_string('npy', None, 'Also save the float tensors to this .npz file.')
+
+CAPTION_HEIGHT = 12  # pixels under each tile for its index, in PIL's default font
+
+
+def augmented_examples(config, epoch: int, count: int):
+  """(images float32, dataset indices, targets) of positions 0..count-1 of ``epoch``."""
+  data = config.data
+  source = sources.make_source(data.source, **data.args)
+  run = pipeline.make_input_pipeline(
+      source, config.aug, seed=data.seed, global_batch=count,
+      mesh=pipeline.data_mesh(jax.devices()[:1]), label_smoothing=data.label_smoothing,
+      start_step=epoch * order.steps_per_epoch(len(source), count), num_steps=1)
+  batch = next(run.batches)
+  images, targets = run.device_augment(batch)
+  return np.asarray(images), np.asarray(batch['index']), np.asarray(targets)
+
+
+def to_pixels(images: np.ndarray, aug_config) -> np.ndarray:
+  """Normalised float images back to uint8 (erasing noise is clipped)."""
+  settings = dict(augment.TRAIN_DEFAULTS, **aug_config)
+  pixels = (images * np.asarray(settings['std']) + np.asarray(settings['mean'])) * 255
+  return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+def grid(pixels: np.ndarray, captions) -> Image.Image:
+  """Tiles in rows of ceil(sqrt(N)), each with its caption in a strip below."""
+  count, height, width, _ = pixels.shape
+  columns = math.ceil(math.sqrt(count))
+  rows = math.ceil(count / columns)
+  cell = height + CAPTION_HEIGHT
+  canvas = Image.new('RGB', (columns * width, rows * cell))
+  draw = ImageDraw.Draw(canvas)
+  for k, (tile, caption) in enumerate(zip(pixels, captions)):
+    left, top = (k % columns) * width, (k // columns) * cell
+    canvas.paste(Image.fromarray(tile), (left, top))
+    draw.text((left + 1, top + height), str(caption), fill=(255, 255, 255))
+  return canvas
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  images, indices, targets = augmented_examples(config, _EPOCH.value, _COUNT.value)
+  grid(to_pixels(images, config.aug), indices).save(_OUT.value)
+  if _NPY.value:
+    np.savez(_NPY.value, images=images, indices=indices, targets=targets)
+  print(f'Wrote {len(indices)} examples of epoch {_EPOCH.value} to {_OUT.value}'
+        + (f' and {_NPY.value}' if _NPY.value else ''))
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main)

@@ -1,0 +1,30 @@
+"""Sources by name, so a config names its data: ``make_source(config.data.source,
+**config.data.args)``.
+
+Every source is random access, ``source[i]`` -> dict(image=uint8 HWC RGB, label, index),
+with ``len`` and ``num_classes``. The args are the constructor's:
+- ``digits``: split ('train' | 'test'), image_size (the embedded scikit-learn digits);
+- ``synthetic``: num_examples, num_classes, image_size, seed;
+- ``folder``: root (an image folder ``root/<class>/<file>``, read in place);
+- ``array_record``: directory (a folder prepared by ``python -m tinyvit_jax.data.prepare``);
+- ``tfds``: name, split, data_dir (a tfds dataset prepared in array_record format).
+"""
+from tinyvit_jax.data import array_record_source
+from tinyvit_jax.data import digits
+from tinyvit_jax.data import image_folder
+from tinyvit_jax.data import synthetic
+from tinyvit_jax.data import tfds_source
+
+SOURCES = {
+    'digits': digits.DigitsSource,
+    'synthetic': synthetic.SyntheticSource,
+    'folder': image_folder.ImageFolderSource,
+    'array_record': array_record_source.ArrayRecordSource,
+    'tfds': tfds_source.TfdsSource,
+}
+
+
+def make_source(name: str, **args):
+  if name not in SOURCES:
+    raise ValueError(f'Unknown data source {name!r}; known: {sorted(SOURCES)}.')
+  return SOURCES[name](**args)
