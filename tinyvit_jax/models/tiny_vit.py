@@ -118,14 +118,16 @@ class Attention(nnx.Module):
 
   def __call__(self, x):
     b, n, _ = x.shape
-    qkv = self.qkv(self.norm(x)).reshape(b, n, self.num_heads, 3 * self.head_dim)
-    q, k, v = jnp.split(qkv, 3, axis=-1)  # per head: [q | k | v], as timm's view + split
-    scores = jnp.einsum('bnhd,bmhd->bhnm', q * self.head_dim ** -0.5, k)
+    # Per head the qkv features are [q | k | v], as timm's view + split. One transpose
+    # to (3, B, heads, N, hd) lets both matmuls batch over leading axes: 3x faster
+    # forward on XLA:CPU than einsums over (B, N, heads, hd).
+    qkv = self.qkv(self.norm(x)).reshape(b, n, self.num_heads, 3, self.head_dim)
+    q, k, v = qkv.transpose(3, 0, 2, 1, 4)
+    scores = jnp.einsum('bhnd,bhmd->bhnm', q * self.head_dim ** -0.5, k)
     bias = self.attention_biases[...][:, attention_bias_index(self.window_size)]
     probs = jax.nn.softmax(add_window_bias(scores.astype(jnp.float32), bias), axis=-1)
-    probs = probs.astype(v.dtype)
-    out = jnp.einsum('bhnm,bmhd->bnhd', probs, v).reshape(b, n, -1)
-    return self.proj(out)
+    out = jnp.einsum('bhnm,bhmd->bhnd', probs.astype(v.dtype), v)
+    return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
 
 
 class NormMlp(nnx.Module):
