@@ -312,7 +312,7 @@ class EpochWriter:
     indices, example_index = np.asarray(indices), np.asarray(example_index)
     _check_rows(values, indices, example_index, store)
     for chunk in range(start // store.chunk_rows, -(-(start + count) // store.chunk_rows)):
-      if chunk in self._done:
+      if chunk in self._done or not count:
         continue
       rows = store.chunk_positions(chunk)
       lo, hi = max(start, rows.start), min(start + count, rows.stop)
