@@ -59,9 +59,13 @@ class Augment(NamedTuple):
   (B, classes)) -> (images float32, targets)`` (with ``augment_on='host'`` the images come
   in float32, augmented and normalised); for evaluation ``images -> images``.
   Pure and jittable; targets are dense rows (``mix.smooth_one_hot`` for labels).
+
+  ``mixes``: whether ``device`` mixes pairs (Mixup/CutMix), which needs an even
+  per-device batch.
   """
   host: Callable
   device: Callable
+  mixes: bool = False
 
 
 def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean, std,
@@ -123,12 +127,12 @@ def make_train_augment(config=None, **overrides) -> Augment:
   if cfg['augment_on'] == 'host':
     host = augment_on_host.TrainOnHost(crop, rand_augment, jitter, tuple(cfg['mean']),
                                        tuple(cfg['std']), cfg['erase_prob'], fill)
-    return Augment(host, functools.partial(mixed_images, mixing=mixing))
+    return Augment(host, functools.partial(mixed_images, mixing=mixing), mixing is not None)
   device = functools.partial(
       train_images, rand_augment=rand_augment and dict(rand_augment, fill=fill),
       color_jitter=jitter, mean=tuple(cfg['mean']), std=tuple(cfg['std']),
       erase_prob=cfg['erase_prob'], mixing=mixing)
-  return Augment(crop, device)
+  return Augment(crop, device, mixing is not None)
 
 
 def make_eval_augment(config=None, **overrides) -> Augment:

@@ -54,8 +54,8 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
   later start step). ``aug_config``: ``augment.make_train_augment``'s settings."""
   mesh = data_mesh() if mesh is None else mesh
   train_augment = augment.make_train_augment(aug_config)
-  mixes = train_augment.device.keywords['mixing'] is not None  # the config turned a mix on
-  (order.check_mixup_batch if mixes else order.device_batch_size)(global_batch, mesh.size)
+  check = order.check_mixup_batch if train_augment.mixes else order.device_batch_size
+  check(global_batch, mesh.size)
   sharding = NamedSharding(mesh, P('data'))
   host_batches = loader.train_batches(
       source, seed=seed, global_batch=global_batch, transform=train_augment.host,
