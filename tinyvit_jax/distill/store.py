@@ -28,8 +28,9 @@ files per sample-epoch (18 GB over 90 x 13.2M for 21k): 53 B at k=10, 377 B at k
 Raw columns miss it at k=100 and ArrayRecord only just misses it; ours is smallest
 (0.53x and 0.65x official; 0.71x and 0.68x of the 4 + 4k alone), 15% below tensorstore at
 k=100, i.e. ~50 GB over a 90-epoch 21k store. Every encoded engine reads above the 1M
-rows/s target; tensorstore reads 2x faster than ours (zlib inflation is ~60% of our
-decode), but 3M rows/s is already far beyond what a student consumes. Plain
+rows/s target; tensorstore reads 1.3-2x faster than ours (ours: 3.0M and 4.0M rows/s in
+two runs; zlib inflation is ~60% of our decode), but that is already far beyond what a
+student consumes. Plain
 files with our own encoding win because, besides size, the properties a save pass needs
 are easiest to guarantee on files we write ourselves:
 
