@@ -254,12 +254,12 @@ class TinyVit(nnx.Module):
 _WINDOWS = {224: (7, 7, 14, 7), 384: (12, 12, 24, 12), 512: (16, 16, 32, 16)}
 
 
-def _tiny_vit(embed_dims, num_heads, default_size, default_drop_path, **overrides):
+def _tiny_vit(dims, heads, default_size, default_drop_path, **overrides):
   """Variants at 224/384/512 use the paper's windows; any other ``img_size`` keeps the
   variant's own windows and pads where they do not tile."""
   img_size = overrides.pop('img_size', default_size)
   windows = _WINDOWS.get(img_size, _WINDOWS[default_size])
-  kwargs = dict(embed_dims=embed_dims, num_heads=num_heads, img_size=img_size,
+  kwargs = dict(embed_dims=dims, num_heads=heads, img_size=img_size,
                 window_sizes=windows, drop_path_rate=default_drop_path)
   kwargs.update(overrides)
   return TinyVit(**kwargs)
