@@ -2,7 +2,7 @@
 
 Layout of a checkpoint directory::
 
-  DIR/model.json   {"format": 1, "model": name, "kwargs": {...}}
+  DIR/model.json   {"format": 1, "model": name, "kwargs": {...}, "metadata": {...}}
   DIR/state/       orbax PyTree checkpoint of the Params and BatchStats
 
 The directory is assembled under a temporary name and renamed into place, so a save
@@ -24,8 +24,12 @@ _JSON_TYPES = (int, float, str, bool, list, tuple, type(None))
 
 
 def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool = False,
-               **kwargs) -> None:
-  """Saves ``model`` (created as ``create_model(name, **kwargs)``) to ``directory``."""
+               metadata: dict | None = None, **kwargs) -> None:
+  """Saves ``model`` (created as ``create_model(name, **kwargs)``) to ``directory``.
+
+  ``metadata`` (JSON): what a user of the weights needs besides them, e.g. the class
+  names and the eval preprocessing a training run exports.
+  """
   directory = os.path.abspath(directory)
   bad = {k: v for k, v in kwargs.items() if not isinstance(v, _JSON_TYPES)}
   if bad:
@@ -42,7 +46,8 @@ def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool 
     checkpointer.save(os.path.join(tmp, 'state'), nnx.to_pure_dict(state))
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, 'model.json'), 'w') as f:
-      json.dump({'format': FORMAT_VERSION, 'model': name, 'kwargs': kwargs}, f, indent=1)
+      json.dump({'format': FORMAT_VERSION, 'model': name, 'kwargs': kwargs,
+                 'metadata': metadata or {}}, f, indent=1)
     if os.path.exists(directory):
       shutil.rmtree(directory)
     os.replace(tmp, directory)
