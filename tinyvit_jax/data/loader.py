@@ -76,14 +76,46 @@ class _ProcessBatch:
         indices, valid = order.eval_positions(step, n, self.global_batch, self.process_index,
                                               self.process_count)
         positions, mask = indices, dict(mask=valid)
-      key_data = np.asarray(_sample_key_data(self.seed, epoch, indices))
-    examples = []
-    for position, index, key in zip(positions, indices, key_data):
-      record = self.source[int(index)]
-      examples.append(dict(self.transform(record, key), label=record['label'], index=index,
-                           position=position, epoch=epoch))
-    stacked = {name: np.stack([example[name] for example in examples]) for name in examples[0]}
-    return dict(stacked, **mask)
+    return dict(_examples(self.source, self.transform, self.seed, epoch, positions, indices),
+                **mask)
+
+
+def _examples(source, transform: Transform, seed: int, epoch: int, positions,
+              indices) -> dict:
+  """The stacked examples at ``positions`` of ``epoch`` (dataset ``indices``), transformed
+  with their sample keys: the one place a batch is built, whatever chose its positions."""
+  with jax.default_device(_cpu()):
+    key_data = np.asarray(_sample_key_data(seed, epoch, indices))
+  examples = []
+  for position, index, key in zip(positions, indices, key_data):
+    record = source[int(index)]
+    examples.append(dict(transform(record, key), label=record['label'], index=index,
+                         position=position, epoch=epoch))
+  return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
+
+
+@dataclasses.dataclass
+class _PositionBatch:
+  """Batch number -> the examples at ``positions[b*batch:(b+1)*batch]`` of ``epoch``.
+
+  The last batch is padded with copies of the last position (``mask`` False there), so
+  shapes stay fixed; batches past the end are all padding, which grain's prefetch may ask for.
+  """
+  source: object
+  transform: Transform
+  seed: int
+  epoch: int
+  positions: np.ndarray
+  batch: int
+
+  def __call__(self, number: int) -> dict:
+    wanted = number * self.batch + np.arange(self.batch)
+    mask = wanted < len(self.positions)
+    positions = self.positions[np.minimum(wanted, len(self.positions) - 1)]
+    with jax.default_device(_cpu()):
+      indices = order.epoch_permutation(self.seed, self.epoch, len(self.source))[positions]
+    return dict(_examples(self.source, self.transform, self.seed, self.epoch, positions,
+                          indices), mask=mask)
 
 
 def _use_cpu_only(worker_index: int, worker_count: int):
@@ -150,3 +182,26 @@ def eval_batches(source, *, global_batch: int, transform: Transform = raw_image,
   batch = _ProcessBatch(source, transform, seed, global_batch, process_index, process_count,
                         train=False)
   return _iterate(batch, 0, steps, num_workers, prefetch)
+
+
+def position_batches(source, *, seed: int, epoch: int, positions, batch: int,
+                     transform: Transform = raw_image, num_workers: int = 0,
+                     prefetch: int = 2) -> Iterator[dict]:
+  """Batches of the given epoch positions, in the order given, exactly as training sees
+  them (same transform, same sample keys): what the FPD save pass feeds its teacher.
+
+  ``positions`` is any 1-D sequence (a block of the store, or sampled Mixup pairs);
+  consecutive runs of ``batch`` entries form a batch, and the last one is padded with
+  copies of the last position and masked (``mask``). Keep Mixup pairs (2j, 2j + 1)
+  adjacent and at even offsets, with ``batch`` even, and each pair mixes as in training.
+  """
+  positions = np.asarray(positions, np.int64)
+  n = len(source)
+  if batch < 1:
+    raise ValueError(f'batch {batch} must be at least 1.')
+  if positions.ndim != 1 or (len(positions) and (positions.min() < 0 or positions.max() >= n)):
+    raise ValueError(f'positions must be a 1-D sequence in [0, {n}) (the epoch has {n}).')
+  if not len(positions):
+    return iter(())
+  fn = _PositionBatch(source, transform, seed, epoch, positions, batch)
+  return _iterate(fn, 0, -(-len(positions) // batch), num_workers, prefetch)

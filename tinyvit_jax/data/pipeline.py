@@ -49,28 +49,46 @@ def data_mesh(devices=None) -> Mesh:
 def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
                         mesh: Mesh | None = None, label_smoothing: float = 0.0,
                         start_step: int = 0, num_steps: int | None = None,
-                        num_workers: int = 0) -> InputPipeline:
+                        num_workers: int = 0,
+                        host_hook: Callable[[dict], dict] | None = None) -> InputPipeline:
   """The input of a training run from global step ``start_step`` on (a resume is just a
-  later start step). ``aug_config``: ``augment.make_train_augment``'s settings."""
+  later start step). ``aug_config``: ``augment.make_train_augment``'s settings.
+
+  ``host_hook(batch) -> batch``, if given, sees each process-local numpy batch before it
+  becomes a global array: FPD joins the stored teacher rows to the batch there
+  (``distill.store_targets``). Arrays it adds must have the batch's leading dimension.
+  """
   mesh = data_mesh() if mesh is None else mesh
   train_augment = augment.make_train_augment(aug_config)
-  check = order.check_mixup_batch if train_augment.mixes else order.device_batch_size
-  check(global_batch, mesh.size)
   sharding = NamedSharding(mesh, P('data'))
+  device_augment = make_device_augment(train_augment, mesh, global_batch, source.num_classes,
+                                       label_smoothing)
   host_batches = loader.train_batches(
       source, seed=seed, global_batch=global_batch, transform=train_augment.host,
       process_index=jax.process_index(), process_count=jax.process_count(),
       start_step=start_step, num_steps=num_steps, num_workers=num_workers)
+  if host_hook is not None:
+    host_batches = map(host_hook, host_batches)
   batches = ({name: jax.make_array_from_process_local_data(sharding, value)
               for name, value in batch.items()} for batch in host_batches)
+  return InputPipeline(batches, device_augment,
+                       order.steps_per_epoch(len(source), global_batch))
+
+
+def make_device_augment(train_augment: augment.Augment, mesh: Mesh, global_batch: int,
+                        num_classes: int, label_smoothing: float = 0.0) -> Callable:
+  """``InputPipeline.device_augment`` over ``mesh`` for batches of ``global_batch`` (see
+  there); checked here, with the numbers, to keep Mixup pairs on one device. The FPD
+  save pass calls this too, so its teacher sees the student's very images."""
+  check = order.check_mixup_batch if train_augment.mixes else order.device_batch_size
+  check(global_batch, mesh.size)
   per_device = jax.shard_map(train_augment.device, mesh=mesh, in_specs=P('data'),
                              out_specs=P('data'))
 
   @jax.jit
   def device_augment(batch, targets=None):
     if targets is None:
-      targets = mix.smooth_one_hot(batch['label'], source.num_classes, label_smoothing)
+      targets = mix.smooth_one_hot(batch['label'], num_classes, label_smoothing)
     return per_device(batch['image'], batch['key'], targets)
 
-  return InputPipeline(batches, device_augment,
-                       order.steps_per_epoch(len(source), global_batch))
+  return device_augment
