@@ -2,6 +2,7 @@
 
   python tests/save_pass_run.py --store DIR [--global_batch 32] [--stall_at S]
       [--coordinator HOST:PORT --num_processes P --process_id I]
+  python tests/save_pass_run.py --store DIR --read_out ROWS.npz --global_batch 64 ...
 
 The teacher is a fixed random linear map of 4x4-pooled pixels, so it is fast, sees every
 pixel the augmentation changes (Mixup and CutMix included) and gives peaked, non-trivial
@@ -18,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import synthetic
 from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store_targets
 from tinyvit_jax.distill import teacher as teacher_lib
 
 SEED, N, EPOCHS, K, CLASSES, CHUNK_ROWS = 5, 150, 2, 5, 12, 32
@@ -71,6 +74,27 @@ def student_fields(**overrides):
   return save_pass.store_fields(args.pop('source', source()), **args)
 
 
+def local_rows(array) -> np.ndarray:
+  """This process's rows of a global array, in order."""
+  shards = sorted(array.addressable_shards, key=lambda shard: shard.index[0].start)
+  return np.concatenate([np.asarray(shard.data) for shard in shards])
+
+
+def student_rows(store_path: str, global_batch: int, start_step: int, num_steps: int) -> dict:
+  """{(epoch, position): (index, teacher values, teacher indices)} a store-fed student's
+  batches carry, on however many devices this process has."""
+  hook = store_targets.StoreTargets(store_path, student_fields())
+  steps = pipeline.make_input_pipeline(source(), AUG, seed=SEED, global_batch=global_batch,
+                                       host_hook=hook, start_step=start_step,
+                                       num_steps=num_steps)
+  seen = {}
+  for batch in steps.batches:
+    columns = [local_rows(batch[name]) for name in ('epoch', 'position', 'index',
+                                                    'teacher_values', 'teacher_indices')]
+    seen.update({(int(e), int(p)): (int(i), v, t) for e, p, i, v, t in zip(*columns)})
+  return seen
+
+
 def stall_before_rename(path: str, stall_at: int) -> None:
   renames = [0]
   real_replace = os.replace
@@ -91,12 +115,24 @@ def main():
   parser.add_argument('--store', required=True)
   parser.add_argument('--global_batch', type=int, default=32)
   parser.add_argument('--stall_at', type=int)
+  parser.add_argument('--read_out', help='read the store as a student at --global_batch '
+                      'for --num_steps steps from --start_step, and save the rows (.npz)')
+  parser.add_argument('--start_step', type=int, default=0)
+  parser.add_argument('--num_steps', type=int, default=4)
   parser.add_argument('--coordinator')
   parser.add_argument('--num_processes', type=int, default=1)
   parser.add_argument('--process_id', type=int, default=0)
   args = parser.parse_args()
   if args.coordinator:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  if args.read_out:
+    seen = student_rows(args.store, args.global_batch, args.start_step, args.num_steps)
+    names = sorted(seen)
+    np.savez(args.read_out, epoch_position=np.array(names),
+             index=np.array([seen[n][0] for n in names]),
+             values=np.stack([seen[n][1] for n in names]),
+             indices=np.stack([seen[n][2] for n in names]))
+    return
   if args.stall_at is not None:
     stall_before_rename(args.store, args.stall_at)
   save(args.store, args.global_batch)
