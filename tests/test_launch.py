@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -192,13 +193,29 @@ def test_slurm_outside_a_job_submits_itself():
                       '--config.epochs=1']]
 
 
-def _slurm_job(tmp_path, nodelist='gpu-a[17-18]'):
-  """A stand-in allocation of 2 nodes with 4 GPUs each."""
+# srun: starts the command once per node, each task with the variables real srun sets.
+_SRUN = """
+import subprocess
+command = sys.argv[1:]
+while command[0].startswith('--'):
+  command.pop(0)
+count = os.environ['SLURM_NNODES']
+tasks = [subprocess.Popen(command, env={
+    **os.environ, 'SLURM_PROCID': str(task), 'SLURM_LOCALID': '0', 'SLURM_NTASKS': count,
+    'SLURM_STEP_NODELIST': os.environ['SLURM_JOB_NODELIST']}) for task in range(int(count))]
+if any(task.wait() for task in tasks):
+  sys.exit(1)
+"""
+
+
+def _slurm_job(tmp_path, hosts=('gpu-a17', 'gpu-a18')):
+  """A stand-in allocation of 2 nodes with 4 GPUs each, with scontrol and srun."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
-  _fake(bin_dir, 'scontrol', 'print("gpu-a17\\ngpu-a18")')
+  _fake(bin_dir, 'scontrol', f'print(*{list(hosts)!r}, sep="\\n")')
+  _fake(bin_dir, 'srun', _SRUN)
   return dict(PATH=f'{bin_dir}:{os.environ["PATH"]}', SLURM_JOB_ID='4242',
-              SLURM_JOB_NODELIST=nodelist, SLURM_NNODES='2', SLURM_GPUS_ON_NODE='4')
+              SLURM_JOB_NODELIST='gpu-a[17-18]', SLURM_NNODES='2', SLURM_GPUS_ON_NODE='4')
 
 
 def test_slurm_dry_run_in_a_job_prints_env_and_srun(tmp_path):
@@ -218,32 +235,44 @@ def test_slurm_dry_run_in_a_job_prints_env_and_srun(tmp_path):
       '--config.epochs=1']
   assert _calls(os.path.join(tmp_path, 'bin', 'scontrol'))[0]['argv'] == [
       'scontrol', 'show', 'hostnames', 'gpu-a[17-18]']
+  assert not os.path.exists(os.path.join(tmp_path, 'bin', 'srun.jsonl'))
 
 
 def test_slurm_tasks_get_their_process_ids(tmp_path):
   env = _slurm_job(tmp_path)
-  bin_dir = os.path.join(tmp_path, 'bin')
-  # srun: runs the command once per node, as task SLURM_PROCID.
-  srun = _fake(bin_dir, 'srun', 'command = sys.argv[1:]\n'
-               'while command[0].startswith("--"):\n'
-               '  command.pop(0)\n'
-               'import subprocess\n'
-               'for task in range(int(os.environ["SLURM_NNODES"])):\n'
-               '  subprocess.run(command, env={**os.environ, "SLURM_PROCID": str(task)},'
-               ' check=True)')
-  python = _fake(bin_dir, 'python', 'record.update({k: v for k, v in os.environ.items()'
-                 ' if k.startswith("JAX_")})')
-  env['PYTHON'] = python
+  env['PYTHON'] = _fake(tmp_path / 'bin', 'python', """
+record.update({k: v for k, v in os.environ.items() if k.startswith('JAX_')})""")
   result = _run(SLURM, SLURM_ARGS, env)
   assert result.returncode == 0, result.stderr
-  assert len(_calls(srun)) == 1
+  assert len(_calls(os.path.join(tmp_path, 'bin', 'srun'))) == 1
   main = ['python', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
           '--workdir=/shared/runs/5m', '--distributed']
-  expected_port = str(20000 + 4242 % 20000)
-  assert _calls(python) == [
-      dict(argv=main, JAX_COORDINATOR_ADDRESS=f'gpu-a17:{expected_port}',
-           JAX_NUM_PROCESSES='2', JAX_LOCAL_DEVICE_IDS='0,1,2,3', JAX_PROCESS_ID=str(task))
+  port = 20000 + 4242 % 20000
+  calls = sorted(_calls(env['PYTHON']), key=lambda call: call['JAX_PROCESS_ID'])
+  assert calls == [
+      dict(argv=main, JAX_COORDINATOR_ADDRESS=f'gpu-a17:{port}', JAX_NUM_PROCESSES='2',
+           JAX_LOCAL_DEVICE_IDS='0,1,2,3', JAX_PROCESS_ID=str(task))
       for task in range(2)]
+
+
+def test_slurm_env_brings_up_jax_distributed(tmp_path):
+  """main's bare jax.distributed.initialize() in each task: 2 processes, all 4 GPUs each."""
+  env = _slurm_job(tmp_path, hosts=('localhost', 'localhost'))
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['PYTHON'] = _fake(tmp_path / 'bin', 'python', """
+import jax
+jax.distributed.initialize()
+record.update(process=jax.process_index(), count=jax.process_count(),
+              gpus=jax.config.values['jax_cuda_visible_devices'])
+jax.distributed.shutdown()""")
+  with socket.socket() as probe:
+    probe.bind(('localhost', 0))
+    port = probe.getsockname()[1]
+  result = _run(SLURM, [*SLURM_ARGS, '--port', str(port)], env)
+  assert result.returncode == 0, result.stderr
+  calls = sorted(_calls(env['PYTHON']), key=lambda call: call['process'])
+  assert [(c['process'], c['count'], c['gpus']) for c in calls] == [
+      (0, 2, '0,1,2,3'), (1, 2, '0,1,2,3')]
 
 
 @pytest.mark.parametrize('flag', ['--recipe', '--workdir'])
