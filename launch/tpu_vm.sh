@@ -16,7 +16,8 @@
 #      (--worker=all); jax.distributed.initialize() finds its peers from the TPU
 #      metadata, so no coordinator address is needed.
 # Every worker writes to and reads from the same workdir, so it must be on GCS; the
-# logit store defaults to WORKDIR/logits and so is on GCS too. The run lasts as long as
+# logit store defaults to WORKDIR/logits and so is on GCS too. The slice's service
+# account needs read and write access to those buckets. The run lasts as long as
 # the ssh session: if that drops, rerun with --no-create --no-install and the run
 # resumes from the workdir's last checkpoint.
 #
@@ -25,7 +26,8 @@
 #   --zone ZONE               its zone (required)
 #   --project PROJECT         GCP project (default: gcloud's configured one)
 #   --accelerator-type TYPE   slice type, e.g. v4-32, v5litepod-16 (required to create)
-#   --version VERSION         TPU software version (default: tpu-ubuntu2204-base)
+#   --version VERSION         TPU software version (default: tpu-ubuntu2204-base, for
+#                             v4; v5e wants v2-alpha-tpuv5-lite, v6e v2-alpha-tpuv6e)
 #   --recipe CONFIG[:ARGS]    e.g. configs/in1k.py:variant=5m (required to run)
 #   --workdir gs://...        checkpoints, logits and logs (required to run)
 #   --data-dir gs://...       tfds data_dir of the recipe's train and eval data
