@@ -1,0 +1,1 @@
+"""Training: the optimiser, the jitted steps, checkpoints, monitoring and the loop."""
