@@ -1,0 +1,193 @@
+"""Monitoring: JSONL round trip and resume truncation, TensorBoard events read back from
+their TFRecord framing, the curves PNG, the summary table and the progress bar."""
+import glob
+import io
+import json
+import os
+import struct
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+from tensorboardX.proto import event_pb2
+
+from tinyvit_jax.train import metrics
+
+
+def _crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli, reflected 0x82F63B78), bit by bit: slow and obviously right."""
+  crc = 0xFFFFFFFF
+  for byte in data:
+    crc ^= byte
+    for _ in range(8):
+      crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+  return crc ^ 0xFFFFFFFF
+
+
+def masked_crc32c(data: bytes) -> int:
+  """TFRecord's mask: rotate right by 15, add a constant."""
+  crc = _crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def test_crc32c_check_value():
+  assert _crc32c(b'123456789') == 0xE3069283
+
+
+def _read_events(path) -> list:
+  """Events of a TFRecord file, with both CRCs checked."""
+  events = []
+  with open(path, 'rb') as f:
+    while header := f.read(12):
+      length, length_crc = struct.unpack('<QI', header)
+      assert length_crc == masked_crc32c(header[:8])
+      data = f.read(length)
+      (data_crc,) = struct.unpack('<I', f.read(4))
+      assert data_crc == masked_crc32c(data)
+      events.append(event_pb2.Event.FromString(data))
+  return events
+
+
+def _scalars(workdir) -> list:
+  """(tag, step, value) of every scalar in the run's event files, in write order."""
+  out = []
+  for path in sorted(glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))):
+    for event in _read_events(path):
+      for value in event.summary.value:
+        out.append((value.tag, event.step, value.simple_value))
+  return out
+
+
+@settings(max_examples=10, deadline=None)
+@given(losses=st.lists(st.floats(0, 10, width=32), min_size=1, max_size=12),
+       resume=st.integers(0, 12))
+def test_jsonl_round_trip_and_truncation_on_resume(tmp_path_factory, losses, resume):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  writer = metrics.MetricsWriter(workdir)
+  for step, loss in enumerate(losses, 1):
+    writer.write(step, loss=np.float32(loss), lr=1e-3 * step)
+  writer.close()
+  rows = metrics.read_metrics(workdir)
+  assert [r['step'] for r in rows] == list(range(1, len(losses) + 1))
+  assert [r['loss'] for r in rows] == [float(np.float32(x)) for x in losses]
+  resumed = metrics.MetricsWriter(workdir)
+  resumed.truncate_after(resume)
+  resumed.write(resume + 1, loss=-1.0)
+  resumed.close()
+  rows = metrics.read_metrics(workdir)
+  kept = min(resume, len(losses))
+  assert [r['step'] for r in rows] == list(range(1, kept + 1)) + [resume + 1]
+  assert rows[-1]['loss'] == -1.0
+
+
+def test_torn_last_line_is_skipped(tmp_path):
+  writer = metrics.MetricsWriter(str(tmp_path))
+  writer.write(1, loss=1.0)
+  writer.close()
+  with open(tmp_path / metrics.METRICS_FILE, 'a') as f:
+    f.write('{"step": 2, "lo')
+  assert [r['step'] for r in metrics.read_metrics(str(tmp_path))] == [1]
+  metrics.truncate_jsonl(str(tmp_path / metrics.METRICS_FILE), 5)
+  assert (tmp_path / metrics.METRICS_FILE).read_text() == '{"step": 1, "loss": 1.0}\n'
+
+
+def test_tensorboard_events_read_back(tmp_path):
+  workdir = str(tmp_path)
+  writer = metrics.MetricsWriter(workdir)
+  written = []
+  for step in range(1, 6):
+    values = dict(loss=1.0 / step, images_per_second=100.0 + step)
+    writer.write(step, **values, note='text is not a scalar')
+    written += [(tag, step, v) for tag, v in values.items()]
+  writer.write(5, eval_top1=0.75, eval_top5=0.95, eval_examples=40)
+  written += [('eval_top1', 5, 0.75), ('eval_top5', 5, 0.95), ('eval_examples', 5, 40)]
+  writer.close()
+  got = _scalars(workdir)
+  assert [(t, s) for t, s, _ in got] == [(t, s) for t, s, _ in written]
+  np.testing.assert_allclose([v for _, _, v in got], [v for _, _, v in written], rtol=1e-6)
+
+
+def test_resume_marks_the_event_file_with_a_purge_step(tmp_path):
+  workdir = str(tmp_path)
+  writer = metrics.MetricsWriter(workdir)
+  for step in range(1, 5):
+    writer.write(step, loss=float(step))
+  writer.close()
+  resumed = metrics.MetricsWriter(workdir)
+  resumed.truncate_after(2)
+  resumed.write(3, loss=30.0)
+  resumed.close()
+  files = sorted(glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')))
+  second = _read_events(files[-1])
+  # TensorBoard drops the earlier events at or after the step of a SessionLog.START.
+  starts = [e.step for e in second if e.HasField('session_log')
+            and e.session_log.status == event_pb2.SessionLog.START]
+  assert starts == [3]
+
+
+def test_only_process_zero_writes(tmp_path):
+  writer = metrics.MetricsWriter(str(tmp_path / 'other'), is_main=False)
+  writer.truncate_after(0)
+  writer.write(1, loss=1.0)
+  writer.close()
+  assert not os.path.exists(tmp_path / 'other')
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+  workdir = str(tmp_path)
+  writer = metrics.MetricsWriter(workdir)
+  for step in range(1, 41):
+    writer.write(step, loss=2.0 * np.exp(-step / 10), epoch=step / 10)
+    if step % 10 == 0:
+      writer.write(step, eval_top1=step / 50, eval_top5=step / 45, eval_loss=1.0)
+  writer.close()
+  out = metrics.plot_curves(workdir, str(tmp_path / 'curves.png'))
+  data = open(out, 'rb').read()
+  assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000
+  from PIL import Image
+  image = Image.open(io.BytesIO(data))
+  assert image.size == (1000, 400)
+  pixels = np.asarray(image.convert('L'))
+  assert pixels.std() > 5  # lines and text, not a blank canvas
+
+
+def test_plot_curves_without_eval_rows(tmp_path):
+  workdir = str(tmp_path)
+  writer = metrics.MetricsWriter(workdir)
+  writer.write(1, loss=1.0)
+  writer.close()
+  assert os.path.getsize(metrics.plot_curves(workdir, str(tmp_path / 'c.png'))) > 1000
+
+
+def test_summary_table():
+  rows = [dict(model='tiny_vit_5m_224', role='teacher', top1=0.9512345, top5=1.0,
+               images_per_second=123.456),
+          dict(model='tiny_vit_5m_224', role='FPD student', top1=0.8, top5=None,
+               images_per_second=12345.6)]
+  lines = metrics.summary_table(rows).splitlines()
+  assert len(lines) == 4 and set(lines[1]) == {'-', ' '}
+  assert lines[0].split() == ['model', 'role', 'top1', 'top5', 'images_per_second']
+  assert lines[2].split() == ['tiny_vit_5m_224', 'teacher', '0.9512', '1.0', '123.5']
+  assert lines[3].split() == ['tiny_vit_5m_224', 'FPD', 'student', '0.8000', '-', '12,346']
+  # Fixed width: every column starts where its header does, numbers end where it ends.
+  assert lines[2].index('teacher') == lines[3].index('FPD') == lines[0].index('role')
+  assert lines[2].endswith('123.5') and len(lines[2]) == len(lines[3]) == len(lines[1])
+  assert metrics.summary_table(rows, columns=['role', 'top1']).splitlines()[0].split() == [
+      'role', 'top1']
+
+
+def test_progress_counts_images(capsys):
+  bar = metrics.progress(10, 4, 32, is_main=True)
+  assert bar.n == 4 and bar.total == 10 and not bar.disable
+  assert '128/320' in str(bar)
+  bar.update(1)
+  bar.close()
+  assert metrics.progress(10, 0, 32, is_main=False).disable
+
+
+def test_jsonl_rows_are_plain_json(tmp_path):
+  import jax.numpy as jnp
+  writer = metrics.MetricsWriter(str(tmp_path))
+  writer.write(np.int64(3), loss=jnp.float32(0.5), count=np.int32(7), flag=True)
+  writer.close()
+  line = (tmp_path / metrics.METRICS_FILE).read_text()
+  assert json.loads(line) == dict(step=3, loss=0.5, count=7, flag=True)

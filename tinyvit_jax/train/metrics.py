@@ -1,0 +1,182 @@
+"""Monitoring: metrics as JSONL and TensorBoard events, the curves PNG, the summary
+table and the progress bar.
+
+``WORKDIR/metrics.jsonl`` is the record a run resumes and plots from: one JSON object a
+line, ``{"step": ..., name: value, ...}``, flushed as written. A resumed run first drops
+the lines after its checkpoint's step, so the file never holds steps that were redone.
+TensorBoard events go to ``WORKDIR/tensorboard/`` through tensorboardX (no TensorFlow);
+on resume the new event file carries a purge step, so TensorBoard hides the old file's
+events from the redone steps too. Only process 0 writes.
+"""
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import tqdm
+
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The rows of a JSONL file; a missing file has none. A torn last line (the process
+  died mid-write) is skipped."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
+def truncate_jsonl(path: str, step: int) -> None:
+  """Keeps the rows with ``step <= step`` (atomically: a kill leaves the old file or
+  the new one)."""
+  if not os.path.exists(path):
+    return
+  kept = [row for row in read_jsonl(path) if row['step'] <= step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(json.dumps(row) + '\n' for row in kept)
+  os.replace(tmp, path)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  return read_jsonl(os.path.join(workdir, METRICS_FILE))
+
+
+def _plain(value):
+  """JSON- and TensorBoard-ready: numpy/jax scalars become Python numbers."""
+  if isinstance(value, (bool, int, float, str)) or value is None:
+    return value
+  item = getattr(value, 'item', None)
+  return item() if item is not None else value
+
+
+class MetricsWriter:
+  """``write(step, **scalars)`` to ``metrics.jsonl`` and TensorBoard; a no-op off
+  process 0."""
+
+  def __init__(self, workdir: str, *, is_main: bool = True):
+    self.workdir, self.is_main = workdir, is_main
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self._purge_step = None
+    self._tb = None
+    if is_main:
+      os.makedirs(workdir, exist_ok=True)
+
+  def truncate_after(self, step: int) -> None:
+    """Resuming from ``step``: forget everything logged after it."""
+    if not self.is_main:
+      return
+    truncate_jsonl(self.path, step)
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+    self._purge_step = step + 1
+
+  def write(self, step: int, **scalars) -> None:
+    if not self.is_main:
+      return
+    row = dict(step=int(step), **{name: _plain(v) for name, v in scalars.items()})
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    tb = self._tensorboard()
+    wall_time = time.time()
+    for name, value in row.items():
+      if name != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
+        tb.add_scalar(name, value, global_step=row['step'], walltime=wall_time)
+    tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+  def _tensorboard(self):
+    if self._tb is None:
+      import tensorboardX  # imported late: it probes for torch, which costs seconds
+      self._tb = tensorboardX.SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR),
+                                            purge_step=self._purge_step)
+    return self._tb
+
+
+def plot_curves(workdir: str, out_png: str) -> str:
+  """Train loss, and eval top-1/top-5, against the step, from ``metrics.jsonl``."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  rows = read_metrics(workdir)
+  fig = Figure(figsize=(10, 4), dpi=100)
+  FigureCanvasAgg(fig)
+  loss_ax, acc_ax = fig.subplots(1, 2)
+  train = [r for r in rows if _finite(r.get('loss'))]
+  loss_ax.plot([r['step'] for r in train], [r['loss'] for r in train], label='train loss')
+  evals = [r for r in rows if _finite(r.get('eval_loss'))]
+  if evals:
+    loss_ax.plot([r['step'] for r in evals], [r['eval_loss'] for r in evals], 'o-',
+                 label='eval loss')
+  loss_ax.set(xlabel='step', ylabel='loss', title='loss')
+  for key, label in (('eval_top1', 'top-1'), ('eval_top5', 'top-5')):
+    points = [r for r in rows if _finite(r.get(key))]
+    acc_ax.plot([r['step'] for r in points], [r[key] for r in points], 'o-', label=label)
+  acc_ax.set(xlabel='step', ylabel='accuracy', title='eval accuracy')
+  for ax in (loss_ax, acc_ax):
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend()
+  fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+  fig.tight_layout()
+  fig.savefig(out_png)
+  return out_png
+
+
+def _finite(value) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _cell(value) -> str:
+  if value is None:
+    return '-'
+  if isinstance(value, float):
+    if not math.isfinite(value) or abs(value) < 1:
+      return f'{value:.4f}'
+    return f'{value:.1f}' if abs(value) < 1000 else f'{value:,.0f}'
+  return str(value)
+
+
+def summary_table(rows: list[dict], columns: list[str] | None = None) -> str:
+  """A fixed-width text table: one row per dict, columns in order of first appearance
+  (or ``columns``). Numbers align right, text left; missing values show as ``-``."""
+  if columns is None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+  cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+  widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+  numeric = [all(isinstance(row.get(c), (int, float)) or row.get(c) is None for row in rows)
+             for c in columns]
+
+  def line(values):
+    return '  '.join(v.rjust(w) if num else v.ljust(w)
+                     for v, w, num in zip(values, widths, numeric)).rstrip()
+
+  rule = '  '.join('-' * w for w in widths)
+  return '\n'.join([line(columns), rule] + [line(values) for values in cells])
+
+
+def progress(total_steps: int, start_step: int, images_per_step: int, *,
+             is_main: bool | None = None) -> tqdm.tqdm:
+  """A tqdm bar counted in images (so its rate is images/s) with the ETA; call
+  ``update(1)`` per step. Silent off process 0; redrawn every second on a terminal,
+  every 30 s in a log."""
+  if is_main is None:
+    is_main = jax.process_index() == 0
+  return tqdm.tqdm(total=total_steps, initial=start_step, unit='img',
+                   unit_scale=images_per_step, desc='train', disable=not is_main,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
