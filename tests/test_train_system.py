@@ -1,0 +1,167 @@
+"""The training system end to end, in real processes: device counts, kills, SIGTERM, refusals.
+
+Every run is ``python -m tinyvit_jax.main --config=tests/train_config.py``: one epoch (22
+steps at batch 64) of the quickstart's 0.5M-parameter student on the digits, with each
+step's loss and example indices logged.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tinyvit_jax.train import metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 22  # 1,437 training digits // 64
+
+
+def main_command(workdir, *overrides, config='tests/train_config.py'):
+  return [sys.executable, '-m', 'tinyvit_jax.main', f'--config={config}',
+          f'--workdir={workdir}', *overrides]
+
+
+def environment(devices: int = 1) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TQDM_DISABLE='1')
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def run_main(workdir, *overrides, devices: int = 1, check: bool = True):
+  result = subprocess.run(main_command(workdir, *overrides), cwd=REPO, env=environment(devices),
+                          capture_output=True, text=True, timeout=600)
+  if check and result.returncode:
+    raise AssertionError(f'main failed ({result.returncode}):\n{result.stderr[-4000:]}')
+  return result
+
+
+def step_losses(workdir) -> dict:
+  return {row['step']: row['loss'] for row in metrics.read_metrics(workdir) if 'loss' in row}
+
+
+def examples_seen(workdir) -> list:
+  return metrics.read_jsonl(os.path.join(workdir, 'examples.jsonl'))
+
+
+def checkpoint_steps(workdir) -> list:
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).all_steps()
+
+
+def final_state(workdir, step: int = STEPS) -> list:
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return [np.asarray(leaf) for leaf in restored['state']]
+
+
+def wait_for_steps(process, workdir, steps: int, timeout: float = 300) -> None:
+  deadline = time.time() + timeout
+  while len(step_losses(workdir)) < steps:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.time() < deadline, 'the run made no progress'
+    time.sleep(0.05)
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+  """Run A: one uninterrupted epoch on 1 device."""
+  workdir = tmp_path_factory.mktemp('straight')
+  run_main(workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_losses_as_one(straight_run, tmp_path):
+  run_main(tmp_path, devices=8)
+  one, eight = step_losses(straight_run), step_losses(tmp_path)
+  assert sorted(one) == sorted(eight) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([eight[s] for s in range(1, 21)], [one[s] for s in range(1, 21)],
+                             rtol=0, atol=1e-5)
+  assert examples_seen(straight_run) == examples_seen(tmp_path)
+
+
+def assert_same_run(reference, resumed) -> None:
+  for a, b in zip(final_state(reference), final_state(resumed), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+  assert examples_seen(resumed) == examples_seen(reference)
+  assert [row['step'] for row in examples_seen(reference)] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.slow
+def test_sigkill_at_an_unplanned_step_then_resume_is_exact(straight_run, tmp_path):
+  kill_after = random.Random().randint(6, STEPS - 3)  # drawn now, not chosen in advance
+  process = subprocess.Popen(main_command(tmp_path), cwd=REPO, env=environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  wait_for_steps(process, tmp_path, kill_after)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert max(checkpoint_steps(tmp_path)) < STEPS, f'killed after step {kill_after}'
+  run_main(tmp_path)
+  assert_same_run(straight_run, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_the_resume_continues_from_it(straight_run, tmp_path):
+  process = subprocess.Popen(main_command(tmp_path), cwd=REPO, env=environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  wait_for_steps(process, tmp_path, 7)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 143, stderr[-3000:]
+  stopped_at = max(step_losses(tmp_path))
+  assert stopped_at < STEPS
+  assert max(checkpoint_steps(tmp_path)) == stopped_at  # saved at the step it stopped
+  result = run_main(tmp_path)
+  assert min(s for s in step_losses(tmp_path) if s > stopped_at) == stopped_at + 1
+  assert_same_run(straight_run, tmp_path)
+  del result
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  result = run_main(tmp_path, '--config.optim.lr=1e30', '--config.optim.clip_grad_norm=0.',
+                    '--config.checkpoint_every_steps=1', check=False)
+  assert result.returncode != 0
+  assert 'The loss is' in result.stderr and 'last good checkpoint is step' in result.stderr
+  losses = step_losses(tmp_path)
+  good = [s for s, loss in losses.items() if np.isfinite(loss)]
+  assert checkpoint_steps(tmp_path) and max(checkpoint_steps(tmp_path)) == max(good)
+  assert all(np.all(np.isfinite(leaf)) for leaf in final_state(tmp_path, max(good))
+             if leaf.dtype.kind == 'f')
+
+
+def test_unknown_config_key_names_the_nearest(tmp_path):
+  result = run_main(tmp_path, '--config.optim.lrr=1', check=False)
+  assert result.returncode != 0
+  assert "Unknown config key 'optim.lrr'" in result.stderr and 'optim.lr' in result.stderr
+
+
+@pytest.mark.slow
+def test_batch_that_does_not_split_over_devices_names_the_numbers(tmp_path):
+  result = run_main(tmp_path, '--config.batch_size=60', devices=8, check=False)
+  assert result.returncode != 0
+  assert 'global batch 60 does not split over 8 devices' in result.stderr
+
+
+def test_workdir_of_another_model_is_refused(tmp_path):
+  with open(tmp_path / 'run.json', 'w') as f:
+    json.dump(dict(model='deit_tiny_patch16_224', kwargs={}, num_classes=1000), f)
+  result = run_main(tmp_path, check=False)
+  assert result.returncode != 0
+  assert 'holds a run of another model' in result.stderr
+  assert "model: workdir has 'deit_tiny_patch16_224', this config 'tiny_vit_5m_224'" in (
+      result.stderr)
+
+
+def test_missing_teacher_checkpoint_is_named(tmp_path):
+  missing = tmp_path / 'no_teacher'
+  result = run_main(tmp_path, '--config.distill.kind=fpd', '--config.distill.from_store=True',
+                    f'--config.distill.teacher={missing}', "--config.stages=('save_logits',)",
+                    check=False)
+  assert result.returncode != 0
+  assert str(missing) in result.stderr

@@ -1,0 +1,175 @@
+"""The entry point: runs a recipe's stages in a workdir, skipping those already done.
+
+  python -m tinyvit_jax.main --config=configs/quickstart.py --workdir=/tmp/qs
+  python -m tinyvit_jax.main --config=configs/fpd_21k.py:variant=5m --workdir=DIR \\
+      --config.data.train.data_dir=gs://bucket/tfds [--mode=train] [--distributed]
+
+A recipe is one run (a config) or several (``config.runs``: name -> config, each in
+``WORKDIR/<name>``, in the order of ``config.run_order``; a run may name another's export or store through the
+``{workdir}`` placeholder). A run's stages are ``save_logits`` (only when it distils
+from a logit store that is not complete), ``train``, ``eval`` and ``export``; what each
+finished stage returned is kept in ``stages.json``, and a restart goes on from the first
+unfinished one (``train`` itself resumes from its last checkpoint). ``--mode=STAGE`` runs
+one stage of every run, done or not.
+"""
+import importlib.util
+import json
+import os
+import sys
+
+import jax
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store
+from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill import verify
+from tinyvit_jax.train import config as config_lib
+from tinyvit_jax.train import metrics
+from tinyvit_jax.train import trainer
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe: configs/<name>.py[:args].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logits and logs go.')
+_MODE = flags.DEFINE_enum('mode', None, config_lib.STAGES, 'Run only this stage.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Call jax.distributed.initialize() first (TPU pods, SLURM).')
+
+SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
+
+
+def run_recipe(config, workdir: str, mode: str | None = None) -> list[dict]:
+  """Runs every run of the recipe; returns one summary row per run."""
+  runs = ({name: config.runs[name] for name in config.run_order} if 'runs' in config
+          else {'': config})
+  rows = []
+  for name, run_config in runs.items():
+    run_config = _resolve_workdir(run_config, workdir)
+    config_lib.check_config(run_config)
+    rows.append(dict(run=name or run_config.model.name,
+                     **run_stages(run_config, os.path.join(workdir, name), mode)))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(rows, f, indent=1)
+    print(metrics.summary_table(rows), flush=True)
+  return rows
+
+
+def run_stages(config, workdir: str, mode: str | None) -> dict:
+  """Runs one run's stages; returns its summary (model, accuracy, speed)."""
+  os.makedirs(workdir, exist_ok=True)
+  record_path = os.path.join(workdir, 'stages.json')
+  done = _read_json(record_path)
+  run = None
+  for stage in [mode] if mode else config.stages:
+    if stage in done and not mode:
+      logging.info('%s: stage %s already done', workdir, stage)
+      continue
+    if stage == 'save_logits':
+      if not (config.distill.from_store and config.distill.kind != 'none'):
+        continue
+      result = save_logits(config, workdir)
+    else:
+      run = run or trainer.Run(config, workdir)
+      if stage == 'train':
+        result = run.train()
+        if result.get('stopped_by_sigterm'):
+          logging.warning('SIGTERM: checkpointed step %d in %s; rerun to resume.',
+                          result['steps'], workdir)
+          sys.exit(SIGTERM_EXIT)
+      elif stage == 'eval':
+        result = run.evaluate()
+      else:
+        result = dict(directory=trainer.export(config, workdir, run))
+        if jax.process_index() == 0:
+          metrics.plot_curves(workdir, os.path.join(workdir, 'curves.png'))
+    done[stage] = result
+    if jax.process_index() == 0:
+      _write_json(record_path, done)
+  return dict(model=config.model.name, distill=config.distill.kind,
+              top1=done.get('eval', {}).get('top1'), top5=done.get('eval', {}).get('top5'),
+              train_images_per_second=done.get('train', {}).get('images_per_second'))
+
+
+def save_logits(config, workdir: str) -> dict:
+  """The FPD save pass of the run's teacher over all its epochs (resumes a killed one)."""
+  teacher = teacher_lib.from_checkpoint(config.distill.teacher)
+  path = trainer.store_path(config, workdir)
+  source = trainer.train_source(config)
+  save_pass.save_logits(
+      teacher, source, dataset_name=config.data.name or config.data.source,
+      aug_config=config.aug, seed=config.seed, epochs=config.epochs,
+      k=config.distill.k, store_path=path, global_batch=config.batch_size,
+      num_workers=config.data.num_workers)
+  result = dict(store=path, epochs=config.epochs)
+  if config.distill.verify_rows:
+    result.update(verify.verify(
+        path, teacher, source, sample=config.distill.verify_rows, seed=config.seed,
+        min_top1_agreement=config.distill.verify_min_top1,
+        max_mean_abs_diff=config.distill.verify_max_mean_abs_diff))
+  return result
+
+
+def _resolve_workdir(config, workdir: str):
+  """Fills the ``{workdir}`` placeholder of paths that point into the recipe's workdir."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for section, key in (('distill', 'teacher'), ('distill', 'store'), ('init', 'checkpoint')):
+      config[section][key] = config[section][key].format(workdir=workdir)
+  return config
+
+
+def _read_json(path: str) -> dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, value) -> None:
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value)
+
+
+def _check_overrides(argv) -> None:
+  """A misspelt ``--config.key`` gets the nearest valid names instead of a traceback."""
+  config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  keys = [a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')]
+  if config_arg is None or not keys:
+    return
+  path, _, arg = config_arg.partition(':')
+  spec = importlib.util.spec_from_file_location('recipe', path)
+  if spec is None or not os.path.isfile(path):
+    sys.exit(f'error: --config={config_arg}: no recipe file {path!r}; see configs/.')
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  config = recipe.get_config(*([arg] if arg else []))
+  config_lib.check_override_keys(config, keys)
+
+
+def run(argv=None):
+  argv = sys.argv if argv is None else argv
+  try:
+    _check_overrides(argv)
+  except ValueError as error:
+    sys.exit(f'error: {error}')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main, argv)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,88 @@
+"""Training checkpoints: the whole state at a step, so a restart resumes exactly.
+
+A checkpoint holds the flat state list of ``step.TrainState`` (params, BatchNorm
+statistics, RNG counters, optimiser state, EMA) and the step. The data position needs
+nothing more: the examples of step ``s`` are a function of ``s`` (``data.order``).
+
+orbax's ``CheckpointManager`` writes each step into a temporary directory and renames it
+when complete, so a kill in the middle of a save leaves the previous step as the latest.
+Saves are asynchronous: the arrays are copied to the host, then written while training
+goes on.
+
+``run.json`` in the workdir records what is being trained (model, constructor arguments,
+classes); a workdir holding another model's run is refused rather than overwritten.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+
+class WorkdirMismatch(ValueError):
+  """The workdir holds a run of another model."""
+
+
+def check_workdir_identity(workdir: str, identity: dict) -> None:
+  """Records ``identity`` in ``workdir/run.json``, or refuses a workdir of another run."""
+  path = epath.Path(workdir) / 'run.json'
+  identity = json.loads(json.dumps(identity))
+  if path.exists():
+    stored = json.loads(path.read_text())
+    differences = [f'{key}: workdir has {stored.get(key)!r}, this config {identity.get(key)!r}'
+                   for key in sorted(set(stored) | set(identity))
+                   if stored.get(key) != identity.get(key)]
+    if differences:
+      raise WorkdirMismatch(
+          f'{workdir} holds a run of another model, refusing to resume or overwrite it:\n  '
+          + '\n  '.join(differences) + '\nUse another --workdir, or delete this one.')
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    tmp = path.parent / 'run.json.tmp'
+    tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
+    tmp.rename(path)
+
+
+class Checkpoints:
+  """Saves and restores the flat training state of one workdir."""
+
+  def __init__(self, directory: str, *, keep: int = 2):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(epath.Path(directory), options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, leaves: list) -> None:
+    """Starts an asynchronous save of ``leaves`` at ``step`` (PRNG keys as key data)."""
+    data = [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(data), meta=ocp.args.JsonSave(dict(step=step))),
+                      force=True)
+
+  def restore(self, step: int, template: list, mesh) -> list:
+    """The leaves saved at ``step``, replicated on ``mesh``, shaped like ``template``."""
+    replicated = NamedSharding(mesh, P())
+    target = [jax.ShapeDtypeStruct(
+        jax.random.key_data(x).shape if _is_key(x) else x.shape,
+        jax.random.key_data(x).dtype if _is_key(x) else x.dtype, sharding=replicated)
+              for x in template]
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    return [jax.random.wrap_key_data(data, impl=jax.random.key_impl(x)) if _is_key(x) else data
+            for x, data in zip(template, restored['state'])]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def _is_key(x) -> bool:
+  return jnp.issubdtype(x.dtype, jax.dtypes.prng_key)

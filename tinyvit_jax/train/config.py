@@ -1,0 +1,165 @@
+"""The config schema: every key a recipe may set, with its default, and the checks.
+
+Recipes in ``configs/`` start from ``base_config()`` and change what they need, so a key
+a recipe does not know about still has a documented default, and a misspelt override
+(``--config.optim.lrr=1``) is an error that names the nearest valid keys.
+"""
+import difflib
+
+import ml_collections
+
+from tinyvit_jax.data import augment
+
+STAGES = ('save_logits', 'train', 'eval', 'export')
+DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(name='tiny_vit_5m_224'))
+  c.model.kwargs = ml_collections.ConfigDict()  # create_model overrides: img_size, ...
+  c.num_classes = 1000
+  c.dtype = 'float32'  # or 'bfloat16': compute dtype; params stay float32
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'tfds'  # a name of data.sources.make_source
+  c.data.name = ''  # the dataset's name in a logit store; default: the source's name
+  c.data.train = ml_collections.ConfigDict(dict(name='imagenet2012', split='train',
+                                                data_dir=''))
+  c.data.eval = ml_collections.ConfigDict(dict(name='imagenet2012', split='validation',
+                                               data_dir=''))
+  c.data.num_workers = 8
+  c.aug = ml_collections.ConfigDict(augment.TRAIN_DEFAULTS)
+  c.eval_aug = ml_collections.ConfigDict(augment.EVAL_DEFAULTS)
+  c.label_smoothing = 0.1
+
+  c.batch_size = 1024  # global, over all devices and hosts
+  c.eval_batch_size = 1024
+  c.epochs = 300
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-3
+  c.optim.min_lr = 1e-5
+  c.optim.warmup_lr = 1e-6
+  c.optim.warmup_epochs = 5
+  c.optim.weight_decay = 0.05
+  c.optim.clip_grad_norm = 5.0  # 0: off
+  c.optim.layer_decay = 1.0  # 1: off
+  c.optim.grad_accum_steps = 1
+  c.optim.ema_decay = 0.0  # 0: no EMA
+  c.optim.freeze_bn = False
+
+  c.distill = ml_collections.ConfigDict()
+  c.distill.kind = 'none'  # 'fpd': soft CE on stored rows; 'soft'/'hard': DeiT losses
+  c.distill.from_store = False  # teacher rows from a logit store (else the teacher online)
+  c.distill.teacher = ''  # our checkpoint dir (model.json + state/) of the teacher
+  c.distill.store = ''  # logit store dir; default WORKDIR/logits
+  c.distill.k = 10
+  c.distill.alpha = 0.5
+  c.distill.tau = 1.0
+  c.distill.verify_rows = 0  # re-run the teacher on this many stored rows after saving
+  c.distill.verify_min_top1 = 0.99  # ... and fail below this top-1 agreement
+  c.distill.verify_max_mean_abs_diff = 1e-3  # ... or above this mean |p_stored - p|
+
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ''  # start from these weights (our checkpoint dir)
+  c.init.head = 'keep'  # 'keep', 'reinit', or a class-index file mapping the head's rows
+
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.eval_every_epochs = 1
+  c.log_every_steps = 50
+  c.record_examples = False  # write each step's example indices to examples.jsonl
+  c.stages = STAGES
+  return c
+
+
+def parse_arg(arg: str, **defaults) -> dict:
+  """A recipe argument ``'variant=5m,runlocal'`` -> ``{'variant': '5m', 'runlocal': True}``,
+  over ``defaults``; a name without ``=`` is a flag. Unknown names are an error."""
+  parsed = dict(defaults, runlocal=False)
+  for item in filter(None, (arg or '').split(',')):
+    name, has_value, value = item.partition('=')
+    if name not in parsed:
+      raise ValueError(f'Unknown recipe argument {name!r}; this recipe takes '
+                       f'{sorted(parsed)}.')
+    parsed[name] = value if has_value else True
+  return parsed
+
+
+def shrink_for_runlocal(config, *, image_size: int = 64):
+  """``:runlocal``: the same recipe on 256 synthetic images at ``image_size``, 1 epoch, on
+  a CPU in a minute or two: a check that it runs, not of what it learns."""
+  synthetic = dict(num_examples=256, num_classes=config.num_classes, image_size=image_size)
+  config.data.source = 'synthetic'
+  config.data.train = ml_collections.ConfigDict(dict(synthetic, seed=0))
+  config.data.eval = ml_collections.ConfigDict(dict(synthetic, num_examples=64, seed=1))
+  config.data.num_workers = 0
+  config.aug.update(image_size=image_size, augment_on='host')
+  config.eval_aug.image_size = image_size
+  config.model.kwargs.img_size = image_size
+  if config.model.name.startswith('tiny_vit'):  # windows that tile the small feature maps
+    config.model.kwargs.window_sizes = tuple(max(1, image_size // d) for d in (8, 8, 16, 32))
+  config.batch_size = config.eval_batch_size = 32
+  config.epochs = 1
+  config.optim.warmup_epochs = 0
+  config.checkpoint_every_steps = config.log_every_steps = 4
+  return config
+
+
+def check_config(config) -> None:
+  """Raises ``ValueError`` naming the key, the value and the fix for impossible values."""
+  problems = []
+  if config.distill.kind not in DISTILL_KINDS:
+    problems.append(f'distill.kind={config.distill.kind!r}; expected one of {DISTILL_KINDS}.')
+  if config.distill.kind != 'none' and not (config.distill.teacher or config.distill.store):
+    problems.append(f'distill.kind={config.distill.kind!r} needs distill.teacher (a '
+                    'checkpoint dir) or distill.store (a complete logit store).')
+  if config.distill.kind == 'fpd' and not config.distill.from_store:
+    problems.append("distill.kind='fpd' trains from a logit store: set distill.from_store=True.")
+  if not 1 <= config.distill.k <= config.num_classes:
+    problems.append(f'distill.k={config.distill.k} must be between 1 and num_classes='
+                    f'{config.num_classes}.')
+  for key in ('batch_size', 'eval_batch_size', 'epochs', 'optim.grad_accum_steps',
+              'checkpoint_every_steps', 'log_every_steps', 'eval_every_epochs',
+              'keep_checkpoints', 'num_classes'):
+    value = _get(config, key)
+    if not isinstance(value, int) or value < 1:
+      problems.append(f'{key}={value!r} must be a positive integer.')
+  if config.optim.lr <= 0:
+    problems.append(f'optim.lr={config.optim.lr} must be positive.')
+  if not 0 <= config.optim.ema_decay < 1:
+    problems.append(f'optim.ema_decay={config.optim.ema_decay} must be in [0, 1).')
+  if config.dtype not in ('float32', 'bfloat16'):
+    problems.append(f"dtype={config.dtype!r}; expected 'float32' or 'bfloat16'.")
+  unknown = [s for s in config.stages if s not in STAGES]
+  if unknown:
+    problems.append(f'stages={tuple(config.stages)} has unknown {unknown}; known: {STAGES}.')
+  if problems:
+    raise ValueError('Impossible config:\n  ' + '\n  '.join(problems))
+
+
+def check_override_keys(config, keys) -> None:
+  """Refuses ``--config.a.b=...`` overrides of keys the config lacks, with near names."""
+  known = sorted(_flat_keys(config))
+  for key in keys:
+    if key not in known and not any(k.startswith(key + '.') for k in known):
+      close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+      hint = f' Did you mean {", ".join(close)}?' if close else ''
+      raise ValueError(f'Unknown config key {key!r}.{hint} Every key, with its '
+                       'default, is in tinyvit_jax/train/config.py.')
+
+
+def _flat_keys(config, prefix=''):
+  for key, value in config.items():
+    name = prefix + key
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _flat_keys(value, name + '.')
+    yield name
+
+
+def _get(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config

@@ -1,0 +1,272 @@
+"""One run's stages, top to bottom: train (with resume), evaluate, export.
+
+``train`` builds the mesh, the model and its optimiser, restores the latest checkpoint
+of the workdir if there is one, and loops: step, log, evaluate at epoch ends, checkpoint
+every N steps, at the end and on SIGTERM. Losses are fetched from the device only at log
+and checkpoint points (fetching every step would stall the pipeline); a non-finite loss
+found there stops the run before anything is saved, so the last checkpoint stays good.
+"""
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from tinyvit_jax import model_checkpoint
+from tinyvit_jax.data import augment
+from tinyvit_jax.data import loader
+from tinyvit_jax.data import order
+from tinyvit_jax.data import pipeline
+from tinyvit_jax.data import sources
+from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store_targets
+from tinyvit_jax.models import create_model
+from tinyvit_jax.train import checkpoint
+from tinyvit_jax.train import metrics
+from tinyvit_jax.train import objective
+from tinyvit_jax.train import optim
+from tinyvit_jax.train import pretrained
+from tinyvit_jax.train import step as step_lib
+
+
+class NonFiniteLoss(FloatingPointError):
+  """The loss became NaN or infinite; the run stopped without saving."""
+
+
+def model_kwargs(config) -> dict:
+  """The constructor arguments a checkpoint records (JSON-able; dtype is how it runs)."""
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in config.model.kwargs.items()}
+
+
+def build_model(config) -> nnx.Module:
+  dtype = dict(dtype=jnp.bfloat16) if config.dtype == 'bfloat16' else {}
+  model = create_model(config.model.name, num_classes=config.num_classes,
+                       rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+                       **model_kwargs(config), **dtype)
+  if config.init.checkpoint:
+    pretrained.load_into(model, config.init.checkpoint, head=config.init.head)
+  if config.optim.freeze_bn:
+    step_lib.set_frozen_batchnorm(model)
+  return model
+
+
+def train_source(config):
+  return sources.make_source(config.data.source, **config.data.train)
+
+
+def eval_source(config):
+  return sources.make_source(config.data.source, **config.data.eval)
+
+
+def store_path(config, workdir: str) -> str:
+  return config.distill.store or os.path.join(workdir, 'logits')
+
+
+def make_optimizer(config, params, steps_per_epoch: int):
+  """AdamW per config; with gradient accumulation the schedule counts updates, each of
+  ``grad_accum_steps`` batches."""
+  o = config.optim
+  updates_per_epoch = steps_per_epoch / o.grad_accum_steps
+  schedule = optim.make_schedule(
+      base_lr=o.lr, total_steps=max(1, int(config.epochs * updates_per_epoch)),
+      warmup_steps=int(o.warmup_epochs * updates_per_epoch), min_lr=o.min_lr,
+      warmup_lr=o.warmup_lr)
+  layer_ids = (optim.layer_ids(params, config.model.name) if o.layer_decay != 1 else None)
+  return optim.make_optimizer(
+      params, schedule=schedule, weight_decay=o.weight_decay,
+      clip_grad_norm=o.clip_grad_norm or None,
+      layer_decay=o.layer_decay if o.layer_decay != 1 else None, layer_ids=layer_ids,
+      grad_accum_steps=o.grad_accum_steps)
+
+
+class Run:
+  """The model, optimiser, state and checkpoints of one workdir."""
+
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, workdir
+    self.mesh = pipeline.data_mesh()
+    order.device_batch_size(config.batch_size, self.mesh.size)  # names the numbers
+    self.source = train_source(config)
+    self.steps_per_epoch = order.steps_per_epoch(len(self.source), config.batch_size)
+    self.total_steps = config.epochs * self.steps_per_epoch
+    model = build_model(config)
+    self.tx = make_optimizer(config, nnx.state(model, nnx.Param), self.steps_per_epoch)
+    self.state = step_lib.TrainState.create(model, self.tx, self.mesh,
+                                            ema=config.optim.ema_decay > 0)
+    checkpoint.check_workdir_identity(workdir, dict(
+        model=config.model.name, kwargs=model_kwargs(config), num_classes=config.num_classes))
+    self.checkpoints = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                              keep=config.keep_checkpoints)
+    self.step = self.checkpoints.latest_step() or 0
+    if self.step:
+      self.state.leaves = self.checkpoints.restore(self.step, self.state.leaves, self.mesh)
+
+  def evaluate(self) -> dict:
+    """top-1, top-5 and loss on the eval split, with the EMA params when there are any."""
+    config = self.config
+    source = eval_source(config)
+    eval_augment = augment.make_eval_augment(config.eval_aug)
+    evaluate = step_lib.make_eval_step(self.state, self.mesh, normalise=eval_augment.device,
+                                       use_ema=config.optim.ema_decay > 0)
+    sharding = NamedSharding(self.mesh, P('data'))
+    totals = None
+    for batch in loader.eval_batches(source, global_batch=config.eval_batch_size,
+                                     transform=eval_augment.host,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+      batch = {name: jax.make_array_from_process_local_data(sharding, batch[name])
+               for name in ('image', 'label', 'mask')}
+      sums = evaluate(self.state.leaves, batch)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.tree.map(float, totals)
+    count = totals['count']
+    return dict(top1=totals['top1'] / count, top5=totals['top5'] / count,
+                loss=totals['loss'] / count, examples=int(count))
+
+  def train(self) -> dict:
+    config, workdir = self.config, self.workdir
+    if self.step >= self.total_steps:
+      return dict(steps=self.step, resumed_from=self.step)
+    writer = metrics.MetricsWriter(workdir, is_main=jax.process_index() == 0)
+    writer.truncate_after(self.step)
+    host_hook = None
+    if config.distill.from_store and config.distill.kind != 'none':
+      host_hook = store_targets.StoreTargets(store_path(config, workdir), self.store_fields())
+    data = pipeline.make_input_pipeline(
+        self.source, config.aug, seed=config.seed, global_batch=config.batch_size,
+        mesh=self.mesh, label_smoothing=config.label_smoothing, start_step=self.step,
+        num_steps=self.total_steps - self.step, num_workers=config.data.num_workers,
+        host_hook=host_hook)
+    teacher, teacher_leaves = self._online_teacher()
+
+    def inputs(batch):
+      images, targets = data.device_augment(batch)
+      return images, dict(batch, targets=targets)
+
+    train_step = step_lib.make_train_step(
+        self.state, self.tx, self.mesh, inputs=inputs, loss_fn=objective.make_loss(config),
+        ema_decay=config.optim.ema_decay, teacher=teacher)
+    examples = _ExampleLog(workdir, self.step) if config.record_examples else None
+    stop = _SigtermFlag()
+    pending, started, first = [], time.time(), self.step
+    bar = metrics.progress(self.total_steps, self.step, config.batch_size)
+    try:
+      for batch in data.batches:
+        self.state.leaves, step_metrics = train_step(self.state.leaves, batch, teacher_leaves)
+        self.step += 1
+        bar.update(1)
+        pending.append((self.step, step_metrics))
+        if examples:
+          examples.write(self.step, batch['index'])
+        epoch_end = self.step % self.steps_per_epoch == 0
+        last = self.step == self.total_steps
+        if self.step % config.log_every_steps == 0 or last or epoch_end:
+          self._flush(pending, writer, started, first)
+        if epoch_end and (last or (self.step // self.steps_per_epoch)
+                          % config.eval_every_epochs == 0):
+          writer.write(self.step, **{f'eval_{k}': v for k, v in self.evaluate().items()})
+        if self.step % config.checkpoint_every_steps == 0 or last or stop.requested:
+          self._flush(pending, writer, started, first)
+          self.checkpoints.save(self.step, self.state.leaves)
+        if stop.requested:
+          break
+    finally:
+      bar.close()
+      stop.restore()
+      self.checkpoints.wait()
+      writer.close()
+    seconds = time.time() - started
+    return dict(steps=self.step, resumed_from=first, stopped_by_sigterm=stop.requested,
+                images_per_second=(self.step - first) * config.batch_size / max(seconds, 1e-9))
+
+  def store_fields(self) -> dict:
+    """What the student shares with a logit store: its data, seed, augmentation, k, C."""
+    config = self.config
+    return save_pass.store_fields(
+        self.source, dataset_name=config.data.name or config.data.source,
+        aug_config=config.aug, seed=config.seed, k=config.distill.k,
+        num_classes=config.num_classes)
+
+  def _online_teacher(self):
+    config = self.config
+    if config.distill.kind in ('none', 'fpd') or config.distill.from_store:
+      return None, None
+    teacher_model = model_checkpoint.restore_model(config.distill.teacher)
+    teacher_model.eval()
+    graphdef, weights = nnx.split(teacher_model)
+    leaves, treedef = jax.tree.flatten(weights)
+    replicated = NamedSharding(self.mesh, P())
+
+    def teacher(leaves, images):
+      return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(images)
+
+    return teacher, [jax.device_put(leaf, replicated) for leaf in leaves]
+
+  def _flush(self, pending: list, writer, started: float, first: int) -> None:
+    """Fetches the pending step metrics; stops on a non-finite loss before any save."""
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    for (done, _), values in zip(pending, fetched):
+      if not np.isfinite(values['loss']):
+        raise NonFiniteLoss(
+            f'The loss is {values["loss"]} at step {done}: the run stopped and saved nothing '
+            f'after it. The last good checkpoint is step {self.checkpoints.latest_step()} in '
+            f'{self.workdir}/checkpoints. Lower --config.optim.lr, set '
+            '--config.optim.clip_grad_norm, or check the data.')
+    done = pending[-1][0]
+    mean = {k: float(np.mean([v[k] for v in fetched])) for k in fetched[0]}
+    rate = (done - first) * self.config.batch_size / max(time.time() - started, 1e-9)
+    writer.write(done, **mean, epoch=done / self.steps_per_epoch, images_per_second=rate)
+    pending.clear()
+
+
+def export(config, workdir: str, run: Run) -> str:
+  """Writes the inference checkpoint (params and BN statistics) to ``workdir/export``, with
+  the class names and the eval preprocessing that ``predict`` needs."""
+  directory = os.path.join(workdir, 'export')
+  model = run.state.inference_model(use_ema=config.optim.ema_decay > 0)
+  if jax.process_index() == 0:
+    model_checkpoint.save_model(
+        directory, model, config.model.name, overwrite=True,
+        metadata=dict(labels=_labels(run.source), preprocess=dict(config.eval_aug)),
+        num_classes=config.num_classes, **model_kwargs(config))
+  return directory
+
+
+def _labels(source) -> list:
+  names = getattr(source, 'class_names', None)
+  return list(names) if names is not None else [str(c) for c in range(source.num_classes)]
+
+
+class _ExampleLog:
+  """``examples.jsonl``: the example indices of every step, kept in step with resumes."""
+
+  def __init__(self, workdir: str, step: int):
+    self.path = os.path.join(workdir, 'examples.jsonl')
+    metrics.truncate_jsonl(self.path, step)
+
+  def write(self, step: int, indices) -> None:
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(dict(step=step, index=np.asarray(indices).tolist())) + '\n')
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a request the loop honours after its step: checkpoint, stop."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
