@@ -141,8 +141,19 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    initialize_distributed()
   run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value)
+
+
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize``: auto-detected on TPU pods and under SLURM; elsewhere
+  from ``JAX_COORDINATOR_ADDRESS`` (which JAX reads) with ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID`` (which it does not, so they are passed here)."""
+  explicit = {}
+  if 'JAX_NUM_PROCESSES' in os.environ and 'JAX_PROCESS_ID' in os.environ:
+    explicit = dict(num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+                    process_id=int(os.environ['JAX_PROCESS_ID']))
+  jax.distributed.initialize(**explicit)
 
 
 def _check_overrides(argv) -> None:

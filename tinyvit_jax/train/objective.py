@@ -28,8 +28,8 @@ def make_loss(config) -> Callable:
     return lambda outputs, batch: heads_mean(
         outputs, store_targets.student_targets(batch, num_classes, mode='dense'))
   if config.distill.from_store:
-    return lambda outputs, batch: losses.deit_loss_from_store(
+    return lambda outputs, batch: losses.deit_loss_from_topk(
         outputs, batch['targets'], batch['teacher_values'], batch['teacher_indices'],
-        kind=kind, alpha=alpha, tau=tau, num_classes=num_classes)
+        kind=kind, alpha=alpha, tau=tau)
   return lambda outputs, batch: losses.deit_loss(
       outputs, batch['targets'], batch['teacher_logits'], kind=kind, alpha=alpha, tau=tau)

@@ -1,0 +1,76 @@
+"""Every recipe builds a valid config, full size and ``:runlocal``; one DeiT recipe runs."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tinyvit_jax.train import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = {
+    'quickstart': [''],
+    'fpd_21k': ['variant=5m', 'variant=11m', 'variant=21m'],
+    'finetune_1k': ['variant=5m', 'variant=21m,res=384', 'variant=21m,res=512'],
+    'in1k': ['variant=5m', 'variant=11m', 'variant=21m'],
+    'deit': [f'size={s},distill={d}' for s in ('tiny', 'small', 'base')
+             for d in ('none', 'soft', 'hard')] + ['distill=hard,store'],
+}
+
+
+def load_recipe(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def runs_of(config) -> list:
+  return [config.runs[name] for name in config.run_order] if 'runs' in config else [config]
+
+
+@pytest.mark.parametrize('name, arg', [(n, a) for n, args in RECIPES.items() for a in args])
+@pytest.mark.parametrize('runlocal', [False, True])
+def test_recipe_builds_a_valid_config(name, arg, runlocal):
+  arg = ','.join(filter(None, [arg, 'runlocal' if runlocal else '']))
+  recipe = load_recipe(name)
+  assert f'configs/{name}.py' in recipe.__doc__  # the docstring gives the command
+  for run in runs_of(recipe.get_config(arg)):
+    if run.distill.kind != 'none' and not run.distill.teacher:
+      with pytest.raises(ValueError, match='needs distill.teacher'):  # the user gives it
+        config_lib.check_config(run)
+      run.distill.teacher = '/the/teacher/export'
+    config_lib.check_config(run)
+
+
+def test_recipe_arguments_are_checked():
+  with pytest.raises(ValueError, match="Unknown recipe argument 'varient'"):
+    load_recipe('in1k').get_config('varient=5m')
+  with pytest.raises(ValueError, match="variant='7m'"):
+    load_recipe('fpd_21k').get_config('variant=7m')
+
+
+def test_the_paper_numbers_are_in_the_recipes():
+  fpd = load_recipe('fpd_21k').get_config('variant=21m')
+  assert (fpd.epochs, fpd.batch_size, fpd.optim.lr, fpd.optim.weight_decay) == (90, 4096, 2e-3,
+                                                                              0.01)
+  assert (fpd.distill.k, fpd.num_classes, fpd.model.kwargs.drop_path_rate) == (100, 21841, 0.1)
+  fine = load_recipe('finetune_1k').get_config('variant=21m')
+  assert (fine.epochs, fine.optim.lr, fine.optim.weight_decay, fine.optim.layer_decay,
+          fine.optim.freeze_bn) == (30, 5e-4, 1e-8, 0.8, True)
+  deit = load_recipe('deit').get_config('size=small,distill=hard')
+  assert deit.model.name == 'deit_small_distilled_patch16_224'
+  assert (deit.distill.alpha, deit.distill.tau, deit.optim.lr) == (0.5, 1.0, 1e-3)
+
+
+@pytest.mark.slow
+def test_deit_hard_distillation_from_an_online_teacher_runs(tmp_path):
+  """runlocal: a resnet18 teacher trains, exports, and teaches a distilled DeiT online."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'tinyvit_jax.main', '--config=configs/deit.py:distill=hard,runlocal',
+       f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', TQDM_DISABLE='1'))
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert 'deit_tiny_distilled_patch16_224' in result.stdout and 'hard' in result.stdout
+  assert os.path.isdir(tmp_path / 'student' / 'export')
