@@ -15,6 +15,8 @@ from tinyvit_jax.data import synthetic
 SEED, N, CLASSES = 7, 128, 10
 # The whole recipe, colour jitter included, at 32x32 so a run takes seconds.
 AUG = dict(image_size=32, color_jitter=0.4)
+# Where the per-image ops run: each is replayed on its own (their erasing noise differs).
+AUGMENT_ON = ('device', 'host')
 
 
 def source():
@@ -27,13 +29,16 @@ def local_rows(array) -> np.ndarray:
   return np.concatenate([np.asarray(shard.data) for shard in shards])
 
 
-def augmented(global_batch: int, spans) -> dict:
-  """{(epoch, index): (image, target)} over ``spans``: (start step, number of steps)."""
+def augmented(global_batch: int, spans, augment_on: str = 'device',
+              num_workers: int = 0) -> dict:
+  """{(epoch, index): (image, target)} over ``spans``: (start step, number of steps), the
+  host ops run in ``num_workers`` loader processes (0: this one)."""
   seen = {}
+  aug = dict(AUG, augment_on=augment_on)
   for start_step, num_steps in spans:
-    run = pipeline.make_input_pipeline(source(), AUG, seed=SEED, global_batch=global_batch,
+    run = pipeline.make_input_pipeline(source(), aug, seed=SEED, global_batch=global_batch,
                                        label_smoothing=0.1, start_step=start_step,
-                                       num_steps=num_steps)
+                                       num_steps=num_steps, num_workers=num_workers)
     for batch in run.batches:
       images, targets = run.device_augment(batch)
       rows = zip(local_rows(batch['epoch']), local_rows(batch['index']), local_rows(images),
@@ -63,11 +68,12 @@ def main():
   parser.add_argument('--coordinator', help='host:port of process 0, for a multi-process run')
   parser.add_argument('--num_processes', type=int, default=1)
   parser.add_argument('--process_id', type=int, default=0)
+  parser.add_argument('--augment_on', choices=AUGMENT_ON, default='device')
   args = parser.parse_args()
   if args.coordinator:
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   spans = [tuple(int(n) for n in span.split(':')) for span in args.spans.split(',')]
-  save(augmented(args.global_batch, spans), args.out)
+  save(augmented(args.global_batch, spans, args.augment_on), args.out)
 
 
 if __name__ == '__main__':

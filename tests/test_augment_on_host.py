@@ -34,18 +34,21 @@ def _key_data(count, seed=1):
 
 
 def _both(count, **settings):
-  """(host images, device images, key data) of ``count`` synthetic examples."""
+  """(host images, device images, key data) of ``count`` synthetic examples, each through
+  its device half (the host path's only unpacks and normalises without mixing)."""
   settings = dict(image_size=SIZE, mixup_alpha=0.0, cutmix_alpha=0.0, **settings)
   host = augment.make_train_augment(augment_on='host', **settings)
   device = augment.make_train_augment(**settings)
   source = synthetic.SyntheticSource(count, image_size=64)
   key_data = _key_data(count)
-  on_host = np.stack([host.host(source[i], key_data[i])['image'] for i in range(count)])
+  packed = np.stack([host.host(source[i], key_data[i])['image'] for i in range(count)])
+  assert packed.dtype == np.float16
+  on_host, _ = jax.jit(host.device)(packed, np.stack(key_data), jnp.zeros((count, 10)))
   crops = [device.host(source[i], key_data[i]) for i in range(count)]
   on_device, _ = jax.jit(device.device)(np.stack([c['image'] for c in crops]),
                                         np.stack([c['key'] for c in crops]),
                                         jnp.zeros((count, 10)))
-  return on_host, np.asarray(on_device), key_data
+  return np.asarray(on_host), np.asarray(on_device), key_data
 
 
 def test_host_matches_device_without_erasing():
@@ -76,13 +79,20 @@ def test_host_erases_the_device_box_with_unit_noise():
   assert abs(noise.mean()) < 5 / np.sqrt(noise.size) and abs(noise.std() - 1) < 0.02
 
 
-def test_normalise_table_gives_the_jitted_normalise_bits():
+def test_packed_pixels_unpack_to_the_device_normalise_bits_and_noise_to_itself():
+  """Every uint8 value through ``pack`` comes out as ``augment_device.normalise`` gives it
+  (within 1e-6: XLA may turn the division by 255 into a multiplication in one program and
+  not the other, one ulp before the mean is subtracted); noise written into the float16 image comes out as its float16 value."""
   values = np.arange(256, dtype=np.uint8)
   image = np.stack([values, values[::-1], np.roll(values, 7)], -1)[None]
-  table = augment_on_host.normalise_table(augment_device.IMAGENET_MEAN,
-                                          augment_device.IMAGENET_STD)
-  host = np.stack([table[c][image[..., c]] for c in range(3)], -1)
-  np.testing.assert_array_equal(host, jax.jit(augment_device.normalise)(image))
+  packed = augment_on_host.pack(image)
+  unpack = jax.jit(augment_on_host.unpack_normalised, static_argnums=(1, 2))
+  mean, std = augment_device.IMAGENET_MEAN, augment_device.IMAGENET_STD
+  np.testing.assert_allclose(unpack(packed, mean, std),
+                             jax.jit(augment_device.normalise)(image), rtol=0, atol=1e-6)
+  noise = np.random.default_rng(0).standard_normal((1, 256, 3)).astype(np.float32) * 3
+  packed[:] = noise
+  np.testing.assert_array_equal(unpack(packed, mean, std), noise.astype(np.float16))
 
 
 @pytest.mark.parametrize('ops', [randaugment.INCREASING_OPS, randaugment.OPS],
@@ -152,16 +162,21 @@ def test_host_augmentation_is_the_same_in_another_process():
       'out = np.stack([host(source[i], key_data[i])["image"] for i in range(4)])\n'
       'sys.stdout.buffer.write(out.tobytes())\n')
   there = subprocess.run([sys.executable, '-c', script], capture_output=True, check=True).stdout
-  np.testing.assert_array_equal(np.frombuffer(there, np.float32).reshape(here.shape), here)
+  np.testing.assert_array_equal(np.frombuffer(there, np.float16).reshape(here.shape), here)
 
 
-def test_host_mode_device_half_only_mixes():
+def test_host_mode_device_half_unpacks_then_mixes_pairs():
   pipeline = augment.make_train_augment(image_size=8, augment_on='host')
-  images = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype(np.float32)
+  rng = np.random.default_rng(0)
+  packed = augment_on_host.pack(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+  packed[:, 2:5, 1:6] = rng.standard_normal((4, 3, 5, 3))  # an erased box
+  images = np.asarray(augment_on_host.unpack_normalised(
+      packed, augment_device.IMAGENET_MEAN, augment_device.IMAGENET_STD))
   targets = np.eye(4, dtype=np.float32)
   key_data = np.stack(_key_data(4))
-  mixed, mixed_targets = jax.jit(pipeline.device)(images, key_data, targets)
+  mixed, mixed_targets = jax.jit(pipeline.device)(packed, key_data, targets)
   np.testing.assert_allclose(mixed_targets.sum(axis=1), 1.0, rtol=1e-6)
+  assert not np.array_equal(mixed, images)
   # Each output is a blend or a cut of its pair: within the pair's range, pixel by pixel.
   for first in (0, 2):
     pair = images[first:first + 2]

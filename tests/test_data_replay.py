@@ -3,8 +3,10 @@ target of example i in epoch e are the same bits at any batch size, device count
 count and start step.
 
 The runs use the whole recipe (RandAugment, colour jitter, erasing, Mixup/CutMix pairs)
-on 128 synthetic examples at 32x32 (``replay_run``). The reference is global batch 8 on
-one device over two whole epochs; every other run must give the same bits on every
+on 128 synthetic examples at 32x32 (``replay_run``), once with the per-image ops on the
+device and once on the host (``augment_on='host'``: PIL in the loader, the device only
+unpacks, normalises and mixes). The reference is global batch 8 on one device over two
+whole epochs; every other run of the same ``augment_on`` must give the same bits on every
 example it sees. Runs with several devices or processes start fresh interpreters, since
 the device count is fixed when JAX starts.
 """
@@ -23,10 +25,15 @@ import replay_run
 HERE = os.path.dirname(__file__)
 
 
+@pytest.fixture(scope='module', params=replay_run.AUGMENT_ON)
+def augment_on(request):
+  return request.param
+
+
 @pytest.fixture(scope='module')
-def one_device():
+def one_device(augment_on):
   """Global batch 8 on one device: two whole epochs (16 steps each)."""
-  return replay_run.augmented(8, [(0, 32)])
+  return replay_run.augmented(8, [(0, 32)], augment_on)
 
 
 def assert_same_bits(run: dict, reference: dict):
@@ -71,27 +78,36 @@ def test_epochs_are_whole_and_mixed(one_device):
   assert np.mean(mixed) > 0.5
 
 
-def test_resumed_mid_epoch(one_device):
+def test_resumed_mid_epoch(one_device, augment_on):
   """Started at step 21 (batch 5 of epoch 1), the run replays the reference."""
-  resumed = replay_run.augmented(8, [(21, 5)])
+  resumed = replay_run.augmented(8, [(21, 5)], augment_on)
   positions = order.epoch_permutation(replay_run.SEED, 1, replay_run.N)[40:80]
   assert sorted(resumed) == sorted((1, int(i)) for i in positions)
   assert_same_bits(resumed, one_device)
 
 
 @pytest.mark.slow
-def test_batch_64_on_8_devices(tmp_path, one_device):
-  run = finish_runs(tmp_path, start_runs(tmp_path, 8, global_batch=64, spans='0:4'))
+def test_in_two_loader_workers(one_device, augment_on):
+  """The host ops in two grain worker processes, resumed at step 21, replay the reference."""
+  if augment_on != 'host':
+    pytest.skip('with augment_on="device" the workers only crop, as in the host path')
+  assert_same_bits(replay_run.augmented(8, [(21, 5)], augment_on, num_workers=2), one_device)
+
+
+@pytest.mark.slow
+def test_batch_64_on_8_devices(tmp_path, one_device, augment_on):
+  run = finish_runs(tmp_path, start_runs(tmp_path, 8, global_batch=64, spans='0:4',
+                                         augment_on=augment_on))
   assert len(run) == 2 * replay_run.N
   assert_same_bits(run, one_device)
 
 
 @pytest.mark.slow
-def test_two_processes_resumed_mid_epoch(tmp_path, one_device):
+def test_two_processes_resumed_mid_epoch(tmp_path, one_device, augment_on):
   """Two JAX processes of 2 devices each (16 examples per device, not 8), started at
   step 1, the second half of epoch 0."""
   run = finish_runs(tmp_path, start_runs(tmp_path, 2, num_processes=2, global_batch=64,
-                                         spans='1:3'))
+                                         spans='1:3', augment_on=augment_on))
   assert len(run) == replay_run.N + replay_run.N // 2
   assert_same_bits(run, one_device)
 

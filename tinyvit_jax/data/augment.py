@@ -9,7 +9,8 @@ Where each op runs, and why:
   colour jitter, normalisation, random erasing, then Mixup/CutMix over pairs. These are
   the costly per-pixel ops, and on an accelerator they are nearly free next to the model.
   On a CPU, XLA runs them ~15x slower than PIL, so CPU-only runs set ``augment_on='host'``
-  and all but Mixup/CutMix run in the workers (``augment_on_host``), from the same draws.
+  and every per-image op runs in the workers (``augment_on_host``), from the same draws;
+  the device then only normalises and mixes.
 
 Keys: everything about example ``i`` in epoch ``e`` comes from ``keys.sample_key(seed, e,
 i)``, whose data the loader gives the host transform and the host passes on as
@@ -57,7 +58,7 @@ class Augment(NamedTuple):
 
   ``device``: for training ``(images uint8 (B, H, W, 3), key_data uint32 (B, 2), targets
   (B, classes)) -> (images float32, targets)`` (with ``augment_on='host'`` the images come
-  in float32, augmented and normalised); for evaluation ``images -> images``.
+  augmented, as ``augment_on_host.pack``'s float16); for evaluation ``images -> images``.
   Pure and jittable; targets are dense rows (``mix.smooth_one_hot`` for labels).
 
   ``mixes``: whether ``device`` mixes pairs (Mixup/CutMix), which needs an even
@@ -87,9 +88,17 @@ def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean,
   return mixed_images(images, key_data, targets, mixing=mixing)
 
 
+def host_augmented_images(images, key_data, targets, *, mean, std, mixing):
+  """The device half when the host ran the per-image ops (``augment_on='host'``): unpack
+  and normalise its float16 images (``augment_on_host.unpack_normalised``), then mix.
+  The barrier keeps XLA:CPU from fusing the unpacking into each of the mix's outputs,
+  which recomputed it per output and took 10x the time of both apart."""
+  images = jax.lax.optimization_barrier(augment_on_host.unpack_normalised(images, mean, std))
+  return mixed_images(images, key_data, targets, mixing=mixing)
+
+
 def mixed_images(images, key_data, targets, *, mixing):
-  """Mixup/CutMix of pair j with the pair key of position 2j; all the device does when
-  the host ran the per-image ops (``augment_on='host'``)."""
+  """Mixup/CutMix of pair j with the pair key of position 2j."""
   if mixing is None:
     return images, targets
   pair_keys = jax.vmap(keys.augment_streams)(jax.random.wrap_key_data(key_data))[3]
@@ -125,9 +134,10 @@ def make_train_augment(config=None, **overrides) -> Augment:
   crop = augment_host.TrainCrop(cfg['image_size'], tuple(cfg['scale']), tuple(cfg['ratio']),
                                 cfg['hflip'], cfg['interpolation'], cfg['jpeg_draft'])
   if cfg['augment_on'] == 'host':
-    host = augment_on_host.TrainOnHost(crop, rand_augment, jitter, tuple(cfg['mean']),
-                                       tuple(cfg['std']), cfg['erase_prob'], fill)
-    return Augment(host, functools.partial(mixed_images, mixing=mixing), mixing is not None)
+    host = augment_on_host.TrainOnHost(crop, rand_augment, jitter, cfg['erase_prob'], fill)
+    device = functools.partial(host_augmented_images, mean=tuple(cfg['mean']),
+                               std=tuple(cfg['std']), mixing=mixing)
+    return Augment(host, device, mixing is not None)
   device = functools.partial(
       train_images, rand_augment=rand_augment and dict(rand_augment, fill=fill),
       color_jitter=jitter, mean=tuple(cfg['mean']), std=tuple(cfg['std']),

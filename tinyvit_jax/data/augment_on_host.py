@@ -7,21 +7,27 @@ whole image, erased or not), while PIL runs timm's whole train transform in ~2.5
 
 Same draws: the parameters come from the device's own functions (``keys.augment_streams``,
 ``randaugment.layer_arguments``, ``augment_device.draw_jitter`` and ``draw_erase``), jitted
-on the worker's CPU, so a host image is the device image up to PIL's float64 against our
-float32 rounding (``randaugment_pil``). The one exception is the erasing noise: drawn here
-for the box only, by numpy's Philox keyed by the box's noise key, it has the same N(0, 1)
-law as the device's but other values. FPD stores must therefore be replayed with the same
+on the worker's CPU into one uint32 vector (one transfer per image, not one per draw), so
+a host image is the device image up to PIL's float64 against our float32 rounding
+(``randaugment_pil``). The one exception is the erasing noise: drawn here for the box
+only, by numpy's Philox keyed by the box's noise key, it has the same N(0, 1) law as the
+device's but other values. FPD stores must therefore be replayed with the same
 ``augment_on`` (it is part of the augmentation config).
 
-Output: the normalised float32 image (as timm's transform hands over), so the device
-half only mixes pairs (``augment.mixed_images``).
+Output: the augmented uint8 pixels and the erasing noise packed in one float16 image
+(``pack``), half the bytes of the float32 image and exact for both: a pixel ``p`` is
+stored as ``PIXEL_OFFSET + p`` (float16 holds 1024..1279 exactly), a noise value as itself
+(|noise| < 512 always; float16 keeps it to 2^-11 relative). The device half
+(``augment.host_augmented_images``) unpacks and normalises inside the jitted step, then
+mixes pairs. Sending float32 from the workers cost the main process more than the whole
+device half (benchmarks/RESULTS.md).
 """
 import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 from PIL import ImageEnhance
 
 from tinyvit_jax.data import augment_device
@@ -33,11 +39,12 @@ from tinyvit_jax.data import randaugment_pil
 # torchvision's ColorJitter ops on PIL, by index (augment_device's order).
 _JITTER_ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
 
+PIXEL_OFFSET = 1024
+_PIXEL_BITS = np.uint16(0x6400)  # float16 bits of 1024: exponent 10, spacing 1 up to 2048
 
-@functools.partial(jax.jit, static_argnames=('size', 'rand_augment', 'color_jitter',
-                                             'erase_prob'))
-def draw(key_data, *, size: int, rand_augment: tuple | None, color_jitter: tuple,
-         erase_prob: float) -> dict:
+
+def draw_tree(key_data, *, size: int, rand_augment: tuple | None, color_jitter: tuple,
+              erase_prob: float) -> dict:
   """Every per-image parameter of one sample, from its key data (2,) uint32.
 
   ``rand_augment``: the ``layer_arguments`` settings as sorted (name, value) items.
@@ -47,8 +54,8 @@ def draw(key_data, *, size: int, rand_augment: tuple | None, color_jitter: tuple
   draws = {}
   if rand_augment is not None:
     layers = randaugment.layer_arguments(rand_augment_key, size, size, **dict(rand_augment))
-    draws['ops'] = jax.numpy.stack([op for op, _ in layers])
-    draws['arguments'] = jax.tree.map(lambda *leaves: jax.numpy.stack(leaves),
+    draws['ops'] = jnp.stack([op for op, _ in layers])
+    draws['arguments'] = jax.tree.map(lambda *leaves: jnp.stack(leaves),
                                       *[arguments for _, arguments in layers])
   if any(color_jitter):
     draws['jitter'] = augment_device.draw_jitter(jitter_key, *color_jitter)
@@ -58,19 +65,62 @@ def draw(key_data, *, size: int, rand_augment: tuple | None, color_jitter: tuple
   return draws
 
 
-@functools.lru_cache(maxsize=4)
-def normalise_table(mean: tuple, std: tuple) -> np.ndarray:
-  """(3, 256) float32: ``augment_device.normalise`` of every uint8 value per channel, so
-  host and device normalise to the same bits."""
-  values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None], (256, 1, 3))
-  normalise = jax.jit(augment_device.normalise, static_argnums=(1, 2))
-  return np.ascontiguousarray(np.asarray(normalise(values, mean, std))[:, 0, :].T)
+def _as_words(leaf):
+  """A 32-bit or bool leaf as uint32 words, bit for bit."""
+  if leaf.dtype == jnp.bool_:
+    return leaf.astype(jnp.uint32).ravel()
+  return jax.lax.bitcast_convert_type(leaf, jnp.uint32).ravel()
+
+
+@functools.partial(jax.jit, static_argnames=('settings',))
+def _packed_draws(key_data, settings: tuple):
+  return jnp.concatenate([_as_words(leaf) for leaf in jax.tree.leaves(
+      draw_tree(key_data, **dict(settings)))])
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(settings: tuple):
+  """(tree structure, [(shape, dtype)]) of ``draw_tree``'s leaves under ``settings``."""
+  shapes = jax.eval_shape(functools.partial(draw_tree, **dict(settings)),
+                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+  leaves, treedef = jax.tree.flatten(shapes)
+  return treedef, [(leaf.shape, np.dtype(leaf.dtype)) for leaf in leaves]
+
+
+def draw(key_data, **settings) -> dict:
+  """``draw_tree`` as numpy arrays, computed in one jitted call and one transfer."""
+  settings = tuple(sorted(settings.items()))
+  treedef, layout = _layout(settings)
+  if not layout:
+    return {}
+  words = np.asarray(_packed_draws(np.asarray(key_data, np.uint32), settings))
+  leaves, start = [], 0
+  for shape, dtype in layout:
+    count = int(np.prod(shape))
+    chunk = words[start:start + count]
+    leaves.append((chunk.astype(bool) if dtype == bool else chunk.view(dtype)).reshape(shape))
+    start += count
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def pack(pixels: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> the float16 transport image (``PIXEL_OFFSET + p``, exact)."""
+  return (pixels + _PIXEL_BITS).view(np.float16)
+
+
+def unpack_normalised(images, mean, std):
+  """Transport images (..., 3) float16 -> float32: pixels normalised with
+  ``augment_device.normalise`` (the device path's bits), erased pixels as their noise."""
+  values = images.astype(jnp.float32)
+  is_pixel = values >= PIXEL_OFFSET / 2
+  pixels = augment_device.normalise(jnp.where(is_pixel, values - PIXEL_OFFSET, 0.0), mean, std)
+  return jnp.where(is_pixel, pixels, values)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainOnHost:
-  """Loader transform ``(record, key_data) -> dict(image float32 (size, size, 3), key)``:
-  crop and flip (``crop``), RandAugment, colour jitter, normalisation and erasing.
+  """Loader transform ``(record, key_data) -> dict(image float16 (size, size, 3), key)``:
+  crop and flip (``crop``), RandAugment, colour jitter and erasing; ``pack``'s layout.
 
   ``rand_augment``: ``randaugment.parse_spec``'s settings or None; the rest as
   ``augment.make_train_augment``'s config.
@@ -78,17 +128,13 @@ class TrainOnHost:
   crop: augment_host.TrainCrop
   rand_augment: dict | None
   color_jitter: tuple
-  mean: tuple
-  std: tuple
   erase_prob: float
   fill: tuple
 
   def __call__(self, record: dict, key_data: np.ndarray) -> dict:
-    size = self.crop.size
     settings = None if self.rand_augment is None else tuple(sorted(self.rand_augment.items()))
-    draws = jax.device_get(draw(np.asarray(key_data, np.uint32), size=size,
-                                rand_augment=settings, color_jitter=self.color_jitter,
-                                erase_prob=self.erase_prob))
+    draws = draw(key_data, size=self.crop.size, rand_augment=settings,
+                 color_jitter=self.color_jitter, erase_prob=self.erase_prob)
     image = self.crop.crop(record['image'], key_data)
     if 'ops' in draws:
       names = self.rand_augment['ops']
@@ -100,16 +146,14 @@ class TrainOnHost:
       order, factors = draws['jitter']
       for which in order:
         image = _JITTER_ENHANCERS[which](image).enhance(float(factors[which]))
-    pixels = np.asarray(image)
-    table = normalise_table(tuple(self.mean), tuple(self.std))
-    normalised = np.stack([table[c][pixels[..., c]] for c in range(3)], axis=-1)
+    packed = pack(np.asarray(image))
     if 'erase' in draws and draws['erase'].erase:
-      erase_box(normalised, draws['erase'])
-    return dict(image=normalised, key=np.asarray(key_data, np.uint32))
+      erase_box(packed, draws['erase'])
+    return dict(image=packed, key=np.asarray(key_data, np.uint32))
 
 
 def erase_box(image: np.ndarray, box: augment_device.EraseBox):
-  """Writes N(0, 1) float32 noise into ``box`` of ``image`` in place, drawn by numpy's
+  """Writes N(0, 1) noise into ``box`` of ``image`` in place, drawn in float32 by numpy's
   Philox keyed by the box's noise key data (the construction ``augment_host`` uses)."""
   hi, lo = (int(word) for word in box.noise_key)
   generator = np.random.Generator(np.random.Philox(key=(hi << 32) | lo))
