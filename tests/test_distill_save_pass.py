@@ -218,3 +218,29 @@ def test_store_fields_name_every_manifest_field():
   assert set(full) == set(store.META_FIELDS) and full['num_classes'] == run.CLASSES
   with pytest.raises(ValueError, match=r"Unknown augmentation settings \['mixup'\]"):
     run.student_fields(aug_config=dict(mixup=0.1))
+
+
+def test_position_batches_are_trainings_examples_padded_at_the_end():
+  """Positions 96..149 of epoch 1 at batch 16: the same (index, key, image) as training
+  has there, then the last position repeated and masked out."""
+  from tinyvit_jax.data import augment
+  from tinyvit_jax.data import loader
+  host = augment.make_train_augment(run.AUG).host
+  source = run.source()
+  trained = {}
+  for batch in loader.train_batches(source, seed=run.SEED, global_batch=6, transform=host,
+                                    start_step=25 + 16, num_steps=9):  # positions 96..149
+    trained.update({int(p): (i, k, x) for p, i, k, x in
+                    zip(batch['position'], batch['index'], batch['key'], batch['image'])})
+  batches = list(loader.position_batches(source, seed=run.SEED, epoch=1,
+                                         positions=range(96, 150), batch=16, transform=host))
+  assert len(batches) == 4
+  rows = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+  np.testing.assert_array_equal(rows['position'], np.r_[96:150, [149] * 10])
+  np.testing.assert_array_equal(rows['mask'], np.arange(64) < 54)
+  assert set(rows['epoch']) == {1}
+  for row, position in enumerate(rows['position']):
+    index, key, image = trained[int(position)]
+    assert rows['index'][row] == index
+    np.testing.assert_array_equal(rows['key'][row], key)
+    np.testing.assert_array_equal(rows['image'][row], image)

@@ -202,6 +202,6 @@ def position_batches(source, *, seed: int, epoch: int, positions, batch: int,
   if positions.ndim != 1 or (len(positions) and (positions.min() < 0 or positions.max() >= n)):
     raise ValueError(f'positions must be a 1-D sequence in [0, {n}) (the epoch has {n}).')
   if not len(positions):
-    return iter(())
+    return (b for b in ())  # a generator, closable like the others
   fn = _PositionBatch(source, transform, seed, epoch, positions, batch)
   return _iterate(fn, 0, -(-len(positions) // batch), num_workers, prefetch)

@@ -40,16 +40,23 @@ class StoreTargets:
 
   def __call__(self, batch: dict) -> dict:
     epochs, positions = np.asarray(batch['epoch']), np.asarray(batch['position'])
+    expected = np.asarray(batch['index'])
+    first = int(positions[0]) if len(positions) else 0
+    if (len(positions) and np.all(epochs == epochs[0])
+        and np.array_equal(positions, np.arange(first, first + len(positions)))):
+      # A training batch: one epoch, contiguous positions, so one read and no gathers.
+      values, indices, stored = self.store.read(int(epochs[0]), first, len(positions))
+      self._check_examples(int(epochs[0]), positions, stored, expected)
+      return dict(batch, teacher_values=values, teacher_indices=indices)
     values = np.empty((len(positions), self.store.k), np.float16)
     indices = np.empty((len(positions), self.store.k), self.store.index_dtype)
     for epoch in np.unique(epochs):
       rows = np.flatnonzero(epochs == epoch)
       first = int(positions[rows].min())
       span = self.store.read(int(epoch), first, int(positions[rows].max()) - first + 1)
-      at = positions[rows] - first  # training batches are contiguous: one slice
+      at = positions[rows] - first
       values[rows], indices[rows] = span[0][at], span[1][at]
-      self._check_examples(int(epoch), positions[rows], span[2][at],
-                           np.asarray(batch['index'])[rows])
+      self._check_examples(int(epoch), positions[rows], span[2][at], expected[rows])
     return dict(batch, teacher_values=values, teacher_indices=indices)
 
   def _check_examples(self, epoch: int, positions, stored, expected) -> None:
