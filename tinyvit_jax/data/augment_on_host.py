@@ -109,12 +109,17 @@ def pack(pixels: np.ndarray) -> np.ndarray:
 
 
 def unpack_normalised(images, mean, std):
-  """Transport images (..., 3) float16 -> float32: pixels normalised with
-  ``augment_device.normalise`` (the device path's bits), erased pixels as their noise."""
+  """Transport images (..., 3) float16 -> float32: pixels normalised, erased pixels as
+  their noise.
+
+  Normalising is one multiply-add per value, ``p / (255 std) - mean / std``, within 1e-6 of
+  ``augment_device.normalise``'s ``(p / 255 - mean) / std``: XLA:CPU fuses the unpacking
+  into each of Mixup's reads, where the two divisions doubled the device half's time.
+  """
   values = images.astype(jnp.float32)
-  is_pixel = values >= PIXEL_OFFSET / 2
-  pixels = augment_device.normalise(jnp.where(is_pixel, values - PIXEL_OFFSET, 0.0), mean, std)
-  return jnp.where(is_pixel, pixels, values)
+  scale = jnp.asarray([1 / (255 * s) for s in std], jnp.float32)
+  offset = jnp.asarray([-m / s for m, s in zip(mean, std)], jnp.float32)
+  return jnp.where(values >= PIXEL_OFFSET / 2, (values - PIXEL_OFFSET) * scale + offset, values)
 
 
 @dataclasses.dataclass(frozen=True)
