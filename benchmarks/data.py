@@ -2,6 +2,7 @@
 
   python benchmarks/data.py                # 2 workers, 5 alternating rounds of 20 batches
   python benchmarks/data.py --quick        # smoke test: 64 images, 2 rounds of 2 batches
+  python benchmarks/data.py --breakdown    # also: CPU ms per image of each stage, per arm
 
 * Images: ``--images`` JPEGs of ``--height`` x ``--width`` (ImageNet's typical 375x500),
   smooth random content plus fine texture and noise, saved by PIL at quality 90 (~75 KB,
@@ -17,12 +18,16 @@
   torch DataLoader with the same workers, batch and shuffling. Pillow 13 raises for
   Posterize to 0 bits, which timm asks for at ~0.15% of images: the timm arm retries that
   image's transform with fresh draws (``_RetryPosterize``), as earlier Pillow gave black.
+* ``--breakdown`` times each stage of both arms in this one process over ``--batch``
+  images (CPU time, best of 5 passes): where the time goes, without loaders or workers.
 * Each round times ``--steps`` batches after ``--skip`` untimed ones (worker start-up and
   prefetched batches), arms alternating. img/s is wall-clock; img/cpu-s divides the images by the CPU seconds
   (user + system) of the main process and its workers over the same window, the per-core
   figure that other load on a shared machine disturbs least.
 """
 import argparse
+import collections
+import io
 import json
 import os
 import statistics
@@ -43,9 +48,12 @@ from PIL import Image
 from timm.data import create_transform
 
 from tinyvit_jax.data import augment
+from tinyvit_jax.data import augment_on_host
 from tinyvit_jax.data import image_folder
+from tinyvit_jax.data import keys
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import mix
+from tinyvit_jax.data import randaugment_pil
 
 ARMS = ('ours', 'timm')
 CLASSES = 10
@@ -64,6 +72,8 @@ def parse_args(argv=None):
                       help='untimed batches first: worker start-up and prefetched batches')
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--draft', action='store_true', help='ours: reduced-scale JPEG decode')
+  parser.add_argument('--breakdown', action='store_true',
+                      help='also time each stage of both arms, in one process')
   parser.add_argument('--cache', default='benchmarks/out/data_jpegs')
   parser.add_argument('--json', default='benchmarks/out/data.json')
   parser.add_argument('--quick', action='store_true',
@@ -138,6 +148,92 @@ def timm_batches(args, folder):
     yield from data
 
 
+def _best_cpu_ms(run, images: int, passes: int = 5) -> float:
+  """CPU ms per image of ``run()`` over ``images`` images, the best of ``passes``."""
+  best = float('inf')
+  for _ in range(passes):
+    start = time.process_time()
+    run()
+    best = min(best, time.process_time() - start)
+  return 1e3 * best / images
+
+
+def breakdown(args, folder) -> dict:
+  """CPU ms per image of each stage of both arms, in this process, on the same images."""
+  source = image_folder.ImageFolderSource(folder, decode=False)
+  records = [source[i] for i in range(args.batch)]
+  key_data = np.stack([jax.random.key_data(keys.sample_key(0, 0, i))
+                       for i in range(args.batch)])
+  pipeline = augment.make_train_augment(image_size=args.size, augment_on='host')
+  host = pipeline.host
+  settings = tuple(sorted(host.rand_augment.items()))
+  draw = lambda k: augment_on_host.draw(k, size=args.size, rand_augment=settings,
+                                        color_jitter=host.color_jitter,
+                                        erase_prob=host.erase_prob)
+  decoded = [np.asarray(Image.open(io.BytesIO(r['image'])).convert('RGB')) for r in records]
+  crops = [host.crop.crop(image, k) for image, k in zip(decoded, key_data)]
+  draws = [draw(k) for k in key_data]
+  names = host.rand_augment['ops']
+
+  def rand_augment():
+    out = []
+    for image, drawn in zip(crops, draws):
+      for layer, op in enumerate(drawn['ops']):
+        if op >= 0:
+          arguments = [argument[layer] for argument in drawn['arguments']]
+          image = randaugment_pil.apply_arguments(image, names[op], *arguments, host.fill)
+      out.append(np.asarray(image))
+    return out
+
+  augmented = rand_augment()
+
+  def pack_and_erase():
+    for pixels, drawn in zip(augmented, draws):
+      packed = augment_on_host.pack(pixels)
+      if drawn['erase'].erase:
+        augment_on_host.erase_box(packed, drawn['erase'])
+
+  batch = {name: np.stack([value[name] for value in
+                           [host(r, k) for r, k in zip(records, key_data)]])
+           for name in ('image', 'key')}
+  device = jax.jit(pipeline.device)
+  targets = mix.smooth_one_hot(np.arange(args.batch) % CLASSES, CLASSES, 0.1)
+  run_device = lambda: jax.block_until_ready(device(jnp.asarray(batch['image']),
+                                                    batch['key'], targets))
+  run_device()
+  n = args.batch
+  ours = collections.OrderedDict([
+      ('decode', _best_cpu_ms(lambda: [Image.open(io.BytesIO(r['image'])).convert('RGB')
+                                       for r in records], n)),
+      ('crop + resize + flip', _best_cpu_ms(lambda: [host.crop.crop(image, k) for image, k
+                                                     in zip(decoded, key_data)], n)),
+      ('draws (one jitted call)', _best_cpu_ms(lambda: [draw(k) for k in key_data], n)),
+      ('RandAugment', _best_cpu_ms(rand_augment, n)),
+      ('pack + erasing noise', _best_cpu_ms(pack_and_erase, n)),
+      ('whole host transform', _best_cpu_ms(lambda: [host(r, k) for r, k in
+                                                     zip(records, key_data)], n)),
+      ('device half (asarray, unpack, normalise, Mixup/CutMix)',
+       _best_cpu_ms(run_device, n))])
+
+  transform = create_transform(args.size, is_training=True,
+                               auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25,
+                               interpolation='bicubic', re_mode='pixel')
+  timm_stages = collections.OrderedDict(
+      [('decode', _best_cpu_ms(lambda: [Image.open(io.BytesIO(r['image'])).convert('RGB')
+                                        for r in records], n))])
+  torch.manual_seed(0)
+  stages = [('', [Image.fromarray(image) for image in decoded])]
+  for step in transform.transforms:
+    inputs = stages[-1][1]
+    apply = lambda step=step, inputs=inputs: [_RetryPosterize(step)(x) for x in inputs]
+    timm_stages[type(step).__name__] = _best_cpu_ms(apply, n)
+    stages.append((type(step).__name__, apply()))
+  tensors = stages[-1][1]
+  timm_stages['collate'] = _best_cpu_ms(
+      lambda: torch.utils.data.default_collate(tensors), n)
+  return dict(ours=ours, timm=timm_stages)
+
+
 def _cpu_seconds() -> float:
   """User + system CPU seconds of this process and its live descendants."""
   me = psutil.Process()
@@ -198,7 +294,15 @@ def main(argv=None):
     print(f'{arm:<6} {cells[0]:>24} {cells[1]:>24} {per_worker:17.1f}')
   print(f'ours/timm: {ratios["img_per_s"]:.2f}x img/s, {ratios["img_per_cpu_s"]:.2f}x '
         'img/cpu-s')
-  report = dict(config=vars(args), results=results, ours_over_timm=ratios,
+  stages = None
+  if args.breakdown:
+    stages = breakdown(args, folder)
+    for arm in ARMS:
+      print(f'\n{arm}: CPU ms per image, best of 5 passes over {args.batch} images, '
+            'one process')
+      for name, ms in stages[arm].items():
+        print(f'  {name:<58} {ms:6.3f}')
+  report = dict(config=vars(args), results=results, ours_over_timm=ratios, breakdown=stages,
                 environment=dict(cpus=len(os.sched_getaffinity(0)),
                                  load_average=os.getloadavg(), jax=jax.__version__,
                                  torch=torch.__version__, timm=timm.__version__,

@@ -13,7 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_run_writes_positive_figures(tmp_path):
   out = tmp_path / 'data.json'
   subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'data.py'), '--quick',
-                  '--workers', '1', '--cache', str(tmp_path / 'jpegs'), '--json', str(out)],
+                  '--workers', '1', '--breakdown', '--cache', str(tmp_path / 'jpegs'),
+                  '--json', str(out)],
                  check=True, cwd=REPO, timeout=600)
   report = json.loads(out.read_text())
 
@@ -24,6 +25,8 @@ def test_quick_run_writes_positive_figures(tmp_path):
       rate = report['results'][arm][metric]
       assert len(rate['runs']) == 2 and all(r > 0 for r in rate['runs'])
       assert rate['min'] <= rate['median'] <= rate['max']
+  for arm, stage in (('ours', 'RandAugment'), ('timm', 'RandAugment'), ('timm', 'collate')):
+    assert report['breakdown'][arm][stage] > 0
   assert report['ours_over_timm']['img_per_s'] == pytest.approx(
       report['results']['ours']['img_per_s']['median']
       / report['results']['timm']['img_per_s']['median'])
