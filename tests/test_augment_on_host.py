@@ -79,10 +79,10 @@ def test_host_erases_the_device_box_with_unit_noise():
   assert abs(noise.mean()) < 5 / np.sqrt(noise.size) and abs(noise.std() - 1) < 0.02
 
 
-def test_packed_pixels_unpack_to_the_device_normalise_bits_and_noise_to_itself():
-  """Every uint8 value through ``pack`` comes out as ``augment_device.normalise`` gives it
-  (within 1e-6: XLA may turn the division by 255 into a multiplication in one program and
-  not the other, one ulp before the mean is subtracted); noise written into the float16 image comes out as its float16 value."""
+def test_packed_pixels_unpack_normalised_and_noise_as_itself():
+  """Every uint8 value through ``pack`` comes out within 1e-6 of ``augment_device.normalise``
+  (a multiply-add against two divisions: a few ulp); noise written into the float16 image
+  comes out as its float16 value."""
   values = np.arange(256, dtype=np.uint8)
   image = np.stack([values, values[::-1], np.roll(values, 7)], -1)[None]
   packed = augment_on_host.pack(image)

@@ -15,12 +15,13 @@ device's but other values. FPD stores must therefore be replayed with the same
 ``augment_on`` (it is part of the augmentation config).
 
 Output: the augmented uint8 pixels and the erasing noise packed in one float16 image
-(``pack``), half the bytes of the float32 image and exact for both: a pixel ``p`` is
-stored as ``PIXEL_OFFSET + p`` (float16 holds 1024..1279 exactly), a noise value as itself
-(|noise| < 512 always; float16 keeps it to 2^-11 relative). The device half
+(``pack``): a pixel ``p`` is stored as ``PIXEL_OFFSET + p`` (float16 holds 1024..1279
+exactly), a noise value as itself (|noise| < 512 always; float16 keeps 11 significant
+bits, 2^-11 relative, far below a pixel level's 0.017). The device half
 (``augment.host_augmented_images``) unpacks and normalises inside the jitted step, then
-mixes pairs. Sending float32 from the workers cost the main process more than the whole
-device half (benchmarks/RESULTS.md).
+mixes pairs. Before, the workers normalised through a table and sent float32: twice the
+bytes to copy in the workers and the main process, and 0.2 ms per image of table look-ups
+(benchmarks/RESULTS.md, "Data").
 """
 import dataclasses
 import functools
