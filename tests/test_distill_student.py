@@ -4,6 +4,7 @@ setup are named; ``verify`` passes a true store and fails another teacher's.
 
 The store is ``save_pass_run``'s: written by one process at batch 32.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -148,3 +149,17 @@ def test_verify_passes_the_true_teacher_and_fails_another(saved, capsys):
     verify.verify(saved, run.linear_teacher(seed=1), source, sample=48, batch=16)
   with pytest.raises(ValueError, match='dataset_fingerprint'):
     verify.verify(saved, run.linear_teacher(), run.source(seed=1), sample=8, batch=16)
+
+
+def test_fpd_benchmark_quick_run_reports_its_figures(tmp_path):
+  """benchmarks/fpd.py --quick, the store parts: sizes under the target, reads positive."""
+  out = tmp_path / 'fpd.json'
+  subprocess.run([sys.executable, os.path.join(os.path.dirname(HERE), 'benchmarks', 'fpd.py'),
+                  '--quick', '--parts=ad', f'--json={out}'], check=True, timeout=300,
+                 capture_output=True, env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
+  report = json.loads(out.read_text())
+  for k in (10, 100):
+    size = report['bytes'][f'k{k}']
+    assert size['official'] == pytest.approx(4 + 4 * k + 18e9 / (90 * 13.2e6))
+    assert size['ours_over_official'] < 0.9
+  assert all(rate > 0 for rate in report['read']['hook_rows_per_s']['runs'])
