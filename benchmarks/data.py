@@ -18,8 +18,9 @@
   torch DataLoader with the same workers, batch and shuffling. Pillow 13 raises for
   Posterize to 0 bits, which timm asks for at ~0.15% of images: the timm arm retries that
   image's transform with fresh draws (``_RetryPosterize``), as earlier Pillow gave black.
-* ``--breakdown`` times each stage of both arms in this one process over ``--batch``
-  images (CPU time, best of 5 passes): where the time goes, without loaders or workers.
+* ``--breakdown`` times each stage of both arms in this one process over
+  ``--breakdown_images`` images (CPU time, best of 5 passes): where the time goes, without
+  loaders or workers. RandAugment differs between arms by the ops each happened to draw.
 * Each round times ``--steps`` batches after ``--skip`` untimed ones (worker start-up and
   prefetched batches), arms alternating. img/s is wall-clock; img/cpu-s divides the images by the CPU seconds
   (user + system) of the main process and its workers over the same window, the per-core
@@ -74,6 +75,7 @@ def parse_args(argv=None):
   parser.add_argument('--draft', action='store_true', help='ours: reduced-scale JPEG decode')
   parser.add_argument('--breakdown', action='store_true',
                       help='also time each stage of both arms, in one process')
+  parser.add_argument('--breakdown_images', type=int, default=128)
   parser.add_argument('--cache', default='benchmarks/out/data_jpegs')
   parser.add_argument('--json', default='benchmarks/out/data.json')
   parser.add_argument('--quick', action='store_true',
@@ -81,6 +83,7 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   if args.quick:
     args.images, args.batch, args.steps, args.rounds, args.skip = 64, 8, 2, 2, 2
+    args.breakdown_images = 8
     args.cache += '_quick'
   return args
 
@@ -160,10 +163,10 @@ def _best_cpu_ms(run, images: int, passes: int = 5) -> float:
 
 def breakdown(args, folder) -> dict:
   """CPU ms per image of each stage of both arms, in this process, on the same images."""
+  n = args.breakdown_images
   source = image_folder.ImageFolderSource(folder, decode=False)
-  records = [source[i] for i in range(args.batch)]
-  key_data = np.stack([jax.random.key_data(keys.sample_key(0, 0, i))
-                       for i in range(args.batch)])
+  records = [source[i] for i in range(n)]
+  key_data = np.stack([jax.random.key_data(keys.sample_key(0, 0, i)) for i in range(n)])
   pipeline = augment.make_train_augment(image_size=args.size, augment_on='host')
   host = pipeline.host
   settings = tuple(sorted(host.rand_augment.items()))
@@ -193,15 +196,13 @@ def breakdown(args, folder) -> dict:
       if drawn['erase'].erase:
         augment_on_host.erase_box(packed, drawn['erase'])
 
-  batch = {name: np.stack([value[name] for value in
-                           [host(r, k) for r, k in zip(records, key_data)]])
-           for name in ('image', 'key')}
+  examples = [host(r, k) for r, k in zip(records[:args.batch], key_data)]
+  batch = {name: np.stack([example[name] for example in examples]) for name in ('image', 'key')}
   device = jax.jit(pipeline.device)
   targets = mix.smooth_one_hot(np.arange(args.batch) % CLASSES, CLASSES, 0.1)
   run_device = lambda: jax.block_until_ready(device(jnp.asarray(batch['image']),
                                                     batch['key'], targets))
   run_device()
-  n = args.batch
   ours = collections.OrderedDict([
       ('decode', _best_cpu_ms(lambda: [Image.open(io.BytesIO(r['image'])).convert('RGB')
                                        for r in records], n)),
@@ -213,7 +214,7 @@ def breakdown(args, folder) -> dict:
       ('whole host transform', _best_cpu_ms(lambda: [host(r, k) for r, k in
                                                      zip(records, key_data)], n)),
       ('device half (asarray, unpack, normalise, Mixup/CutMix)',
-       _best_cpu_ms(run_device, n))])
+       _best_cpu_ms(run_device, args.batch))])
 
   transform = create_transform(args.size, is_training=True,
                                auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25,
@@ -294,15 +295,24 @@ def main(argv=None):
     print(f'{arm:<6} {cells[0]:>24} {cells[1]:>24} {per_worker:17.1f}')
   print(f'ours/timm: {ratios["img_per_s"]:.2f}x img/s, {ratios["img_per_cpu_s"]:.2f}x '
         'img/cpu-s')
+  # Each round's ours against the timm round right after it: slow drifts in the machine's
+  # load cancel in the pair.
+  round_ratios = {metric: summary([o[metric] / t[metric] for o, t in zip(runs['ours'],
+                                                                           runs['timm'])])
+                  for metric in ('img_per_s', 'img_per_cpu_s')}
+  print('ours/timm round by round, median (min-max): '
+        + ', '.join(f'{r["median"]:.2f}x ({r["min"]:.2f}-{r["max"]:.2f}) {metric}'
+                    for metric, r in round_ratios.items()))
   stages = None
   if args.breakdown:
     stages = breakdown(args, folder)
     for arm in ARMS:
-      print(f'\n{arm}: CPU ms per image, best of 5 passes over {args.batch} images, '
-            'one process')
+      print(f'\n{arm}: CPU ms per image, best of 5 passes over {args.breakdown_images} '
+            'images, one process')
       for name, ms in stages[arm].items():
         print(f'  {name:<58} {ms:6.3f}')
-  report = dict(config=vars(args), results=results, ours_over_timm=ratios, breakdown=stages,
+  report = dict(config=vars(args), results=results, ours_over_timm=ratios,
+                ours_over_timm_by_round=round_ratios, breakdown=stages,
                 environment=dict(cpus=len(os.sched_getaffinity(0)),
                                  load_average=os.getloadavg(), jax=jax.__version__,
                                  torch=torch.__version__, timm=timm.__version__,

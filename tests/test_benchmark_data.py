@@ -27,6 +27,10 @@ def test_quick_run_writes_positive_figures(tmp_path):
       assert rate['min'] <= rate['median'] <= rate['max']
   for arm, stage in (('ours', 'RandAugment'), ('timm', 'RandAugment'), ('timm', 'collate')):
     assert report['breakdown'][arm][stage] > 0
+  by_round = report['ours_over_timm_by_round']['img_per_cpu_s']['runs']
+  assert by_round == pytest.approx([o / t for o, t in zip(
+      report['results']['ours']['img_per_cpu_s']['runs'],
+      report['results']['timm']['img_per_cpu_s']['runs'])])
   assert report['ours_over_timm']['img_per_s'] == pytest.approx(
       report['results']['ours']['img_per_s']['median']
       / report['results']['timm']['img_per_s']['median'])
