@@ -37,6 +37,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logits and l
 _MODE = flags.DEFINE_enum('mode', None, config_lib.STAGES, 'Run only this stage.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Call jax.distributed.initialize() first (TPU pods, SLURM).')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout', 100, 'With --distributed: seconds without heartbeats after which a '
+    'process counts as dead, and JAX stops every other process (rather than let it hang).')
 
 SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
 
@@ -142,7 +145,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
   use_compilation_cache()
   if _DISTRIBUTED.value:
-    initialize_distributed()
+    initialize_distributed(_HEARTBEAT_TIMEOUT.value)
   run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 
@@ -159,15 +162,17 @@ def use_compilation_cache() -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(heartbeat_timeout: int = 100) -> None:
   """``jax.distributed.initialize``: auto-detected on TPU pods and under SLURM; elsewhere
   from ``JAX_COORDINATOR_ADDRESS`` (which JAX reads) with ``JAX_NUM_PROCESSES`` and
-  ``JAX_PROCESS_ID`` (which it does not, so they are passed here)."""
+  ``JAX_PROCESS_ID`` (which it does not, so they are passed here). A process silent for
+  ``heartbeat_timeout`` seconds (killed, its host lost) makes JAX abort the others with
+  "another task died", so a crash ends the run; a restart resumes from the checkpoint."""
   explicit = {}
   if 'JAX_NUM_PROCESSES' in os.environ and 'JAX_PROCESS_ID' in os.environ:
     explicit = dict(num_processes=int(os.environ['JAX_NUM_PROCESSES']),
                     process_id=int(os.environ['JAX_PROCESS_ID']))
-  jax.distributed.initialize(**explicit)
+  jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout, **explicit)
 
 
 def _check_overrides(argv) -> None:

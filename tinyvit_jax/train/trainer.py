@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -246,15 +247,20 @@ def _labels(source) -> list:
 
 
 class _ExampleLog:
-  """``examples.jsonl``: the example indices of every step, kept in step with resumes."""
+  """``examples.jsonl``: the example indices of every step, kept in step with resumes.
+  Every process gathers a step's indices (a collective); process 0 writes them."""
 
   def __init__(self, workdir: str, step: int):
     self.path = os.path.join(workdir, 'examples.jsonl')
-    metrics.truncate_jsonl(self.path, step)
+    self.is_main = jax.process_index() == 0
+    if self.is_main:
+      metrics.truncate_jsonl(self.path, step)
 
   def write(self, step: int, indices) -> None:
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(dict(step=step, index=np.asarray(indices).tolist())) + '\n')
+    indices = multihost_utils.process_allgather(indices, tiled=True)
+    if self.is_main:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps(dict(step=step, index=np.asarray(indices).tolist())) + '\n')
 
 
 class _SigtermFlag:
