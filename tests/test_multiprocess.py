@@ -1,0 +1,181 @@
+"""``jax.distributed`` for real: 2 processes on a loopback coordinator, 4 CPU devices each.
+
+Every run is ``python -m tinyvit_jax.main --config=tests/train_config_fpd.py``: the FPD
+save pass of a random-init teacher's top-3 rows (each process writes its own block of the
+store), then one epoch (22 steps at batch 64) of the quickstart's student trained from the
+store, each process loading its half of every batch and reading its rows of the store.
+Two such processes must do what one process with all 8 devices does, and when one of
+them is killed the other must stop (JAX's heartbeat, ``main --heartbeat_timeout``) so
+that a restart of both resumes from the last checkpoint.
+"""
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from configs import quickstart
+from test_train_system import REPO, STEPS, checkpoint_steps, environment, examples_seen
+from test_train_system import step_losses
+from tinyvit_jax import model_checkpoint
+from tinyvit_jax.models import create_model
+from tinyvit_jax.train import metrics
+
+CONFIG = 'tests/train_config_fpd.py'
+HEARTBEAT_TIMEOUT = 10  # seconds; JAX's default, 100, would only make the test slower
+STOP_WITHIN = 60  # seconds from a kill to the other process's exit, load included
+_STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_left():
+  """A failed test must not leave a process waiting for its peer."""
+  yield
+  for process in _STARTED:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+
+
+@pytest.fixture(scope='module')
+def teacher(tmp_path_factory):
+  """A random-init teacher of the student's size: the store's rows need not be good."""
+  config = quickstart.student_config(runlocal=False)
+  kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in config.model.kwargs.items()}
+  model = create_model(config.model.name, num_classes=config.num_classes, rngs=nnx.Rngs(7),
+                       **kwargs)
+  directory = str(tmp_path_factory.mktemp('teacher') / 'export')
+  model_checkpoint.save_model(directory, model, config.model.name,
+                              num_classes=config.num_classes, **kwargs)
+  return directory
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start_processes(workdir, *overrides) -> list:
+  """Both processes of a 2-process run, logging to ``workdir/../<name>.process<i>.log``."""
+  address = f'127.0.0.1:{free_port()}'
+  processes = []
+  for index in range(2):
+    env = dict(environment(devices=4), JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES='2',
+               JAX_PROCESS_ID=str(index))
+    log = open(f'{workdir}.process{index}.log', 'a')
+    processes.append(subprocess.Popen(
+        [sys.executable, '-m', 'tinyvit_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
+         '--distributed', f'--heartbeat_timeout={HEARTBEAT_TIMEOUT}', *overrides],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    log.close()
+  _STARTED.extend(processes)
+  return processes
+
+
+def process_log(workdir, index: int) -> str:
+  with open(f'{workdir}.process{index}.log') as f:
+    return f.read()
+
+
+def finish(processes, workdir) -> None:
+  for index, process in enumerate(processes):
+    assert process.wait(timeout=900) == 0, process_log(workdir, index)[-3000:]
+
+
+def saved_state(workdir, step: int = STEPS) -> list:
+  """A checkpoint's leaves as numpy, whatever devices and processes saved it."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    tree = checkpointer.metadata(path).item_metadata.tree
+    return checkpointer.restore(path, restore_args=jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
+
+
+def store_files(workdir) -> dict:
+  root = os.path.join(workdir, 'logits')
+  files = {}
+  for directory, _, names in os.walk(root):
+    for name in names:
+      with open(os.path.join(directory, name), 'rb') as f:
+        files[os.path.relpath(os.path.join(directory, name), root)] = f.read()
+  return files
+
+
+@pytest.fixture(scope='module')
+def one_process(teacher, tmp_path_factory):
+  """The reference: one process holding all 8 devices."""
+  workdir = tmp_path_factory.mktemp('one') / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'tinyvit_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
+       f'--config.distill.teacher={teacher}'], cwd=REPO, env=environment(devices=8),
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def two_processes(teacher, tmp_path_factory):
+  """An uninterrupted 2-process run, save pass included."""
+  workdir = tmp_path_factory.mktemp('two') / 'run'
+  finish(start_processes(workdir, f'--config.distill.teacher={teacher}'), workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_two_processes_of_four_devices_equal_one_of_eight(one_process, two_processes):
+  one, two = step_losses(one_process), step_losses(two_processes)
+  assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
+                             rtol=0, atol=1e-5)
+  assert examples_seen(two_processes) == examples_seen(one_process)
+  assert [row['step'] for row in examples_seen(two_processes)] == list(range(1, STEPS + 1))
+  # Each process saved its own block of the store: together, the one process's bytes.
+  assert store_files(two_processes) == store_files(one_process)
+  evals = [[row for row in metrics.read_metrics(w) if 'eval_top1' in row]
+           for w in (one_process, two_processes)]
+  assert [r['eval_examples'] for r in evals[0]] == [r['eval_examples'] for r in evals[1]]
+  np.testing.assert_allclose([r['eval_loss'] for r in evals[1]],
+                             [r['eval_loss'] for r in evals[0]], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_and_both_resume_exactly(teacher, two_processes,
+                                                                  tmp_path):
+  """Either process may die (process 0 also hosts the coordinator): the other must stop
+  within the heartbeat timeout, not wait forever in a collective."""
+  workdir = tmp_path / 'run'
+  overrides = (f'--config.distill.teacher={teacher}',
+               f'--config.distill.store={two_processes}/logits')
+  processes = start_processes(workdir, *overrides)
+  draw = random.Random()  # drawn now, not chosen in advance
+  kill_after, victim = draw.randint(6, STEPS - 4), draw.randint(0, 1)
+  deadline = time.time() + 600
+  while len(step_losses(workdir)) < kill_after:
+    assert all(p.poll() is None for p in processes), process_log(workdir, 0)[-3000:]
+    assert time.time() < deadline, 'the run made no progress'
+    time.sleep(0.05)
+  processes[victim].send_signal(signal.SIGKILL)
+  processes[victim].wait()
+  survivor = 1 - victim
+  try:
+    returncode = processes[survivor].wait(timeout=STOP_WITHIN)
+  except subprocess.TimeoutExpired:
+    pytest.fail(f'process {survivor} still runs {STOP_WITHIN} s after process {victim} died')
+  assert returncode != 0
+  assert 'another task died' in process_log(workdir, survivor), (
+      process_log(workdir, survivor)[-3000:])
+  assert max(checkpoint_steps(workdir), default=0) < STEPS, f'killed after step {kill_after}'
+
+  finish(start_processes(workdir, *overrides), workdir)
+  for a, b in zip(saved_state(two_processes), saved_state(workdir), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+  assert examples_seen(workdir) == examples_seen(two_processes)
