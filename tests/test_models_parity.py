@@ -13,7 +13,9 @@ from tinyvit_jax.models import create_model, list_models, model_info
 _SLOW = {'tiny_vit_21m_384', 'tiny_vit_21m_512', 'deit_base_patch16_224',
          'deit_base_patch16_384', 'deit_base_distilled_patch16_224',
          'deit_base_distilled_patch16_384', 'deit_small_patch16_384',
-         'deit_small_distilled_patch16_384'}
+         'deit_small_distilled_patch16_384',
+         # The convnets also run at 72 px in tests/test_models_convnets.py.
+         'resnet34', 'resnet50', 'regnety_016', 'regnety_160'}
 
 
 def _apply(model, images):
