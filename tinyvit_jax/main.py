@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.distill import verify
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
@@ -99,7 +99,8 @@ def run_stages(config, workdir: str, mode: str | None) -> dict:
 
 def save_logits(config, workdir: str) -> dict:
   """The FPD save pass of the run's teacher over all its epochs (resumes a killed one)."""
-  teacher = teacher_lib.from_checkpoint(config.distill.teacher)
+  teacher = torch_teacher.make_teacher(config.distill, config.aug)
+  torch_teacher.check_classes(teacher, config.num_classes)
   path = trainer.store_path(config, workdir)
   source = trainer.train_source(config)
   save_pass.save_logits(
@@ -179,12 +180,14 @@ def _check_overrides(argv) -> None:
   """A misspelt ``--config.key`` gets the nearest valid names instead of a traceback."""
   config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   keys = [a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')]
-  if config_arg is None or not keys:
+  if config_arg is None:
     return
   path, _, arg = config_arg.partition(':')
   spec = importlib.util.spec_from_file_location('recipe', path)
   if spec is None or not os.path.isfile(path):
     sys.exit(f'error: --config={config_arg}: no recipe file {path!r}; see configs/.')
+  if not keys:
+    return
   recipe = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(recipe)
   config = recipe.get_config(*([arg] if arg else []))

@@ -53,7 +53,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict()
   c.distill.kind = 'none'  # 'fpd': soft CE on stored rows; 'soft'/'hard': DeiT losses
   c.distill.from_store = False  # teacher rows from a logit store (else the teacher online)
-  c.distill.teacher = ''  # our checkpoint dir (model.json + state/) of the teacher
+  c.distill.teacher = ''  # 'ours': a checkpoint dir; 'timm'/'torch': a state_dict file
+  c.distill.teacher_adapter = 'ours'  # or 'timm', 'torch' (distill/torch_teacher.py)
+  c.distill.teacher_model = ''  # timm name, or 'package.module:factory' for 'torch'
+  c.distill.teacher_kwargs = ml_collections.ConfigDict()
+  c.distill.teacher_num_classes = 0  # 0: the checkpoint's head size
+  c.distill.teacher_mean = ()  # 'torch': the module's input normalisation
+  c.distill.teacher_std = ()
+  c.distill.teacher_device = 'cpu'
+  c.distill.teacher_class_index = ''  # teacher class of each student class, one per line
   c.distill.store = ''  # logit store dir; default WORKDIR/logits
   c.distill.k = 10
   c.distill.alpha = 0.5
