@@ -100,7 +100,8 @@ def test_sigkill_at_an_unplanned_step_then_resume_is_exact(straight_run, tmp_pat
   wait_for_steps(process, tmp_path, kill_after)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  assert max(checkpoint_steps(tmp_path)) < STEPS, f'killed after step {kill_after}'
+  # The kill may land before the first asynchronous save is finalised: then none exists.
+  assert max(checkpoint_steps(tmp_path), default=0) < STEPS, f'killed after step {kill_after}'
   run_main(tmp_path)
   assert_same_run(straight_run, tmp_path)
 
