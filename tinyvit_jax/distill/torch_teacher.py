@@ -43,6 +43,7 @@ import numpy as np
 
 from tinyvit_jax import convert
 from tinyvit_jax.data import augment_device
+from tinyvit_jax.data import class_index as class_index_lib
 from tinyvit_jax.distill import teacher as teacher_lib
 
 ADAPTERS = ('ours', 'timm', 'torch')
@@ -121,34 +122,6 @@ def resolve(import_path: str):
   return getattr(module, attribute)
 
 
-def read_class_index(path: str, num_classes: int | None, source_classes: int) -> np.ndarray:
-  """A class-index file: one integer in ``[0, source_classes)`` a line, line c the
-  source (teacher) class of class c; ``num_classes`` lines (if given); no class twice."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Class-index file {os.path.abspath(path)!r} does not exist.')
-  with open(path) as f:
-    lines = [line.strip() for line in f if line.strip()]
-  try:
-    mapping = np.asarray([int(line) for line in lines], np.int64)
-  except ValueError as error:
-    raise ValueError(f'{path}: every line must be one integer class index ({error}).') from None
-  if num_classes is not None and len(mapping) != num_classes:
-    raise ValueError(f'{path} has {len(mapping)} lines; the student has {num_classes} '
-                     'classes, one line each.')
-  bad = np.flatnonzero((mapping < 0) | (mapping >= source_classes))
-  if len(bad):
-    raise ValueError(f'{path}: line {bad[0] + 1} holds {mapping[bad[0]]}, outside the '
-                     f'teacher\'s {source_classes} classes.')
-  values, counts = np.unique(mapping, return_counts=True)
-  if (counts > 1).any():
-    twice = values[counts > 1][0]
-    raise ValueError(f'{path}: teacher class {twice} is on lines '
-                     f'{(np.flatnonzero(mapping == twice) + 1).tolist()}; a teacher class '
-                     'can stand for one student class only (its probability would count '
-                     'twice).')
-  return mapping
-
-
 def map_classes(teacher: teacher_lib.Teacher, class_index: str,
                 num_classes: int | None = None) -> teacher_lib.Teacher:
   """``teacher`` read through a class-index file (module doc): its rows gathered at the
@@ -156,7 +129,7 @@ def map_classes(teacher: teacher_lib.Teacher, class_index: str,
 
   ``num_classes``, the student's, is checked against the file's line count if given.
   """
-  mapping = read_class_index(class_index, num_classes, teacher.num_classes)
+  mapping = class_index_lib.read_class_index(class_index, num_classes, teacher.num_classes)
   with open(class_index, 'rb') as f:
     file_hash = hashlib.sha256(f.read()).hexdigest()
   gather = jax.jit(lambda probabilities: jnp.take(probabilities, mapping, axis=-1))

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax.data import class_index
 from tinyvit_jax.models import WEIGHTS
 
 # Top-level modules holding a classifier (TinyViT's head.fc, DeiT's head and head_dist,
@@ -36,7 +37,11 @@ def load_into(model: nnx.Module, directory: str, *, head: str = 'keep') -> None:
   source_classes = source.num_classes
   mapping = None
   if head not in ('keep', 'reinit'):
-    mapping = read_class_index(head, model.num_classes, source_classes)
+    if not os.path.isfile(head):
+      raise FileNotFoundError(f'init.head={head!r} is neither keep, reinit nor a '
+                              'class-index file.')
+    mapping = class_index.read_class_index(head, model.num_classes, source_classes,
+                                           target='model', source='checkpoint', unique=False)
   ours = nnx.state(model, WEIGHTS)
   theirs = dict(nnx.to_flat_state(nnx.state(source, WEIGHTS)))
   problems = []
@@ -64,24 +69,3 @@ def load_into(model: nnx.Module, directory: str, *, head: str = 'keep') -> None:
     raise ValueError(f'Cannot start {type(model).__name__} from {directory} '
                      f'({meta["model"]}):\n  ' + '\n  '.join(problems))
   nnx.update(model, ours)
-
-
-def read_class_index(path: str, num_classes: int, source_classes: int) -> np.ndarray:
-  """The class-index file: ``num_classes`` integers in ``[0, source_classes)``."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'init.head={path!r} is neither keep, reinit nor a class-index '
-                            'file.')
-  with open(path) as f:
-    lines = [line.strip() for line in f if line.strip()]
-  try:
-    mapping = np.asarray([int(line) for line in lines])
-  except ValueError as error:
-    raise ValueError(f'{path}: every line must be one integer class index ({error}).') from None
-  if len(mapping) != num_classes:
-    raise ValueError(f'{path} has {len(mapping)} lines; the model has {num_classes} classes, '
-                     'one line each.')
-  bad = np.flatnonzero((mapping < 0) | (mapping >= source_classes))
-  if len(bad):
-    raise ValueError(f'{path}: line {bad[0] + 1} holds {mapping[bad[0]]}, outside the '
-                     f'checkpoint\'s {source_classes} classes.')
-  return mapping
