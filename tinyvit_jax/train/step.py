@@ -131,8 +131,3 @@ def topk_sums(logits, labels, mask) -> dict:
   return dict(loss=jnp.sum(loss * weight), top1=jnp.sum(hits[:, 0] * weight),
               top5=jnp.sum(hits.any(axis=-1) * weight), count=jnp.sum(weight))
 
-
-def host_leaves(leaves) -> list:
-  """The state on the host as numpy (for tests and comparisons)."""
-  return [np.asarray(jax.random.key_data(leaf) if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-                     else leaf) for leaf in leaves]

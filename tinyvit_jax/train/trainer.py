@@ -104,6 +104,7 @@ class Run:
         model=config.model.name, kwargs=model_kwargs(config), num_classes=config.num_classes))
     self.checkpoints = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                               keep=config.keep_checkpoints)
+    self._eval = None  # (source, host transform, jitted eval step), on first use
     self.step = self.checkpoints.latest_step() or 0
     if self.step:
       self.state.leaves = self.checkpoints.restore(self.step, self.state.leaves, self.mesh)
@@ -111,14 +112,16 @@ class Run:
   def evaluate(self) -> dict:
     """top-1, top-5 and loss on the eval split, with the EMA params when there are any."""
     config = self.config
-    source = eval_source(config)
-    eval_augment = augment.make_eval_augment(config.eval_aug)
-    evaluate = step_lib.make_eval_step(self.state, self.mesh, normalise=eval_augment.device,
-                                       use_ema=config.optim.ema_decay > 0)
+    if self._eval is None:  # built once: a new jitted function would recompile each epoch
+      eval_augment = augment.make_eval_augment(config.eval_aug)
+      self._eval = (eval_source(config), eval_augment.host, step_lib.make_eval_step(
+          self.state, self.mesh, normalise=eval_augment.device,
+          use_ema=config.optim.ema_decay > 0))
+    source, transform, evaluate = self._eval
     sharding = NamedSharding(self.mesh, P('data'))
     totals = None
     for batch in loader.eval_batches(source, global_batch=config.eval_batch_size,
-                                     transform=eval_augment.host,
+                                     transform=transform,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
       batch = {name: jax.make_array_from_process_local_data(sharding, batch[name])
