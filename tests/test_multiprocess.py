@@ -23,6 +23,7 @@ import pytest
 from flax import nnx
 
 from configs import quickstart
+from test_distill_save_pass import store_files
 from test_train_system import REPO, STEPS, checkpoint_steps, environment, examples_seen
 from test_train_system import step_losses
 from tinyvit_jax import model_checkpoint
@@ -100,16 +101,6 @@ def saved_state(workdir, step: int = STEPS) -> list:
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
 
 
-def store_files(workdir) -> dict:
-  root = os.path.join(workdir, 'logits')
-  files = {}
-  for directory, _, names in os.walk(root):
-    for name in names:
-      with open(os.path.join(directory, name), 'rb') as f:
-        files[os.path.relpath(os.path.join(directory, name), root)] = f.read()
-  return files
-
-
 @pytest.fixture(scope='module')
 def one_process(teacher, tmp_path_factory):
   """The reference: one process holding all 8 devices."""
@@ -139,7 +130,8 @@ def test_two_processes_of_four_devices_equal_one_of_eight(one_process, two_proce
   assert examples_seen(two_processes) == examples_seen(one_process)
   assert [row['step'] for row in examples_seen(two_processes)] == list(range(1, STEPS + 1))
   # Each process saved its own block of the store: together, the one process's bytes.
-  assert store_files(two_processes) == store_files(one_process)
+  assert (store_files(os.path.join(two_processes, 'logits'))
+          == store_files(os.path.join(one_process, 'logits')))
   evals = [[row for row in metrics.read_metrics(w) if 'eval_top1' in row]
            for w in (one_process, two_processes)]
   assert [r['eval_examples'] for r in evals[0]] == [r['eval_examples'] for r in evals[1]]

@@ -1,4 +1,5 @@
 """``train_config``'s one-epoch student, distilled from a logit store (FPD, top-3).
+(``tests`` imports as a namespace package from the repository root, where runs start.)
 
   python -m tinyvit_jax.main --config=tests/train_config_fpd.py --workdir=DIR \\
       --config.distill.teacher=TEACHER_DIR
@@ -8,17 +9,11 @@ from them alone.
 """
 import ml_collections
 
-from configs import quickstart
+from tests import train_config
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  del arg
-  config = quickstart.student_config(runlocal=False)
-  config.epochs = 1
-  config.optim.warmup_epochs = 0
-  config.checkpoint_every_steps = 5
-  config.log_every_steps = 1
-  config.record_examples = True
+  config = train_config.get_config(arg)
   config.distill.update(kind='fpd', from_store=True, k=3)
   config.stages = ('save_logits', 'train')
   return config
