@@ -58,6 +58,7 @@ from tinyvit_jax.models import create_model
 OFFICIAL_KEY_BYTES = 18e9 / (90 * 13.2e6)  # the 21k release's key files per sample-epoch
 STUDENT = 'tiny_vit_5m_224'
 SEED = 0
+PLAIN = order.Repeats()._asdict()  # no repeated augmentation
 
 
 def parse_args(argv=None):
@@ -99,8 +100,8 @@ def teacher_rows(n: int, k: int, num_classes: int):
 def write_store(path: str, n: int, k: int, num_classes: int) -> store.LogitStore:
   """One done epoch of n rows whose example indices follow the epoch order of ``SEED``."""
   meta = dict(dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
-              augmentation={}, k=k, num_classes=num_classes, teacher_name='synthetic',
-              teacher_checkpoint_hash='')
+              augmentation={}, repeats=PLAIN, k=k, num_classes=num_classes,
+              teacher_name='synthetic', teacher_checkpoint_hash='')
   logits = store.LogitStore.create(path, meta)
   values, indices = teacher_rows(n, k, num_classes)
   with logits.epoch_writer(0) as writer:
@@ -215,7 +216,7 @@ def student_step(args, work: str) -> dict:
   write_store(os.path.join(work, 'student'), n, k, classes)
   hook = store_targets.StoreTargets(os.path.join(work, 'student'), dict(
       dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
-      augmentation={}, k=k, num_classes=classes))
+      augmentation={}, repeats=PLAIN, k=k, num_classes=classes))
   model = create_model(STUDENT, num_classes=classes, img_size=size, rngs=nnx.Rngs(1))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   optimizer = optax.adamw(1e-3, weight_decay=0.05)
@@ -312,7 +313,7 @@ def read_rate(args, work: str) -> dict:
   logits = write_store(path, n, 10, 1000)
   hook = store_targets.StoreTargets(path, dict(
       dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
-      augmentation={}, k=10, num_classes=1000))
+      augmentation={}, repeats=PLAIN, k=10, num_classes=1000))
   permutation = order.epoch_permutation(SEED, 0, n)
   starts = range(0, n - read_batch + 1, read_batch)
   batches = [dict(epoch=np.zeros(read_batch, np.int64),

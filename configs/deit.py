@@ -11,8 +11,9 @@ online. Paper: 300 epochs, AdamW lr 5e-4 x batch / 512, wd 0.05, 5 warmup epochs
 RandAugment m9, Mixup 0.8, CutMix 1.0, random erasing 0.25, label smoothing 0.1, drop
 path 0.1; distillation alpha 0.5, tau 1. Expected top-1 (Ti/S/B): 72.2 / 79.8 / 81.8
 without distillation, 74.5 / 81.2 / 83.4 with hard distillation (RegNetY-16GF teacher).
-Repeated augmentation is not in this recipe yet. ``runlocal``: 1 epoch on synthetic
-images, the teacher a briefly trained resnet18.
+Repeated augmentation: 3 views per example, 64 positions apart (DeiT's RASampler at 64
+images per GPU; ``data/order.py``), the epoch keeping the plain sampler's size.
+``runlocal``: 1 epoch on synthetic images, the teacher a briefly trained resnet18.
 """
 import ml_collections
 
@@ -33,6 +34,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.num_classes = 1000
   c.batch_size = 1024
   c.epochs = 300
+  c.data.update(num_repeats=3, repeat_stride=64)
   c.optim.update(lr=5e-4 * c.batch_size / 512, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=5,
                  weight_decay=0.05, clip_grad_norm=0.0)
   c.distill.update(kind=kind, from_store=bool(args['store']), alpha=0.5, tau=1.0)

@@ -113,3 +113,66 @@ def test_mixup_needs_an_even_per_device_batch():
     order.check_mixup_batch(24, 8)
   with pytest.raises(ValueError, match='global batch 20 does not split over 8 devices'):
     order.check_mixup_batch(20, 8)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 400), count=st.integers(1, 4), stride=st.integers(1, 40),
+       seed=st.integers(0, 2 ** 31))
+def test_repeated_augmentation_shows_each_example_r_times_per_epoch(n, count, stride, seed):
+  """The epoch keeps n positions (less n % r) and holds n // r distinct examples, each
+  with views 0..r-1 exactly once: the first n // r of the epoch's permutation."""
+  repeats = order.Repeats(count, stride)
+  length = order.epoch_length(n, repeats)
+  assert length == n // count * count
+  if not length:
+    return
+  indices, views = order.epoch_examples(seed, 3, n, np.arange(length), repeats)
+  seen = sorted(zip(indices.tolist(), views.tolist()))
+  distinct = order.epoch_permutation(seed, 3, n)[:length // count]
+  assert seen == sorted((int(i), v) for i in distinct for v in range(count))
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 400), count=st.integers(1, 4), stride=st.integers(1, 16),
+       per_device=st.integers(1, 16), devices=st.integers(1, 8))
+def test_repeats_spread_over_devices_like_rasampler(n, count, stride, per_device, devices):
+  """Views of one example sit ``stride`` positions apart (but in the epoch's last
+  block), so with a per-device batch of at most ``stride`` no device gets two of them in
+  one step; with a global batch of whole blocks every view shares its example's step."""
+  repeats = order.Repeats(count, stride)
+  length = order.epoch_length(n, repeats)
+  global_batch = min(per_device, stride) * devices
+  if length < global_batch:
+    return
+  positions = np.arange(length // global_batch * global_batch)
+  indices, _ = order.epoch_examples(0, 0, n, positions, repeats)
+  step, device = np.divmod(positions, global_batch)[0], positions % global_batch // (
+      global_batch // devices)
+  full_blocks = positions < length // (count * stride) * count * stride
+  for index in np.unique(indices[full_blocks]):
+    at = np.flatnonzero(indices == index)
+    assert np.array_equal(np.diff(at), np.full(len(at) - 1, stride))
+    placed = set(zip(step[at].tolist(), device[at].tolist()))
+    assert len(placed) == len(at)  # never two views on one device in one step
+    if global_batch % (count * stride) == 0 and len(at) == count:
+      assert len(set(step[at].tolist())) == 1
+
+
+def test_one_repeat_is_the_plain_order():
+  indices, views = order.epoch_examples(4, 2, 97, np.arange(97))
+  assert np.array_equal(indices, order.epoch_permutation(4, 2, 97)) and not views.any()
+
+
+@pytest.mark.parametrize('repeats, message', [
+    (order.Repeats(0, 64), 'num_repeats=0 must be a whole number >= 1'),
+    (order.Repeats(1.5, 64), 'num_repeats=1.5 must be a whole number'),
+    (order.Repeats(3, 0), 'repeat_stride=0 must be a whole number >= 1'),
+])
+def test_impossible_repeats_name_the_field(repeats, message):
+  with pytest.raises(ValueError, match=message):
+    order.epoch_examples(0, 0, 10, [0], repeats)
+
+
+def test_positions_past_a_repeated_epoch_are_refused():
+  with pytest.raises(ValueError, match=r'positions must lie in \[0, 9\)'):
+    order.epoch_examples(0, 0, 10, [9], order.Repeats(3, 4))

@@ -73,7 +73,7 @@ def finish_runs(tmp_path, processes) -> dict:
 
 def test_epochs_are_whole_and_mixed(one_device):
   """The reference saw every example in both epochs, and Mixup/CutMix mixed most targets."""
-  assert sorted(one_device) == [(e, i) for e in (0, 1) for i in range(replay_run.N)]
+  assert sorted(one_device) == [(e, i, 0) for e in (0, 1) for i in range(replay_run.N)]
   mixed = [(target > 0.02).sum() == 2 for _, target in one_device.values()]
   assert np.mean(mixed) > 0.5
 
@@ -82,7 +82,7 @@ def test_resumed_mid_epoch(one_device, augment_on):
   """Started at step 21 (batch 5 of epoch 1), the run replays the reference."""
   resumed = replay_run.augmented(8, [(21, 5)], augment_on)
   positions = order.epoch_permutation(replay_run.SEED, 1, replay_run.N)[40:80]
-  assert sorted(resumed) == sorted((1, int(i)) for i in positions)
+  assert sorted(resumed) == sorted((1, int(i), 0) for i in positions)
   assert_same_bits(resumed, one_device)
 
 
@@ -125,3 +125,37 @@ def test_odd_batch_per_device_with_mixup_names_the_numbers():
   assert result.returncode != 0
   assert ('per-device batch must be even, but global batch 24 over 8 devices gives 3'
           in result.stderr), result.stderr
+
+
+@pytest.fixture(scope='module')
+def repeated_one_device():
+  """Three views per example (stride 8) at global batch 6 on one device: 126 // 6 = 21
+  steps cover epoch 0 whole, device-side augmentation."""
+  return replay_run.augmented(6, [(0, 21)], repeats=replay_run.REPEATED)
+
+
+def test_repeated_augmentation_gives_r_different_views_of_each_example(repeated_one_device):
+  epoch = order.epoch_length(replay_run.N, replay_run.REPEATED)
+  distinct = order.epoch_permutation(replay_run.SEED, 0, replay_run.N)[:epoch // 3]
+  assert sorted(repeated_one_device) == sorted((0, int(i), r) for i in distinct
+                                               for r in range(3))
+  for index in distinct:
+    views = [repeated_one_device[0, index, r][0] for r in range(3)]
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+      assert np.abs(views[a] - views[b]).mean() > 0.05, (index, a, b)
+
+
+def test_repeated_views_replay_after_a_resume(repeated_one_device):
+  resumed = replay_run.augmented(6, [(9, 3)], repeats=replay_run.REPEATED)
+  assert len(resumed) == 18
+  assert_same_bits(resumed, repeated_one_device)
+
+
+@pytest.mark.slow
+def test_repeated_views_are_the_same_on_8_devices(tmp_path, repeated_one_device):
+  """Global batch 48 on 8 devices (6 each, under the stride of 8): the two steps of
+  epoch 0 give the bits of the one-device run."""
+  run = finish_runs(tmp_path, start_runs(tmp_path, 8, global_batch=48, spans='0:2',
+                                         repeated=1))
+  assert len(run) == 96
+  assert_same_bits(run, repeated_one_device)

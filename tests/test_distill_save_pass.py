@@ -68,13 +68,18 @@ def test_every_position_of_every_epoch_is_stored_in_order(saved):
 def test_store_equals_the_online_teacher_at_every_step(saved):
   """A student fed by the store gets, at each step, the targets the teacher gives online
   on that step's (augmented, mixed) images, within float16 rounding."""
-  teacher = run.linear_teacher()
-  hook = store_targets.StoreTargets(saved, run.student_fields())
-  steps = pipeline.make_input_pipeline(run.source(), run.AUG, seed=run.SEED, global_batch=16,
-                                       host_hook=hook, num_steps=12)
+  steps = pipeline.make_input_pipeline(
+      run.source(), run.AUG, seed=run.SEED, global_batch=16, num_steps=12,
+      host_hook=store_targets.StoreTargets(saved, run.student_fields()))
   assert steps.steps_per_epoch == 9  # so the 12 steps cross into epoch 1
-  mixed = 0
-  for batch in steps.batches:
+  assert_online_teacher_targets(steps)
+
+
+def assert_online_teacher_targets(steps: pipeline.InputPipeline):
+  """Each step's stored targets are the teacher's on that step's images (mixed ones too)."""
+  teacher = run.linear_teacher()
+  mixed = count = 0
+  for count, batch in enumerate(steps.batches, 1):
     images, _ = steps.device_augment(batch)
     online = teacher.probabilities(images)
     values, indices = jax.lax.top_k(online, run.K)
@@ -86,7 +91,27 @@ def test_store_equals_the_online_teacher_at_every_step(saved):
                                rtol=2 ** -10, atol=2 ** -11 / (run.CLASSES - run.K))
     # The stored rows are of the mixed images: the two members of a pair differ.
     mixed += int(np.sum(np.asarray(images)[0::2] != np.asarray(images)[1::2]) > 0)
-  assert mixed > 6
+  assert count and mixed > count // 2
+
+
+def test_repeated_views_are_rows_of_their_own(tmp_path):
+  """Under 3-fold repeated augmentation the 150 positions of an epoch hold 50 examples
+  three times; each view is a row with the teacher's targets on that view, and a
+  student without the same repeats is refused."""
+  repeats = order.Repeats(3, 8)
+  path = str(tmp_path / 'store')
+  run.save(path, epochs=1, repeats=repeats)
+  values, _, example = store.LogitStore.open(path).read(0, 0, run.N)
+  counts = np.bincount(example, minlength=run.N)
+  assert (counts == 3).sum() == 50 and (counts == 0).sum() == 100
+  first = np.flatnonzero(example == example[0])
+  assert not np.array_equal(values[first[0]], values[first[1]])  # two views, two rows
+  steps = pipeline.make_input_pipeline(
+      run.source(), run.AUG, seed=run.SEED, global_batch=24, num_steps=6, repeats=repeats,
+      host_hook=store_targets.StoreTargets(path, run.student_fields(repeats=repeats)))
+  assert_online_teacher_targets(steps)
+  with pytest.raises(ValueError, match='repeats.count: store 3, student 1'):
+    store_targets.StoreTargets(path, run.student_fields())
 
 
 def test_k_above_the_class_count_is_a_config_error(tmp_path):

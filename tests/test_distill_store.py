@@ -25,7 +25,8 @@ def make_meta(**changes):
   meta = dict(dataset_name='synthetic', dataset_size=N, dataset_fingerprint='abc123', seed=7,
               augmentation=dict(mixup=0.8, rand_augment='rand-m9-mstd0.5-inc1',
                                 crop=dict(scale=(0.08, 1.0))),
-              k=K, num_classes=C, teacher_name='tiny_vit_21m_224', teacher_checkpoint_hash='f00d')
+              repeats=dict(count=1, stride=64), k=K, num_classes=C,
+              teacher_name='tiny_vit_21m_224', teacher_checkpoint_hash='f00d')
   meta.update(changes)
   return meta
 

@@ -62,6 +62,20 @@ def test_the_paper_numbers_are_in_the_recipes():
   deit = load_recipe('deit').get_config('size=small,distill=hard')
   assert deit.model.name == 'deit_small_distilled_patch16_224'
   assert (deit.distill.alpha, deit.distill.tau, deit.optim.lr) == (0.5, 1.0, 1e-3)
+  assert (deit.data.num_repeats, deit.data.repeat_stride) == (3, 64)
+
+
+def test_impossible_values_are_all_named_with_their_fix():
+  config = config_lib.base_config()
+  config.update(epochs=0, dtype='float16')
+  config.data.update(num_repeats=0)
+  config.optim.ema_decay = 1.0
+  with pytest.raises(ValueError) as error:
+    config_lib.check_config(config)
+  for problem in ('epochs=0 must be a positive integer', "dtype='float16'",
+                  'data.num_repeats=0 must be a whole number >= 1',
+                  'optim.ema_decay=1.0 must be in [0, 1)'):
+    assert problem in str(error.value)
 
 
 @pytest.mark.slow

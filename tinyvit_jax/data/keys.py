@@ -1,7 +1,8 @@
 """The one owner of per-sample randomness.
 
 Everything random about example ``index`` in ``epoch`` (crop, flip, RandAugment,
-erasing, the Mixup/CutMix pair draw) is derived from ``sample_key(seed, epoch, index)``.
+erasing, the Mixup/CutMix pair draw) is derived from ``sample_key(seed, epoch, index,
+repeat)``, ``repeat`` telling apart the views of repeated augmentation (``order``).
 The FPD save pass and the student both call this, so a stored teacher row always lines
 up with the image the student regenerates, whatever the batch size, device count,
 host count or resume point.

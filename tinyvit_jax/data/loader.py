@@ -10,12 +10,13 @@ and example indices, ``keys.sample_key`` the per-example keys), so:
 
 The per-example transform runs where the batch is built, ``transform(record, key_data)``
 -> dict of numpy arrays, with ``key_data`` the uint32 data of ``sample_key(seed, epoch,
-index)`` for the example's dataset index. Transforms must be picklable (module-level) to
-reach the workers. Workers are spawned and run JAX on CPU only, for the keys and the
-order, so they never claim an accelerator.
+index, repeat)`` for the example's dataset index and view (``order.epoch_examples``).
+Transforms must be picklable (module-level) to reach the workers. Workers are spawned and
+run JAX on CPU only, for the keys and the order, so they never claim an accelerator.
 
-Every batch carries ``label``, ``index`` (dataset index), ``position`` (in the epoch's
-order) and ``epoch`` next to the transform's outputs; evaluation batches add ``mask``.
+Every batch carries ``label``, ``index`` (dataset index), ``repeat`` (which view of it,
+under repeated augmentation), ``position`` (in the epoch's order) and ``epoch`` next to
+the transform's outputs; evaluation batches add ``mask``.
 """
 import dataclasses
 import itertools
@@ -40,8 +41,9 @@ def raw_image(record: dict, key_data: np.ndarray) -> dict:
 
 
 @jax.jit
-def _sample_key_data(seed, epoch, indices):
-  return jax.vmap(lambda index: jax.random.key_data(keys.sample_key(seed, epoch, index)))(indices)
+def _sample_key_data(seed, epoch, indices, repeats):
+  return jax.vmap(lambda index, repeat: jax.random.key_data(
+      keys.sample_key(seed, epoch, index, repeat)))(indices, repeats)
 
 
 def _cpu():
@@ -52,8 +54,9 @@ def _cpu():
 class _ProcessBatch:
   """Step -> this process's batch: the picklable function grain maps over steps.
 
-  Training reads the epoch's permuted order; evaluation (``train=False``) reads dataset
-  order once, with keys of epoch 0, and pads and masks its last batch.
+  Training reads the epoch's permuted order (with ``repeats``); evaluation
+  (``train=False``) reads dataset order once, with keys of epoch 0, and pads and masks
+  its last batch.
   """
   source: object
   transform: Transform
@@ -62,35 +65,39 @@ class _ProcessBatch:
   process_index: int
   process_count: int
   train: bool
+  repeats: order.Repeats = order.Repeats()
 
   def __call__(self, step: int) -> dict:
     n = len(self.source)
     with jax.default_device(_cpu()):
       if self.train:
-        epoch, batch = order.epoch_and_batch(step, order.steps_per_epoch(n, self.global_batch))
+        epoch, batch = order.epoch_and_batch(step, order.steps_per_epoch(
+            order.epoch_length(n, self.repeats), self.global_batch))
         positions = order.process_positions(batch, self.global_batch, self.process_index,
                                             self.process_count)
-        indices, mask = order.epoch_permutation(self.seed, epoch, n)[positions], {}
+        indices, repeats = order.epoch_examples(self.seed, epoch, n, positions, self.repeats)
+        mask = {}
       else:
         epoch = 0
         indices, valid = order.eval_positions(step, n, self.global_batch, self.process_index,
                                               self.process_count)
-        positions, mask = indices, dict(mask=valid)
-    return dict(_examples(self.source, self.transform, self.seed, epoch, positions, indices),
-                **mask)
+        positions, repeats, mask = indices, np.zeros_like(indices), dict(mask=valid)
+    return dict(_examples(self.source, self.transform, self.seed, epoch, positions, indices,
+                          repeats), **mask)
 
 
-def _examples(source, transform: Transform, seed: int, epoch: int, positions,
-              indices) -> dict:
-  """The stacked examples at ``positions`` of ``epoch`` (dataset ``indices``), transformed
-  with their sample keys: the one place a batch is built, whatever chose its positions."""
+def _examples(source, transform: Transform, seed: int, epoch: int, positions, indices,
+              repeats) -> dict:
+  """The stacked examples at ``positions`` of ``epoch`` (dataset ``indices``, views
+  ``repeats``), transformed with their sample keys: the one place a batch is built,
+  whatever chose its positions."""
   with jax.default_device(_cpu()):
-    key_data = np.asarray(_sample_key_data(seed, epoch, indices))
+    key_data = np.asarray(_sample_key_data(seed, epoch, indices, repeats))
   examples = []
-  for position, index, key in zip(positions, indices, key_data):
+  for position, index, repeat, key in zip(positions, indices, repeats, key_data):
     record = source[int(index)]
     examples.append(dict(transform(record, key), label=record['label'], index=index,
-                         position=position, epoch=epoch))
+                         repeat=repeat, position=position, epoch=epoch))
   return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
 
 
@@ -107,15 +114,17 @@ class _PositionBatch:
   epoch: int
   positions: np.ndarray
   batch: int
+  repeats: order.Repeats = order.Repeats()
 
   def __call__(self, number: int) -> dict:
     wanted = number * self.batch + np.arange(self.batch)
     mask = wanted < len(self.positions)
     positions = self.positions[np.minimum(wanted, len(self.positions) - 1)]
     with jax.default_device(_cpu()):
-      indices = order.epoch_permutation(self.seed, self.epoch, len(self.source))[positions]
+      indices, repeats = order.epoch_examples(self.seed, self.epoch, len(self.source),
+                                              positions, self.repeats)
     return dict(_examples(self.source, self.transform, self.seed, self.epoch, positions,
-                          indices), mask=mask)
+                          indices, repeats), mask=mask)
 
 
 def _use_cpu_only(worker_index: int, worker_count: int):
@@ -155,18 +164,21 @@ def _iterate(batch: _ProcessBatch, start_step: int, num_steps: int | None, num_w
 def train_batches(source, *, seed: int, global_batch: int, transform: Transform = raw_image,
                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
                   num_steps: int | None = None, num_workers: int = 0,
-                  prefetch: int = 2) -> Iterator[dict]:
+                  prefetch: int = 2, repeats: order.Repeats = order.Repeats()
+                  ) -> Iterator[dict]:
   """This process's training batches from global step ``start_step`` on, epoch after epoch.
 
-  Each epoch has ``len(source) // global_batch`` steps (the incomplete tail is dropped,
-  see ``order``). Stops after ``num_steps`` batches, or never. Close the iterator (or let
-  it go) to stop the workers.
+  Each epoch has ``epoch_length // global_batch`` steps (the incomplete tail is dropped,
+  see ``order``, which also explains ``repeats``). Stops after ``num_steps`` batches, or
+  never. Close the iterator (or let it go) to stop the workers.
   """
   # Raise here, not in a worker, for an empty or small dataset, bad split or negative step.
-  order.epoch_and_batch(start_step, order.steps_per_epoch(len(source), global_batch))
+  repeats = order.check_repeats(repeats)
+  order.epoch_and_batch(start_step, order.steps_per_epoch(
+      order.epoch_length(len(source), repeats), global_batch))
   order.process_positions(0, global_batch, process_index, process_count)  # checks the split
   batch = _ProcessBatch(source, transform, seed, global_batch, process_index, process_count,
-                        train=True)
+                        train=True, repeats=repeats)
   return _iterate(batch, start_step, num_steps, num_workers, prefetch)
 
 
@@ -186,7 +198,8 @@ def eval_batches(source, *, global_batch: int, transform: Transform = raw_image,
 
 def position_batches(source, *, seed: int, epoch: int, positions, batch: int,
                      transform: Transform = raw_image, num_workers: int = 0,
-                     prefetch: int = 2) -> Iterator[dict]:
+                     prefetch: int = 2, repeats: order.Repeats = order.Repeats()
+                     ) -> Iterator[dict]:
   """Batches of the given epoch positions, in the order given, exactly as training sees
   them (same transform, same sample keys): what the FPD save pass feeds its teacher.
 
@@ -196,12 +209,13 @@ def position_batches(source, *, seed: int, epoch: int, positions, batch: int,
   adjacent and at even offsets, with ``batch`` even, and each pair mixes as in training.
   """
   positions = np.asarray(positions, np.int64)
-  n = len(source)
+  repeats = order.check_repeats(repeats)
+  n = order.epoch_length(len(source), repeats)
   if batch < 1:
     raise ValueError(f'batch {batch} must be at least 1.')
   if positions.ndim != 1 or (len(positions) and (positions.min() < 0 or positions.max() >= n)):
     raise ValueError(f'positions must be a 1-D sequence in [0, {n}) (the epoch has {n}).')
   if not len(positions):
     return (b for b in ())  # a generator, closable like the others
-  fn = _PositionBatch(source, transform, seed, epoch, positions, batch)
+  fn = _PositionBatch(source, transform, seed, epoch, positions, batch, repeats)
   return _iterate(fn, 0, -(-len(positions) // batch), num_workers, prefetch)

@@ -12,16 +12,73 @@ Tail policy: training drops the incomplete last global batch of every epoch
 each epoch, the dropped examples change too. Evaluation keeps every example: its last
 batch is padded and masked (``eval_positions``).
 
+Repeated augmentation (DeiT's RASampler, ``Repeats(count=r)``): the epoch keeps the
+plain sampler's size, as DeiT does, but holds ``n // r`` distinct examples, each seen ``r``
+times, each view with its own key ``keys.sample_key(seed, e, i, repeat)``. The epoch has
+``epoch_length(n, r) = n - n % r`` positions, cut into blocks of ``r * stride``; position
+``j`` of a block holds repeat ``j // stride`` of the block's ``j % stride``-th example, so
+the views of one example sit ``stride`` positions apart. Since a device reads a
+contiguous slice of its batch, the views land on different devices whenever the
+per-device batch is at most ``stride``, and in one step when the global batch is a
+multiple of ``r * stride`` -- as RASampler spreads them over ranks -- yet the layout is a
+function of positions alone, so it is the same for every batch size and device count.
+The epoch's last, partial block shrinks its stride to fit. Stride 64 matches DeiT's 64
+images per GPU.
+
 Mixup/CutMix pairs positions ``2j`` and ``2j+1``. A device's batch is a contiguous slice of
 the global batch, so a pair stays on one device exactly when the per-device batch is even
 (``check_mixup_batch``).
 """
 import functools
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from tinyvit_jax.data import keys
+
+
+class Repeats(NamedTuple):
+  """Repeated augmentation: ``count`` views of each example per epoch, ``stride``
+  positions apart (see the module doc). ``Repeats()`` is the plain sampler."""
+  count: int = 1
+  stride: int = 64
+
+
+def check_repeats(repeats: Repeats) -> Repeats:
+  """``repeats`` as ints, or a ValueError naming the bad field."""
+  count, stride = int(repeats.count), int(repeats.stride)
+  if count < 1 or count != repeats.count:
+    raise ValueError(f'num_repeats={repeats.count} must be a whole number >= 1 (1: no '
+                     'repeated augmentation; DeiT uses 3).')
+  if stride < 1 or stride != repeats.stride:
+    raise ValueError(f'repeat_stride={repeats.stride} must be a whole number >= 1; make it '
+                     'at least the per-device batch so that views land on different devices.')
+  return Repeats(count, stride)
+
+
+def epoch_length(n: int, repeats: Repeats = Repeats()) -> int:
+  """Positions in a training epoch of ``n`` examples: ``n``, less ``n % repeats.count``."""
+  _check_not_empty(n)
+  return n - n % repeats.count
+
+
+def epoch_examples(seed: int, epoch: int, n: int, positions,
+                   repeats: Repeats = Repeats()) -> tuple[np.ndarray, np.ndarray]:
+  """(dataset index, repeat) at each of ``positions`` of ``epoch``: the one owner of the
+  position -> view map. The first ``epoch_length // count`` examples of the epoch's
+  permutation each appear ``count`` times (see the module doc); ``Repeats()`` gives the
+  permutation itself with repeat 0."""
+  count, stride = check_repeats(repeats)
+  length = epoch_length(n, repeats)
+  positions = np.asarray(positions, np.int64)
+  if positions.size and (positions.min() < 0 or positions.max() >= length):
+    raise ValueError(f'positions must lie in [0, {length}), the epoch\'s length.')
+  block_size = count * stride
+  block, offset = np.divmod(positions, block_size)
+  width = np.minimum(stride, (length - block * block_size) // count)  # the last block's is less
+  slot = block * stride + offset % width
+  return epoch_permutation(seed, epoch, n)[slot], offset // width
 
 
 @functools.lru_cache(maxsize=2)

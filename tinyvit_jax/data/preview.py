@@ -37,16 +37,20 @@ CAPTION_HEIGHT = 12  # pixels under each tile for its index, in PIL's default fo
 
 
 def augmented_examples(config, epoch: int, count: int):
-  """(images float32, dataset indices, targets) of positions 0..count-1 of ``epoch``."""
+  """(images float32, dataset indices, targets, repeats) of positions 0..count-1 of
+  ``epoch``."""
   data = config.data
   source = sources.make_source(data.source, **data.args)
+  repeats = order.Repeats(data.get('num_repeats', 1), data.get('repeat_stride', 64))
   run = pipeline.make_input_pipeline(
       source, config.aug, seed=data.seed, global_batch=count,
       mesh=pipeline.data_mesh(jax.devices()[:1]), label_smoothing=data.label_smoothing,
-      start_step=epoch * order.steps_per_epoch(len(source), count), num_steps=1)
+      start_step=epoch * order.steps_per_epoch(order.epoch_length(len(source), repeats), count),
+      num_steps=1, repeats=repeats)
   batch = next(run.batches)
   images, targets = run.device_augment(batch)
-  return np.asarray(images), np.asarray(batch['index']), np.asarray(targets)
+  return (np.asarray(images), np.asarray(batch['index']), np.asarray(targets),
+          np.asarray(batch['repeat']))
 
 
 def to_pixels(images: np.ndarray, aug_config) -> np.ndarray:
@@ -74,10 +78,11 @@ def grid(pixels: np.ndarray, captions) -> Image.Image:
 def main(argv):
   del argv
   config = _CONFIG.value
-  images, indices, targets = augmented_examples(config, _EPOCH.value, _COUNT.value)
-  grid(to_pixels(images, config.aug), indices).save(_OUT.value)
+  images, indices, targets, repeats = augmented_examples(config, _EPOCH.value, _COUNT.value)
+  captions = [f'{i}' if not r else f'{i} r{r}' for i, r in zip(indices, repeats)]
+  grid(to_pixels(images, config.aug), captions).save(_OUT.value)
   if _NPY.value:
-    np.savez(_NPY.value, images=images, indices=indices, targets=targets)
+    np.savez(_NPY.value, images=images, indices=indices, targets=targets, repeats=repeats)
   print(f'Wrote {len(indices)} examples of epoch {_EPOCH.value} to {_OUT.value}'
         + (f' and {_NPY.value}' if _NPY.value else ''))
 

@@ -66,7 +66,8 @@ def augmentation_fields(aug_config) -> dict:
 
 
 def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
-                 num_classes: int | None = None, teacher=None) -> dict:
+                 num_classes: int | None = None, teacher=None,
+                 repeats: order.Repeats = order.Repeats()) -> dict:
   """What a store records about its rows: the single owner of the manifest's metadata.
 
   With ``teacher`` (save pass): every ``store.META_FIELDS``, C being the teacher's class
@@ -79,7 +80,8 @@ def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
     num_classes = teacher.num_classes
   fields = dict(dataset_name=dataset_name, dataset_size=len(source),
                 dataset_fingerprint=dataset_fingerprint(source), seed=int(seed),
-                augmentation=augmentation_fields(aug_config), k=int(k),
+                augmentation=augmentation_fields(aug_config),
+                repeats=order.check_repeats(repeats)._asdict(), k=int(k),
                 num_classes=int(num_classes))
   if teacher is None:
     return fields
@@ -121,14 +123,16 @@ def top_k_rows(probabilities, k: int):
 def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, epochs: int,
                 k: int, store_path: str, global_batch: int, mesh: Mesh | None = None,
                 num_workers: int = 0, progress: bool = True,
-                chunk_rows: int = store.DEFAULT_CHUNK_ROWS) -> store.LogitStore:
+                chunk_rows: int = store.DEFAULT_CHUNK_ROWS,
+                repeats: order.Repeats = order.Repeats()) -> store.LogitStore:
   """Stores ``teacher``'s top-k rows of epochs ``0..epochs-1`` at ``store_path``.
 
   Creates the store, or resumes the one there (refused, naming each field, if it was
   saved for other data, augmentation, seed, k, C or teacher; its ``chunk_rows`` wins).
   ``global_batch`` is split over processes, and each process's share over its devices
   of ``mesh`` (default: all local ones); with Mixup/CutMix a device's share must be even.
-  ``num_workers`` loader processes build the batches. Returns the store, complete.
+  ``num_workers`` loader processes build the batches. Under repeated augmentation
+  (``repeats``) each view is a row of its own. Returns the store, complete.
   """
   if not 1 <= k <= teacher.num_classes:
     raise ValueError(f'top-k k={k} must be between 1 and the teacher\'s class count '
@@ -140,7 +144,7 @@ def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, ep
                            source_classes=source.num_classes)
   logits = _create_or_resume(store_path, store_fields(
       source, dataset_name=dataset_name, aug_config=aug_config, seed=seed, k=k,
-      teacher=teacher), chunk_rows)
+      teacher=teacher, repeats=repeats), chunk_rows)
   host = augment.make_train_augment(aug_config).host
   todo = {epoch: _missing_positions(logits, epoch, process_index, process_count)
           for epoch in range(epochs) if epoch not in logits.epochs_done}
@@ -148,7 +152,8 @@ def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, ep
   with contextlib.closing(shown.bar):
     for epoch, positions in todo.items():
       batches = loader.position_batches(source, seed=seed, epoch=epoch, positions=positions,
-                                        batch=batch, transform=host, num_workers=num_workers)
+                                        batch=batch, transform=host, num_workers=num_workers,
+                                        repeats=repeats)
       with contextlib.closing(batches), logits.epoch_writer(
           epoch, process_index, process_count) as writer:
         finish = functools.partial(_write_rows, writer, epoch, shown)

@@ -9,9 +9,10 @@ Row ``p`` of epoch ``e`` is position ``p`` of that epoch's order (``data.order``
 batch size, device count or resume point reads the same rows. A row holds the top-k
 softmax probabilities sorted descending (float16), their class indices (uint16 when
 C <= 65,535, else int32) and the example index at that position (uint32), which the
-student checks against its own order. Every epoch stores all n positions, not just the
-``n // B * B`` that training at batch B uses, so the store serves every batch size; the
-cost is at most B - 1 rows per epoch.
+student checks against its own order. Every epoch stores all its positions
+(``order.epoch_length``: n, or n - n % r under r-fold repeated augmentation, where each
+view is a row of its own), not just the ``n // B * B`` that training at batch B uses, so
+the store serves every batch size; the cost is at most B - 1 rows per epoch.
 
 Engine, chosen by ``python benchmarks/store_engines.py`` (N = 200k rows, chunks of 4,096,
 student reads in batches of 1,024, medians of 3 rounds on the shared 2-core machine;
@@ -68,13 +69,15 @@ import zlib
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from tinyvit_jax.data import order
+
+FORMAT_VERSION = 2  # 2: the manifest records repeated augmentation (``repeats``)
 META_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed', 'augmentation',
-               'k', 'num_classes', 'teacher_name', 'teacher_checkpoint_hash')
+               'repeats', 'k', 'num_classes', 'teacher_name', 'teacher_checkpoint_hash')
 # What a student must share with the store for its rows to be the teacher's view of its
 # own images (the teacher itself may differ: any teacher's rows train any student).
 STUDENT_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed',
-                  'augmentation', 'k', 'num_classes')
+                  'augmentation', 'repeats', 'k', 'num_classes')
 DEFAULT_CHUNK_ROWS = 4096
 
 _MANIFEST = 'manifest.json'
@@ -128,8 +131,10 @@ class LogitStore:
       raise ValueError(f'dataset_size={meta["dataset_size"]} must be at least 1.')
     if os.path.exists(os.path.join(path, _MANIFEST)):
       raise FileExistsError(f'{path} already holds a logit store; open it to resume.')
+    rows = order.epoch_length(meta['dataset_size'], order.check_repeats(
+        order.Repeats(**meta['repeats'])))
     manifest = dict(_json_normal(meta), format_version=FORMAT_VERSION,
-                    rows_per_epoch=meta['dataset_size'], chunk_rows=chunk_rows,
+                    rows_per_epoch=rows, chunk_rows=chunk_rows,
                     value_dtype='float16', index_dtype=index_dtype(num_classes).name,
                     example_index_dtype=_EXAMPLE_DTYPE.name, epochs_done=[])
     os.makedirs(path, exist_ok=True)
@@ -366,8 +371,9 @@ def _check_rows(values, indices, example_index, store: LogitStore) -> None:
   if count and (indices.min() < 0 or indices.max() >= store.num_classes):
     raise ValueError(f'class indices must be in [0, {store.num_classes}); got '
                      f'[{indices.min()}, {indices.max()}].')
-  if count and (example_index.min() < 0 or example_index.max() >= store.rows_per_epoch):
-    raise ValueError(f'example indices must be in [0, {store.rows_per_epoch}); got '
+  if count and (example_index.min() < 0
+                or example_index.max() >= store.manifest['dataset_size']):
+    raise ValueError(f'example indices must be in [0, {store.manifest["dataset_size"]}); got '
                      f'[{example_index.min()}, {example_index.max()}].')
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
+from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
@@ -58,9 +59,10 @@ def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0
   host = augment.make_train_augment(manifest['augmentation']).host
   stored_top1, live_top1, diffs = [], [], []
   for epoch, positions in _sampled_rows(logits, sample, seed).items():
-    for host_batch in loader.position_batches(source, seed=manifest['seed'], epoch=epoch,
-                                              positions=_with_pairs(positions, len(source)),
-                                              batch=batch, transform=host):
+    for host_batch in loader.position_batches(
+        source, seed=manifest['seed'], epoch=epoch, batch=batch, transform=host,
+        positions=_with_pairs(positions, logits.rows_per_epoch),
+        repeats=order.Repeats(**manifest['repeats'])):
       live = np.asarray(jax.device_get(view(host_batch)))
       for row, position in enumerate(host_batch['position']):
         if not host_batch['mask'][row] or position not in positions:

@@ -9,6 +9,7 @@ import difflib
 import ml_collections
 
 from tinyvit_jax.data import augment
+from tinyvit_jax.data import order
 
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
@@ -30,6 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval = ml_collections.ConfigDict(dict(name='imagenet2012', split='validation',
                                                data_dir=''))
   c.data.num_workers = 8
+  # Repeated augmentation (DeiT's RASampler; data/order.py): views of each example per
+  # epoch, and the positions between them (>= the per-device batch keeps them apart).
+  c.data.num_repeats = 1
+  c.data.repeat_stride = 64
   c.aug = ml_collections.ConfigDict(augment.TRAIN_DEFAULTS)
   c.eval_aug = ml_collections.ConfigDict(augment.EVAL_DEFAULTS)
   c.label_smoothing = 0.1
@@ -139,6 +144,10 @@ def check_config(config) -> None:
     problems.append(f'optim.lr={config.optim.lr} must be positive.')
   if not 0 <= config.optim.ema_decay < 1:
     problems.append(f'optim.ema_decay={config.optim.ema_decay} must be in [0, 1).')
+  try:
+    order.check_repeats(order.Repeats(config.data.num_repeats, config.data.repeat_stride))
+  except ValueError as error:
+    problems.append(f'data.{error}')
   if config.dtype not in ('float32', 'bfloat16'):
     problems.append(f"dtype={config.dtype!r}; expected 'float32' or 'bfloat16'.")
   unknown = [s for s in config.stages if s not in STAGES]
