@@ -13,7 +13,6 @@ minutes on 2 shared cores: the figures show the trade-off's direction, not conve
 accuracies. The workdir keeps finished runs, so a rerun goes on where it stopped.
 """
 import argparse
-import importlib.util
 import os
 
 import ml_collections
@@ -21,21 +20,15 @@ from absl import flags
 
 from tinyvit_jax import main as main_lib
 from tinyvit_jax.distill import store
+from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 
 KS = (1, 3, 5, 10)
-
-
-def quickstart():
-  spec = importlib.util.spec_from_file_location(
-      'quickstart', os.path.join(os.path.dirname(__file__), '..', 'configs', 'quickstart.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+QUICKSTART = os.path.join(os.path.dirname(__file__), '..', 'configs', 'quickstart.py')
 
 
 def recipe(teacher_epochs: int, student_epochs: int) -> ml_collections.ConfigDict:
-  qs = quickstart().get_config()
+  qs = config_lib.load_recipe(QUICKSTART).get_config()
   teacher = qs.runs.teacher
   teacher.epochs = teacher_epochs
   runs = dict(teacher=teacher)
@@ -61,7 +54,7 @@ def store_bytes_per_row(path: str) -> float:
   size = sum(os.path.getsize(os.path.join(folder, name))
              for folder, _, names in os.walk(path) for name in names)
   logits = store.LogitStore.open(path)
-  return size / (len(logits.epochs_done) * logits.manifest['dataset_size'])
+  return size / (len(logits.epochs_done) * logits.rows_per_epoch)
 
 
 def main():

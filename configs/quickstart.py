@@ -21,7 +21,9 @@ _STUDENT = dict(img_size=32, embed_dims=(32, 64, 96, 128), num_heads=(1, 2, 3, 4
 _TEACHER = dict(img_size=32, window_sizes=(4, 4, 2, 1))
 
 
-def _run(model_kwargs: dict, *, runlocal: bool, epochs: int) -> ml_collections.ConfigDict:
+def digits_run(model_kwargs: dict, *, runlocal: bool,
+               epochs: int) -> ml_collections.ConfigDict:
+  """One run on the digits at 32 px (``benchmarks/deit_distill.py`` builds on it too)."""
   c = config_lib.base_config()
   c.model.name = 'tiny_vit_5m_224'
   c.model.kwargs = ml_collections.ConfigDict(model_kwargs)
@@ -51,14 +53,14 @@ def _run(model_kwargs: dict, *, runlocal: bool, epochs: int) -> ml_collections.C
 
 def student_config(*, runlocal: bool) -> ml_collections.ConfigDict:
   """The student trained on labels (the tests train it too)."""
-  return _run(_STUDENT, runlocal=runlocal, epochs=24)
+  return digits_run(_STUDENT, runlocal=runlocal, epochs=24)
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   runlocal = arg == 'runlocal'
   if arg not in ('', 'runlocal'):
     raise ValueError(f'configs/quickstart.py takes no argument or "runlocal"; got {arg!r}.')
-  teacher = _run(_TEACHER, runlocal=runlocal, epochs=20)
+  teacher = digits_run(_TEACHER, runlocal=runlocal, epochs=20)
   student_fpd = student_config(runlocal=runlocal)
   student_fpd.distill.update(kind='fpd', from_store=True, k=3,
                              teacher='{workdir}/teacher/export', verify_rows=256)

@@ -1,5 +1,4 @@
 """The preview CLI shows, and dumps, exactly what the training pipeline gives."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import preview
 from tinyvit_jax.data import sources
+from tinyvit_jax.train import config as config_lib
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'preview_digits.py')
 
@@ -38,10 +38,7 @@ def test_cli_writes_the_grid_and_the_pipelines_tensors(tmp_path):
   assert dumped['images'].shape == (6, 32, 32, 3) and dumped['targets'].shape == (6, 10)
 
   # The same examples from a training pipeline at global batch 8: the same bits.
-  spec = importlib.util.spec_from_file_location('preview_digits', CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_recipe(CONFIG).get_config()
   source = sources.make_source(config.data.source, **config.data.args)
   run = pipeline.make_input_pipeline(
       source, config.aug, seed=3, global_batch=8, label_smoothing=config.data.label_smoothing,

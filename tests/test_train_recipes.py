@@ -1,5 +1,4 @@
 """Every recipe builds a valid config, full size and ``:runlocal``; one DeiT recipe runs."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -20,10 +19,7 @@ RECIPES = {
 
 
 def load_recipe(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_recipe(os.path.join(REPO, 'configs', f'{name}.py'))
 
 
 def runs_of(config) -> list:
@@ -88,3 +84,8 @@ def test_deit_hard_distillation_from_an_online_teacher_runs(tmp_path):
   assert result.returncode == 0, result.stderr[-4000:]
   assert 'deit_tiny_distilled_patch16_224' in result.stdout and 'hard' in result.stdout
   assert os.path.isdir(tmp_path / 'student' / 'export')
+
+
+def test_a_wrong_recipe_path_is_named():
+  with pytest.raises(FileNotFoundError, match="no recipe file 'configs/nope.py'; see configs/"):
+    config_lib.load_recipe('configs/nope.py')

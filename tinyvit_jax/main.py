@@ -12,7 +12,6 @@ finished stage returned is kept in ``stages.json``, and a restart goes on from t
 unfinished one (``train`` itself resumes from its last checkpoint). ``--mode=STAGE`` runs
 one stage of every run, done or not.
 """
-import importlib.util
 import json
 import os
 import sys
@@ -183,13 +182,12 @@ def _check_overrides(argv) -> None:
   if config_arg is None:
     return
   path, _, arg = config_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('recipe', path)
-  if spec is None or not os.path.isfile(path):
-    sys.exit(f'error: --config={config_arg}: no recipe file {path!r}; see configs/.')
+  try:
+    recipe = config_lib.load_recipe(path)
+  except FileNotFoundError as error:
+    sys.exit(f'error: --config={config_arg}: {error}')
   if not keys:
     return
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
   config = recipe.get_config(*([arg] if arg else []))
   config_lib.check_override_keys(config, keys)
 

@@ -5,6 +5,8 @@ a recipe does not know about still has a documented default, and a misspelt over
 (``--config.optim.lrr=1``) is an error that names the nearest valid keys.
 """
 import difflib
+import importlib.util
+import os
 
 import ml_collections
 
@@ -86,6 +88,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.record_examples = False  # write each step's example indices to examples.jsonl
   c.stages = STAGES
   return c
+
+
+def load_recipe(path: str):
+  """The recipe module at ``path`` (e.g. ``configs/quickstart.py``), for its
+  ``get_config`` and helpers; a FileNotFoundError names a wrong path."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'no recipe file {path!r}; see configs/.')
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def parse_arg(arg: str, **defaults) -> dict:

@@ -1,0 +1,135 @@
+"""DeiT's distillation table (its Table 3) at toy scale: a convnet teacher, DeiT students.
+
+  python benchmarks/deit_distill.py --workdir /tmp/deit_distill [--seeds 0,1,2]
+      [--teacher_epochs 15] [--student_epochs 20]
+
+On the embedded digits at 32 px, with the quickstart's data and augmentation
+(``configs/quickstart.digits_run``: RandAugment m6, erasing, no Mixup), one run trains:
+- the teacher: resnet18 at half width (channels 32-256, 2.8M parameters) on labels;
+- for each seed, four students of the same budget and settings, the teacher run online on
+  each step's augmented images (alpha 0.5, tau 1):
+  * ``none``: DeiT on labels alone;
+  * ``soft``: the class token, (1 - alpha) CE(labels) + alpha tau^2 KL(teacher);
+  * ``hard_cls``: the class token, CE(labels) / 2 + CE(teacher's argmax) / 2;
+  * ``hard_dist``: the distilled DeiT: its class head on labels, its distillation head on
+    the teacher's argmax, the two heads then evaluated alone and averaged (inference).
+The students are DeiT reduced to patch 4 (64 patches), width 64, depth 4 and 2 heads
+(0.2M parameters). Prints held-out top-1 (the 360-image test split) per seed and the
+mean over seeds, and writes them to ``--out``. The workdir keeps finished runs, so a
+rerun goes on where it stopped.
+"""
+import argparse
+import json
+import os
+
+from absl import flags
+import jax
+import ml_collections
+import numpy as np
+
+from tinyvit_jax import main as main_lib
+from tinyvit_jax import predict
+from tinyvit_jax.data import loader
+from tinyvit_jax.train import config as config_lib
+from tinyvit_jax.train import metrics
+from tinyvit_jax.train import trainer
+
+QUICKSTART = os.path.join(os.path.dirname(__file__), '..', 'configs', 'quickstart.py')
+TEACHER = dict(name='resnet18', kwargs=dict(img_size=32, channels=(32, 64, 128, 256)))
+STUDENT_KWARGS = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
+# setting -> (model, distillation kind); the distilled model has the distillation token.
+STUDENTS = {'none': ('deit_tiny_patch16_224', 'none'),
+            'soft': ('deit_tiny_patch16_224', 'soft'),
+            'hard_cls': ('deit_tiny_patch16_224', 'hard'),
+            'hard_dist': ('deit_tiny_distilled_patch16_224', 'hard')}
+
+
+def recipe(seeds, teacher_epochs: int, student_epochs: int) -> ml_collections.ConfigDict:
+  digits_run = config_lib.load_recipe(QUICKSTART).digits_run
+  teacher = digits_run(TEACHER['kwargs'], runlocal=False, epochs=teacher_epochs)
+  teacher.model.name = TEACHER['name']
+  runs = dict(teacher=teacher)
+  for seed in seeds:
+    for setting, (model, kind) in STUDENTS.items():
+      run = digits_run(STUDENT_KWARGS, runlocal=False, epochs=student_epochs)
+      run.model.name = model
+      run.seed = seed
+      run.distill.update(kind=kind, alpha=0.5, tau=1.0,
+                         teacher='{workdir}/teacher/export' if kind != 'none' else '')
+      runs[f'{setting}_seed{seed}'] = run
+  for run in runs.values():
+    run.stages = ('train', 'eval', 'export')
+    run.optim.warmup_epochs = min(run.optim.warmup_epochs, run.epochs // 4)  # short test runs
+  config = ml_collections.ConfigDict()
+  config.runs = ml_collections.ConfigDict(runs)
+  config.run_order = tuple(runs)
+  return config
+
+
+def head_accuracies(export_dir: str, config) -> dict:
+  """Held-out top-1 of a distilled DeiT's class head, distillation head and their mean."""
+  model, eval_augment, _ = predict.load(export_dir)
+
+  @jax.jit
+  def heads(images):
+    tokens = model.forward_features(eval_augment.device(images))
+    cls_logits, dist_logits = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
+    return cls_logits, dist_logits, (cls_logits + dist_logits) / 2
+
+  correct, count = np.zeros(3), 0
+  for batch in loader.eval_batches(trainer.eval_source(config), transform=eval_augment.host,
+                                   global_batch=config.eval_batch_size):
+    predicted = np.argmax(np.stack(heads(batch['image'])), axis=-1)
+    correct += ((predicted == batch['label']) & batch['mask']).sum(axis=1)
+    count += batch['mask'].sum()
+  return dict(zip(('cls', 'dist', 'avg'), (correct / count).tolist()))
+
+
+def table(rows: dict, seeds) -> list:
+  """One row per setting (the distilled one per head): top-1 per seed and their mean."""
+  lines = []
+  for name, top1 in rows.items():
+    per_seed = [top1[seed] for seed in seeds]
+    lines.append(dict(student=name, **{f'seed{s}': round(v, 4) for s, v in zip(seeds, per_seed)},
+                      mean=round(float(np.mean(per_seed)), 4)))
+  return lines
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', default='/tmp/deit_distill')
+  parser.add_argument('--seeds', default='0,1,2')
+  parser.add_argument('--teacher_epochs', type=int, default=15)
+  parser.add_argument('--student_epochs', type=int, default=20)
+  parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'out',
+                                                    'deit_distill.json'))
+  args = parser.parse_args()
+  flags.FLAGS.mark_as_parsed()
+  main_lib.use_compilation_cache()
+  seeds = [int(s) for s in args.seeds.split(',')]
+  config = recipe(seeds, args.teacher_epochs, args.student_epochs)
+  summary = {row['run']: row for row in main_lib.run_recipe(config, args.workdir)}
+  rows = {}
+  for setting in STUDENTS:
+    for seed in seeds:
+      name = f'{setting}_seed{seed}'
+      if setting != 'hard_dist':
+        rows.setdefault(setting, {})[seed] = summary[name]['top1']
+        continue
+      heads = head_accuracies(os.path.join(args.workdir, name, 'export'), config.runs[name])
+      # The trainer's own eval averages the heads too: the two must agree.
+      assert abs(heads['avg'] - summary[name]['top1']) < 1e-6, (heads, summary[name])
+      for head, top1 in heads.items():
+        rows.setdefault(f'hard_dist ({head})', {})[seed] = top1
+  result = dict(teacher_top1=summary['teacher']['top1'], seeds=seeds,
+                teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
+                rows=table(rows, seeds))
+  print(f'teacher (resnet18, half width): top-1 {result["teacher_top1"]:.4f}')
+  print(metrics.summary_table(result['rows']), flush=True)
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, 'w') as f:
+    json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
