@@ -20,12 +20,13 @@ def test_quick_run_writes_positive_figures(tmp_path):
 
   assert report['config']['batch'] == 8 and report['config']['workers'] == 1
   assert len(os.listdir(tmp_path / 'jpegs_quick' / '64_375x500')) == 10 + 1  # classes, done
-  for arm in ('ours', 'timm'):
+  for arm in ('ours', 'timm', 'ours_host_side'):
     for metric in ('img_per_s', 'img_per_cpu_s'):
       rate = report['results'][arm][metric]
       assert len(rate['runs']) == 2 and all(r > 0 for r in rate['runs'])
       assert rate['min'] <= rate['median'] <= rate['max']
-  for arm, stage in (('ours', 'RandAugment'), ('timm', 'RandAugment'), ('timm', 'collate')):
+  for arm, stage in (('ours', 'RandAugment'), ('timm', 'RandAugment'), ('timm', 'collate'),
+                     ('ours', "augment_on='device': its device half run by XLA on this CPU")):
     assert report['breakdown'][arm][stage] > 0
   by_round = report['ours_over_timm_by_round']['img_per_cpu_s']['runs']
   assert by_round == pytest.approx([o / t for o, t in zip(
@@ -34,3 +35,6 @@ def test_quick_run_writes_positive_figures(tmp_path):
   assert report['ours_over_timm']['img_per_s'] == pytest.approx(
       report['results']['ours']['img_per_s']['median']
       / report['results']['timm']['img_per_s']['median'])
+  assert report['ours_host_side_over_timm']['img_per_cpu_s'] == pytest.approx(
+      report['results']['ours_host_side']['img_per_cpu_s']['median']
+      / report['results']['timm']['img_per_cpu_s']['median'])
