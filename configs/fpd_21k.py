@@ -1,8 +1,8 @@
 r"""TinyViT pretraining on ImageNet-21k by fast pretraining distillation (paper recipe).
 
-  python -m tinyvit_jax.main --config=configs/fpd_21k.py:variant=5m --workdir=gs://B/fpd5m \
-      --config.data.train.directory=gs://B/in21k_array_record \
-      --config.distill.teacher=gs://B/teacher_export
+  python -m tinyvit_jax.main --config=configs/fpd_21k.py:variant=5m --workdir=/mnt/gcs/B/fpd5m \
+      --config.data.train.directory=/mnt/gcs/B/in21k_array_record \
+      --config.distill.teacher=/mnt/gcs/B/teacher_export
 
 The save pass first stores the teacher's top-100 probabilities for all 90 epochs (the
 paper's teacher is CLIP ViT-L/14 fine-tuned on 21k: convert it into a checkpoint of ours,

@@ -18,8 +18,10 @@
 # Submit from the repository root (recipes are paths relative to it) in the Python
 # environment that has tinyvit_jax and jax[cuda12]: sbatch hands that environment to the
 # job, and PYTHON (default: python) is the interpreter the tasks run. The workdir must be
-# on storage every node sees: a shared filesystem or gs://. Inside an allocation (sbatch
-# or salloc) the script runs
+# on storage every node sees: a shared file system, or a bucket mounted at the same path
+# on every node (gcsfuse); gs:// paths are refused, since the workdir, the logit store
+# and the data go through local file APIs. Inside an allocation (sbatch or salloc) the
+# script runs
 #   srun --ntasks-per-node=1 --kill-on-bad-exit=1 ... python -m tinyvit_jax.main \
 #     --config=RECIPE --workdir=DIR --distributed ...
 # with this environment for jax.distributed.initialize():

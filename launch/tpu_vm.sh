@@ -11,15 +11,23 @@
 #   2. install: pack this checkout's HEAD (git archive; uncommitted edits stay behind),
 #      unpack it in every worker's ~/tinyvit_jax (replacing what was there) and
 #      pip-install it there with jax[tpu]; or, with --pip SPEC, pip-install SPEC (e.g.
-#      a git URL) instead, and then the recipe path must exist in the workers' home;
-#   3. run 'python3 -m tinyvit_jax.main --distributed' on all workers at once
-#      (--worker=all); jax.distributed.initialize() finds its peers from the TPU
-#      metadata, so no coordinator address is needed.
-# Every worker writes to and reads from the same workdir, so it must be on GCS; the
-# logit store defaults to WORKDIR/logits and so is on GCS too. The slice's service
-# account needs read and write access to those buckets. The run lasts as long as
-# the ssh session: if that drops, rerun with --no-create --no-install and the run
-# resumes from the workdir's last checkpoint.
+#      a git URL) instead, and then the recipe path must exist in the workers' home.
+#      With gs:// paths, gcsfuse is installed too where it is missing;
+#   3. mount: each bucket of a gs:// --workdir or --data-dir is mounted with gcsfuse
+#      at /mnt/gcs/BUCKET on every worker (mounts do not survive a reboot, so this runs
+#      each time; a bucket already mounted is left as it is);
+#   4. run 'python3 -m tinyvit_jax.main --distributed' on all workers at once
+#      (--worker=all), gs://BUCKET/PATH given as /mnt/gcs/BUCKET/PATH;
+#      jax.distributed.initialize() finds its peers from the TPU metadata, so no
+#      coordinator address is needed.
+# Every worker writes to and reads from the same workdir, so it must be on storage they
+# all see: gs:// (mounted as above), or an absolute path on a shared file system such as
+# Filestore. The workdir, the logit store (WORKDIR/logits) and grain's ArrayRecord
+# reads all go through local file APIs, which is why buckets are mounted, not addressed
+# as gs://. A bucket with hierarchical namespace makes the checkpoints' directory renames
+# atomic. The slice's service account needs read and write access to the buckets. The
+# run lasts as long as the ssh session: if that drops, rerun with --no-create
+# --no-install and the run resumes from the workdir's last checkpoint.
 #
 # Options:
 #   --name NAME               TPU VM name (required)
@@ -29,8 +37,8 @@
 #   --version VERSION         TPU software version (default: tpu-ubuntu2204-base, for
 #                             v4; v5e wants v2-alpha-tpuv5-lite, v6e v2-alpha-tpuv6e)
 #   --recipe CONFIG[:ARGS]    e.g. configs/in1k.py:variant=5m (required to run)
-#   --workdir gs://...        checkpoints, logits and logs (required to run)
-#   --data-dir gs://...       tfds data_dir of the recipe's train and eval data
+#   --workdir gs://... | /shared/...   checkpoints, logits and logs (required to run)
+#   --data-dir gs://... | /shared/...  tfds data_dir of the recipe's train and eval data
 #   --pip SPEC                install SPEC on the workers instead of copying this checkout
 #   --no-create               the slice already exists
 #   --no-install              the workers already have the project
@@ -120,9 +128,30 @@ if [[ $delete == 1 ]]; then
 fi
 
 [[ -n $recipe ]] || die "--recipe is required (e.g. configs/in1k.py:variant=5m)"
-[[ -n $workdir ]] || die "--workdir is required (a gs:// path)"
-[[ $workdir == gs://* ]] ||
-  die "--workdir must be a gs:// path that every worker sees, not '$workdir'"
+[[ -n $workdir ]] || die "--workdir is required (gs://BUCKET/... or a shared absolute path)"
+
+# gs://BUCKET/PATH -> /mnt/gcs/BUCKET/PATH, the bucket added to those to mount; an
+# absolute path stays as it is. Anything else is refused: each worker would resolve a
+# relative path in its own home, and other URLs have no mount here.
+buckets=()
+mounted_path() {
+  local flag=$1 path=$2 bucket
+  case $path in
+    gs://?*)
+      bucket=${path#gs://}
+      bucket=${bucket%%/*}
+      [[ " ${buckets[*]} " == *" $bucket "* ]] || buckets+=("$bucket")
+      mounted="/mnt/gcs/${path#gs://}" ;;
+    /*) mounted=$path ;;
+    *) die "$flag must be gs://BUCKET/... or an absolute path every worker sees, not '$path'" ;;
+  esac
+}
+mounted_path --workdir "$workdir"
+workdir=$mounted
+if [[ -n $data_dir ]]; then
+  mounted_path --data-dir "$data_dir"
+  data_dir=$mounted
+fi
 if [[ $create == 1 ]]; then
   [[ -n $accelerator_type ]] ||
     die "--accelerator-type is required to create the slice (or pass --no-create)"
@@ -141,7 +170,22 @@ if [[ $install == 1 ]]; then
     setup="rm -rf tinyvit_jax && mkdir tinyvit_jax && tar -xzf tinyvit_jax.tar.gz -C tinyvit_jax"
     setup+=' && python3 -m pip install -q -U "jax[tpu]" -e ./tinyvit_jax'
   fi
+  if ((${#buckets[@]})); then
+    # Google's apt repository for gcsfuse; lsb_release runs on the worker.
+    # shellcheck disable=SC2016
+    setup+=' && { command -v gcsfuse >/dev/null || { echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; }'
+  fi
   run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "$setup"
+fi
+
+if ((${#buckets[@]})); then
+  mounts=()
+  for bucket in "${buckets[@]}"; do
+    point=$(quote "/mnt/gcs/$bucket")
+    mounts+=("sudo mkdir -p $point && sudo chown \"\$USER\" $point && { mountpoint -q $point || gcsfuse --implicit-dirs --rename-dir-limit=200000 $(quote "$bucket") $point; }")
+  done
+  mount_all=$(printf ' && %s' "${mounts[@]}")
+  run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "${mount_all# && }"
 fi
 
 main=(python3 -m tinyvit_jax.main "--config=$recipe" "--workdir=$workdir" --distributed)

@@ -27,10 +27,14 @@ TPU_ARGS = ['--name', 'tvit', '--zone', 'us-central2-b', '--accelerator-type', '
             '--workdir', 'gs://bucket/runs/5m', '--data-dir', 'gs://bucket/tfds']
 SLURM_ARGS = ['--recipe', 'configs/in1k.py:variant=5m', '--workdir', '/shared/runs/5m']
 TPU_MAIN = ['python3', '-m', 'tinyvit_jax.main',
-            '--config=configs/fpd_21k.py:variant=5m,runlocal', '--workdir=gs://bucket/runs/5m',
-            '--distributed',
-            '--config.data.train.data_dir=gs://bucket/tfds',
-            '--config.data.eval.data_dir=gs://bucket/tfds']
+            '--config=configs/fpd_21k.py:variant=5m,runlocal',
+            '--workdir=/mnt/gcs/bucket/runs/5m', '--distributed',
+            '--config.data.train.data_dir=/mnt/gcs/bucket/tfds',
+            '--config.data.eval.data_dir=/mnt/gcs/bucket/tfds']
+# The one bucket of --workdir and --data-dir, mounted on every worker.
+TPU_MOUNT = ('sudo mkdir -p /mnt/gcs/bucket && sudo chown "$USER" /mnt/gcs/bucket && '
+             '{ mountpoint -q /mnt/gcs/bucket || gcsfuse --implicit-dirs '
+             '--rename-dir-limit=200000 bucket /mnt/gcs/bucket; }')
 GCLOUD_TPU = ['gcloud', 'compute', 'tpus', 'tpu-vm']
 WHERE = ['--zone=us-central2-b']
 
@@ -104,7 +108,7 @@ def test_help_shows_usage(script):
 
 def test_tpu_dry_run_prints_every_step():
   result = _run(TPU, [*TPU_ARGS, '--dry-run', '--', '--config.epochs=1'])
-  create, archive, scp, install, run = _printed(result)
+  create, archive, scp, install, mount, run = _printed(result)
   assert create == [*GCLOUD_TPU, 'create', 'tvit', *WHERE, '--accelerator-type=v4-32',
                     '--version=tpu-ubuntu2204-base']
   tarball = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'tinyvit_jax-tvit.tar.gz')
@@ -115,6 +119,8 @@ def test_tpu_dry_run_prints_every_step():
   assert install[:8] == [*GCLOUD_TPU, 'ssh', 'tvit', *WHERE, '--worker=all']
   assert 'tar -xzf tinyvit_jax.tar.gz -C tinyvit_jax' in install[-1]
   assert 'pip install -q -U "jax[tpu]" -e ./tinyvit_jax' in install[-1]
+  assert 'command -v gcsfuse >/dev/null || {' in install[-1]  # installed where missing
+  assert mount == [*GCLOUD_TPU, 'ssh', 'tvit', *WHERE, '--worker=all', '--command', TPU_MOUNT]
   assert run[:8] == [*GCLOUD_TPU, 'ssh', 'tvit', *WHERE, '--worker=all']
   assert _remote(run) == [*TPU_MAIN, '--config.epochs=1']
 
@@ -137,16 +143,26 @@ def test_tpu_runs_what_its_dry_run_prints(tmp_path):
 
 def test_tpu_pip_spec_replaces_the_copy():
   spec = 'git+https://example.com/tinyvit_jax.git@v1'
-  install, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--pip', spec, '--dry-run']))
-  assert shlex.split(install[-1]) == ['python3', '-m', 'pip', 'install', '-q', '-U',
-                                      'jax[tpu]', spec]
+  install, _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--pip', spec,
+                                         '--dry-run']))
+  assert shlex.split(install[-1].split(' && ')[0]) == [
+      'python3', '-m', 'pip', 'install', '-q', '-U', 'jax[tpu]', spec]
   assert _remote(run)[:3] == ['python3', '-m', 'tinyvit_jax.main']
   assert run[-1].startswith('python3 ')
 
 
 def test_tpu_rerun_skips_create_and_install():
-  (run,) = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run']))
+  mount, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run']))
+  assert mount[-1] == TPU_MOUNT  # mounts do not survive a reboot: every run mounts
   assert run[4] == 'ssh' and '--distributed' in _remote(run)
+
+
+def test_tpu_shared_file_system_paths_need_no_mount():
+  args = [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--workdir', '/shared/runs',
+          '--data-dir', '/shared/tfds']
+  (run,) = _printed(_run(TPU, args))
+  assert '--workdir=/shared/runs' in _remote(run)
+  assert '--config.data.train.data_dir=/shared/tfds' in _remote(run)
 
 
 def test_tpu_delete():
@@ -166,7 +182,9 @@ def test_tpu_missing_flag_is_named(flag):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--workdir', '/local/dir'], '--workdir must be a gs:// path'),
+    (['--workdir', 'runs/5m'], "--workdir must be gs://BUCKET/... or an absolute path "
+                               "every worker sees, not 'runs/5m'"),
+    (['--data-dir', 's3://bucket/tfds'], '--data-dir must be gs://BUCKET/...'),
     (['--bogus'], "unknown option '--bogus'"),
     (['--zone'], '--zone needs a value'),
 ])
@@ -180,7 +198,7 @@ def test_tpu_bad_flags_are_named(args, message):
 @hypothesis.given(st.lists(st.text(st.characters(blacklist_categories=['Cc', 'Cs', 'Zl', 'Zp']),
                                    max_size=12), max_size=3))
 def test_tpu_extra_flags_reach_main_unchanged(extra):
-  (run,) = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--',
+  _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--',
                                *extra]))
   assert _remote(run) == [*TPU_MAIN, *extra]
 

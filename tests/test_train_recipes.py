@@ -66,11 +66,15 @@ def test_impossible_values_are_all_named_with_their_fix():
   config.update(epochs=0, dtype='float16')
   config.data.update(num_repeats=0)
   config.optim.ema_decay = 1.0
-  with pytest.raises(ValueError) as error:
+  config.distill.store = 'gs://bucket/store'
+  with pytest.raises(config_lib.ConfigError) as error:
     config_lib.check_config(config)
   for problem in ('epochs=0 must be a positive integer', "dtype='float16'",
                   'data.num_repeats=0 must be a whole number >= 1',
-                  'optim.ema_decay=1.0 must be in [0, 1)'):
+                  'optim.ema_decay=1.0 must be in [0, 1)',
+                  "distill.store='gs://bucket/store': paths go through local file APIs, so "
+                  'mount the bucket on every host (gcsfuse --implicit-dirs bucket '
+                  '/mnt/gcs/bucket) and give /mnt/gcs/bucket/store'):
     assert problem in str(error.value)
 
 
@@ -89,3 +93,15 @@ def test_deit_hard_distillation_from_an_online_teacher_runs(tmp_path):
 def test_a_wrong_recipe_path_is_named():
   with pytest.raises(FileNotFoundError, match="no recipe file 'configs/nope.py'; see configs/"):
     config_lib.load_recipe('configs/nope.py')
+
+
+def test_a_bucket_workdir_is_refused_in_one_line_before_anything_is_written(tmp_path):
+  """``os.makedirs('gs://b/x')`` would make a local folder named 'gs:': refused instead."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'tinyvit_jax.main', f'--config={REPO}/configs/quickstart.py',
+       '--workdir=gs://bucket/runs/qs'], capture_output=True, text=True, cwd=tmp_path,
+      timeout=300)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: --workdir='gs://bucket/runs/qs': paths go through local file APIs")
+  assert not os.listdir(tmp_path)

@@ -2,11 +2,11 @@
 
   python -m tinyvit_jax.main --config=configs/quickstart.py --workdir=/tmp/qs
   python -m tinyvit_jax.main --config=configs/fpd_21k.py:variant=5m --workdir=DIR \\
-      --config.data.train.data_dir=gs://bucket/tfds [--mode=train] [--distributed]
+      --config.data.train.data_dir=/mnt/gcs/bucket/tfds [--mode=train] [--distributed]
 
 A recipe is one run (a config) or several (``config.runs``: name -> config, each in
-``WORKDIR/<name>``, in the order of ``config.run_order``; a run may name another's export or store through the
-``{workdir}`` placeholder). A run's stages are ``save_logits`` (only when it distils
+``WORKDIR/<name>``, in the order of ``config.run_order``; a run may name another's export
+or store through the ``{workdir}`` placeholder). A run's stages are ``save_logits`` (only when it distils
 from a logit store that is not complete), ``train``, ``eval`` and ``export``; what each
 finished stage returned is kept in ``stages.json``, and a restart goes on from the first
 unfinished one (``train`` itself resumes from its last checkpoint). ``--mode=STAGE`` runs
@@ -45,6 +45,7 @@ SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to r
 
 def run_recipe(config, workdir: str, mode: str | None = None) -> list[dict]:
   """Runs every run of the recipe; returns one summary row per run."""
+  config_lib.check_local_path(workdir, '--workdir')
   runs = ({name: config.runs[name] for name in config.run_order} if 'runs' in config
           else {'': config})
   rows = []
@@ -146,7 +147,10 @@ def main(argv):
   use_compilation_cache()
   if _DISTRIBUTED.value:
     initialize_distributed(_HEARTBEAT_TIMEOUT.value)
-  run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  try:
+    run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value)
+  except config_lib.ConfigError as error:
+    sys.exit(f'error: {error}')
 
 
 def use_compilation_cache() -> None:

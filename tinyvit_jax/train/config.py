@@ -7,6 +7,7 @@ a recipe does not know about still has a documented default, and a misspelt over
 import difflib
 import importlib.util
 import os
+import re
 
 import ml_collections
 
@@ -15,6 +16,10 @@ from tinyvit_jax.data import order
 
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
+
+
+class ConfigError(ValueError):
+  """A config the run cannot start with; ``main`` prints it as one line, no traceback."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -162,13 +167,34 @@ def check_config(config) -> None:
     order.check_repeats(order.Repeats(config.data.num_repeats, config.data.repeat_stride))
   except ValueError as error:
     problems.append(f'data.{error}')
+  for key in _flat_keys(config):
+    try:
+      check_local_path(_get(config, key), key)
+    except ValueError as error:
+      problems.append(str(error))
   if config.dtype not in ('float32', 'bfloat16'):
     problems.append(f"dtype={config.dtype!r}; expected 'float32' or 'bfloat16'.")
   unknown = [s for s in config.stages if s not in STAGES]
   if unknown:
     problems.append(f'stages={tuple(config.stages)} has unknown {unknown}; known: {STAGES}.')
   if problems:
-    raise ValueError('Impossible config:\n  ' + '\n  '.join(problems))
+    raise ConfigError('Impossible config:\n  ' + '\n  '.join(problems))
+
+
+def check_local_path(value, name: str) -> None:
+  """Refuses a URL (``gs://...``) where a path is read or written.
+
+  Workdirs, logit stores, checkpoints and ArrayRecord data go through local file APIs
+  (atomic renames, fsync, grain's readers), so a bucket is used through a mount that
+  every host sees. Without this check, ``os.makedirs('gs://b/x')`` would quietly make a
+  local folder named ``gs:`` on each host.
+  """
+  if isinstance(value, str) and re.match(r'^[A-Za-z][A-Za-z0-9+.-]*://', value):
+    bucket = value.split('://', 1)[1].split('/', 1)[0]
+    raise ConfigError(
+        f'{name}={value!r}: paths go through local file APIs, so mount the bucket on '
+        f'every host (gcsfuse --implicit-dirs {bucket} /mnt/gcs/{bucket}) and give '
+        f'/mnt/gcs/{value.split("://", 1)[1]}; launch/tpu_vm.sh mounts gs:// paths itself.')
 
 
 def check_override_keys(config, keys) -> None:
