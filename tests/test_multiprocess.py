@@ -171,3 +171,37 @@ def test_a_killed_process_stops_the_other_and_both_resume_exactly(teacher, two_p
   for a, b in zip(saved_state(two_processes), saved_state(workdir), strict=True):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
   assert examples_seen(workdir) == examples_seen(two_processes)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_checkpointed_step(teacher, two_processes,
+                                                                    tmp_path):
+  """A preemption notice reaches one host first: JAX's preemption service must bring both
+  processes to the same step, checkpoint it, and exit 143 (a flag per process would leave
+  one waiting in a collective), and a restart of both must resume exactly."""
+  workdir = tmp_path / 'run'
+  overrides = (f'--config.distill.teacher={teacher}',
+               f'--config.distill.store={two_processes}/logits')
+  processes = start_processes(workdir, *overrides)
+  draw = random.Random()
+  signal_after, target = draw.randint(6, STEPS - 6), draw.randint(0, 1)
+  deadline = time.time() + 600
+  while len(step_losses(workdir)) < signal_after:
+    assert all(p.poll() is None for p in processes), process_log(workdir, 0)[-3000:]
+    assert time.time() < deadline, 'the run made no progress'
+    time.sleep(0.05)
+  processes[target].send_signal(signal.SIGTERM)
+  for index, process in enumerate(processes):
+    try:
+      returncode = process.wait(timeout=STOP_WITHIN)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f'process {index} still runs {STOP_WITHIN} s after SIGTERM to {target}')
+    assert returncode == 143, process_log(workdir, index)[-3000:]
+  stopped_at = max(step_losses(workdir))
+  assert signal_after <= stopped_at < STEPS
+  assert max(checkpoint_steps(workdir)) == stopped_at
+
+  finish(start_processes(workdir, *overrides), workdir)
+  for a, b in zip(saved_state(two_processes), saved_state(workdir), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+  assert examples_seen(workdir) == examples_seen(two_processes)

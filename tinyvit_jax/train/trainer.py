@@ -163,7 +163,7 @@ class Run:
         self.state, self.tx, self.mesh, inputs=inputs, loss_fn=objective.make_loss(config),
         ema_decay=config.optim.ema_decay, teacher=teacher)
     examples = _ExampleLog(workdir, self.step) if config.record_examples else None
-    stop = _SigtermFlag()
+    stop = _StopRequest()
     pending, started, first = [], time.time(), self.step
     bar = metrics.progress(self.total_steps, self.step, config.batch_size)
     try:
@@ -174,6 +174,7 @@ class Run:
         pending.append((self.step, step_metrics))
         if examples:
           examples.write(self.step, batch['index'])
+        stopping = stop.after_step(self.step)
         epoch_end = self.step % self.steps_per_epoch == 0
         last = self.step == self.total_steps
         if self.step % config.log_every_steps == 0 or last or epoch_end:
@@ -181,10 +182,10 @@ class Run:
         if epoch_end and (last or (self.step // self.steps_per_epoch)
                           % config.eval_every_epochs == 0):
           writer.write(self.step, **{f'eval_{k}': v for k, v in self.evaluate().items()})
-        if self.step % config.checkpoint_every_steps == 0 or last or stop.requested:
+        if self.step % config.checkpoint_every_steps == 0 or last or stopping:
           self._flush(pending, writer, started, first)
           self.checkpoints.save(self.step, self.state.leaves)
-        if stop.requested:
+        if stopping:
           break
     finally:
       bar.close()
@@ -272,16 +273,33 @@ class _ExampleLog:
         f.write(json.dumps(dict(step=step, index=np.asarray(indices).tolist())) + '\n')
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a request the loop honours after its step: checkpoint, stop."""
+class _StopRequest:
+  """SIGTERM as a request to checkpoint and stop after a step, the same step on every
+  process.
+
+  One process: a SIGTERM handler sets a flag that ``after_step`` reads. Several
+  (``jax.distributed``): JAX's preemption service owns SIGTERM and tells every process,
+  and ``multihost_utils.reached_preemption_sync_point`` picks the next step all of them
+  reach. A flag per process could stop one a step before another, which would then wait
+  in that step's collectives, or the checkpoint's, for good.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._distributed = jax.process_count() > 1
+    if not self._distributed:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
+  def after_step(self, step: int) -> bool:
+    """Whether to checkpoint ``step`` and stop; call it after every step."""
+    if self._distributed and not self.requested:
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._distributed:
+      signal.signal(signal.SIGTERM, self._previous)
