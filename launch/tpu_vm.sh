@@ -172,8 +172,15 @@ if [[ $install == 1 ]]; then
   fi
   if ((${#buckets[@]})); then
     # Google's apt repository for gcsfuse; lsb_release runs on the worker.
+    keyring=/usr/share/keyrings/cloud.google.asc
     # shellcheck disable=SC2016
-    setup+=' && { command -v gcsfuse >/dev/null || { echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; }'
+    repository='gcsfuse-$(lsb_release -cs)'
+    setup+=" && { command -v gcsfuse >/dev/null || {"
+    setup+=" echo \"deb [signed-by=$keyring] https://packages.cloud.google.com/apt $repository"
+    setup+=" main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null"
+    setup+=" && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg"
+    setup+=" | sudo tee $keyring >/dev/null"
+    setup+=" && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; }"
   fi
   run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "$setup"
 fi
@@ -182,7 +189,9 @@ if ((${#buckets[@]})); then
   mounts=()
   for bucket in "${buckets[@]}"; do
     point=$(quote "/mnt/gcs/$bucket")
-    mounts+=("sudo mkdir -p $point && sudo chown \"\$USER\" $point && { mountpoint -q $point || gcsfuse --implicit-dirs --rename-dir-limit=200000 $(quote "$bucket") $point; }")
+    mount="sudo mkdir -p $point && sudo chown \"\$USER\" $point && { mountpoint -q $point"
+    mount+=" || gcsfuse --implicit-dirs --rename-dir-limit=200000 $(quote "$bucket") $point; }"
+    mounts+=("$mount")
   done
   mount_all=$(printf ' && %s' "${mounts[@]}")
   run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "${mount_all# && }"

@@ -6,7 +6,8 @@ store), then one epoch (22 steps at batch 64) of the quickstart's student traine
 store, each process loading its half of every batch and reading its rows of the store.
 Two such processes must do what one process with all 8 devices does, and when one of
 them is killed the other must stop (JAX's heartbeat, ``main --heartbeat_timeout``) so
-that a restart of both resumes from the last checkpoint.
+that a restart of both resumes from the last checkpoint; a SIGTERM to one of them must
+stop both at one checkpointed step.
 """
 import os
 import random
@@ -139,23 +140,39 @@ def test_two_processes_of_four_devices_equal_one_of_eight(one_process, two_proce
                              [r['eval_loss'] for r in evals[0]], rtol=0, atol=1e-5)
 
 
+def signal_one_process(teacher, store_run, workdir, signum, last_step: int):
+  """Starts a 2-process run reading ``store_run``'s store and, once it has logged a
+  number of steps drawn at run time from [6, last_step], sends ``signum`` to one of the
+  processes, drawn too. Returns (processes, the one signalled, its steps by then, overrides)."""
+  overrides = (f'--config.distill.teacher={teacher}',
+               f'--config.distill.store={store_run}/logits')
+  processes = start_processes(workdir, *overrides)
+  draw = random.Random()  # drawn now, not chosen in advance
+  after, target = draw.randint(6, last_step), draw.randint(0, 1)
+  deadline = time.time() + 600
+  while len(step_losses(workdir)) < after:
+    assert all(p.poll() is None for p in processes), process_log(workdir, 0)[-3000:]
+    assert time.time() < deadline, 'the run made no progress'
+    time.sleep(0.05)
+  processes[target].send_signal(signum)
+  return processes, target, after, overrides
+
+
+def assert_restart_resumes_exactly(workdir, overrides, reference):
+  finish(start_processes(workdir, *overrides), workdir)
+  for a, b in zip(saved_state(reference), saved_state(workdir), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+  assert examples_seen(workdir) == examples_seen(reference)
+
+
 @pytest.mark.slow
 def test_a_killed_process_stops_the_other_and_both_resume_exactly(teacher, two_processes,
                                                                   tmp_path):
   """Either process may die (process 0 also hosts the coordinator): the other must stop
   within the heartbeat timeout, not wait forever in a collective."""
   workdir = tmp_path / 'run'
-  overrides = (f'--config.distill.teacher={teacher}',
-               f'--config.distill.store={two_processes}/logits')
-  processes = start_processes(workdir, *overrides)
-  draw = random.Random()  # drawn now, not chosen in advance
-  kill_after, victim = draw.randint(6, STEPS - 4), draw.randint(0, 1)
-  deadline = time.time() + 600
-  while len(step_losses(workdir)) < kill_after:
-    assert all(p.poll() is None for p in processes), process_log(workdir, 0)[-3000:]
-    assert time.time() < deadline, 'the run made no progress'
-    time.sleep(0.05)
-  processes[victim].send_signal(signal.SIGKILL)
+  processes, victim, kill_after, overrides = signal_one_process(
+      teacher, two_processes, workdir, signal.SIGKILL, STEPS - 4)
   processes[victim].wait()
   survivor = 1 - victim
   try:
@@ -166,11 +183,7 @@ def test_a_killed_process_stops_the_other_and_both_resume_exactly(teacher, two_p
   assert 'another task died' in process_log(workdir, survivor), (
       process_log(workdir, survivor)[-3000:])
   assert max(checkpoint_steps(workdir), default=0) < STEPS, f'killed after step {kill_after}'
-
-  finish(start_processes(workdir, *overrides), workdir)
-  for a, b in zip(saved_state(two_processes), saved_state(workdir), strict=True):
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
-  assert examples_seen(workdir) == examples_seen(two_processes)
+  assert_restart_resumes_exactly(workdir, overrides, two_processes)
 
 
 @pytest.mark.slow
@@ -180,17 +193,8 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpointed_step(teacher, two
   processes to the same step, checkpoint it, and exit 143 (a flag per process would leave
   one waiting in a collective), and a restart of both must resume exactly."""
   workdir = tmp_path / 'run'
-  overrides = (f'--config.distill.teacher={teacher}',
-               f'--config.distill.store={two_processes}/logits')
-  processes = start_processes(workdir, *overrides)
-  draw = random.Random()
-  signal_after, target = draw.randint(6, STEPS - 6), draw.randint(0, 1)
-  deadline = time.time() + 600
-  while len(step_losses(workdir)) < signal_after:
-    assert all(p.poll() is None for p in processes), process_log(workdir, 0)[-3000:]
-    assert time.time() < deadline, 'the run made no progress'
-    time.sleep(0.05)
-  processes[target].send_signal(signal.SIGTERM)
+  processes, target, signal_after, overrides = signal_one_process(
+      teacher, two_processes, workdir, signal.SIGTERM, STEPS - 6)
   for index, process in enumerate(processes):
     try:
       returncode = process.wait(timeout=STOP_WITHIN)
@@ -200,8 +204,4 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpointed_step(teacher, two
   stopped_at = max(step_losses(workdir))
   assert signal_after <= stopped_at < STEPS
   assert max(checkpoint_steps(workdir)) == stopped_at
-
-  finish(start_processes(workdir, *overrides), workdir)
-  for a, b in zip(saved_state(two_processes), saved_state(workdir), strict=True):
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
-  assert examples_seen(workdir) == examples_seen(two_processes)
+  assert_restart_resumes_exactly(workdir, overrides, two_processes)

@@ -6,11 +6,11 @@
 
 A recipe is one run (a config) or several (``config.runs``: name -> config, each in
 ``WORKDIR/<name>``, in the order of ``config.run_order``; a run may name another's export
-or store through the ``{workdir}`` placeholder). A run's stages are ``save_logits`` (only when it distils
-from a logit store that is not complete), ``train``, ``eval`` and ``export``; what each
-finished stage returned is kept in ``stages.json``, and a restart goes on from the first
-unfinished one (``train`` itself resumes from its last checkpoint). ``--mode=STAGE`` runs
-one stage of every run, done or not.
+or store through the ``{workdir}`` placeholder). A run's stages are ``save_logits`` (only
+when it distils from a logit store that is not complete), ``train``, ``eval`` and
+``export``; what each finished stage returned is kept in ``stages.json``, and a restart
+goes on from the first unfinished one (``train`` itself resumes from its last
+checkpoint). ``--mode=STAGE`` runs one stage of every run, done or not.
 """
 import json
 import os
