@@ -50,6 +50,17 @@ def test_cli_writes_the_grid_and_the_pipelines_tensors(tmp_path):
   np.testing.assert_array_equal(dumped['targets'], np.asarray(targets)[:6])
 
 
+def test_repeated_views_are_shown_and_captioned_by_repeat():
+  """``--config.data.num_repeats=3 --config.data.repeat_stride=4``: 12 positions hold 4
+  examples three times, the views differing."""
+  config = config_lib.load_recipe(CONFIG).get_config()
+  config.data.update(num_repeats=3, repeat_stride=4)
+  images, indices, _, repeats = preview.augmented_examples(config, epoch=0, count=12)
+  assert repeats.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+  assert np.array_equal(indices[:4], indices[4:8]) and np.array_equal(indices[:4], indices[8:])
+  assert all(np.abs(images[k] - images[k + 4]).mean() > 0.05 for k in range(4))
+
+
 def test_unknown_source_is_named():
   with pytest.raises(ValueError, match=r"Unknown data source 'mnist'; known: \['array_record'"):
     sources.make_source('mnist')
