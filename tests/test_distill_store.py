@@ -1,6 +1,8 @@
 """The logit store: exact round trips, concurrent and killed writers, corruption, refusals, size."""
 import glob
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +204,22 @@ def test_writer_refuses_foreign_positions_and_malformed_rows(tmp_path):
     second_half.write(1024, values[:4, ::-1], indices[:4], example_index[:4])
   with pytest.raises(ValueError, match=r'class indices must be in \[0, 1000\)'):
     second_half.write(1024, values[:4], indices[:4] + 1000, example_index[:4])
+
+
+def test_a_store_from_before_repeats_opens_as_a_plain_one(tmp_path, written):
+  """Manifests written before ``repeats`` existed lack it: the store still serves a
+  student without repeated augmentation, rows unchanged, and refuses one with."""
+  logits, (values, _, _) = written
+  shutil.copytree(logits.path, tmp_path / 'old')
+  manifest_path = tmp_path / 'old' / 'manifest.json'
+  manifest = json.loads(manifest_path.read_text())
+  del manifest['repeats']
+  manifest_path.write_text(json.dumps(manifest))
+  old = store.LogitStore.open(str(tmp_path / 'old'))
+  old.check_compatible(make_meta())
+  np.testing.assert_array_equal(old.read(0, 0, N)[0].view(np.uint16), values.view(np.uint16))
+  with pytest.raises(ValueError, match='repeats.count: store 1, student 3'):
+    old.check_compatible(make_meta(repeats=dict(count=3, stride=64)))
 
 
 def test_student_with_other_data_or_targets_is_refused_naming_each_field(tmp_path):

@@ -71,7 +71,9 @@ import numpy as np
 
 from tinyvit_jax.data import order
 
-FORMAT_VERSION = 2  # 2: the manifest records repeated augmentation (``repeats``)
+FORMAT_VERSION = 1
+# Stores written before repeated augmentation existed lack ``repeats``: they are plain.
+_PLAIN_REPEATS = order.Repeats()._asdict()
 META_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed', 'augmentation',
                'repeats', 'k', 'num_classes', 'teacher_name', 'teacher_checkpoint_hash')
 # What a student must share with the store for its rows to be the teacher's view of its
@@ -425,7 +427,9 @@ def _write_atomic(path: str, data: bytes) -> None:
 def _read_manifest(path: str) -> dict:
   try:
     with open(os.path.join(path, _MANIFEST)) as f:
-      return json.load(f)
+      manifest = json.load(f)
+    manifest.setdefault('repeats', _PLAIN_REPEATS)
+    return manifest
   except FileNotFoundError:
     raise FileNotFoundError(f'{path} holds no logit store ({_MANIFEST} is missing); a save '
                             'pass creates it.') from None
