@@ -176,3 +176,11 @@ def test_impossible_repeats_name_the_field(repeats, message):
 def test_positions_past_a_repeated_epoch_are_refused():
   with pytest.raises(ValueError, match=r'positions must lie in \[0, 9\)'):
     order.epoch_examples(0, 0, 10, [9], order.Repeats(3, 4))
+
+
+def test_an_epoch_shorter_than_a_batch_under_repeats_names_both_sizes():
+  """10 examples hold 10 positions plain, but 9 under 3 repeats: too few for a batch of 10."""
+  assert order.steps_per_epoch(10, 10) == 1
+  with pytest.raises(ValueError, match=r'has 10 examples \(9 positions under 3 repeats\), '
+                                       'fewer than one global batch of 10'):
+    order.steps_per_epoch(10, 10, order.Repeats(3, 4))

@@ -107,7 +107,7 @@ def save_logits(config, workdir: str) -> dict:
       teacher, source, dataset_name=config.data.name or config.data.source,
       aug_config=config.aug, seed=config.seed, epochs=config.epochs,
       k=config.distill.k, store_path=path, global_batch=config.batch_size,
-      num_workers=config.data.num_workers, repeats=trainer.repeats(config))
+      num_workers=config.data.num_workers, repeats=config_lib.repeats(config))
   result = dict(store=path, epochs=config.epochs)
   if config.distill.verify_rows:
     result.update(verify.verify(

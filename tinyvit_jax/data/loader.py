@@ -71,8 +71,8 @@ class _ProcessBatch:
     n = len(self.source)
     with jax.default_device(_cpu()):
       if self.train:
-        epoch, batch = order.epoch_and_batch(step, order.steps_per_epoch(
-            order.epoch_length(n, self.repeats), self.global_batch))
+        epoch, batch = order.epoch_and_batch(
+            step, order.steps_per_epoch(n, self.global_batch, self.repeats))
         positions = order.process_positions(batch, self.global_batch, self.process_index,
                                             self.process_count)
         indices, repeats = order.epoch_examples(self.seed, epoch, n, positions, self.repeats)
@@ -174,8 +174,7 @@ def train_batches(source, *, seed: int, global_batch: int, transform: Transform 
   """
   # Raise here, not in a worker, for an empty or small dataset, bad split or negative step.
   repeats = order.check_repeats(repeats)
-  order.epoch_and_batch(start_step, order.steps_per_epoch(
-      order.epoch_length(len(source), repeats), global_batch))
+  order.epoch_and_batch(start_step, order.steps_per_epoch(len(source), global_batch, repeats))
   order.process_positions(0, global_batch, process_index, process_count)  # checks the split
   batch = _ProcessBatch(source, transform, seed, global_batch, process_index, process_count,
                         train=True, repeats=repeats)

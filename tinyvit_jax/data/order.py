@@ -8,7 +8,7 @@ is positions ``[b*B, (b+1)*B)``, and process ``k`` of ``P`` reads the contiguous
 step alone and sees the same examples whatever its host count.
 
 Tail policy: training drops the incomplete last global batch of every epoch
-(``steps_per_epoch = n // B``), so every step has the same shape; since the order changes
+(``steps_per_epoch = epoch_length // B``), so every step has the same shape; as the order changes
 each epoch, the dropped examples change too. Evaluation keeps every example: its last
 batch is padded and masked (``eval_positions``).
 
@@ -98,16 +98,18 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   return order
 
 
-def steps_per_epoch(n: int, global_batch: int) -> int:
-  """Training steps in one epoch: the incomplete last global batch is dropped."""
-  _check_not_empty(n)
+def steps_per_epoch(n: int, global_batch: int, repeats: Repeats = Repeats()) -> int:
+  """Training steps in one epoch of ``n`` examples (``epoch_length`` positions): the
+  incomplete last global batch is dropped."""
+  length = epoch_length(n, repeats)
   if global_batch < 1:
     raise ValueError(f'global batch {global_batch} must be at least 1.')
-  if n < global_batch:
-    raise ValueError(f'The dataset has {n} examples, fewer than one global batch of '
+  if length < global_batch:
+    held = '' if length == n else f' ({length} positions under {repeats.count} repeats)'
+    raise ValueError(f'The dataset has {n} examples{held}, fewer than one global batch of '
                      f'{global_batch}, so a training epoch would have no step. '
                      'Lower the batch size or use more data.')
-  return n // global_batch
+  return length // global_batch
 
 
 def epoch_and_batch(step: int, steps_in_epoch: int) -> tuple[int, int]:

@@ -73,8 +73,8 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
     host_batches = map(host_hook, host_batches)
   batches = ({name: jax.make_array_from_process_local_data(sharding, value)
               for name, value in batch.items()} for batch in host_batches)
-  return InputPipeline(batches, device_augment, order.steps_per_epoch(
-      order.epoch_length(len(source), repeats), global_batch))
+  return InputPipeline(batches, device_augment,
+                       order.steps_per_epoch(len(source), global_batch, repeats))
 
 
 def make_device_augment(train_augment: augment.Augment, mesh: Mesh, global_batch: int,

@@ -45,7 +45,7 @@ def augmented_examples(config, epoch: int, count: int):
   run = pipeline.make_input_pipeline(
       source, config.aug, seed=data.seed, global_batch=count,
       mesh=pipeline.data_mesh(jax.devices()[:1]), label_smoothing=data.label_smoothing,
-      start_step=epoch * order.steps_per_epoch(order.epoch_length(len(source), repeats), count),
+      start_step=epoch * order.steps_per_epoch(len(source), count, repeats),
       num_steps=1, repeats=repeats)
   batch = next(run.batches)
   images, targets = run.device_augment(batch)

@@ -164,7 +164,7 @@ def check_config(config) -> None:
   if not 0 <= config.optim.ema_decay < 1:
     problems.append(f'optim.ema_decay={config.optim.ema_decay} must be in [0, 1).')
   try:
-    order.check_repeats(order.Repeats(config.data.num_repeats, config.data.repeat_stride))
+    order.check_repeats(repeats(config))
   except ValueError as error:
     problems.append(f'data.{error}')
   for key in _flat_keys(config):
@@ -179,6 +179,11 @@ def check_config(config) -> None:
     problems.append(f'stages={tuple(config.stages)} has unknown {unknown}; known: {STAGES}.')
   if problems:
     raise ConfigError('Impossible config:\n  ' + '\n  '.join(problems))
+
+
+def repeats(config) -> order.Repeats:
+  """The run's repeated augmentation (``order.Repeats``), from ``config.data``."""
+  return order.Repeats(config.data.num_repeats, config.data.repeat_stride)
 
 
 def check_local_path(value, name: str) -> None:

@@ -29,6 +29,7 @@ from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store_targets
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import checkpoint
+from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import objective
 from tinyvit_jax.train import optim
@@ -65,11 +66,6 @@ def eval_source(config):
   return sources.make_source(config.data.source, **config.data.eval)
 
 
-def repeats(config) -> order.Repeats:
-  """The run's repeated augmentation (``order.Repeats``), from ``config.data``."""
-  return order.Repeats(config.data.num_repeats, config.data.repeat_stride)
-
-
 def store_path(config, workdir: str) -> str:
   return config.distill.store or os.path.join(workdir, 'logits')
 
@@ -99,8 +95,8 @@ class Run:
     self.mesh = pipeline.data_mesh()
     order.device_batch_size(config.batch_size, self.mesh.size)  # names the numbers
     self.source = train_source(config)
-    self.steps_per_epoch = order.steps_per_epoch(
-        order.epoch_length(len(self.source), repeats(config)), config.batch_size)
+    self.steps_per_epoch = order.steps_per_epoch(len(self.source), config.batch_size,
+                                                 config_lib.repeats(config))
     self.total_steps = config.epochs * self.steps_per_epoch
     model = build_model(config)
     self.tx = make_optimizer(config, nnx.state(model, nnx.Param), self.steps_per_epoch)
@@ -152,7 +148,7 @@ class Run:
         self.source, config.aug, seed=config.seed, global_batch=config.batch_size,
         mesh=self.mesh, label_smoothing=config.label_smoothing, start_step=self.step,
         num_steps=self.total_steps - self.step, num_workers=config.data.num_workers,
-        host_hook=host_hook, repeats=repeats(config))
+        host_hook=host_hook, repeats=config_lib.repeats(config))
     teacher, teacher_leaves = self._online_teacher()
 
     def inputs(batch):
@@ -202,7 +198,7 @@ class Run:
     return save_pass.store_fields(
         self.source, dataset_name=config.data.name or config.data.source,
         aug_config=config.aug, seed=config.seed, k=config.distill.k,
-        num_classes=config.num_classes, repeats=repeats(config))
+        num_classes=config.num_classes, repeats=config_lib.repeats(config))
 
   def _online_teacher(self):
     config = self.config
