@@ -27,6 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from tinyvit_jax import compile_cache
 from tinyvit_jax import main as main_lib
 from tinyvit_jax import predict
 from tinyvit_jax.data import loader
@@ -105,7 +106,7 @@ def main():
                                                     'deit_distill.json'))
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()
-  main_lib.use_compilation_cache()
+  compile_cache.enable()
   seeds = [int(s) for s in args.seeds.split(',')]
   config = recipe(seeds, args.teacher_epochs, args.student_epochs)
   summary = {row['run']: row for row in main_lib.run_recipe(config, args.workdir)}

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 from flax import nnx
 
+from tinyvit_jax import compile_cache
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.models import WEIGHTS, create_model
 
@@ -200,6 +201,7 @@ def _head_classes(sd: dict) -> int | None:
 
 def run(argv=None) -> int:
   args = _parse_args(sys.argv[1:] if argv is None else argv)
+  compile_cache.enable()
   try:
     if args.to_timm:
       model = model_checkpoint.restore_model(args.src)
