@@ -318,12 +318,15 @@ def test_notebook_is_stored_without_outputs():
 
 
 @pytest.mark.slow
-def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom(quickstart, monkeypatch):
+  """Its quickstart cell reruns the suite's finished quickstart: the table, nothing retrained."""
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
-  monkeypatch.setenv('TINYVIT_NOTEBOOK_SHRINK', '1')
-  monkeypatch.setenv('TINYVIT_NOTEBOOK_WORKDIR', str(tmp_path / 'workdir'))
+  workdir, _ = quickstart
+  monkeypatch.setenv('TINYVIT_NOTEBOOK_CI', '1')
+  monkeypatch.setenv('TINYVIT_NOTEBOOK_WORKDIR', str(workdir))
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  before = _modified(workdir)
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
                                   resources={'metadata': {'path': ROOT}})
@@ -331,8 +334,18 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     client.execute()
   except nbclient.exceptions.CellExecutionError as error:
     pytest.fail(f'{_printed_text(notebook)[-4000:]}\n{error.ename}: {error.evalue}')
-  assert 'No TPU: JAX runs on cpu' in _printed_text(notebook)
-  assert os.listdir(tmp_path / 'workdir')
+  printed = _printed_text(notebook)
+  assert 'No TPU: JAX runs on cpu' in printed
+  assert 'student_fpd' in printed and 'top1' in printed  # the quickstart's table
+  after = _modified(workdir)
+  assert set(after) == set(before)
+  assert [p for p in after if after[p] != before[p]] == ['summary.json']
+
+
+def _modified(workdir) -> dict:
+  """Every file under ``workdir`` -> its modification time."""
+  paths = [os.path.join(d, name) for d, _, names in os.walk(workdir) for name in names]
+  return {os.path.relpath(path, workdir): os.stat(path).st_mtime_ns for path in paths}
 
 
 def _printed_text(notebook):

@@ -1,4 +1,5 @@
-"""The README's main job, exactly as a user runs it, then ``predict`` on its export."""
+"""The README's main job (``conftest.quickstart``, run once per suite), then ``predict`` on
+its export."""
 import json
 import os
 import subprocess
@@ -14,19 +15,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_quickstart_trains_distils_evaluates_and_exports(tmp_path):
-  workdir = tmp_path / 'qs'
-  result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', '--config=configs/quickstart.py',
-       f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True, timeout=900,
-      env=dict(os.environ, TQDM_DISABLE='1'))
-  assert result.returncode == 0, result.stderr[-4000:]
+def test_quickstart_trains_distils_evaluates_and_exports(quickstart, tmp_path):
+  workdir, stdout = quickstart
   with open(workdir / 'summary.json') as f:
     rows = {row['run']: row for row in json.load(f)}
   assert list(rows) == ['teacher', 'student_fpd', 'student_labels']
   for row in rows.values():  # 10 classes: chance is 0.1
     assert row['top1'] > 0.5, rows
-  assert 'student_fpd' in result.stdout and 'top1' in result.stdout  # the final table
+  assert 'student_fpd' in stdout and 'top1' in stdout  # the final table
   fpd = json.loads((workdir / 'student_fpd' / 'stages.json').read_text())
   assert fpd['save_logits']['top1_agreement'] >= 0.99  # verify re-ran the teacher
 
