@@ -4,10 +4,10 @@ Every run is ``python -m tinyvit_jax.main --config=tests/train_config_fpd.py``: 
 save pass of a random-init teacher's top-3 rows (each process writes its own block of the
 store), then one epoch (22 steps at batch 64) of the quickstart's student trained from the
 store, each process loading its half of every batch and reading its rows of the store.
-Two such processes must do what one process with all 8 devices does, and when one of
-them is killed the other must stop (JAX's heartbeat, ``main --heartbeat_timeout``) so
-that a restart of both resumes from the last checkpoint; a SIGTERM to one of them must
-stop both at one checkpointed step.
+Two such processes must do what one process with all 8 devices does. A run of two, stopped
+by a SIGTERM to one of them, restarted, then stopped by killing one of them (JAX's
+heartbeat, ``main --heartbeat_timeout``, must then stop the other) and restarted again,
+must end where an uninterrupted run of two does.
 """
 import os
 import random
@@ -140,39 +140,49 @@ def test_two_processes_of_four_devices_equal_one_of_eight(one_process, two_proce
                              [r['eval_loss'] for r in evals[0]], rtol=0, atol=1e-5)
 
 
-def signal_one_process(teacher, store_run, workdir, signum, last_step: int):
-  """Starts a 2-process run reading ``store_run``'s store and, once it has logged a
-  number of steps drawn at run time from [6, last_step], sends ``signum`` to one of the
-  processes, drawn too. Returns (processes, the one signalled, its steps by then, overrides)."""
-  overrides = (f'--config.distill.teacher={teacher}',
-               f'--config.distill.store={store_run}/logits')
-  processes = start_processes(workdir, *overrides)
-  draw = random.Random()  # drawn now, not chosen in advance
-  after, target = draw.randint(6, last_step), draw.randint(0, 1)
+def wait_for_steps(processes, workdir, steps: int) -> None:
   deadline = time.time() + 600
-  while len(step_losses(workdir)) < after:
+  while len(step_losses(workdir)) < steps:
     assert all(p.poll() is None for p in processes), process_log(workdir, 0)[-3000:]
     assert time.time() < deadline, 'the run made no progress'
     time.sleep(0.05)
-  processes[target].send_signal(signum)
-  return processes, target, after, overrides
-
-
-def assert_restart_resumes_exactly(workdir, overrides, reference):
-  finish(start_processes(workdir, *overrides), workdir)
-  for a, b in zip(saved_state(reference), saved_state(workdir), strict=True):
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
-  assert examples_seen(workdir) == examples_seen(reference)
 
 
 @pytest.mark.slow
-def test_a_killed_process_stops_the_other_and_both_resume_exactly(teacher, two_processes,
-                                                                  tmp_path):
-  """Either process may die (process 0 also hosts the coordinator): the other must stop
-  within the heartbeat timeout, not wait forever in a collective."""
+def test_sigterm_then_a_killed_process_each_stop_both_and_both_resume_exactly(
+    teacher, two_processes, tmp_path):
+  """One 2-process run (reading ``two_processes``' store) meets both ways a run stops:
+  1. a SIGTERM (a preemption notice) reaches one process first: JAX's preemption service
+     must bring both to the same step, checkpoint it, and exit 143 (a flag per process
+     would leave one waiting in a collective);
+  2. after a restart of both, one process is killed (either may die; process 0 also hosts
+     the coordinator): the other must stop within the heartbeat timeout, not wait forever;
+  3. a restart of both then finishes where the uninterrupted run did.
+  The steps at which it is signalled, and which process, are drawn at run time."""
   workdir = tmp_path / 'run'
-  processes, victim, kill_after, overrides = signal_one_process(
-      teacher, two_processes, workdir, signal.SIGKILL, STEPS - 4)
+  overrides = (f'--config.distill.teacher={teacher}',
+               f'--config.distill.store={two_processes}/logits')
+  draw = random.Random()  # drawn now, not chosen in advance
+
+  processes = start_processes(workdir, *overrides)
+  term_after, target = draw.randint(6, 10), draw.randint(0, 1)
+  wait_for_steps(processes, workdir, term_after)
+  processes[target].send_signal(signal.SIGTERM)
+  for index, process in enumerate(processes):
+    try:
+      returncode = process.wait(timeout=STOP_WITHIN)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f'process {index} still runs {STOP_WITHIN} s after SIGTERM to {target}')
+    assert returncode == 143, process_log(workdir, index)[-3000:]
+  stopped_at = max(step_losses(workdir))
+  assert term_after <= stopped_at < STEPS
+  assert max(checkpoint_steps(workdir)) == stopped_at
+
+  processes = start_processes(workdir, *overrides)
+  kill_after = draw.randint(min(stopped_at + 2, STEPS - 3), STEPS - 3)
+  victim = draw.randint(0, 1)
+  wait_for_steps(processes, workdir, kill_after)
+  processes[victim].send_signal(signal.SIGKILL)
   processes[victim].wait()
   survivor = 1 - victim
   try:
@@ -182,26 +192,9 @@ def test_a_killed_process_stops_the_other_and_both_resume_exactly(teacher, two_p
   assert returncode != 0
   assert 'another task died' in process_log(workdir, survivor), (
       process_log(workdir, survivor)[-3000:])
-  assert max(checkpoint_steps(workdir), default=0) < STEPS, f'killed after step {kill_after}'
-  assert_restart_resumes_exactly(workdir, overrides, two_processes)
+  assert max(checkpoint_steps(workdir)) < STEPS, f'killed after step {kill_after}'
 
-
-@pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_at_one_checkpointed_step(teacher, two_processes,
-                                                                    tmp_path):
-  """A preemption notice reaches one host first: JAX's preemption service must bring both
-  processes to the same step, checkpoint it, and exit 143 (a flag per process would leave
-  one waiting in a collective), and a restart of both must resume exactly."""
-  workdir = tmp_path / 'run'
-  processes, target, signal_after, overrides = signal_one_process(
-      teacher, two_processes, workdir, signal.SIGTERM, STEPS - 6)
-  for index, process in enumerate(processes):
-    try:
-      returncode = process.wait(timeout=STOP_WITHIN)
-    except subprocess.TimeoutExpired:
-      pytest.fail(f'process {index} still runs {STOP_WITHIN} s after SIGTERM to {target}')
-    assert returncode == 143, process_log(workdir, index)[-3000:]
-  stopped_at = max(step_losses(workdir))
-  assert signal_after <= stopped_at < STEPS
-  assert max(checkpoint_steps(workdir)) == stopped_at
-  assert_restart_resumes_exactly(workdir, overrides, two_processes)
+  finish(start_processes(workdir, *overrides), workdir)
+  for a, b in zip(saved_state(two_processes), saved_state(workdir), strict=True):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+  assert examples_seen(workdir) == examples_seen(two_processes)
