@@ -63,6 +63,7 @@ from tinyvit_jax.data import mix
 from tinyvit_jax.data import randaugment_pil
 
 ARMS = ('ours', 'timm', 'ours_host_side')
+MIN_WINDOW_CPU_S = 0.2
 CLASSES = 10
 
 
@@ -273,16 +274,20 @@ def time_round(batches, args) -> dict:
   """Images/s and images per CPU second over ``args.steps`` batches after ``args.skip``.
 
   The skipped batches cover worker start-up and drain what the workers prefetched
-  meanwhile (up to 2 per worker in both loaders), so the window sees the steady rate.
+  meanwhile (up to 2 per worker in both loaders), so the window sees the steady rate. The
+  window also spans at least ``MIN_WINDOW_CPU_S``: CPU time is counted in 10 ms ticks, and
+  a few fast batches (``--quick``) can fall within one.
   """
   for _ in range(args.skip):
     next(batches)
   cpu, start = _cpu_seconds(), time.perf_counter()
-  for _ in range(args.steps):
+  steps = 0
+  while steps < args.steps or _cpu_seconds() - cpu < MIN_WINDOW_CPU_S:
     next(batches)
+    steps += 1
   cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - start
   batches.close()
-  images = args.steps * args.batch
+  images = steps * args.batch
   return dict(img_per_s=images / wall, img_per_cpu_s=images / cpu)
 
 
