@@ -5,7 +5,6 @@ Runs use ``save_pass_run``: 150 synthetic examples at 32x32 with the whole augme
 recipe (Mixup/CutMix included), a linear teacher over 12 classes, k = 5, chunks of 32
 rows (so an epoch's last chunk is short: 150 = 4 * 32 + 22), two epochs.
 """
-import filecmp
 import os
 import signal
 import socket

@@ -24,7 +24,6 @@ from ml_collections import config_flags
 
 from tinyvit_jax import compile_cache
 from tinyvit_jax.distill import save_pass
-from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.distill import verify
 from tinyvit_jax.train import config as config_lib
