@@ -154,9 +154,9 @@ def timm_batches(args, folder):
                                auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25,
                                interpolation='bicubic', re_mode='pixel')
   dataset = torchvision.datasets.ImageFolder(folder, transform=_RetryPosterize(transform))
-  data = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True,
-                                     num_workers=args.workers, drop_last=True,
-                                     multiprocessing_context='spawn')
+  data = torch.utils.data.DataLoader(
+      dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
+      multiprocessing_context='spawn' if args.workers else None)
   while True:
     yield from data
 
