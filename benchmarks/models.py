@@ -102,7 +102,7 @@ def environment(args) -> dict:
       jax_threads=len(os.sched_getaffinity(0)), torch_threads=torch.get_num_threads(),
       load_average=os.getloadavg(), python=platform.python_version(),
       jax=jax.__version__, flax=__import__('flax').__version__, optax=optax.__version__,
-      torch=torch.__version__, timm=timm.__version__,
+      torch=torch.__version__, timm=timm.__version__, torch_device=TORCH_DEVICE,
       xla_flags=os.environ.get('XLA_FLAGS', ''),
       omp_wait_policy=os.environ['OMP_WAIT_POLICY'], conv_impl=args.conv_impl, dtype=args.dtype)
 
@@ -184,24 +184,35 @@ def create_timm(name: str, img_size: int):
   return timm.create_model(timm_name, pretrained=False, num_classes=1000, **kwargs)
 
 
+# timm runs where JAX does: on the GPU when torch sees one, else on the CPU.
+TORCH_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def _sync():
+  """CUDA calls return before the GPU finishes: a timed call must wait for it."""
+  if TORCH_DEVICE == 'cuda':
+    torch.cuda.synchronize()
+
+
 def timm_calls(name, args, img_size, images, labels, compiled: bool) -> dict:
   """{'forward': f, 'train': g}: timm eager or under torch.compile, channels_last."""
-  model = create_timm(name, img_size).to(memory_format=torch.channels_last)
+  model = create_timm(name, img_size).to(TORCH_DEVICE, memory_format=torch.channels_last)
   if hasattr(model, 'set_distilled_training'):
     model.set_distilled_training(True)  # train mode returns both heads, as ours does
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
   run = torch.compile(model) if compiled else model
-  images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
+  images = torch.from_numpy(images).permute(0, 3, 1, 2).to(TORCH_DEVICE).contiguous(
       memory_format=torch.channels_last)
-  labels = torch.from_numpy(labels).long()
+  labels = torch.from_numpy(labels).long().to(TORCH_DEVICE)
 
   def autocast():
-    return torch.autocast('cpu', dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
+    return torch.autocast(TORCH_DEVICE, dtype=torch.bfloat16, enabled=args.dtype == 'bfloat16')
 
   def forward():
     model.eval()
     with torch.no_grad(), autocast():
       run(images)
+    _sync()
 
   def train():
     model.train()
@@ -212,6 +223,7 @@ def timm_calls(name, args, img_size, images, labels, compiled: bool) -> dict:
     loss = sum(F.cross_entropy(h.float(), labels) for h in heads) / len(heads)
     loss.backward()
     optimizer.step()
+    _sync()
 
   return dict(forward=forward, train=train)
 
