@@ -7,8 +7,10 @@
     (C = 1,000) and k=100 (C = 21,841), against the official 4 + 4k bytes plus its key
     files (18 GB over 90 epochs x 13.2M images of the 21k release: ~15.2 B). Rows are
     teacher-like softmaxes (``distill.synthetic``); target <= 0.9x official.
-(b) Save-pass images/s (``save_logits``: host augmentation in the loader, Mixup on the
-    device, teacher, top-k, encode, write, mark done; one epoch), timed from its first
+(b) Save-pass images/s (``save_logits``: the loader's crop and flip, with RandAugment and
+    erasing there too under ``--augment_on host`` (CPU runs) or on the device under
+    ``device`` (accelerators); Mixup on the device; teacher, top-k, encode, write, mark
+    done; one epoch of images held in memory, ``InMemorySource``), timed from its first
     teacher call to its return, against the same teacher's plain inference on the very
     same augmented batches, already on the device; target >= 0.95x. The whole call's
     rate, with its fixed costs (fingerprint, jit lowering, loader start), is shown too.
@@ -71,6 +73,11 @@ def parse_args(argv=None):
   parser.add_argument('--save_size', type=int, default=112, help='(b) image size')
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--workers', type=int, default=0, help='(b) loader processes')
+  parser.add_argument('--augment_on', default='host', choices=('host', 'device'),
+                      help="(b) where RandAugment and erasing run: 'device' on accelerators")
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help='(b, c) compute dtype of teacher and student; params stay float32')
+  parser.add_argument('--student', default=STUDENT, help='(c) student model')
   parser.add_argument('--student_size', type=int, default=32, help='(c) image size')
   parser.add_argument('--student_steps', type=int, default=16, help='(c) steps per round')
   parser.add_argument('--read_rows', type=int, default=262144, help='(d) rows')
@@ -87,6 +94,27 @@ def parse_args(argv=None):
 
 def median_summary(runs: list) -> dict:
   return dict(median=statistics.median(runs), min=min(runs), max=max(runs), runs=runs)
+
+
+def dtype_kwargs(args) -> dict:
+  return dict(dtype=jnp.bfloat16) if args.dtype == 'bfloat16' else {}
+
+
+class InMemorySource:
+  """``source``'s first ``distinct`` images, made once and held in memory, repeated over
+  its length: reading costs nothing, so the loader's crop and the teacher are what is
+  timed, and no disk or image generation limits the save pass."""
+
+  def __init__(self, source, distinct: int = 64):
+    self.num_classes, self.length = source.num_classes, len(source)
+    self.records = [source[i] for i in range(min(distinct, len(source)))]
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, index: int) -> dict:
+    record = self.records[index % len(self.records)]
+    return dict(record, label=index % self.num_classes, index=int(index))
 
 
 def teacher_rows(n: int, k: int, num_classes: int):
@@ -137,9 +165,10 @@ def save_pass_speed(args, work: str) -> dict:
   model = create_model(args.teacher, num_classes=1000, img_size=size, rngs=nnx.Rngs(0))
   model_checkpoint.save_model(os.path.join(work, 'teacher'), model, args.teacher,
                               num_classes=1000, img_size=size)
-  teacher = teacher_lib.from_checkpoint(os.path.join(work, 'teacher'))
-  source = synthetic_data.SyntheticSource(n, num_classes=10, image_size=size * 5 // 4)
-  aug = dict(image_size=size, augment_on='host')  # the CPU choice; Mixup/CutMix on device
+  teacher = teacher_lib.from_checkpoint(os.path.join(work, 'teacher'), **dtype_kwargs(args))
+  source = InMemorySource(synthetic_data.SyntheticSource(n, num_classes=10,
+                                                         image_size=size * 5 // 4))
+  aug = dict(image_size=size, augment_on=args.augment_on)  # Mixup/CutMix on the device
 
   calls = []
   timed = teacher._replace(probabilities=lambda x: (
@@ -199,7 +228,7 @@ def save_pass_speed(args, work: str) -> dict:
   report['loader_alone'] = loaded
   report['serial_sum_bound'] = 1 / (1 + report['inference']['median'] / loaded)
   report['config'] = dict(teacher=args.teacher, image_size=size, images=n, batch=args.batch,
-                          workers=args.workers, aug=aug)
+                          workers=args.workers, aug=aug, dtype=args.dtype)
   print(f'(b) save pass {report["save"]["median"]:.1f} img/s (whole call with its fixed '
         f'costs {report["save_whole_call"]["median"]:.1f}), plain inference '
         f'{report["inference"]["median"]:.1f} img/s -> {report["save_over_inference"]:.3f}x '
@@ -217,7 +246,8 @@ def student_step(args, work: str) -> dict:
   hook = store_targets.StoreTargets(os.path.join(work, 'student'), dict(
       dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
       augmentation={}, repeats=PLAIN, k=k, num_classes=classes))
-  model = create_model(STUDENT, num_classes=classes, img_size=size, rngs=nnx.Rngs(1))
+  model = create_model(args.student, num_classes=classes, img_size=size, rngs=nnx.Rngs(1),
+                       **dtype_kwargs(args))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   optimizer = optax.adamw(1e-3, weight_decay=0.05)
   images = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
@@ -296,8 +326,9 @@ def student_step(args, work: str) -> dict:
   report['extra_s'] = extras
   report['overhead_from_extras'] = ((extras['store'] - extras['labels'])
                                     / report['labels_step_s']['median'])
-  report['config'] = dict(student=STUDENT, image_size=size, batch=batch, k=k,
-                          num_classes=classes, optimizer='adamw', steps=args.student_steps)
+  report['config'] = dict(student=args.student, image_size=size, batch=batch, k=k,
+                          num_classes=classes, optimizer='adamw', steps=args.student_steps,
+                          dtype=args.dtype)
   print(f'(c) student step: labels {report["labels_step_s"]["median"] * 1e3:.1f} ms, from '
         f'the store {report["store_step_s"]["median"] * 1e3:.1f} ms -> overhead '
         f'{report["overhead"] * 100:+.1f}%; the store\'s own work '

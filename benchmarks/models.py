@@ -42,10 +42,13 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 import optax
-import timm
-import torch
-import torch.nn.functional as F
 from flax import nnx
+try:  # a TPU host may have neither; ours then runs alone (--no-timm)
+  import timm
+  import torch
+  import torch.nn.functional as F
+except ImportError:
+  timm = torch = F = None
 
 from tinyvit_jax.models import create_model, model_info
 
@@ -70,6 +73,8 @@ def parse_args(argv=None):
   parser.add_argument('--compile-timeout', type=float, default=300.0,
                       help='seconds allowed for the first (compiling) call of each mode')
   parser.add_argument('--no-compile', action='store_true', help='skip timm + torch.compile')
+  parser.add_argument('--no-timm', action='store_true',
+                      help='ours only (a TPU, where torch has no device to run on)')
   parser.add_argument('--conv-impl', default='auto', choices=('auto', 'xla', 'shifts'))
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='compute dtype: ours via dtype=, timm via torch.autocast')
@@ -81,6 +86,7 @@ def parse_args(argv=None):
     args.batch, args.img_size, args.rounds, args.warmup = 4, 64, 2, 1
     args.min_seconds, args.no_compile = 0.2, True
   args.models = args.models.split(',')
+  args.no_timm = args.no_timm or torch is None
   return args
 
 
@@ -91,7 +97,8 @@ def limit_threads(threads: int):
     raise ValueError(f'--threads {threads}, but this process may use only {len(cpus)} CPUs.')
   if threads < len(cpus):
     os.sched_setaffinity(0, cpus[:threads])
-  torch.set_num_threads(threads)
+  if torch is not None:
+    torch.set_num_threads(threads)
 
 
 def environment(args) -> dict:
@@ -99,10 +106,12 @@ def environment(args) -> dict:
               if line.startswith('model name')), platform.processor())
   return dict(
       device=str(jax.devices()[0]), cpu=cpu, cpus_pinned=sorted(os.sched_getaffinity(0)),
-      jax_threads=len(os.sched_getaffinity(0)), torch_threads=torch.get_num_threads(),
+      jax_threads=len(os.sched_getaffinity(0)),
+      torch_threads=torch.get_num_threads() if torch else None,
       load_average=os.getloadavg(), python=platform.python_version(),
       jax=jax.__version__, flax=__import__('flax').__version__, optax=optax.__version__,
-      torch=torch.__version__, timm=timm.__version__, torch_device=TORCH_DEVICE,
+      torch=getattr(torch, '__version__', None), timm=getattr(timm, '__version__', None),
+      torch_device=TORCH_DEVICE,
       xla_flags=os.environ.get('XLA_FLAGS', ''),
       omp_wait_policy=os.environ['OMP_WAIT_POLICY'], conv_impl=args.conv_impl, dtype=args.dtype)
 
@@ -185,7 +194,7 @@ def create_timm(name: str, img_size: int):
 
 
 # timm runs where JAX does: on the GPU when torch sees one, else on the CPU.
-TORCH_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+TORCH_DEVICE = None if torch is None else 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 def _sync():
@@ -273,10 +282,11 @@ def benchmark_model(name, args) -> list[dict]:
   rng = np.random.default_rng(0)
   images = rng.standard_normal((args.batch, img_size, img_size, 3), dtype=np.float32)
   labels = rng.integers(0, 1000, args.batch).astype(np.int32)
-  impls = IMPLS[:2] if args.no_compile else IMPLS
-  calls = {'ours': ours_calls(name, args, img_size, images, labels),
-           'timm_eager': timm_calls(name, args, img_size, images, labels, compiled=False)}
-  if not args.no_compile:
+  impls = IMPLS[:1] if args.no_timm else IMPLS[:2] if args.no_compile else IMPLS
+  calls = {'ours': ours_calls(name, args, img_size, images, labels)}
+  if 'timm_eager' in impls:
+    calls['timm_eager'] = timm_calls(name, args, img_size, images, labels, compiled=False)
+  if 'timm_compile' in impls:
     calls['timm_compile'] = timm_calls(name, args, img_size, images, labels, compiled=True)
 
   cells = {(impl, mode): {} for impl in impls for mode in MODES}
@@ -372,7 +382,7 @@ def format_table(rows) -> str:
   for row in rows:
     ratio = lambda r: 'n/a' if r is None else f'{r:.2f}x'
     lines.append((row['model'], row['mode'], format_cell(row['ours']),
-                  format_cell(row['timm_eager']),
+                  format_cell(row['timm_eager']) if 'timm_eager' in row else 'skipped',
                   format_cell(row['timm_compile']) if 'timm_compile' in row else 'skipped',
                   ratio(row['ours_over_eager']), ratio(row['ours_over_compile'])))
   widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
