@@ -1,0 +1,70 @@
+"""benchmarks/accelerator.py: --quick runs every arm on CPU; the deadline is kept."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+
+import accelerator  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.mark.slow
+def test_quick_runs_every_arm_and_reports_it(tmp_path):
+  subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'accelerator.py'),
+                  '--quick', '--out', str(tmp_path)], check=True, cwd=REPO, timeout=1200)
+  report = json.loads((tmp_path / 'accelerator.json').read_text())
+  arms = report['arms']
+  assert list(arms) == ['step:tiny_vit_5m_224', 'student', 'augment', 'save_pass', 'loader']
+  assert {name: arm['status'] for name, arm in arms.items()} == dict.fromkeys(arms, 'ok')
+  for arm in arms.values():  # (f): CPU devices keep no memory statistics
+    assert arm['backend'] == 'cpu' and arm['memory'] == dict(jax_peak_bytes=None,
+                                                             torch_peak_bytes=None)
+
+  rows = arms['step:tiny_vit_5m_224']['result']['rows']
+  assert [(r['model'], r['mode']) for r in rows] == [
+      (accelerator.QUICK_STEP_MODEL, 'forward'), (accelerator.QUICK_STEP_MODEL, 'train')]
+  for row in rows:
+    assert row['ours_over_eager'] == pytest.approx(
+        row['ours']['img_per_s']['median'] / row['timm_eager']['img_per_s']['median'])
+
+  augment = arms['augment']['result']
+  assert augment['share_of_step'] == pytest.approx(
+      1 - augment['augmented']['img_per_s']['median'] / augment['plain']['img_per_s']['median'])
+  assert augment['config']['aug']['rand_augment'] == 'rand-m9-mstd0.5-inc1'
+  student = arms['student']['result']
+  assert student['overhead'] == pytest.approx(
+      student['store_step_s']['median'] / student['labels_step_s']['median'] - 1)
+  save = arms['save_pass']['result']
+  assert save['config']['aug']['augment_on'] == 'device'
+  assert save['save_over_inference'] == pytest.approx(
+      save['save']['median'] / save['inference']['median'])
+  loader = arms['loader']['result']
+  assert set(loader) == {'full_decode', 'draft', 'config'}
+  assert loader['config']['augment_on'] == 'device'
+
+  table = (tmp_path / 'accelerator.md').read_text()
+  assert table.startswith('Device: cpu; batch 4, float32 compute, 2 rounds')
+  ratio = loader['full_decode']['img_per_s']['median'] / augment['augmented']['img_per_s'][
+      'median']
+  for line in (f'| {accelerator.QUICK_STEP_MODEL} train img/s |', '| store-fed step, ms |',
+               f'share {augment["share_of_step"]:.1%}', f'{save["save_over_inference"]:.2f}x',
+               f'| {ratio:.2f}x | >= 1.0x |'):
+    assert line in table
+
+
+def test_an_arm_the_deadline_leaves_no_time_for_is_reported_not_run(tmp_path, capsys):
+  accelerator.main(['--arms', 'save_pass,student', '--deadline', '20', '--out', str(tmp_path)])
+  report = json.loads((tmp_path / 'accelerator.json').read_text())
+  assert [arm['status'] for arm in report['arms'].values()] == [
+      'not run: 20 s left of the 20 s deadline'] * 2
+  assert '| save_pass | not run: 20 s left' in (tmp_path / 'accelerator.md').read_text()
+  assert 'Device: not known yet' in capsys.readouterr().out
+
+
+def test_unknown_arm_is_named():
+  with pytest.raises(SystemExit):
+    accelerator.parse_args(['--arms', 'step:vit_huge'])
