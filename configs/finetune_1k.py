@@ -27,6 +27,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.name = f'tiny_vit_{variant}_{res}'
   c.model.kwargs.drop_path_rate = DROP_PATH[variant] if res == 224 else 0.1
   c.num_classes = 1000
+  c.dtype = 'auto'  # bfloat16 compute on GPU/TPU, as the paper trained; float32 on CPU
   c.data.train.update(name='imagenet2012', split='train')
   c.data.eval.update(name='imagenet2012', split='validation')
   c.aug.image_size = c.eval_aug.image_size = res

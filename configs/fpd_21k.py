@@ -25,6 +25,7 @@ def student(variant: str) -> ml_collections.ConfigDict:
   c.model.name = f'tiny_vit_{variant}_224'
   c.model.kwargs.drop_path_rate = DROP_PATH[variant]
   c.num_classes = 21841
+  c.dtype = 'auto'  # bfloat16 compute on GPU/TPU, as the paper trained; float32 on CPU
   c.data.source = 'array_record'  # python -m tinyvit_jax.data.prepare --folder IN21K --out DIR
   c.data.name = 'imagenet21k'
   c.data.train = ml_collections.ConfigDict(dict(directory=''))

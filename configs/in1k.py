@@ -23,6 +23,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   c.model.name = f'tiny_vit_{args["variant"]}_224'
   c.model.kwargs.drop_path_rate = DROP_PATH[args['variant']]
   c.num_classes = 1000
+  c.dtype = 'auto'  # bfloat16 compute on GPU/TPU, as the paper trained; float32 on CPU
   c.eval_aug.crop_pct = 0.95
   c.batch_size = 1024
   c.epochs = 300

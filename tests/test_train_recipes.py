@@ -3,9 +3,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from tinyvit_jax.train import config as config_lib
+from tinyvit_jax.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = {
@@ -38,6 +42,34 @@ def test_recipe_builds_a_valid_config(name, arg, runlocal):
         config_lib.check_config(run)
       run.distill.teacher = '/the/teacher/export'
     config_lib.check_config(run)
+
+
+@pytest.mark.parametrize('name', ['fpd_21k', 'finetune_1k', 'in1k', 'deit'])
+@pytest.mark.parametrize('backend, dtype', [('cpu', 'float32'), ('gpu', 'bfloat16'),
+                                            ('tpu', 'bfloat16')])
+def test_imagenet_recipes_compute_in_bfloat16_on_accelerators_only(name, backend, dtype,
+                                                                   monkeypatch):
+  monkeypatch.setattr(config_lib.jax, 'default_backend', lambda: backend)
+  for run in runs_of(load_recipe(name).get_config()):
+    assert run.dtype == 'auto' and config_lib.compute_dtype(run) == dtype
+
+
+def test_the_trainer_builds_the_model_in_the_resolved_dtype(monkeypatch):
+  config = load_recipe('in1k').get_config('runlocal')
+  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+
+  def logits_dtype():  # shapes only: nothing is initialised or computed
+    return nnx.eval_shape(lambda x: trainer.build_model(config)(x), images).dtype
+
+  assert logits_dtype() == jnp.float32  # this CPU
+  monkeypatch.setattr(config_lib.jax, 'default_backend', lambda: 'gpu')
+  assert logits_dtype() == jnp.bfloat16
+
+
+def test_quickstart_computes_in_float32_everywhere(monkeypatch):
+  monkeypatch.setattr(config_lib.jax, 'default_backend', lambda: 'gpu')
+  for run in runs_of(load_recipe('quickstart').get_config()):
+    assert config_lib.compute_dtype(run) == 'float32'
 
 
 def test_recipe_arguments_are_checked():

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import re
 
+import jax
 import ml_collections
 
 from tinyvit_jax.data import augment
@@ -16,10 +17,19 @@ from tinyvit_jax.data import order
 
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
+DTYPES = ('float32', 'bfloat16', 'auto')
 
 
 class ConfigError(ValueError):
   """A config the run cannot start with; ``main`` prints it as one line, no traceback."""
+
+
+def compute_dtype(config) -> str:
+  """``config.dtype`` with 'auto' resolved: bfloat16 on a GPU or TPU, as the papers trained
+  with mixed precision, and float32 on a CPU, whose runs and figures stay float32."""
+  if config.dtype != 'auto':
+    return config.dtype
+  return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -28,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name='tiny_vit_5m_224'))
   c.model.kwargs = ml_collections.ConfigDict()  # create_model overrides: img_size, ...
   c.num_classes = 1000
-  c.dtype = 'float32'  # or 'bfloat16': compute dtype; params stay float32
+  c.dtype = 'float32'  # compute dtype, params stay float32: or 'bfloat16', or 'auto'
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'tfds'  # a name of data.sources.make_source
@@ -172,8 +182,8 @@ def check_config(config) -> None:
       check_local_path(_get(config, key), key)
     except ValueError as error:
       problems.append(str(error))
-  if config.dtype not in ('float32', 'bfloat16'):
-    problems.append(f"dtype={config.dtype!r}; expected 'float32' or 'bfloat16'.")
+  if config.dtype not in DTYPES:
+    problems.append(f'dtype={config.dtype!r}; expected one of {DTYPES}.')
   unknown = [s for s in config.stages if s not in STAGES]
   if unknown:
     problems.append(f'stages={tuple(config.stages)} has unknown {unknown}; known: {STAGES}.')

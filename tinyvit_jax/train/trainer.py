@@ -47,7 +47,7 @@ def model_kwargs(config) -> dict:
 
 
 def build_model(config) -> nnx.Module:
-  dtype = dict(dtype=jnp.bfloat16) if config.dtype == 'bfloat16' else {}
+  dtype = dict(dtype=jnp.bfloat16) if config_lib.compute_dtype(config) == 'bfloat16' else {}
   model = create_model(config.model.name, num_classes=config.num_classes,
                        rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
                        **model_kwargs(config), **dtype)
