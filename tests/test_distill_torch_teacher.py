@@ -16,6 +16,7 @@ import torch
 from flax import nnx
 
 from tinyvit_jax import convert
+from tinyvit_jax import main
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import store
@@ -24,6 +25,7 @@ from tinyvit_jax.distill import targets
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.models import create_model
+from tinyvit_jax.train import config as config_lib
 
 import save_pass_run as run
 
@@ -264,3 +266,25 @@ def test_module_imports_neither_torch_nor_timm():
           'assert "torch" not in sys.modules and "timm" not in sys.modules')
   subprocess.run([sys.executable, '-c', code], check=True,
                  env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+@pytest.mark.parametrize('adapter, device, shares', [
+    ('timm', 'cuda:0', True), ('torch', 'cuda', True), ('timm', 'cpu', False),
+    ('ours', 'cuda', False)])
+def test_jax_allocates_on_demand_beside_a_torch_teacher_on_the_gpu(adapter, device, shares,
+                                                                   monkeypatch):
+  monkeypatch.delenv('XLA_PYTHON_CLIENT_PREALLOCATE', raising=False)
+  config = config_lib.base_config()
+  config.runs = dict(teacher=config_lib.base_config(), student=config_lib.base_config())
+  config.runs.student.distill.update(teacher_adapter=adapter, teacher_device=device)
+  config.run_order = ('teacher', 'student')
+  main.share_gpu_with_torch(config)
+  assert os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE') == ('false' if shares else None)
+
+
+def test_the_users_own_preallocation_setting_wins(monkeypatch):
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_PREALLOCATE', 'true')
+  config = config_lib.base_config()
+  config.distill.update(teacher_adapter='timm', teacher_device='cuda')
+  main.share_gpu_with_torch(config)
+  assert os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'true'

@@ -46,10 +46,8 @@ SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to r
 def run_recipe(config, workdir: str, mode: str | None = None) -> list[dict]:
   """Runs every run of the recipe; returns one summary row per run."""
   config_lib.check_local_path(workdir, '--workdir')
-  runs = ({name: config.runs[name] for name in config.run_order} if 'runs' in config
-          else {'': config})
   rows = []
-  for name, run_config in runs.items():
+  for name, run_config in _runs(config).items():
     run_config = _resolve_workdir(run_config, workdir)
     config_lib.check_config(run_config)
     rows.append(dict(run=name or run_config.model.name,
@@ -59,6 +57,19 @@ def run_recipe(config, workdir: str, mode: str | None = None) -> list[dict]:
       json.dump(rows, f, indent=1)
     print(metrics.summary_table(rows), flush=True)
   return rows
+
+
+def _runs(config) -> dict:
+  return ({name: config.runs[name] for name in config.run_order} if 'runs' in config
+          else {'': config})
+
+
+def share_gpu_with_torch(config) -> None:
+  """Has JAX allocate GPU memory as it needs it, rather than 75% at start-up, when a run
+  saves logits with a torch teacher on the GPU (``torch_teacher.shares_gpu_with_jax``).
+  Must run before JAX starts; a ``XLA_PYTHON_CLIENT_*`` setting of the user's wins."""
+  if any(torch_teacher.shares_gpu_with_jax(run.distill) for run in _runs(config).values()):
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 
 def run_stages(config, workdir: str, mode: str | None) -> dict:
@@ -114,6 +125,8 @@ def save_logits(config, workdir: str) -> dict:
         path, teacher, source, sample=config.distill.verify_rows, seed=config.seed,
         min_top1_agreement=config.distill.verify_min_top1,
         max_mean_abs_diff=config.distill.verify_max_mean_abs_diff))
+  del teacher
+  torch_teacher.release_gpu_memory()
   return result
 
 
@@ -144,6 +157,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
+  share_gpu_with_torch(_CONFIG.value)
   compile_cache.enable()
   if _DISTRIBUTED.value:
     initialize_distributed(_HEARTBEAT_TIMEOUT.value)

@@ -36,6 +36,7 @@ import functools
 import hashlib
 import importlib
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -147,6 +148,25 @@ def check_classes(teacher: teacher_lib.Teacher, num_classes: int) -> None:
         f'{num_classes}: its rows cannot be the student\'s targets. Give a class-index file '
         '(distill.teacher_class_index: line c = the teacher class of student class c), '
         'or a teacher over the student\'s classes.')
+
+
+def shares_gpu_with_jax(distill) -> bool:
+  """Whether ``distill`` names a torch teacher on a CUDA device, the device JAX uses too.
+
+  JAX takes 75% of a GPU's memory when it starts, which would leave such a teacher too
+  little; ``main`` then has JAX allocate only what it uses
+  (``XLA_PYTHON_CLIENT_PREALLOCATE=false``) before it starts, so both fit, and
+  ``release_gpu_memory`` hands torch's cache back once the save pass is done.
+  """
+  return (distill.get('teacher_adapter', 'ours') in ('timm', 'torch')
+          and str(distill.get('teacher_device', 'cpu')).startswith('cuda'))
+
+
+def release_gpu_memory() -> None:
+  """Returns the memory torch keeps cached on the GPU, for the training that follows."""
+  torch = sys.modules.get('torch')
+  if torch is not None and torch.cuda.is_available():
+    torch.cuda.empty_cache()
 
 
 def make_teacher(distill, aug=None) -> teacher_lib.Teacher:
