@@ -10,6 +10,7 @@ import pytest
 
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import loader
+from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import synthetic
 
 SEED = 11
@@ -108,3 +109,17 @@ def test_errors_surface_when_the_loader_is_made():
     loader.train_batches(source, seed=0, global_batch=12, process_count=8)
   with pytest.raises(ValueError, match=r'dataset is empty \(0 examples\)'):
     loader.eval_batches(synthetic.SyntheticSource(0), global_batch=8)
+
+
+def test_prefetch_keeps_the_order_and_pulls_ahead():
+  pulled = []
+
+  def counting():
+    for i in range(5):
+      pulled.append(i)
+      yield i
+
+  items = pipeline.prefetch(counting(), 2)
+  assert next(items) == 0 and pulled == [0, 1, 2]  # 1 and 2 are on their way meanwhile
+  assert list(items) == [1, 2, 3, 4]
+  assert list(pipeline.prefetch(iter([]), 2)) == []

@@ -13,6 +13,8 @@ the numbers, before any data is read. Every device also runs the same program on
 same per-device shape as a single device would, so an example's bits do not depend on the
 device count.
 """
+import collections
+import itertools
 from typing import Callable, Iterator, NamedTuple
 
 import jax
@@ -25,6 +27,9 @@ from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import mix
 from tinyvit_jax.data import order
+
+
+DEVICE_PREFETCH = 2  # global batches on their way to the devices, as big_vision keeps
 
 
 class InputPipeline(NamedTuple):
@@ -73,8 +78,17 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
     host_batches = map(host_hook, host_batches)
   batches = ({name: jax.make_array_from_process_local_data(sharding, value)
               for name, value in batch.items()} for batch in host_batches)
-  return InputPipeline(batches, device_augment,
+  return InputPipeline(prefetch(batches, DEVICE_PREFETCH), device_augment,
                        order.steps_per_epoch(len(source), global_batch, repeats))
+
+
+def prefetch(iterator: Iterator, size: int) -> Iterator:
+  """``iterator``'s items, each pulled ``size`` items ahead of its use: a batch's transfer
+  to the devices starts while earlier steps run, so a fast step never waits for it."""
+  ahead = collections.deque(itertools.islice(iterator, size))
+  while ahead:
+    ahead.extend(itertools.islice(iterator, 1))
+    yield ahead.popleft()
 
 
 def make_device_augment(train_augment: augment.Augment, mesh: Mesh, global_batch: int,
