@@ -42,6 +42,7 @@ skipped (``--no-timm`` in models.py).
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ PAPER_V100 = {'tiny_vit_5m_224': 3060, 'tiny_vit_11m_224': 2468, 'tiny_vit_21m_2
 TARGETS = dict(train_over_compile=1.2, save_over_inference=0.95, store_overhead=0.03,
                augment_share=0.10, loader_over_step=1.0)
 # name, seconds it may take on an accelerator, its compiles included.
-ARMS = (('step:tiny_vit_5m_224', 200), ('student', 100), ('augment', 100),
+ARMS = (('step:tiny_vit_5m_224', 240), ('student', 100), ('augment', 100),
         ('save_pass', 120), ('loader', 60), ('step:deit_small_distilled_patch16_224', 150),
         ('step:tiny_vit_21m_224', 200))
 QUICK_STEP_MODEL = 'deit_tiny_distilled_patch16_224'
@@ -106,8 +107,16 @@ def step_arm(args, model: str) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   if jax.default_backend() == 'tpu':
     margs.no_timm = True
+  # torch.compile's cold compiles can take minutes: ours and timm eager are measured and
+  # kept first, then all three again side by side.
+  compiled, margs.no_compile = not margs.no_compile, True
   rows = models.benchmark_model(margs.models[0], margs)
   print(models.format_table(rows))
+  if compiled:
+    write_result(args, dict(rows=rows, environment=models.environment(margs)))
+    margs.no_compile = False
+    rows = models.benchmark_model(margs.models[0], margs)
+    print(models.format_table(rows))
   return dict(rows=rows, environment=models.environment(margs))
 
 
@@ -264,11 +273,16 @@ def run_arm(args) -> None:
   name, _, model = args.arm.partition(':')
   measure = dict(student=student_arm, augment=augment_arm, save_pass=save_pass_arm,
                  loader=loader_arm)
-  result = step_arm(args, model) if name == 'step' else measure[name](args)
+  write_result(args, step_arm(args, model) if name == 'step' else measure[name](args))
+
+
+def write_result(args, result: dict) -> None:
+  """The arm's result so far, with the peak memory so far, for the parent to read."""
   import jax  # pylint: disable=import-outside-toplevel
-  with open(args.result, 'w') as f:
+  with open(args.result + '.tmp', 'w') as f:
     json.dump(dict(result=result, memory=peak_memory(), backend=jax.default_backend(),
                    device=str(jax.local_devices()[0].device_kind)), f, indent=1)
+  os.replace(args.result + '.tmp', args.result)
 
 
 # --- the parent: runs the arms, writes the report after each ---------------------------
@@ -304,14 +318,18 @@ def run_suite(args) -> dict:
       result_path = os.path.join(work, name.replace(':', '_') + '.json')
       print(f'=== {name} (at most {limit:.0f} s)', flush=True)
       start = time.monotonic()
+      # A session of its own, so that a stop also stops the loader workers it started.
+      child = subprocess.Popen([sys.executable, __file__, *forwarded, '--arm', name,
+                                '--result', result_path], env=env, start_new_session=True)
       try:
-        done = subprocess.run([sys.executable, __file__, *forwarded, '--arm', name,
-                               '--result', result_path], env=env, timeout=limit, check=False)
-        entry['status'] = 'ok' if done.returncode == 0 else f'failed: exit {done.returncode}'
+        code = child.wait(timeout=limit)
+        entry['status'] = 'ok' if code == 0 else f'failed: exit {code}'
       except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
         entry['status'] = f'stopped at its limit of {limit:.0f} s'
       entry['seconds'] = round(time.monotonic() - start, 1)
-      if entry['status'] == 'ok':
+      if os.path.exists(result_path):  # all of it, or what it measured before it stopped
         with open(result_path) as f:
           entry.update(json.load(f))
       write_report(report, args.out)
@@ -349,9 +367,11 @@ def format_report(report: dict) -> str:
   arms = report['arms']
   step_rate = None  # the augment arm's student step, which the loader must keep up with
   for name, entry in arms.items():
-    if entry.get('status') != 'ok':
+    if 'result' not in entry:
       lines.append(f'| {name} | {entry.get("status", "running")} | | | | |')
       continue
+    if entry['status'] != 'ok':
+      lines.append(f'| {name}, {entry["status"]}: what it had measured | | | | | |')
     result, memory = entry['result'], entry['memory']
     peak = f'{_gib(memory["jax_peak_bytes"])} / {_gib(memory["torch_peak_bytes"])}'
     if name.startswith('step:'):
