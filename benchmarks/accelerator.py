@@ -124,7 +124,8 @@ def _fpd_args(args, parts: str):
   import fpd  # pylint: disable=import-outside-toplevel
   if args.quick:
     return fpd, fpd.parse_args(['--quick', '--parts', parts, '--augment_on', 'device',
-                                '--student', 'deit_tiny_patch16_224'])
+                                '--student', 'deit_tiny_patch16_224',
+                                '--teacher', 'deit_tiny_patch16_224'])
   return fpd, fpd.parse_args([
       '--parts', parts, '--rounds', str(args.rounds), '--batch', str(args.batch),
       '--dtype', args.dtype, '--augment_on', 'device', '--workers', str(args.workers),
