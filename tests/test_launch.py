@@ -496,6 +496,7 @@ def test_notebook_runs_top_to_bottom(quickstart, monkeypatch):
     pytest.fail(f'{_printed_text(notebook)[-4000:]}\n{error.ename}: {error.evalue}')
   printed = _printed_text(notebook)
   assert 'No TPU: JAX runs on cpu' in printed
+  assert 'ok: configs/in1k.py:variant=5m checked' in printed  # the GCS cell's flags, sized
   assert 'student_fpd' in printed and 'top1' in printed  # the quickstart's table
   after = _modified(workdir)
   assert set(after) == set(before)
