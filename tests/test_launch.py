@@ -359,8 +359,9 @@ def _recipe_overrides(path):
   with open(path) as f:
     doc = ast.get_docstring(ast.parse(f.read()))
   command = re.search(r'python -m tinyvit_jax\.main (?:.*\\\n)*.*', doc)
-  words = shlex.split(re.sub(r'\[[^]]*\]', '', command.group(0).replace('\\\n', ' '))) if (
-      command) else []
+  if command is None:  # a config for another tool (preview_digits)
+    return []
+  words = shlex.split(re.sub(r'\[[^]]*\]', '', command.group(0).replace('\\\n', ' ')))
   return [word for word in words if word.startswith('--config.')]
 
 
@@ -382,6 +383,14 @@ def _started(tmp_path):
   names = ('gcloud', 'sbatch', 'scontrol', 'srun')
   calls = [n for n in names if os.path.exists(tmp_path / 'bin' / f'{n}.jsonl')]
   return calls + glob.glob(str(tmp_path / '*.tar.gz'))
+
+
+@pytest.mark.parametrize('script', [TPU, SLURM], ids=os.path.basename)
+def test_headers_show_runs_with_data(script):
+  """The examples the test below runs are there to run (a parse that found none would
+  leave it nothing to check)."""
+  runs = [example for example in _examples(script) if '--data-dir' in example]
+  assert len(runs) >= 2 and any('configs/fpd_21k.py:variant=5m' in run for run in runs)
 
 
 @pytest.mark.parametrize('script,example', [
