@@ -1,8 +1,7 @@
 r"""DeiT on ImageNet-1k, without or with distillation (paper recipe).
 
   python -m tinyvit_jax.main --config=configs/deit.py:size=tiny,distill=hard --workdir=DIR \
-      --config.distill.teacher=REGNETY_160_EXPORT --config.data.train.data_dir=TFDS_DIR \
-      --config.data.eval.data_dir=TFDS_DIR
+      --config.distill.teacher=REGNETY_160_EXPORT --data_dir=TFDS_DIR
 
 ``size``: tiny | small | base. ``distill``: none | soft | hard (distilled models, with the
 distillation token; hard is the paper's best). ``store``: read the teacher from a logit

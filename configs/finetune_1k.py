@@ -1,8 +1,8 @@
 r"""TinyViT fine-tuning on ImageNet-1k from a (21k-pretrained) checkpoint (paper recipe).
 
   python -m tinyvit_jax.main --config=configs/finetune_1k.py:variant=21m --workdir=DIR \
-      --config.init.checkpoint=FPD_WORKDIR/export --config.data.train.data_dir=TFDS_DIR \
-      --config.data.eval.data_dir=TFDS_DIR [--config.init.head=in1k_in21k_classes.txt]
+      --config.init.checkpoint=FPD_WORKDIR/export --data_dir=TFDS_DIR \
+      [--config.init.head=in1k_in21k_classes.txt]
 
 The 21,841-class head is re-initialised for 1,000 classes (``init.head='reinit'``), or,
 given a class-index file (line c: the 21k class of 1k class c), its rows are gathered so

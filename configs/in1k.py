@@ -1,7 +1,7 @@
 r"""TinyViT trained from scratch on ImageNet-1k (the paper's "IN-1k only" rows).
 
   python -m tinyvit_jax.main --config=configs/in1k.py:variant=5m --workdir=DIR \
-      --config.data.train.data_dir=TFDS_DIR --config.data.eval.data_dir=TFDS_DIR
+      --data_dir=TFDS_DIR
 
 Cream's 1k configs: 300 epochs, AdamW lr 1e-3 wd 0.05, cosine with 20 warmup epochs,
 batch 1,024, clip 5, drop path 0 / 0.1 / 0.2 (5m / 11m / 21m), RandAugment m9, random

@@ -10,10 +10,18 @@
 # Runs a tinyvit_jax recipe on several GPU nodes under SLURM: one process per node
 # drives all of that node's GPUs, and the processes meet through jax.distributed.
 #
-#   sbatch [--nodes=4] launch/slurm_gpu.sh --recipe configs/in1k.py:variant=5m \
-#     --workdir /shared/runs/in1k_5m [--data-dir /shared/tfds] [-- --config.epochs=10]
-#   launch/slurm_gpu.sh [--nodes 4] --recipe ... --workdir ...  # outside a job: sbatch itself
-#   launch/slurm_gpu.sh --dry-run --recipe ... --workdir ...    # print, run nothing
+#   launch/slurm_gpu.sh --nodes 4 --recipe configs/in1k.py:variant=5m \
+#     --workdir /shared/runs/in1k_5m --data-dir /shared/tfds -- --config.epochs=10
+#   launch/slurm_gpu.sh --recipe configs/fpd_21k.py:variant=5m --workdir /shared/runs/fpd_5m \
+#     --data-dir /shared/in21k -- --config.distill.teacher=/shared/teacher_export
+#   sbatch --nodes=4 launch/slurm_gpu.sh --recipe configs/in1k.py:variant=5m \
+#     --workdir /shared/runs/in1k_5m --data-dir /shared/tfds
+#
+# Outside a job the script checks the recipe and every flag here, as main checks them
+# before its first stage ('PYTHON -m tinyvit_jax.main --check' with the flags the tasks
+# get), then submits itself with sbatch, so a typo never waits in the queue; --dry-run
+# checks and prints the sbatch command. Submitted with sbatch directly, the same check
+# runs first thing in the job, before srun.
 #
 # Submit from the repository root (recipes are paths relative to it) in the Python
 # environment that has tinyvit_jax and jax[cuda12]: sbatch hands that environment to the
@@ -21,7 +29,7 @@
 # on storage every node sees: a shared file system, or a bucket mounted at the same path
 # on every node (gcsfuse); gs:// paths are refused, since the workdir, the logit store
 # and the data go through local file APIs. Inside an allocation (sbatch or salloc) the
-# script runs
+# script checks, then runs
 #   srun --ntasks-per-node=1 --kill-on-bad-exit=1 ... python -m tinyvit_jax.main \
 #     --config=RECIPE --workdir=DIR --distributed ...
 # with this environment for jax.distributed.initialize():
@@ -41,7 +49,9 @@
 # Options:
 #   --recipe CONFIG[:ARGS]  e.g. configs/in1k.py:variant=5m (required)
 #   --workdir DIR           checkpoints, logits and logs (required)
-#   --data-dir DIR          tfds data_dir of the recipe's train and eval data
+#   --data-dir DIR          the recipe's data, as main's --data_dir: a tfds data_dir (tfds
+#                           recipes), or a folder holding train/ and val/ prepared
+#                           folders (ArrayRecord recipes: fpd_21k)
 #   --port PORT             coordinator port (default: 20000 + SLURM_JOB_ID % 20000)
 #   --nodes N               when submitting: sbatch --nodes (default: the header's)
 #   --gpus-per-node G       when submitting: sbatch --gpus-per-node (default: the header's)
@@ -71,12 +81,16 @@ quote() {
   fi
 }
 
-run() {
+quote_all() {
   local word out=()
   for word in "$@"; do
     out+=("$(quote "$word")")
   done
-  echo "+ ${out[*]}"
+  printf '%s' "${out[*]}"
+}
+
+run() {
+  echo "+ $(quote_all "$@")"
   if [[ $dry_run == 0 ]]; then
     "$@"
   fi
@@ -115,6 +129,22 @@ done
 [[ -n $recipe ]] || die "--recipe is required (e.g. configs/in1k.py:variant=5m)"
 [[ -n $workdir ]] || die "--workdir is required (on storage every node sees)"
 
+main=("${PYTHON:-python}" -m tinyvit_jax.main "--config=$recipe" "--workdir=$workdir" --distributed)
+if [[ -n $data_dir ]]; then
+  main+=("--data_dir=$data_dir")
+fi
+main+=("${extra[@]}")
+
+# main's own check, here, on the flags the tasks get.
+echo "+ $(quote_all "${main[@]}" --check)"
+if ! output=$("${main[@]}" --check 2>&1); then
+  problem=$(sed -n '/^error: /,$p' <<<"$output")
+  [[ -n $problem ]] || die "could not run the check with ${main[0]}" \
+    "($(tail -n 1 <<<"$output")): run this from the environment that has tinyvit_jax," \
+    "or set PYTHON to its Python"
+  die "the recipe check failed, so nothing was started: ${problem#error: }"
+fi
+
 if [[ -z ${SLURM_JOB_ID:-} ]]; then
   if ((${#extra[@]})); then
     script_args+=(-- "${extra[@]}")
@@ -131,11 +161,6 @@ set_env JAX_COORDINATOR_ADDRESS "${hosts[0]}:${port:-$((20000 + SLURM_JOB_ID % 2
 set_env JAX_NUM_PROCESSES "$SLURM_NNODES"
 set_env JAX_LOCAL_DEVICE_IDS "$(seq -s, 0 $((gpus - 1)))"
 
-main=("${PYTHON:-python}" -m tinyvit_jax.main "--config=$recipe" "--workdir=$workdir" --distributed)
-if [[ -n $data_dir ]]; then
-  main+=("--config.data.train.data_dir=$data_dir" "--config.data.eval.data_dir=$data_dir")
-fi
-main+=("${extra[@]}")
 # JAX_PROCESS_ID differs per task, so each task sets it from its own SLURM_PROCID.
 # shellcheck disable=SC2016
 run srun --ntasks-per-node=1 --kill-on-bad-exit=1 \

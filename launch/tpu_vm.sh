@@ -3,17 +3,26 @@
 #
 #   launch/tpu_vm.sh --name tvit --zone us-central2-b --accelerator-type v4-32 \
 #     --recipe configs/fpd_21k.py:variant=5m --workdir gs://BUCKET/runs/fpd_5m \
-#     --data-dir gs://BUCKET/tfds [-- --config.batch_size=2048 ...]
+#     --data-dir gs://BUCKET/in21k -- --config.distill.teacher=gs://BUCKET/teacher_export
+#   launch/tpu_vm.sh --name tvit --zone us-central2-b --accelerator-type v4-32 \
+#     --recipe configs/in1k.py:variant=5m --workdir gs://BUCKET/runs/in1k_5m \
+#     --data-dir gs://BUCKET/tfds -- --config.epochs=10
 #   launch/tpu_vm.sh --name tvit --zone us-central2-b --delete
 #
 # Steps, each printed as '+ COMMAND' before it runs:
+#   0. check, here, the recipe and every flag as main checks them before its first stage
+#      ('python3 -m tinyvit_jax.main --check' with the flags the workers get, run in
+#      this checkout; PYTHON names another interpreter), so a typo or a missing path
+#      stops the launch before anything is created. This runs with --dry-run too;
 #   1. create the slice (gcloud compute tpus tpu-vm create);
 #   2. install: pack this checkout's HEAD (git archive; uncommitted edits stay behind),
 #      unpack it in every worker's ~/tinyvit_jax (replacing what was there) and
 #      pip-install it there with jax[tpu]; or, with --pip SPEC, pip-install SPEC (e.g.
-#      a git URL) instead, and then the recipe path must exist in the workers' home.
+#      a git URL) instead, and then the recipe path must exist in the workers' home
+#      (step 0 still checks it with this checkout's code: keep it at SPEC's version).
 #      With gs:// paths, gcsfuse is installed too where it is missing;
-#   3. mount: each bucket of a gs:// --workdir or --data-dir is mounted with gcsfuse
+#   3. mount: each bucket of a gs:// --workdir, --data-dir or --config.KEY=gs://... flag
+#      (a teacher, a logit store, weights) is mounted with gcsfuse
 #      at /mnt/gcs/BUCKET on every worker (mounts do not survive a reboot, so this runs
 #      each time; a bucket already mounted is left as it is);
 #   4. run 'python3 -m tinyvit_jax.main --distributed' on all workers at once
@@ -38,13 +47,16 @@
 #                             v4; v5e wants v2-alpha-tpuv5-lite, v6e v2-alpha-tpuv6e)
 #   --recipe CONFIG[:ARGS]    e.g. configs/in1k.py:variant=5m (required to run)
 #   --workdir gs://... | /shared/...   checkpoints, logits and logs (required to run)
-#   --data-dir gs://... | /shared/...  tfds data_dir of the recipe's train and eval data
+#   --data-dir gs://... | /shared/...  the recipe's data, as main's --data_dir: a tfds
+#                             data_dir (tfds recipes), or a folder holding train/ and
+#                             val/ prepared folders (ArrayRecord recipes: fpd_21k)
 #   --pip SPEC                install SPEC on the workers instead of copying this checkout
 #   --no-create               the slice already exists
 #   --no-install              the workers already have the project
 #   --delete                  delete the slice and do nothing else
 #   --dry-run                 print every command, run none
-#   -- ARGS...                more flags for tinyvit_jax.main (e.g. --config.epochs=10)
+#   -- ARGS...                more flags for tinyvit_jax.main (e.g. --config.epochs=10);
+#                             --config.KEY=gs://... values are mounted as above
 set -euo pipefail
 
 usage() {
@@ -147,14 +159,36 @@ mounted_path() {
   esac
 }
 mounted_path --workdir "$workdir"
-workdir=$mounted
+main=(python3 -m tinyvit_jax.main "--config=$recipe" "--workdir=$mounted" --distributed)
 if [[ -n $data_dir ]]; then
   mounted_path --data-dir "$data_dir"
-  data_dir=$mounted
+  main+=("--data_dir=$mounted")
 fi
+for word in "${extra[@]}"; do
+  if [[ $word == --config.*=gs://* ]]; then
+    mounted_path "${word%%=*}" "${word#*=}"
+    word="${word%%=*}=$mounted"
+  fi
+  main+=("$word")
+done
+if [[ $create == 1 && -z $accelerator_type ]]; then
+  die "--accelerator-type is required to create the slice (or pass --no-create)"
+fi
+
+# Step 0: main's own check, here, on the flags the workers get.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+check=("${PYTHON:-python3}" "${main[@]:1}" --check)
+echo "+ $(join_quoted "${check[@]}")"
+if ! output=$(cd "$repo" && PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "${check[@]}" 2>&1)
+then
+  problem=$(sed -n '/^error: /,$p' <<<"$output")
+  [[ -n $problem ]] || die "could not run the check with ${check[0]}" \
+    "($(tail -n 1 <<<"$output")): 'pip install -e $repo' into it, or set PYTHON to a" \
+    "Python that has tinyvit_jax's requirements"
+  die "the recipe check failed, so nothing was started: ${problem#error: }"
+fi
+
 if [[ $create == 1 ]]; then
-  [[ -n $accelerator_type ]] ||
-    die "--accelerator-type is required to create the slice (or pass --no-create)"
   run "${tpu[@]}" create "$name" "${where[@]}" "--accelerator-type=$accelerator_type" \
     "--version=$version"
 fi
@@ -163,7 +197,6 @@ if [[ $install == 1 ]]; then
   if [[ -n $pip_spec ]]; then
     setup="python3 -m pip install -q -U \"jax[tpu]\" $(quote "$pip_spec")"
   else
-    repo=$(cd "$(dirname "$0")/.." && pwd)
     archive="${TMPDIR:-/tmp}/tinyvit_jax-$name.tar.gz"
     run git -C "$repo" archive --format=tar.gz "--output=$archive" HEAD
     run "${tpu[@]}" scp "$archive" "$name:tinyvit_jax.tar.gz" "${where[@]}" --worker=all
@@ -197,11 +230,6 @@ if ((${#buckets[@]})); then
   run "${tpu[@]}" ssh "$name" "${where[@]}" --worker=all --command "${mount_all# && }"
 fi
 
-main=(python3 -m tinyvit_jax.main "--config=$recipe" "--workdir=$workdir" --distributed)
-if [[ -n $data_dir ]]; then
-  main+=("--config.data.train.data_dir=$data_dir" "--config.data.eval.data_dir=$data_dir")
-fi
-main+=("${extra[@]}")
 if [[ -z $pip_spec ]]; then
   command="cd tinyvit_jax && $(join_quoted "${main[@]}")"
 else

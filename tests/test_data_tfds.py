@@ -4,6 +4,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tinyvit_jax.data import tfds_source
+from tinyvit_jax.train import config as config_lib
+from tinyvit_jax.train import trainer
 
 
 class TinyTensorImages(tfds.core.GeneratorBasedBuilder):
@@ -42,6 +44,15 @@ def test_missing_data_dir_names_dataset_dir_and_command(tmp_path):
   message = str(error.value)
   assert "'imagenet2012'" in message and 'does not exist' in message
   assert f'tfds build imagenet2012 --data_dir {missing} --file_format array_record' in message
+
+
+def test_a_recipe_reaches_the_tfds_source(tmp_path):
+  """A tfds recipe's ``data.train`` holds the dataset's ``name``, which reaches TfdsSource
+  through make_source, whose own first argument is also called name."""
+  TinyTensorImages(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+  config = config_lib.base_config()
+  config.data.train.update(name='tiny_tensor_images', data_dir=str(tmp_path))
+  assert len(trainer.train_source(config)) == 6
 
 
 def test_unprepared_dataset_names_dataset_dir_and_command(tmp_path):

@@ -1,8 +1,11 @@
-"""The launchers: what their dry runs print is what they run, and the notebook executes.
+"""The launchers: what their dry runs print is what they run, they check the recipe before
+they start anything, and the notebook executes.
 
-Real runs are checked against stand-ins for gcloud, srun and scontrol that record the
-command lines they get, so the tests need neither a cloud account nor a cluster.
+Real runs are checked against stand-ins for gcloud, sbatch, srun and scontrol that record
+the command lines they get, so the tests need neither a cloud account nor a cluster.
 """
+import ast
+import glob
 import json
 import os
 import shlex
@@ -14,6 +17,8 @@ import sys
 import sysconfig
 import tarfile
 
+import re
+
 import hypothesis
 from hypothesis import strategies as st
 import pytest
@@ -23,14 +28,12 @@ TPU = os.path.join(ROOT, 'launch', 'tpu_vm.sh')
 SLURM = os.path.join(ROOT, 'launch', 'slurm_gpu.sh')
 NOTEBOOK = os.path.join(ROOT, 'launch', 'colab_tpu.ipynb')
 TPU_ARGS = ['--name', 'tvit', '--zone', 'us-central2-b', '--accelerator-type', 'v4-32',
-            '--recipe', 'configs/fpd_21k.py:variant=5m,runlocal',
+            '--recipe', 'configs/in1k.py:variant=5m',
             '--workdir', 'gs://bucket/runs/5m', '--data-dir', 'gs://bucket/tfds']
 SLURM_ARGS = ['--recipe', 'configs/in1k.py:variant=5m', '--workdir', '/shared/runs/5m']
-TPU_MAIN = ['python3', '-m', 'tinyvit_jax.main',
-            '--config=configs/fpd_21k.py:variant=5m,runlocal',
+TPU_MAIN = ['python3', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
             '--workdir=/mnt/gcs/bucket/runs/5m', '--distributed',
-            '--config.data.train.data_dir=/mnt/gcs/bucket/tfds',
-            '--config.data.eval.data_dir=/mnt/gcs/bucket/tfds']
+            '--data_dir=/mnt/gcs/bucket/tfds']
 # The one bucket of --workdir and --data-dir, mounted on every worker.
 TPU_MOUNT = ('sudo mkdir -p /mnt/gcs/bucket && sudo chown "$USER" /mnt/gcs/bucket && '
              '{ mountpoint -q /mnt/gcs/bucket || gcsfuse --implicit-dirs '
@@ -40,8 +43,11 @@ WHERE = ['--zone=us-central2-b']
 
 
 def _run(script, args, env=None):
+  """The launcher, its recipe check run by ``true`` (it passes, in no time) unless ``env``
+  names a PYTHON: the tests of the check itself give the real one."""
   return subprocess.run(['bash', script, *args], capture_output=True, text=True,
-                        env={**os.environ, **(env or {})}, cwd=ROOT, timeout=60)
+                        env={**os.environ, 'PYTHON': 'true', **(env or {})}, cwd=ROOT,
+                        timeout=60)
 
 
 def _printed(result):
@@ -108,7 +114,8 @@ def test_help_shows_usage(script):
 
 def test_tpu_dry_run_prints_every_step():
   result = _run(TPU, [*TPU_ARGS, '--dry-run', '--', '--config.epochs=1'])
-  create, archive, scp, install, mount, run = _printed(result)
+  check, create, archive, scp, install, mount, run = _printed(result)
+  assert check == ['true', *TPU_MAIN[1:], '--config.epochs=1', '--check']  # what runs, + --check
   assert create == [*GCLOUD_TPU, 'create', 'tvit', *WHERE, '--accelerator-type=v4-32',
                     '--version=tpu-ubuntu2204-base']
   tarball = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'tinyvit_jax-tvit.tar.gz')
@@ -143,8 +150,8 @@ def test_tpu_runs_what_its_dry_run_prints(tmp_path):
 
 def test_tpu_pip_spec_replaces_the_copy():
   spec = 'git+https://example.com/tinyvit_jax.git@v1'
-  install, _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--pip', spec,
-                                         '--dry-run']))
+  _, install, _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--pip', spec,
+                                            '--dry-run']))
   assert shlex.split(install[-1].split(' && ')[0]) == [
       'python3', '-m', 'pip', 'install', '-q', '-U', 'jax[tpu]', spec]
   assert _remote(run)[:3] == ['python3', '-m', 'tinyvit_jax.main']
@@ -152,7 +159,7 @@ def test_tpu_pip_spec_replaces_the_copy():
 
 
 def test_tpu_rerun_skips_create_and_install():
-  mount, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run']))
+  _, mount, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run']))
   assert mount[-1] == TPU_MOUNT  # mounts do not survive a reboot: every run mounts
   assert run[4] == 'ssh' and '--distributed' in _remote(run)
 
@@ -160,9 +167,19 @@ def test_tpu_rerun_skips_create_and_install():
 def test_tpu_shared_file_system_paths_need_no_mount():
   args = [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--workdir', '/shared/runs',
           '--data-dir', '/shared/tfds']
-  (run,) = _printed(_run(TPU, args))
+  _, run = _printed(_run(TPU, args))
   assert '--workdir=/shared/runs' in _remote(run)
-  assert '--config.data.train.data_dir=/shared/tfds' in _remote(run)
+  assert '--data_dir=/shared/tfds' in _remote(run)
+
+
+def test_tpu_mounts_bucket_paths_in_config_flags():
+  """A teacher (or store, or weights) in a bucket is mounted and given as its mount path."""
+  check, mount, run = _printed(_run(TPU, [
+      *TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--',
+      '--config.distill.teacher=gs://models/teacher/export']))
+  flag = '--config.distill.teacher=/mnt/gcs/models/teacher/export'
+  assert _remote(run)[-1] == flag and check[-2:] == [flag, '--check']
+  assert 'gcsfuse --implicit-dirs --rename-dir-limit=200000 models /mnt/gcs/models' in mount[-1]
 
 
 def test_tpu_delete():
@@ -198,8 +215,8 @@ def test_tpu_bad_flags_are_named(args, message):
 @hypothesis.given(st.lists(st.text(st.characters(blacklist_categories=['Cc', 'Cs', 'Zl', 'Zp']),
                                    max_size=12), max_size=3))
 def test_tpu_extra_flags_reach_main_unchanged(extra):
-  _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--',
-                               *extra]))
+  _, _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--',
+                                  *extra]))
   assert _remote(run) == [*TPU_MAIN, *extra]
 
 
@@ -207,8 +224,10 @@ def test_slurm_outside_a_job_submits_itself():
   env = {'SLURM_JOB_ID': ''}
   printed = _printed(_run(SLURM, ['--nodes', '4', '--time', '2:00:00', *SLURM_ARGS,
                                   '--dry-run', '--', '--config.epochs=1'], env))
-  assert printed == [['sbatch', '--nodes=4', '--time=2:00:00', SLURM, *SLURM_ARGS, '--',
-                      '--config.epochs=1']]
+  assert printed == [
+      ['true', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
+       '--workdir=/shared/runs/5m', '--distributed', '--config.epochs=1', '--check'],
+      ['sbatch', '--nodes=4', '--time=2:00:00', SLURM, *SLURM_ARGS, '--', '--config.epochs=1']]
 
 
 # srun: starts the command once per node, each task with the variables real srun sets.
@@ -240,17 +259,16 @@ def test_slurm_dry_run_in_a_job_prints_env_and_srun(tmp_path):
   env = _slurm_job(tmp_path)
   result = _run(SLURM, [*SLURM_ARGS, '--data-dir', '/shared/tfds', '--port', '1234',
                         '--dry-run', '--', '--config.epochs=1'], env)
-  printed = _printed(result)
-  assert printed[:3] == [['export', 'JAX_COORDINATOR_ADDRESS=gpu-a17:1234'],
-                         ['export', 'JAX_NUM_PROCESSES=2'],
-                         ['export', 'JAX_LOCAL_DEVICE_IDS=0,1,2,3']]
-  srun = printed[3]
+  check, *exports, srun = _printed(result)
+  main = ['-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
+          '--workdir=/shared/runs/5m', '--distributed', '--data_dir=/shared/tfds',
+          '--config.epochs=1']
+  assert check == ['true', *main, '--check']
+  assert exports == [['export', 'JAX_COORDINATOR_ADDRESS=gpu-a17:1234'],
+                     ['export', 'JAX_NUM_PROCESSES=2'],
+                     ['export', 'JAX_LOCAL_DEVICE_IDS=0,1,2,3']]
   assert srun[:3] == ['srun', '--ntasks-per-node=1', '--kill-on-bad-exit=1']
-  assert srun[srun.index('python'):] == [
-      'python', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
-      '--workdir=/shared/runs/5m', '--distributed',
-      '--config.data.train.data_dir=/shared/tfds', '--config.data.eval.data_dir=/shared/tfds',
-      '--config.epochs=1']
+  assert srun[srun.index('true'):] == ['true', *main]
   assert _calls(os.path.join(tmp_path, 'bin', 'scontrol'))[0]['argv'] == [
       'scontrol', 'show', 'hostnames', 'gpu-a[17-18]']
   assert not os.path.exists(os.path.join(tmp_path, 'bin', 'srun.jsonl'))
@@ -266,7 +284,9 @@ record.update({k: v for k, v in os.environ.items() if k.startswith('JAX_')})""")
   main = ['python', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
           '--workdir=/shared/runs/5m', '--distributed']
   port = 20000 + 4242 % 20000
-  calls = sorted(_calls(env['PYTHON']), key=lambda call: call['JAX_PROCESS_ID'])
+  check, *calls = _calls(env['PYTHON'])  # the check runs first, before srun
+  assert check['argv'] == [*main, '--check']
+  calls = sorted(calls, key=lambda call: call['JAX_PROCESS_ID'])
   assert calls == [
       dict(argv=main, JAX_COORDINATOR_ADDRESS=f'gpu-a17:{port}', JAX_NUM_PROCESSES='2',
            JAX_LOCAL_DEVICE_IDS='0,1,2,3', JAX_PROCESS_ID=str(task))
@@ -278,6 +298,8 @@ def test_slurm_env_brings_up_jax_distributed(tmp_path):
   env = _slurm_job(tmp_path, hosts=('localhost', 'localhost'))
   env['JAX_PLATFORMS'] = 'cpu'
   env['PYTHON'] = _fake(tmp_path / 'bin', 'python', """
+if '--check' in sys.argv:
+  sys.exit()
 import jax
 jax.distributed.initialize()
 record.update(process=jax.process_index(), count=jax.process_count(),
@@ -309,6 +331,153 @@ def test_slurm_job_without_gpus_is_refused(tmp_path):
   assert result.returncode != 0 and 'SLURM_GPUS_ON_NODE' in result.stderr
 
 
+# What the recipe check runs on: this Python, which imports the code under test.
+REAL_CHECK = {'PYTHON': sys.executable}
+# Recipes in configs/ that no launcher's --data-dir fits, and why the check refuses them.
+REFUSED = {'quickstart': 'this recipe reads no data files (data.source digits)',
+           'preview_digits': 'is not a training run'}
+
+
+def _examples(script):
+  """The example commands in a launcher's header, each split into its words."""
+  with open(script) as f:
+    header = f.read().split('\nset -euo')[0]
+  examples, lines = [], []
+  for line in header.splitlines():
+    text = line.lstrip('#').strip()
+    if lines or text.startswith(('launch/', 'sbatch ')):
+      lines.append(text.rstrip('\\'))
+      if not text.endswith('\\'):
+        examples.append(shlex.split(' '.join(lines)))
+        lines = []
+  return examples
+
+
+def _recipe_overrides(path):
+  """The --config.KEY=VALUE flags of the main command in a recipe's docstring (the
+  launchers give --config, --workdir and --data_dir), optional [...] parts left out."""
+  with open(path) as f:
+    doc = ast.get_docstring(ast.parse(f.read()))
+  command = re.search(r'python -m tinyvit_jax\.main (?:.*\\\n)*.*', doc)
+  if command is None:  # a config for another tool (preview_digits)
+    return []
+  words = shlex.split(re.sub(r'\[[^]]*\]', '', command.group(0).replace('\\\n', ' ')))
+  return [word for word in words if word.startswith('--config.')]
+
+
+def _launch(script, args, tmp_path, env=None, allocation=False):
+  """The launcher with stand-ins for every program that starts something: outside an
+  allocation (gcloud, sbatch) or inside one (scontrol, srun)."""
+  env = {**(_slurm_job(tmp_path) if allocation else {}), **(env or {})}
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir(exist_ok=True)
+  for name in ('gcloud', 'sbatch'):
+    _fake(bin_dir, name, '')
+  env.setdefault('PATH', f'{bin_dir}:{os.environ["PATH"]}')
+  env.setdefault('SLURM_JOB_ID', '')
+  return _run(script, args, {'TMPDIR': str(tmp_path), **env})
+
+
+def _started(tmp_path):
+  """What the stand-ins were asked to start, and whether the checkout was packed."""
+  names = ('gcloud', 'sbatch', 'scontrol', 'srun')
+  calls = [n for n in names if os.path.exists(tmp_path / 'bin' / f'{n}.jsonl')]
+  return calls + glob.glob(str(tmp_path / '*.tar.gz'))
+
+
+@pytest.mark.parametrize('script', [TPU, SLURM], ids=os.path.basename)
+def test_headers_show_runs_with_data(script):
+  """The examples the test below runs are there to run (a parse that found none would
+  leave it nothing to check)."""
+  runs = [example for example in _examples(script) if '--data-dir' in example]
+  assert len(runs) >= 2 and any('configs/fpd_21k.py:variant=5m' in run for run in runs)
+
+
+@pytest.mark.parametrize('script,example', [
+    (script, example) for script in (TPU, SLURM) for example in _examples(script)],
+    ids=lambda value: ' '.join(value) if isinstance(value, list) else os.path.basename(value))
+def test_documented_examples_pass_the_check(script, example, tmp_path):
+  """Each example of the header, as written, with --dry-run: the real check passes it.
+  ``sbatch launch/slurm_gpu.sh ...`` runs the script inside the allocation."""
+  allocation = example[0] == 'sbatch'
+  args = example[next(i for i, w in enumerate(example) if w.startswith('launch/')) + 1:]
+  result = _launch(script, ['--dry-run', *args], tmp_path, REAL_CHECK, allocation)
+  printed = _printed(result)
+  if '--recipe' in args:
+    assert printed[0][:3] == [sys.executable, '-m', 'tinyvit_jax.main']
+    assert printed[0][-1] == '--check'
+  assert not [name for name in _started(tmp_path) if name != 'scontrol']
+
+
+RECIPES = sorted(os.path.splitext(os.path.basename(p))[0]
+                 for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+LAUNCHES = {TPU: ['--name', 'tvit', '--zone', 'us-central2-b', '--accelerator-type', 'v4-32',
+                  '--workdir', 'gs://bucket/runs/x', '--data-dir', 'gs://bucket/data'],
+            SLURM: ['--workdir', '/shared/runs/x', '--data-dir', '/shared/data']}
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+@pytest.mark.parametrize('script', [TPU, SLURM], ids=os.path.basename)
+def test_every_recipe_with_a_data_dir_passes_the_check(script, recipe, tmp_path):
+  """Every recipe in configs/, with --data-dir and its docstring's overrides (a teacher,
+  weights): checked, and the same flags reach main; a recipe --data-dir cannot fit is
+  refused by the check, before anything starts."""
+  overrides = _recipe_overrides(os.path.join(ROOT, 'configs', f'{recipe}.py'))
+  args = [*LAUNCHES[script], '--recipe', f'configs/{recipe}.py', '--', *overrides]
+  result = _launch(script, args, tmp_path, REAL_CHECK)
+  if recipe in REFUSED:
+    assert result.returncode != 0 and REFUSED[recipe] in result.stderr
+    assert not _started(tmp_path)
+    return
+  assert result.returncode == 0, result.stderr
+  last = _calls(str(tmp_path / 'bin' / ('gcloud' if script == TPU else 'sbatch')))[-1]['argv']
+  sent = _remote(last) if script == TPU else last  # the run on the workers; the submission
+  assert sent[len(sent) - len(overrides):] == overrides
+
+
+@pytest.mark.parametrize('script,recipe,flags,message', [
+    (TPU, 'fpd_21k.py:variant=5m', ['--config.data.train.data_dir=/d'],
+     "Unknown config key 'data.train.data_dir'. Did you mean data.train.directory"),
+    (TPU, 'in1k.py', ['--config.optim.lrr=3'], "Unknown config key 'optim.lrr'"),
+    (TPU, 'in1k.py', ['--config.epochs=ten'], "flag --config.epochs=ten: invalid literal"),
+    (TPU, 'fpd_21k.py:variant=5m', [], "distill.kind='fpd' needs distill.teacher"),
+    (TPU, 'in1k.py:variant=7m', [], "variant='7m'; expected one of"),
+    (SLURM, 'in1k.py', ['--config.optim.lrr=3'], "Unknown config key 'optim.lrr'"),
+    (SLURM, 'fpd_21k.py:variant=5m', [], "distill.kind='fpd' needs distill.teacher"),
+], ids=['wrong data key', 'misspelt key', 'wrong type', 'no teacher', 'wrong variant',
+        'slurm misspelt key', 'slurm no teacher'])
+def test_a_bad_recipe_or_flag_stops_the_launch_before_anything_starts(script, recipe, flags,
+                                                                    message, tmp_path):
+  """No slice created, no checkout packed, nothing submitted: one line naming the key."""
+  args = [*LAUNCHES[script], '--recipe', f'configs/{recipe}', '--', *flags]
+  result = _launch(script, args, tmp_path, REAL_CHECK)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'the recipe check failed, so nothing was started: ' in result.stderr
+  assert message in result.stderr
+  assert not _started(tmp_path)
+
+
+def test_a_bad_flag_stops_a_job_before_srun(tmp_path):
+  """``sbatch launch/slurm_gpu.sh ...`` directly: the job checks before it starts tasks."""
+  result = _launch(SLURM, [*LAUNCHES[SLURM], '--recipe', 'configs/in1k.py', '--',
+                           '--config.optim.lrr=3'], tmp_path, REAL_CHECK, allocation=True)
+  assert result.returncode != 0 and "Unknown config key 'optim.lrr'" in result.stderr
+  assert not _started(tmp_path)
+
+
+@pytest.mark.parametrize('script', [TPU, SLURM], ids=os.path.basename)
+def test_a_python_without_the_package_is_named(script, tmp_path):
+  """The check cannot run: the launcher says so, and which Python, not 'check failed'."""
+  python = _fake(tmp_path, 'python', """
+sys.exit("ModuleNotFoundError: No module named 'jax'")""")
+  result = _launch(script, [*LAUNCHES[script], '--recipe', 'configs/in1k.py'], tmp_path,
+                   {'PYTHON': python})
+  assert result.returncode != 0
+  assert (f"could not run the check with {python} (ModuleNotFoundError: No module named "
+          "'jax')") in result.stderr
+  assert not _started(tmp_path)
+
+
 def test_notebook_is_stored_without_outputs():
   nbformat = pytest.importorskip('nbformat')
   notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -336,6 +505,7 @@ def test_notebook_runs_top_to_bottom(quickstart, monkeypatch):
     pytest.fail(f'{_printed_text(notebook)[-4000:]}\n{error.ename}: {error.evalue}')
   printed = _printed_text(notebook)
   assert 'No TPU: JAX runs on cpu' in printed
+  assert 'ok: configs/in1k.py:variant=5m checked' in printed  # the GCS cell's flags, sized
   assert 'student_fpd' in printed and 'top1' in printed  # the quickstart's table
   after = _modified(workdir)
   assert set(after) == set(before)

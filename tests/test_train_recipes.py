@@ -1,4 +1,6 @@
-"""Every recipe builds a valid config, full size and ``:runlocal``; one DeiT recipe runs."""
+"""Every recipe builds a valid config, full size and ``:runlocal``, once given what it
+reads (data, a teacher); ``--data_dir`` points each source at its files; one DeiT recipe
+runs."""
 import os
 import subprocess
 import sys
@@ -41,6 +43,10 @@ def test_recipe_builds_a_valid_config(name, arg, runlocal):
       with pytest.raises(ValueError, match='needs distill.teacher'):  # the user gives it
         config_lib.check_config(run)
       run.distill.teacher = '/the/teacher/export'
+    if run.data.source in config_lib.DATA_PATH_KEYS:  # the user gives it (--data_dir)
+      with pytest.raises(ValueError, match=r'data\.train\.\w+ is empty'):
+        config_lib.check_config(run)
+      assert config_lib.fill_data_dir(run, '/the/data')
     config_lib.check_config(run)
 
 
@@ -70,6 +76,34 @@ def test_quickstart_computes_in_float32_everywhere(monkeypatch):
   monkeypatch.setattr(config_lib.jax, 'default_backend', lambda: 'gpu')
   for run in runs_of(load_recipe('quickstart').get_config()):
     assert config_lib.compute_dtype(run) == 'float32'
+
+
+@pytest.mark.parametrize('source,key,train,eval_', [
+    ('tfds', 'data_dir', '/d', '/d'),  # a tfds data_dir holds every split
+    ('array_record', 'directory', '/d/train', '/d/val'),  # a prepared folder holds one
+    ('folder', 'root', '/d/train', '/d/val')])
+def test_data_dir_points_each_source_at_its_files(source, key, train, eval_):
+  config = config_lib.base_config()
+  config.data.source = source
+  assert config_lib.fill_data_dir(config, '/d') == [f'data.train.{key}', f'data.eval.{key}']
+  assert (config.data.train[key], config.data.eval[key]) == (train, eval_)
+  config.data.eval[key] = '/mine'
+  config.data.train[key] = ''
+  config_lib.fill_data_dir(config, '/e')  # a path the user gave is kept
+  assert (config.data.train[key], config.data.eval[key]) == ('/e' if source == 'tfds'
+                                                             else '/e/train', '/mine')
+
+
+def test_data_dir_does_not_fit_a_recipe_without_files():
+  run = load_recipe('quickstart').get_config().runs.teacher
+  assert config_lib.fill_data_dir(run, '/d') == [] and run.data.source == 'digits'
+
+
+def test_a_config_that_is_not_a_training_run_is_named():
+  config = load_recipe('preview_digits').get_config()
+  with pytest.raises(config_lib.ConfigError, match='the config is not a training run: it '
+                     'lacks .*base_config'):
+    config_lib.runs(config)
 
 
 def test_recipe_arguments_are_checked():

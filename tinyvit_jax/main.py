@@ -1,8 +1,8 @@
 """The entry point: runs a recipe's stages in a workdir, skipping those already done.
 
   python -m tinyvit_jax.main --config=configs/quickstart.py --workdir=/tmp/qs
-  python -m tinyvit_jax.main --config=configs/fpd_21k.py:variant=5m --workdir=DIR \\
-      --config.data.train.data_dir=/mnt/gcs/bucket/tfds [--mode=train] [--distributed]
+  python -m tinyvit_jax.main --config=configs/in1k.py:variant=5m --workdir=DIR \\
+      --data_dir=/mnt/gcs/bucket/tfds [--config.KEY=VALUE ...] [--mode=train] [--distributed]
 
 A recipe is one run (a config) or several (``config.runs``: name -> config, each in
 ``WORKDIR/<name>``, in the order of ``config.run_order``; a run may name another's export
@@ -10,7 +10,9 @@ or store through the ``{workdir}`` placeholder). A run's stages are ``save_logit
 when it distils from a logit store that is not complete), ``train``, ``eval`` and
 ``export``; what each finished stage returned is kept in ``stages.json``, and a restart
 goes on from the first unfinished one (``train`` itself resumes from its last
-checkpoint). ``--mode=STAGE`` runs one stage of every run, done or not.
+checkpoint). ``--mode=STAGE`` runs one stage of every run, done or not. ``--check`` runs
+the checks a run starts with (the recipe, every override, every run's config) and exits,
+touching no device, data or workdir: the launchers run it before they start machines.
 """
 import json
 import os
@@ -36,6 +38,13 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logits and l
 _MODE = flags.DEFINE_enum('mode', None, config_lib.STAGES, 'Run only this stage.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Call jax.distributed.initialize() first (TPU pods, SLURM).')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, "The recipe's data: a tfds data_dir (every split), or a folder holding "
+    'train/ and val/ ArrayRecord (or image) folders. Fills each data path no --config flag '
+    'gives; a recipe that reads no files (quickstart) refuses it.')
+_CHECK = flags.DEFINE_bool(
+    'check', False, 'Check the recipe, the flags and every run as a run does before its '
+    'first stage, then exit: no devices, data or workdir are touched.')
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     'heartbeat_timeout', 100, 'With --distributed: seconds without heartbeats after which a '
     'process counts as dead, and JAX stops every other process (rather than let it hang).')
@@ -43,13 +52,11 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
 
 
-def run_recipe(config, workdir: str, mode: str | None = None) -> list[dict]:
+def run_recipe(config, workdir: str, mode: str | None = None,
+               data_dir: str | None = None) -> list[dict]:
   """Runs every run of the recipe; returns one summary row per run."""
-  config_lib.check_local_path(workdir, '--workdir')
   rows = []
-  for name, run_config in _runs(config).items():
-    run_config = _resolve_workdir(run_config, workdir)
-    config_lib.check_config(run_config)
+  for name, run_config in check_recipe(config, workdir, data_dir).items():
     rows.append(dict(run=name or run_config.model.name,
                      **run_stages(run_config, os.path.join(workdir, name), mode)))
   if jax.process_index() == 0:
@@ -59,16 +66,35 @@ def run_recipe(config, workdir: str, mode: str | None = None) -> list[dict]:
   return rows
 
 
-def _runs(config) -> dict:
-  return ({name: config.runs[name] for name in config.run_order} if 'runs' in config
-          else {'': config})
+def check_recipe(config, workdir: str, data_dir: str | None = None) -> dict:
+  """Each run's name -> its config as it runs (``{workdir}`` filled, ``data_dir`` applied),
+  every run checked before the first stage of the first starts."""
+  config_lib.check_local_path(workdir, '--workdir')
+  if data_dir:
+    config_lib.check_local_path(data_dir, '--data_dir')
+  runs, data_keys = {}, []
+  for name, run_config in config_lib.runs(config).items():
+    run_config = _resolve_workdir(run_config, workdir)
+    if data_dir:
+      data_keys += config_lib.fill_data_dir(run_config, data_dir)
+    try:
+      config_lib.check_config(run_config)
+    except config_lib.ConfigError as error:
+      raise config_lib.ConfigError(f'runs.{name}: {error}' if name else str(error)) from None
+    runs[name] = run_config
+  if data_dir and not data_keys:
+    sources = sorted({run.data.source for run in runs.values()})
+    raise config_lib.ConfigError(f'--data_dir={data_dir!r}: this recipe reads no data files '
+                                 f'(data.source {", ".join(sources)}); drop --data_dir.')
+  return runs
 
 
 def share_gpu_with_torch(config) -> None:
   """Has JAX allocate GPU memory as it needs it, rather than 75% at start-up, when a run
   saves logits with a torch teacher on the GPU (``torch_teacher.shares_gpu_with_jax``).
   Must run before JAX starts; a ``XLA_PYTHON_CLIENT_*`` setting of the user's wins."""
-  if any(torch_teacher.shares_gpu_with_jax(run.distill) for run in _runs(config).values()):
+  runs = config_lib.runs(config).values()
+  if any(torch_teacher.shares_gpu_with_jax(run.distill) for run in runs):
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 
@@ -154,15 +180,20 @@ def _write_json(path: str, value) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    sys.exit(f'error: unexpected arguments {argv[1:]}; flags are --name=value (see --help).')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
-  share_gpu_with_torch(_CONFIG.value)
-  compile_cache.enable()
-  if _DISTRIBUTED.value:
-    initialize_distributed(_HEARTBEAT_TIMEOUT.value)
   try:
-    run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value)
+    if _CHECK.value:
+      runs = check_recipe(_CONFIG.value, _WORKDIR.value, _DATA_DIR.value)
+      recipe = config_flags.get_config_filename(flags.FLAGS['config'])
+      print(f'ok: {recipe} checked ({", ".join(runs) or "one run"})')
+      return
+    share_gpu_with_torch(_CONFIG.value)
+    compile_cache.enable()
+    if _DISTRIBUTED.value:
+      initialize_distributed(_HEARTBEAT_TIMEOUT.value)
+    run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
   except config_lib.ConfigError as error:
     sys.exit(f'error: {error}')
 
@@ -181,7 +212,8 @@ def initialize_distributed(heartbeat_timeout: int = 100) -> None:
 
 
 def _check_overrides(argv) -> None:
-  """A misspelt ``--config.key`` gets the nearest valid names instead of a traceback."""
+  """A wrong recipe path or argument, or a misspelt ``--config.key`` (with the nearest
+  valid names), is one line instead of a traceback."""
   config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
   keys = [a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')]
   if config_arg is None:
@@ -191,10 +223,19 @@ def _check_overrides(argv) -> None:
     recipe = config_lib.load_recipe(path)
   except FileNotFoundError as error:
     sys.exit(f'error: --config={config_arg}: {error}')
-  if not keys:
-    return
-  config = recipe.get_config(*([arg] if arg else []))
+  try:
+    config = recipe.get_config(*([arg] if arg else []))
+  except ValueError as error:
+    sys.exit(f'error: --config={config_arg}: {error}')
   config_lib.check_override_keys(config, keys)
+
+
+def _parse_flags(argv):
+  """absl's parser, with its errors (a value of the wrong type, a missing flag) as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f'error: {error}')
 
 
 def run(argv=None):
@@ -204,7 +245,7 @@ def run(argv=None):
   except ValueError as error:
     sys.exit(f'error: {error}')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, argv)
+  app.run(main, argv, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

@@ -24,7 +24,7 @@ SOURCES = {
 }
 
 
-def make_source(name: str, **args):
+def make_source(name: str, /, **args):  # positional: tfds's own args include a name
   if name not in SOURCES:
     raise ValueError(f'Unknown data source {name!r}; known: {sorted(SOURCES)}.')
   return SOURCES[name](**args)

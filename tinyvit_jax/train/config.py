@@ -18,6 +18,11 @@ from tinyvit_jax.data import order
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
 DTYPES = ('float32', 'bfloat16', 'auto')
+# The key that says where a data source's files are (data/sources.py); the other sources
+# (digits, synthetic) need none.
+DATA_PATH_KEYS = {'tfds': 'data_dir', 'array_record': 'directory', 'folder': 'root'}
+# Under a --data_dir, the folder of each split of a source that holds one split per folder.
+SPLIT_FOLDERS = {'train': 'train', 'eval': 'val'}
 
 
 class ConfigError(ValueError):
@@ -117,6 +122,41 @@ def load_recipe(path: str):
   return module
 
 
+def runs(config) -> dict:
+  """A recipe's runs, in order: name -> run config; ``{'': config}`` for a one-run recipe.
+
+  Each run is a ``base_config()`` with changes; a config without its sections (such as
+  ``configs/preview_digits.py``, which is for ``tinyvit_jax.data.preview``) is refused.
+  """
+  found = ({name: config.runs[name] for name in config.run_order} if 'runs' in config
+           else {'': config})
+  for name, run in found.items():
+    missing = [key for key in base_config() if key not in run]
+    if missing:
+      raise ConfigError(f'{f"runs.{name}" if name else "the config"} is not a training run: '
+                        f'it lacks {", ".join(missing[:4])}; a recipe for tinyvit_jax.main '
+                        'starts from train/config.py\'s base_config().')
+  return found
+
+
+def fill_data_dir(config, data_dir: str) -> list[str]:
+  """Points a run's data paths that are still empty at ``data_dir`` (main's ``--data_dir``)
+  and returns every data path key the run has, set or not.
+
+  A tfds data_dir holds every split, so train and eval both read it; an ArrayRecord or
+  image folder holds one split, so they read ``data_dir/train`` and ``data_dir/val``.
+  """
+  key = DATA_PATH_KEYS.get(config.data.source)
+  if key is None:
+    return []
+  with config.unlocked():
+    for split, folder in SPLIT_FOLDERS.items():
+      if not config.data[split].get(key):
+        config.data[split][key] = (data_dir if config.data.source == 'tfds'
+                                   else os.path.join(data_dir, folder))
+  return [f'data.{split}.{key}' for split in SPLIT_FOLDERS]
+
+
 def parse_arg(arg: str, **defaults) -> dict:
   """A recipe argument ``'variant=5m,runlocal'`` -> ``{'variant': '5m', 'runlocal': True}``,
   over ``defaults``; a name without ``=`` is a flag. Unknown names are an error."""
@@ -184,6 +224,11 @@ def check_config(config) -> None:
       problems.append(str(error))
   if config.dtype not in DTYPES:
     problems.append(f'dtype={config.dtype!r}; expected one of {DTYPES}.')
+  key = DATA_PATH_KEYS.get(config.data.source)
+  for split in SPLIT_FOLDERS if key else ():
+    if not config.data[split].get(key):
+      problems.append(f'data.{split}.{key} is empty, and data.source={config.data.source!r} '
+                      f'reads it: give --data_dir=DIR or --config.data.{split}.{key}=PATH.')
   unknown = [s for s in config.stages if s not in STAGES]
   if unknown:
     problems.append(f'stages={tuple(config.stages)} has unknown {unknown}; known: {STAGES}.')
