@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn import datasets
 
 from tinyvit_jax.data import digits
 from tinyvit_jax.data import image_folder
@@ -31,7 +32,7 @@ def test_digits_shape_count_and_range():
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
-  labels = digits.datasets.load_digits().target
+  labels = datasets.load_digits().target
   test = digits.split_indices(labels, 'test')
   train = digits.split_indices(labels, 'train')
   assert hashlib.sha256(test.astype('<i8').tobytes()).hexdigest() == DIGITS_TEST_SHA256

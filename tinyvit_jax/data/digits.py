@@ -7,7 +7,6 @@ show blocky nearest-neighbour edges, and the digits do not line up with the stem
 stride-4 grid.
 """
 import numpy as np
-from sklearn import datasets
 
 NUM_CLASSES = 10
 TEST_FRACTION = 0.2
@@ -58,6 +57,7 @@ class DigitsSource:
   """
 
   def __init__(self, split: str = 'train', image_size: int = 32):
+    from sklearn import datasets  # imported here: it takes a second, and only digits needs it
     digits = datasets.load_digits()
     self.indices = split_indices(digits.target, split)
     gray = upsample_bilinear(digits.images[self.indices] * (255 / 16), image_size)
