@@ -14,8 +14,10 @@ from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from timm_reference import create_timm_model
+from tinyvit_jax.data import pipeline
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import optim
+from tinyvit_jax.train import step as step_lib
 
 TINY_VIT = 'tiny_vit_5m_224'
 DEIT = 'deit_tiny_distilled_patch16_224'
@@ -358,6 +360,23 @@ def test_a_jitted_train_step_on_nnx_state():
     assert np.array_equal(before[name], after[name]) == name.startswith('bn/'), name
   assert sorted(n for n, d in _named(optim.decay_mask(params)).items() if d) == [
       'fc/kernel', 'head/kernel']
+
+
+def test_the_train_step_updates_the_state_in_place_of_the_old_one():
+  """The step donates the state: on an accelerator the params, BN statistics and AdamW
+  moments are held once, not twice, and each step's outputs reuse the inputs' buffers."""
+  model = _Small(nnx.Rngs(0))
+  mesh = pipeline.data_mesh()
+  tx = optax.adamw(1e-3)
+  state = step_lib.TrainState.create(model, tx, mesh)
+  step = step_lib.make_train_step(
+      state, tx, mesh, inputs=lambda batch: (batch['x'], batch),
+      loss_fn=lambda outputs, batch: jnp.mean(outputs ** 2))
+  old = state.leaves
+  state.leaves, metrics = step(old, dict(x=jnp.ones((8, 4))), None)
+  assert np.isfinite(float(metrics['loss']))
+  assert all(leaf.is_deleted() for leaf in old)
+  assert not any(leaf.is_deleted() for leaf in state.leaves)
 
 
 @settings(max_examples=30, deadline=None)
