@@ -7,7 +7,7 @@ from flax import nnx
 
 from timm_reference import create_timm_model, timm_logits
 from tinyvit_jax.convert import load_timm_state_dict
-from tinyvit_jax.models import create_model, list_models, model_info
+from tinyvit_jax.models import attention, create_model, list_models, model_info
 
 # Whole-model parity of the big variants takes minutes on 2 cores: CI runs them.
 _SLOW = {'tiny_vit_21m_384', 'tiny_vit_21m_512', 'deit_base_patch16_224',
@@ -70,6 +70,15 @@ def test_parity_with_timm(name):
 def test_tinyvit_both_conv_formulations_match_timm(conv_impl, img_size):
   """160 gives 40/20/10/5 maps: windows 7, 14, 7 need padding in every stage."""
   check_parity('tiny_vit_5m_224', img_size=img_size, conv_impl=conv_impl)
+
+
+@pytest.mark.parametrize('name,img_size', [('tiny_vit_5m_224', 160),
+                                           ('deit_tiny_patch16_224', 224)])
+def test_xla_attention_formulation_matches_timm(name, img_size):
+  """The CPU default (einsum) is the other tests'; this is jax.nn.dot_product_attention's
+  XLA form, used on GPU where cuDNN does not take the case. DeiT's 197 tokens are odd."""
+  with attention.attention_impl('xla'):
+    check_parity(name, img_size=img_size)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tinyvit_jax.models import layers
+from tinyvit_jax.models.attention import attend
 from tinyvit_jax.models.layers import DropPath, gelu
 from tinyvit_jax.models.registry import register_model
 
@@ -54,15 +55,9 @@ class Attention(nnx.Module):
 
   def __call__(self, x):
     b, n, c = x.shape
-    hd = c // self.num_heads
-    # timm's layout is (B, N, 3, heads, hd); one transpose to (3, B, heads, N, hd) lets
-    # both matmuls batch over leading axes, which XLA:CPU runs fastest.
-    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, hd)
-    q, k, v = qkv.transpose(2, 0, 3, 1, 4)
-    scores = jnp.einsum('bhnd,bhmd->bhnm', q * hd ** -0.5, k)
-    probs = nnx.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
-    out = jnp.einsum('bhnm,bhmd->bhnd', probs, v)
-    return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads)  # timm's layout
+    out = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # softmax(q kᵀ / sqrt(hd)) v
+    return self.proj(out.reshape(b, n, c))
 
 
 class Mlp(nnx.Module):
