@@ -32,6 +32,10 @@ time, and is stopped at its own time limit or the deadline, whichever comes firs
                 images/s of the student's step with augmentation from ``augment``; and
                 with reduced-size JPEG decoding
                 (``jpeg_draft``) as well (``benchmarks/data.py``).
+  attention     the attention formulations (models/attention.py) inside DeiT-S
+                distilled's forward and train step: the einsum form, XLA's
+                ``dot_product_attention`` and cuDNN's fused kernel, which ``'auto'`` picks
+                on a GPU (``benchmarks/attention.py``); einsum and XLA's on a TPU.
 
 Compiles are shared through one persistent compilation cache for the whole run, which
 also keeps XLA's GPU autotuning results, so a later arm's compile of the same model is
@@ -55,7 +59,8 @@ TARGETS = dict(train_over_compile=1.2, save_over_inference=0.95, store_overhead=
                augment_share=0.10, loader_over_step=1.0)
 # name, seconds it may take on an accelerator, its compiles included.
 ARMS = (('step:tiny_vit_5m_224', 240), ('student', 100), ('augment', 100),
-        ('save_pass', 120), ('loader', 60), ('step:deit_small_distilled_patch16_224', 150),
+        ('save_pass', 120), ('loader', 60), ('attention', 120),
+        ('step:deit_small_distilled_patch16_224', 150),
         ('step:tiny_vit_21m_224', 200))
 QUICK_STEP_MODEL = 'deit_tiny_distilled_patch16_224'
 
@@ -255,6 +260,22 @@ def loader_arm(args) -> dict:
   return report
 
 
+def attention_arm(args) -> dict:
+  """The attention formulations, on the backend's choices."""
+  import attention  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  impls = 'einsum,xla,cudnn' if jax.default_backend() == 'gpu' else 'einsum,xla'
+  flags = ['--impls', impls, '--rounds', str(args.rounds), '--dtype', args.dtype]
+  if args.quick:
+    flags += ['--quick', '--models', QUICK_STEP_MODEL]
+  else:
+    flags += ['--models', 'deit_small_distilled_patch16_224', '--batch', str(args.batch)]
+  aargs = attention.parse_args(flags)
+  rows = attention.benchmark_model(aargs.models[0], aargs)
+  print(attention.format_table(rows, aargs.impls))
+  return dict(rows=rows, impls=aargs.impls)
+
+
 def peak_memory() -> dict:
   """Peak bytes this process held on its first device: JAX's, and torch's if it ran."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -273,7 +294,7 @@ def run_arm(args) -> None:
   compile_cache.enable()
   name, _, model = args.arm.partition(':')
   measure = dict(student=student_arm, augment=augment_arm, save_pass=save_pass_arm,
-                 loader=loader_arm)
+                 loader=loader_arm, attention=attention_arm)
   write_result(args, step_arm(args, model) if name == 'step' else measure[name](args))
 
 
@@ -407,6 +428,14 @@ def format_report(report: dict) -> str:
       lines.append(f'| save pass img/s | {_rate(result["save"])} | inference '
                    f'{_rate(result["inference"])} | {result["save_over_inference"]:.2f}x | '
                    f'>= {TARGETS["save_over_inference"]}x | {peak} |')
+    elif name == 'attention':
+      impls = result['impls']
+      for row in result['rows']:
+        lines.append(f'| {row["model"]} {row["mode"]}, attention {impls[0]} img/s | '
+                     f'{_rate(row[impls[0]])} | '
+                     + ', '.join(f'{i} {_rate(row[i])}' for i in impls[1:]) + ' | '
+                     + ', '.join(f'{row[f"{i}_over_{impls[0]}"]:.2f}x {i}' for i in impls[1:])
+                     + f' | the fastest for \'auto\' | {peak} |')
     elif name == 'loader':
       for decode in ('full_decode', 'draft'):
         rate = result[decode]['img_per_s']

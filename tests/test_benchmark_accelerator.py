@@ -18,7 +18,8 @@ def test_quick_runs_every_arm_and_reports_it(tmp_path):
                   '--quick', '--out', str(tmp_path)], check=True, cwd=REPO, timeout=1200)
   report = json.loads((tmp_path / 'accelerator.json').read_text())
   arms = report['arms']
-  assert list(arms) == ['step:tiny_vit_5m_224', 'student', 'augment', 'save_pass', 'loader']
+  assert list(arms) == ['step:tiny_vit_5m_224', 'student', 'augment', 'save_pass', 'loader',
+                        'attention']
   assert {name: arm['status'] for name, arm in arms.items()} == dict.fromkeys(arms, 'ok')
   for arm in arms.values():  # (f): CPU devices keep no memory statistics
     assert arm['backend'] == 'cpu' and arm['memory'] == dict(jax_peak_bytes=None,
@@ -46,13 +47,18 @@ def test_quick_runs_every_arm_and_reports_it(tmp_path):
   assert set(loader) == {'full_decode', 'draft', 'config'}
   assert loader['config']['augment_on'] == 'device'
 
+  attention = arms['attention']['result']
+  assert attention['impls'] == ['einsum', 'xla']  # cuDNN's on a GPU only
+  assert [(r['model'], r['mode']) for r in attention['rows']] == [
+      (accelerator.QUICK_STEP_MODEL, 'forward'), (accelerator.QUICK_STEP_MODEL, 'train')]
+
   table = (tmp_path / 'accelerator.md').read_text()
   assert table.startswith('Device: cpu; batch 4, float32 compute, 2 rounds')
   ratio = loader['full_decode']['img_per_s']['median'] / augment['augmented']['img_per_s'][
       'median']
   for line in (f'| {accelerator.QUICK_STEP_MODEL} train img/s |', '| store-fed step, ms |',
                f'share {augment["share_of_step"]:.1%}', f'{save["save_over_inference"]:.2f}x',
-               f'| {ratio:.2f}x | >= 1.0x |'):
+               f'| {ratio:.2f}x | >= 1.0x |', 'train, attention einsum img/s'):
     assert line in table
 
 
