@@ -16,7 +16,6 @@ import torch
 from flax import nnx
 
 from tinyvit_jax import convert
-from tinyvit_jax import main
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import store
@@ -274,11 +273,9 @@ def test_module_imports_neither_torch_nor_timm():
 def test_jax_allocates_on_demand_beside_a_torch_teacher_on_the_gpu(adapter, device, shares,
                                                                    monkeypatch):
   monkeypatch.delenv('XLA_PYTHON_CLIENT_PREALLOCATE', raising=False)
-  config = config_lib.base_config()
-  config.runs = dict(teacher=config_lib.base_config(), student=config_lib.base_config())
-  config.runs.student.distill.update(teacher_adapter=adapter, teacher_device=device)
-  config.run_order = ('teacher', 'student')
-  main.share_gpu_with_torch(config)
+  teacher, student = config_lib.base_config(), config_lib.base_config()
+  student.distill.update(teacher_adapter=adapter, teacher_device=device)
+  torch_teacher.share_gpu_with_jax([teacher.distill, student.distill])
   assert os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE') == ('false' if shares else None)
 
 
@@ -286,5 +283,5 @@ def test_the_users_own_preallocation_setting_wins(monkeypatch):
   monkeypatch.setenv('XLA_PYTHON_CLIENT_PREALLOCATE', 'true')
   config = config_lib.base_config()
   config.distill.update(teacher_adapter='timm', teacher_device='cuda')
-  main.share_gpu_with_torch(config)
+  torch_teacher.share_gpu_with_jax([config.distill])
   assert os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'true'

@@ -89,15 +89,6 @@ def check_recipe(config, workdir: str, data_dir: str | None = None) -> dict:
   return runs
 
 
-def share_gpu_with_torch(config) -> None:
-  """Has JAX allocate GPU memory as it needs it, rather than 75% at start-up, when a run
-  saves logits with a torch teacher on the GPU (``torch_teacher.shares_gpu_with_jax``).
-  Must run before JAX starts; a ``XLA_PYTHON_CLIENT_*`` setting of the user's wins."""
-  runs = config_lib.runs(config).values()
-  if any(torch_teacher.shares_gpu_with_jax(run.distill) for run in runs):
-    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-
-
 def run_stages(config, workdir: str, mode: str | None) -> dict:
   """Runs one run's stages; returns its summary (model, accuracy, speed)."""
   os.makedirs(workdir, exist_ok=True)
@@ -189,7 +180,8 @@ def main(argv):
       recipe = config_flags.get_config_filename(flags.FLAGS['config'])
       print(f'ok: {recipe} checked ({", ".join(runs) or "one run"})')
       return
-    share_gpu_with_torch(_CONFIG.value)
+    torch_teacher.share_gpu_with_jax(run.distill
+                                     for run in config_lib.runs(_CONFIG.value).values())
     compile_cache.enable()
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)

@@ -150,16 +150,20 @@ def check_classes(teacher: teacher_lib.Teacher, num_classes: int) -> None:
         'or a teacher over the student\'s classes.')
 
 
-def shares_gpu_with_jax(distill) -> bool:
-  """Whether ``distill`` names a torch teacher on a CUDA device, the device JAX uses too.
+def share_gpu_with_jax(distills) -> None:
+  """Has JAX allocate GPU memory as it needs it when any of ``distills`` (config sections)
+  names a torch teacher on a CUDA device, the device JAX uses too.
 
   JAX takes 75% of a GPU's memory when it starts, which would leave such a teacher too
-  little; ``main`` then has JAX allocate only what it uses
-  (``XLA_PYTHON_CLIENT_PREALLOCATE=false``) before it starts, so both fit, and
-  ``release_gpu_memory`` hands torch's cache back once the save pass is done.
+  little. ``main`` calls this before JAX starts; JAX then allocates only what it uses
+  (``XLA_PYTHON_CLIENT_PREALLOCATE=false``), so both fit, and ``release_gpu_memory``
+  hands torch's cache back once the save pass is done. A ``XLA_PYTHON_CLIENT_*`` setting
+  of the user's wins.
   """
-  return (distill.get('teacher_adapter', 'ours') in ('timm', 'torch')
-          and str(distill.get('teacher_device', 'cpu')).startswith('cuda'))
+  if any(distill.get('teacher_adapter', 'ours') in ('timm', 'torch')
+         and str(distill.get('teacher_device', 'cpu')).startswith('cuda')
+         for distill in distills):
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 
 def release_gpu_memory() -> None:
