@@ -90,7 +90,8 @@ def restore_model(directory: str, *, rngs: nnx.Rngs | None = None, **overrides) 
   try:
     model = create_model(meta['model'], rngs=rngs, **{**meta['kwargs'], **overrides})
   except (TypeError, ValueError) as error:  # an unknown model name or argument
-    raise CheckpointError(f'{directory}/model.json: {error}') from None
+    raise CheckpointError(f'{directory}/model.json: {error}; expected a registered model '
+                          'and its arguments.') from None
   state = nnx.state(model, WEIGHTS)
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
   try:
