@@ -63,8 +63,8 @@ def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None 
   model's own comes from its ``pretrained_cfg``. An official Cream TinyViT checkpoint is
   renamed to timm's keys first.
   """
+  state_dict = _read_state_dict(checkpoint_path)  # a bad file fails before timm's import
   import timm
-  state_dict = _read_state_dict(checkpoint_path)
   if model_name.startswith('tiny_vit') and convert.is_cream_state_dict(state_dict):
     state_dict = convert.cream_to_timm(state_dict)
   if num_classes is None:
