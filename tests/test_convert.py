@@ -151,7 +151,7 @@ def test_cli_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_restore_from_a_non_checkpoint_dir_says_how_to_make_one(tmp_path):
-  with pytest.raises(FileNotFoundError, match='tinyvit_jax.convert'):
+  with pytest.raises(model_checkpoint.CheckpointError, match='tinyvit_jax.convert'):
     model_checkpoint.restore_model(str(tmp_path))
 
 

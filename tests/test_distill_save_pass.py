@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 
+from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import save_pass
@@ -206,8 +207,8 @@ def test_two_concurrent_writer_processes_equal_one(tmp_path, saved):
 
 def test_missing_teacher_checkpoint_names_the_path_and_the_fix(tmp_path):
   from tinyvit_jax.distill import teacher
-  with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/nowhere' does not exist.*"
-                                              'python -m tinyvit_jax.convert'):
+  with pytest.raises(model_checkpoint.CheckpointError,
+                     match=f"'{tmp_path}/nowhere' does not exist.*python -m tinyvit_jax.convert"):
     teacher.from_checkpoint(str(tmp_path / 'nowhere'))
 
 

@@ -153,7 +153,8 @@ def test_a_bad_class_index_file_is_named(tmp_path, lines, message):
 
 
 def test_a_missing_checkpoint_file_names_the_path(tmp_path):
-  with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/nowhere.pth' does not exist"):
+  with pytest.raises(model_checkpoint.CheckpointError,
+                     match=f'{tmp_path}/nowhere.pth: does not exist'):
     torch_teacher.from_timm('resnet18', str(tmp_path / 'nowhere.pth'))
   with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/nowhere.txt' does not exist"):
     torch_teacher.map_classes(run.linear_teacher(), str(tmp_path / 'nowhere.txt'))

@@ -72,5 +72,5 @@ def test_bad_class_index_file_is_named(checkpoint_21k, tmp_path, lines, message)
 
 
 def test_missing_checkpoint_is_named(tmp_path):
-  with pytest.raises(FileNotFoundError, match='no_such_dir'):
+  with pytest.raises(model_checkpoint.CheckpointError, match='no_such_dir'):
     pretrained.load_into(fresh_1k(), str(tmp_path / 'no_such_dir'))

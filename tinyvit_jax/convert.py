@@ -150,22 +150,46 @@ def is_cream_state_dict(state_dict: dict) -> bool:
 def read_state_dict(path: str) -> dict:
   """Reads a .safetensors file or a torch checkpoint (its ``model`` / ``state_dict``
   entry if present), with Cream names converted to timm's."""
+  sd = load_state_dict_file(path)
+  return cream_to_timm(sd) if is_cream_state_dict(sd) else sd
+
+
+def load_state_dict_file(path: str, *, as_torch: bool = False) -> dict:
+  """The state_dict in a .safetensors or torch file (its ``model`` / ``state_dict`` entry
+  if it has one): numpy arrays from .safetensors, unless ``as_torch``. A path holding no
+  state_dict is a ``CheckpointError`` naming it."""
+  expected = 'expected a timm/Cream state_dict file (.pth, .pt, .bin or .safetensors)'
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Checkpoint file {path!r} does not exist.')
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
-    sd = load_file(path)
-  else:
+    state = 'is a directory' if os.path.isdir(path) else 'does not exist'
+    raise model_checkpoint.CheckpointError(f'{path}: {state}; {expected}.')
+  if not os.path.getsize(path):
+    raise model_checkpoint.CheckpointError(f'{path}: is empty; {expected}.')
+  if not path.endswith('.safetensors'):
     try:
       import torch
     except ImportError as e:
       raise ImportError(f'Reading {path!r} needs torch (pip install torch), or convert it '
                         'to .safetensors first.') from e
-    sd = torch.load(path, map_location='cpu', weights_only=True)
-    for entry in ('model', 'state_dict'):
-      if isinstance(sd, dict) and entry in sd and isinstance(sd[entry], dict):
-        sd = sd[entry]
-  return cream_to_timm(sd) if is_cream_state_dict(sd) else sd
+  try:
+    if path.endswith('.safetensors'):
+      if as_torch:
+        from safetensors.torch import load_file
+      else:
+        from safetensors.numpy import load_file
+      sd = load_file(path)
+    else:
+      sd = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as error:  # torch and safetensors raise many types for a file not theirs
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise model_checkpoint.CheckpointError(
+        f'{path}: unreadable ({type(error).__name__}: {reason[:120]}); {expected}.') from None
+  for entry in ('model', 'state_dict'):
+    if isinstance(sd, dict) and isinstance(sd.get(entry), dict):
+      sd = sd[entry]
+  if not (isinstance(sd, dict) and sd and all(hasattr(v, 'shape') for v in sd.values())):
+    raise model_checkpoint.CheckpointError(
+        f'{path}: holds a {type(sd).__name__}, not a state_dict of named tensors; {expected}.')
+  return sd
 
 
 def write_timm_safetensors(model: nnx.Module, path: str) -> None:
@@ -215,7 +239,7 @@ def run(argv=None) -> int:
     model_checkpoint.save_model(args.out, model, args.model, num_classes=num_classes)
     print(f'Wrote {args.model} ({num_classes} classes) to {args.out}')
     return 0
-  except (StateDictMismatch, FileNotFoundError, FileExistsError, ValueError) as e:
+  except (FileExistsError, ValueError) as e:  # ValueError: StateDictMismatch, CheckpointError
     print(f'error: {e}', file=sys.stderr)
     return 2
 

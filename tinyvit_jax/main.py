@@ -25,6 +25,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from tinyvit_jax import compile_cache
+from tinyvit_jax import model_checkpoint
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.distill import verify
@@ -186,7 +187,7 @@ def main(argv):
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
     run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
-  except config_lib.ConfigError as error:
+  except (config_lib.ConfigError, model_checkpoint.CheckpointError) as error:
     sys.exit(f'error: {error}')
 
 

@@ -21,6 +21,13 @@ from tinyvit_jax.models import WEIGHTS, create_model
 
 FORMAT_VERSION = 1
 _JSON_TYPES = (int, float, str, bool, list, tuple, type(None))
+_HOW_TO_MAKE = ('expected a directory written by `python -m tinyvit_jax.convert --model NAME '
+                "--from FILE --out DIR` or by a run's export stage")
+
+
+class CheckpointError(ValueError):
+  """A path that is not the checkpoint or weights file its reader expects; the CLIs and
+  ``main`` print it as one line."""
 
 
 def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool = False,
@@ -58,14 +65,20 @@ def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool 
 def read_model_json(directory: str) -> dict:
   path = os.path.join(os.path.abspath(directory), 'model.json')
   if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f'{path} not found: {directory!r} is not a model checkpoint. Create one with '
-        '`python -m tinyvit_jax.convert --model NAME --from FILE --out DIR`.')
-  with open(path) as f:
-    meta = json.load(f)
+    state = ('does not exist' if not os.path.exists(directory) else
+             'is a file' if not os.path.isdir(directory) else 'has no model.json')
+    raise CheckpointError(f'{directory}: {state}, so it is not a model checkpoint; '
+                          f'{_HOW_TO_MAKE}.')
+  try:
+    with open(path) as f:
+      meta = json.load(f)
+  except ValueError as error:  # not UTF-8, not JSON
+    raise CheckpointError(f'{path}: not JSON ({error}); {_HOW_TO_MAKE}.') from None
+  if not isinstance(meta, dict) or not {'model', 'kwargs'} <= set(meta):
+    raise CheckpointError(f'{path}: lacks "model" and "kwargs"; {_HOW_TO_MAKE}.')
   if meta.get('format') != FORMAT_VERSION:
-    raise ValueError(f'{path}: format {meta.get("format")!r}, this version reads '
-                     f'{FORMAT_VERSION}.')
+    raise CheckpointError(f'{path}: format {meta.get("format")!r}, this version reads '
+                          f'{FORMAT_VERSION}.')
   return meta
 
 
@@ -74,10 +87,19 @@ def restore_model(directory: str, *, rngs: nnx.Rngs | None = None, **overrides) 
   ``drop_path_rate``) change how it runs, not what it holds."""
   directory = os.path.abspath(directory)
   meta = read_model_json(directory)
-  model = create_model(meta['model'], rngs=rngs, **{**meta['kwargs'], **overrides})
+  try:
+    model = create_model(meta['model'], rngs=rngs, **{**meta['kwargs'], **overrides})
+  except (TypeError, ValueError) as error:  # an unknown model name or argument
+    raise CheckpointError(f'{directory}/model.json: {error}; expected a registered model '
+                          'and its arguments.') from None
   state = nnx.state(model, WEIGHTS)
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, 'state'), target)
+  try:
+    restored = ocp.StandardCheckpointer().restore(os.path.join(directory, 'state'), target)
+  except (OSError, ValueError, KeyError, TypeError) as error:  # orbax's, for a damaged state/
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    raise CheckpointError(f'{directory}/state: not the weights of {meta["model"]} as '
+                          f'model.json describes them ({reason}); {_HOW_TO_MAKE}.') from None
   nnx.replace_by_pure_dict(state, restored)
   nnx.update(model, state)
   return model

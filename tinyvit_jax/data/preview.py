@@ -1,7 +1,7 @@
 """Shows what the model sees, for eyeballing an augmentation config.
 
   python -m tinyvit_jax.data.preview --config=FILE.py[:arg] --epoch E --count N \
-      --out grid.png [--npy FILE]
+      --out grid.png [--npy FILE] [--run NAME]
 
 Takes positions 0..N-1 of epoch E (N even while Mixup/CutMix is on), augments and mixes
 them exactly as training does (``pipeline.make_input_pipeline``), and writes them as a
@@ -9,13 +9,17 @@ grid, denormalised to pixels, each tile captioned with its example (dataset) ind
 ``--npy`` also saves the exact tensors: ``np.savez`` with ``images`` (N, H, W, 3) float32
 as the model gets them, ``indices`` and ``targets`` (N, classes), the mixed targets. The
 config file's ``get_config(arg)`` returns ``data`` and ``aug`` (see
-``configs/preview_digits.py``); ``--config.aug.KEY=VALUE`` overrides a setting.
+``configs/preview_digits.py``), or is a training recipe, whose training data is shown; of
+a recipe of several runs (``configs/quickstart.py``) ``--run NAME`` picks the one.
+``--config.aug.KEY=VALUE`` overrides a setting (``--config.runs.NAME.aug.KEY=VALUE``).
 """
 import math
+import sys
 
 from absl import app
 from absl import flags
 import jax
+import ml_collections
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
@@ -25,6 +29,7 @@ from tinyvit_jax.data import augment
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import sources
+from tinyvit_jax.train import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with data and aug.',
                                           lock_config=True)
@@ -32,8 +37,35 @@ _EPOCH = flags.DEFINE_integer('epoch', 0, 'Epoch to show.')
 _COUNT = flags.DEFINE_integer('count', 16, 'Examples to show: positions 0..count-1.')
 _OUT = flags.DEFINE_string('out', 'preview.png', 'Grid PNG to write.')
 _NPY = flags.DEFINE_string('npy', None, 'Also save the float tensors to this .npz file.')
+_RUN = flags.DEFINE_string('run', None, 'The run to show, of a recipe of several (runs).')
 
 CAPTION_HEIGHT = 12  # pixels under each tile for its index, in PIL's default font
+
+
+def pick_run(config, run: str | None) -> ml_collections.ConfigDict:
+  """The preview config to show (``data`` and ``aug``, as ``configs/preview_digits.py``):
+  ``config`` itself, or a training recipe's run ``run`` (its training data)."""
+  if 'data' in config and 'args' in config.data:
+    runs = {'': config}
+  else:
+    runs = {name: _preview_of(c) for name, c in config_lib.runs(config).items()}
+  if '' in runs:
+    if run:
+      raise config_lib.ConfigError(f'one run, not several; drop --run={run}.')
+    return runs['']
+  if run not in runs:
+    raise config_lib.ConfigError(
+        f'several runs ({", ".join(runs)}); '
+        + (f'--run={run} is none of them.' if run else 'pick one with --run=NAME.'))
+  return runs[run]
+
+
+def _preview_of(run) -> ml_collections.ConfigDict:
+  """A training run's training data and augmentation, in the preview schema."""
+  data = dict(source=run.data.source, args=run.data.train.to_dict(), seed=run.seed,
+              label_smoothing=run.label_smoothing, num_repeats=run.data.num_repeats,
+              repeat_stride=run.data.repeat_stride)
+  return ml_collections.ConfigDict(dict(data=data, aug=run.aug.to_dict()))
 
 
 def augmented_examples(config, epoch: int, count: int):
@@ -77,7 +109,11 @@ def grid(pixels: np.ndarray, captions) -> Image.Image:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  recipe = config_flags.get_config_filename(flags.FLAGS['config'])
+  try:
+    config = pick_run(_CONFIG.value, _RUN.value)
+  except config_lib.ConfigError as error:
+    sys.exit(f'error: {recipe}: {error}')
   images, indices, targets, repeats = augmented_examples(config, _EPOCH.value, _COUNT.value)
   captions = [f'{i}' if not r else f'{i} r{r}' for i, r in zip(indices, repeats)]
   grid(to_pixels(images, config.aug), captions).save(_OUT.value)

@@ -55,8 +55,8 @@ def from_checkpoint(directory: str, **overrides) -> Teacher:
   compute in bfloat16; the softmax is taken in float32 either way). A distilled DeiT
   gives the mean of its two heads, as at inference.
   """
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(
+  if not os.path.exists(directory):
+    raise model_checkpoint.CheckpointError(
         f'Teacher checkpoint {os.path.abspath(directory)!r} does not exist. Create one '
         'from timm or official weights with `python -m tinyvit_jax.convert --model NAME '
         '--from WEIGHTS --out DIR`, or from a model of ours with '

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinyvit_jax import convert
+from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment_device
 from tinyvit_jax.data import class_index as class_index_lib
 from tinyvit_jax.distill import teacher as teacher_lib
@@ -62,8 +63,8 @@ def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None 
   model's own comes from its ``pretrained_cfg``. An official Cream TinyViT checkpoint is
   renamed to timm's keys first.
   """
+  state_dict = _read_state_dict(checkpoint_path)  # a bad file fails before timm's import
   import timm
-  state_dict = _read_state_dict(checkpoint_path)
   if model_name.startswith('tiny_vit') and convert.is_cream_state_dict(state_dict):
     state_dict = convert.cream_to_timm(state_dict)
   if num_classes is None:
@@ -235,20 +236,8 @@ def _torch_teacher(model, name: str, digest: str, num_classes: int, *, device: s
 
 def _read_state_dict(path: str) -> dict:
   """A torch state_dict from a .safetensors or torch file (its 'model'/'state_dict'
-  entry if it has one), as torch tensors."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Teacher checkpoint file {os.path.abspath(path)!r} does not '
-                            'exist. Give a local state_dict file (.pth or .safetensors); '
-                            'nothing is downloaded.')
-  if path.endswith('.safetensors'):
-    from safetensors.torch import load_file
-    return load_file(path)
-  import torch
-  state_dict = torch.load(path, map_location='cpu', weights_only=True)
-  for entry in ('model', 'state_dict'):
-    if isinstance(state_dict, dict) and isinstance(state_dict.get(entry), dict):
-      state_dict = state_dict[entry]
-  return state_dict
+  entry if it has one), as torch tensors; nothing is downloaded."""
+  return convert.load_state_dict_file(path, as_torch=True)
 
 
 def _load(model, state_dict: dict, name: str, path: str) -> None:
@@ -256,8 +245,9 @@ def _load(model, state_dict: dict, name: str, path: str) -> None:
   try:
     model.load_state_dict(state_dict, strict=True)
   except RuntimeError as error:
-    raise ValueError(f'The checkpoint {path} does not fit the teacher {name} (a head of '
-                     f'another size? set its num_classes):\n{error}') from None
+    raise model_checkpoint.CheckpointError(
+        f'The checkpoint {path} does not fit the teacher {name} (a head of another size? '
+        f'set its num_classes):\n{error}') from None
 
 
 def _head_classes(state_dict: dict, cfg) -> int | None:

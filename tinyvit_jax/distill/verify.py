@@ -18,6 +18,7 @@ import sys
 import jax
 import numpy as np
 
+from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
@@ -124,8 +125,8 @@ def main(argv=None):
     verify(args.store, teacher_lib.from_checkpoint(args.teacher), source, sample=args.sample,
            seed=args.seed, batch=args.batch, min_top1_agreement=args.min_top1_agreement,
            max_mean_abs_diff=args.max_mean_abs_diff)
-  except VerificationError as error:
-    sys.exit(str(error))
+  except (VerificationError, model_checkpoint.CheckpointError) as error:
+    sys.exit(f'error: {error}')
 
 
 def _argument(text: str) -> tuple:

@@ -28,10 +28,10 @@ _CLASSIFIERS = ('head', 'head_dist', 'fc')
 
 def load_into(model: nnx.Module, directory: str, *, head: str = 'keep') -> None:
   """Copies the checkpoint's weights into ``model`` in place (see the module doc)."""
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'init.checkpoint {directory!r} does not exist. Give a directory '
-                            'written by a run\'s export stage or by python -m '
-                            'tinyvit_jax.convert --model NAME --from FILE --out DIR.')
+  if not os.path.exists(directory):
+    raise model_checkpoint.CheckpointError(
+        f'init.checkpoint {directory!r} does not exist. Give a directory written by a run\'s '
+        'export stage or by python -m tinyvit_jax.convert --model NAME --from FILE --out DIR.')
   meta = model_checkpoint.read_model_json(directory)
   source = model_checkpoint.restore_model(directory)
   source_classes = source.num_classes
@@ -66,6 +66,7 @@ def load_into(model: nnx.Module, directory: str, *, head: str = 'keep') -> None:
       continue
     variable.value = value.astype(variable.value.dtype)
   if problems:
-    raise ValueError(f'Cannot start {type(model).__name__} from {directory} '
-                     f'({meta["model"]}):\n  ' + '\n  '.join(problems))
+    raise model_checkpoint.CheckpointError(
+        f'Cannot start {type(model).__name__} from {directory} ({meta["model"]}):\n  '
+        + '\n  '.join(problems))
   nnx.update(model, ours)
