@@ -17,6 +17,8 @@ import time
 import jax
 import tqdm
 
+from tinyvit_jax import full_disk
+
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal
@@ -44,9 +46,10 @@ def truncate_jsonl(path: str, step: int) -> None:
     return
   kept = [row for row in read_jsonl(path) if row['step'] <= step]
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(json.dumps(row) + '\n' for row in kept)
-  os.replace(tmp, path)
+  with full_disk.writing(path, partial=tmp):
+    with open(tmp, 'w') as f:
+      f.writelines(json.dumps(row) + '\n' for row in kept)
+    os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -87,19 +90,21 @@ class MetricsWriter:
     if not self.is_main:
       return
     row = dict(step=int(step), **{name: _plain(v) for name, v in scalars.items()})
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    with full_disk.writing(self.path), open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')  # a torn line reads as absent (read_jsonl)
     tb = self._tensorboard()
     wall_time = time.time()
     for name, value in row.items():
       if name != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
         tb.add_scalar(name, value, global_step=row['step'], walltime=wall_time)
-    tb.flush()
+    with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
+      tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+      tb, self._tb = self._tb, None
+      with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
+        tb.close()
 
   def _tensorboard(self):
     if self._tb is None:
