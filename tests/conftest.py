@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -73,6 +74,45 @@ def quickstart(tmp_path_factory):
       env=dict(os.environ, TQDM_DISABLE='1'))
   assert result.returncode == 0, result.stderr[-4000:]
   return workdir, result.stdout
+
+
+class SmallDisk:
+  """A 64 MiB tmpfs, to fill for real: ``fill(leave)`` leaves ``leave`` bytes free,
+  ``free_up()`` gives the space back."""
+
+  def __init__(self, path):
+    self.path, self._ballast = path, os.path.join(path, 'ballast')
+
+  def fill(self, leave: int = 0) -> None:
+    fd = os.open(self._ballast, os.O_WRONLY | os.O_CREAT)
+    try:
+      for _ in range(20):  # a run writing meanwhile may take the space first: measure again
+        size = os.fstat(fd).st_size + shutil.disk_usage(self.path).free - leave
+        with contextlib.suppress(OSError):
+          os.posix_fallocate(fd, 0, max(size, 1))
+          return
+      raise AssertionError(f'could not fill {self.path}')
+    finally:
+      os.close(fd)
+
+  def free_up(self) -> None:
+    os.remove(self._ballast)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A real full disk where this machine lets a test mount one (root in a container
+  usually may); skipped, with mount's reason, where it does not."""
+  path = tmp_path / 'disk'
+  path.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', str(path)],
+                           capture_output=True, text=True)
+  if mounted.returncode:
+    pytest.skip(f'cannot mount a small tmpfs here: {mounted.stderr.strip()}')
+  try:
+    yield SmallDisk(str(path))
+  finally:
+    subprocess.run(['umount', '-l', str(path)], check=True)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import store_writer_run
+from tinyvit_jax import full_disk
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import synthetic
 
@@ -149,6 +150,29 @@ def test_resume_with_another_process_count_skips_finished_chunks(tmp_path, writt
   for i in range(3):
     assert run_writer(path, i, 3, batch=50).wait(timeout=60) == 0
   regrouped.mark_epoch_done(0)
+  assert chunk_files(path) == chunk_files(logits.path)
+
+
+def test_full_disk_names_the_chunk_leaves_no_temp_file_and_a_rerun_completes(written,
+                                                                             small_disk):
+  logits, columns = written
+  path = os.path.join(small_disk.path, 'store')
+  full = store.LogitStore.create(path, make_meta(), chunk_rows=CHUNK)
+  with pytest.raises(full_disk.DiskFull) as error, full.epoch_writer(0) as writer:
+    writer.write(0, *(c[:CHUNK] for c in columns))  # chunk 0 fits
+    small_disk.fill()
+    writer.write(CHUNK, *(c[CHUNK:2 * CHUNK] for c in columns))
+  assert str(error.value) == (
+      f'no space left writing {full.chunk_path(0, 1)} ({shutil.disk_usage(path).free:,} bytes '
+      'free): free space or move --workdir, then rerun the save: it resumes at the first '
+      'missing chunk.')
+  assert sorted(os.listdir(os.path.dirname(full.chunk_path(0, 0)))) == ['chunk_000000.bin']
+  assert full.missing_chunks(0) == list(range(1, 8))
+
+  small_disk.free_up()
+  with full.epoch_writer(0) as writer:
+    writer.write(0, *columns)
+  full.mark_epoch_done(0)
   assert chunk_files(path) == chunk_files(logits.path)
 
 

@@ -7,9 +7,11 @@ import os
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 from tensorboardX.proto import event_pb2
 
+from tinyvit_jax import full_disk
 from tinyvit_jax.train import metrics
 
 
@@ -88,6 +90,23 @@ def test_torn_last_line_is_skipped(tmp_path):
   assert [r['step'] for r in metrics.read_metrics(str(tmp_path))] == [1]
   metrics.truncate_jsonl(str(tmp_path / metrics.METRICS_FILE), 5)
   assert (tmp_path / metrics.METRICS_FILE).read_text() == '{"step": 1, "loss": 1.0}\n'
+
+
+def test_full_disk_names_the_file_and_leaves_only_whole_rows(small_disk):
+  workdir = os.path.join(small_disk.path, 'run')
+  writer = metrics.MetricsWriter(workdir)
+  writer.write(1, loss=1.0)
+  small_disk.fill()
+  with pytest.raises(full_disk.DiskFull, match=r'^no space left writing .*/run/'
+                     r'(metrics\.jsonl|tensorboard) \(\d[\d,]* bytes free\): free space or '
+                     r'move --workdir, then rerun\.$'):
+    for step in range(2, 100_000):  # the file's last page takes rows until it is full
+      writer.write(step, loss=1.0, note='x' * 100)
+  steps = [row['step'] for row in metrics.read_metrics(workdir)]
+  assert steps == list(range(1, len(steps) + 1))
+  with pytest.raises(full_disk.DiskFull, match='metrics.jsonl'):
+    metrics.truncate_jsonl(writer.path, 1)
+  assert sorted(os.listdir(workdir)) == ['metrics.jsonl', 'tensorboard']
 
 
 def test_tensorboard_events_read_back(tmp_path):
@@ -182,6 +201,30 @@ def test_progress_counts_images(capsys):
   bar.update(1)
   bar.close()
   assert metrics.progress(10, 0, 32, is_main=False).disable
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def redraws(stream, updates: int = 20_000, seconds_each: float = 0.1) -> int:
+  """How often a bar on ``stream`` draws itself over ``updates`` updates spread (on a
+  simulated clock) over ``updates * seconds_each`` seconds."""
+  with metrics.bar(file=stream, total=updates) as shown:
+    now = shown.start_t
+    shown._time = lambda: now  # tqdm reads its clock through this attribute
+    for _ in range(updates):
+      now += seconds_each
+      shown.update(1)
+  return stream.getvalue().count('\r')
+
+
+def test_bar_in_a_log_draws_every_30_seconds_and_on_a_terminal_every_second():
+  log, terminal = io.StringIO(), _Terminal()
+  assert redraws(log) <= 2_000 / metrics.LOG_INTERVAL + 3  # 2,000 simulated seconds
+  assert len(log.getvalue()) < 100 * 70  # bytes: ~70 a line
+  assert 2_000 * 0.9 <= redraws(terminal) <= 2_000 + 3
 
 
 def test_jsonl_rows_are_plain_json(tmp_path):

@@ -133,6 +133,31 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
              if leaf.dtype.kind == 'f')
 
 
+@pytest.mark.slow
+def test_full_disk_stops_with_one_line_and_the_rerun_resumes_exactly(straight_run, small_disk):
+  """A disk filled mid-run (the small writes still fit, a checkpoint does not) ends the
+  run with one line naming the checkpoint directory and the free space; the unfinished
+  checkpoint is not taken for one, and once space is freed the rerun equals run A."""
+  workdir = os.path.join(small_disk.path, 'run')
+  process = subprocess.Popen(main_command(workdir), cwd=REPO, env=environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  wait_for_steps(process, workdir, 6)  # step 5's checkpoint is written or being written
+  small_disk.fill(leave=1 << 20)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 1, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  saved = max(checkpoint_steps(workdir), default=0)
+  assert last.startswith(f'error: no space left writing {workdir}/checkpoints ('), last
+  assert last.endswith(f'bytes free): free space or move --workdir, then rerun: it resumes '
+                       f'from step {saved}.'), last
+  assert stderr.count('error:') == 1 and max(step_losses(workdir)) > saved
+  small_disk.free_up()
+  run_main(workdir)
+  assert not [name for name in os.listdir(os.path.join(workdir, 'checkpoints'))
+              if 'tmp' in name]
+  assert_same_run(straight_run, workdir)
+
+
 def test_unknown_config_key_names_the_nearest(tmp_path):
   result = run_main(tmp_path, '--config.optim.lrr=1', check=False)
   assert result.returncode != 0

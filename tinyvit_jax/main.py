@@ -15,6 +15,7 @@ the checks a run starts with (the recipe, every override, every run's config) an
 touching no device, data or workdir: the launchers run it before they start machines.
 """
 import json
+import logging as std_logging
 import os
 import sys
 
@@ -25,6 +26,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from tinyvit_jax import compile_cache
+from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import torch_teacher
@@ -61,8 +63,7 @@ def run_recipe(config, workdir: str, mode: str | None = None,
     rows.append(dict(run=name or run_config.model.name,
                      **run_stages(run_config, os.path.join(workdir, name), mode)))
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(rows, f, indent=1)
+    _write_json(os.path.join(workdir, 'summary.json'), rows)
     print(metrics.summary_table(rows), flush=True)
   return rows
 
@@ -165,9 +166,11 @@ def _read_json(path: str) -> dict:
 
 
 def _write_json(path: str, value) -> None:
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + '.tmp', path)
+  """Atomically: a full disk leaves the old file, and no temporary one."""
+  with full_disk.writing(path, partial=path + '.tmp'):
+    with open(path + '.tmp', 'w') as f:
+      json.dump(value, f, indent=1)
+    os.replace(path + '.tmp', path)
 
 
 def main(argv):
@@ -175,6 +178,8 @@ def main(argv):
     sys.exit(f'error: unexpected arguments {argv[1:]}; flags are --name=value (see --help).')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
+  for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
+    logger.addFilter(full_disk.QuietFullDisk())  # orbax's writers log what DiskFull says
   try:
     if _CHECK.value:
       runs = check_recipe(_CONFIG.value, _WORKDIR.value, _DATA_DIR.value)
@@ -187,7 +192,7 @@ def main(argv):
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
     run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
-  except (config_lib.ConfigError, model_checkpoint.CheckpointError) as error:
+  except (config_lib.ConfigError, model_checkpoint.CheckpointError, full_disk.DiskFull) as error:
     sys.exit(f'error: {error}')
 
 

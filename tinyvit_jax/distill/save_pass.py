@@ -31,13 +31,13 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm import tqdm
 
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import store
+from tinyvit_jax.train import metrics
 
 
 def dataset_fingerprint(source, samples: int = 16) -> str:
@@ -227,8 +227,8 @@ class _Progress:
   """tqdm's images/s and ETA, plus the bytes of the chunks this run has committed."""
 
   def __init__(self, total: int, enabled: bool, name: str):
-    self.bar = tqdm(total=total, unit='img', unit_scale=True, disable=not enabled,
-                    desc=f'FPD save {name}')
+    self.bar = metrics.bar(total=total, unit='img', unit_scale=True, disable=not enabled,
+                           desc=f'FPD save {name}')
     self.bytes = 0
     self.counted = set()
 

@@ -69,6 +69,7 @@ import zlib
 
 import numpy as np
 
+from tinyvit_jax import full_disk
 from tinyvit_jax.data import order
 
 FORMAT_VERSION = 1
@@ -411,11 +412,14 @@ def _from_byte_planes(data: np.ndarray, rows: int, m: int, dtype: np.dtype) -> n
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-  """Writes ``path`` so that it exists only whole: temp file, fsync, rename, fsync dir."""
-  with open(path + '.tmp', 'wb') as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
+  """Writes ``path`` so that it exists only whole: temp file, fsync, rename, fsync dir.
+  A full disk removes the temp file and raises ``DiskFull``."""
+  with full_disk.writing(path, 'rerun the save: it resumes at the first missing chunk',
+                         partial=path + '.tmp'):
+    with open(path + '.tmp', 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
   os.replace(path + '.tmp', path)
   directory = os.open(os.path.dirname(path) or '.', os.O_RDONLY)
   try:

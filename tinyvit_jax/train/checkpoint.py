@@ -5,9 +5,10 @@ statistics, RNG counters, optimiser state, EMA) and the step. The data position 
 nothing more: the examples of step ``s`` are a function of ``s`` (``data.order``).
 
 orbax's ``CheckpointManager`` writes each step into a temporary directory and renames it
-when complete, so a kill in the middle of a save leaves the previous step as the latest.
-Saves are asynchronous: the arrays are copied to the host, then written while training
-goes on.
+when complete, so a kill in the middle of a save, or a full disk, leaves the previous
+step as the latest (a restart removes the unfinished directory). Saves are asynchronous:
+the arrays are copied to the host, then written while training goes on, so a full disk
+surfaces at the next save or at ``wait``.
 
 ``run.json`` in the workdir records what is being trained (model, constructor arguments,
 classes); a workdir holding another model's run is refused rather than overwritten.
@@ -20,6 +21,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from tinyvit_jax import full_disk
 
 
 class WorkdirMismatch(ValueError):
@@ -43,8 +46,9 @@ def check_workdir_identity(workdir: str, identity: dict) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     tmp = path.parent / 'run.json.tmp'
-    tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
-    tmp.rename(path)
+    with full_disk.writing(path, partial=tmp):
+      tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
+      tmp.rename(path)
 
 
 class Checkpoints:
@@ -52,7 +56,9 @@ class Checkpoints:
 
   def __init__(self, directory: str, *, keep: int = 2):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=True)
+                                           enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
+    self.directory = directory
     self.manager = ocp.CheckpointManager(epath.Path(directory), options=options)
 
   def latest_step(self) -> int | None:
@@ -61,9 +67,10 @@ class Checkpoints:
   def save(self, step: int, leaves: list) -> None:
     """Starts an asynchronous save of ``leaves`` at ``step`` (PRNG keys as key data)."""
     data = [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(data), meta=ocp.args.JsonSave(dict(step=step))),
-                      force=True)
+    with self._writing():  # the previous save's error surfaces here
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(data), meta=ocp.args.JsonSave(dict(step=step))),
+                        force=True)
 
   def restore(self, step: int, template: list, mesh) -> list:
     """The leaves saved at ``step``, replicated on ``mesh``, shaped like ``template``."""
@@ -78,10 +85,15 @@ class Checkpoints:
             for x, data in zip(template, restored['state'])]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._writing():
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+  def _writing(self):
+    return full_disk.writing(
+        self.directory, lambda: f'rerun: it resumes from step {self.latest_step() or 0}')
 
 
 def _is_key(x) -> bool:

@@ -17,8 +17,11 @@ import time
 import jax
 import tqdm
 
+from tinyvit_jax import full_disk
+
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
+LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -43,9 +46,10 @@ def truncate_jsonl(path: str, step: int) -> None:
     return
   kept = [row for row in read_jsonl(path) if row['step'] <= step]
   tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.writelines(json.dumps(row) + '\n' for row in kept)
-  os.replace(tmp, path)
+  with full_disk.writing(path, partial=tmp):
+    with open(tmp, 'w') as f:
+      f.writelines(json.dumps(row) + '\n' for row in kept)
+    os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -86,19 +90,21 @@ class MetricsWriter:
     if not self.is_main:
       return
     row = dict(step=int(step), **{name: _plain(v) for name, v in scalars.items()})
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    with full_disk.writing(self.path), open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')  # a torn line reads as absent (read_jsonl)
     tb = self._tensorboard()
     wall_time = time.time()
     for name, value in row.items():
       if name != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
         tb.add_scalar(name, value, global_step=row['step'], walltime=wall_time)
-    tb.flush()
+    with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
+      tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+      tb, self._tb = self._tb, None
+      with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
+        tb.close()
 
   def _tensorboard(self):
     if self._tb is None:
@@ -173,10 +179,18 @@ def summary_table(rows: list[dict], columns: list[str] | None = None) -> str:
 def progress(total_steps: int, start_step: int, images_per_step: int, *,
              is_main: bool | None = None) -> tqdm.tqdm:
   """A tqdm bar counted in images (so its rate is images/s) with the ETA; call
-  ``update(1)`` per step. Silent off process 0; redrawn every second on a terminal,
-  every 30 s in a log."""
+  ``update(1)`` per step. Silent off process 0."""
   if is_main is None:
     is_main = jax.process_index() == 0
-  return tqdm.tqdm(total=total_steps, initial=start_step, unit='img',
-                   unit_scale=images_per_step, desc='train', disable=not is_main,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+  return bar(total=total_steps, initial=start_step, unit='img', unit_scale=images_per_step,
+             desc='train', disable=not is_main, dynamic_ncols=True)
+
+
+def bar(file=None, **kwargs) -> tqdm.tqdm:
+  """A tqdm bar (to stderr by default) redrawn every second on a terminal and every
+  ``LOG_INTERVAL`` seconds in a file (a SLURM log, ``nohup``), where each redraw is a line
+  kept for good: several a second add up to tens of MB over a multi-day run."""
+  file = sys.stderr if file is None else file
+  interval = 1.0 if file.isatty() else LOG_INTERVAL
+  # tqdm's monitor thread redraws a bar idle for maxinterval (10 s) regardless.
+  return tqdm.tqdm(file=file, mininterval=interval, maxinterval=max(interval, 10.0), **kwargs)

@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
@@ -163,31 +164,35 @@ class Run:
     pending, started, first = [], time.time(), self.step
     bar = metrics.progress(self.total_steps, self.step, config.batch_size)
     try:
-      for batch in data.batches:
-        self.state.leaves, step_metrics = train_step(self.state.leaves, batch, teacher_leaves)
-        self.step += 1
-        bar.update(1)
-        pending.append((self.step, step_metrics))
-        if examples:
-          examples.write(self.step, batch['index'])
-        stopping = stop.after_step(self.step)
-        epoch_end = self.step % self.steps_per_epoch == 0
-        last = self.step == self.total_steps
-        if self.step % config.log_every_steps == 0 or last or epoch_end:
-          self._flush(pending, writer, started, first)
-        if epoch_end and (last or (self.step // self.steps_per_epoch)
-                          % config.eval_every_epochs == 0):
-          writer.write(self.step, **{f'eval_{k}': v for k, v in self.evaluate().items()})
-        if self.step % config.checkpoint_every_steps == 0 or last or stopping:
-          self._flush(pending, writer, started, first)
-          self.checkpoints.save(self.step, self.state.leaves)
-        if stopping:
-          break
-    finally:
-      bar.close()
-      stop.restore()
-      self.checkpoints.wait()
-      writer.close()
+      try:
+        for batch in data.batches:
+          self.state.leaves, step_metrics = train_step(self.state.leaves, batch, teacher_leaves)
+          self.step += 1
+          bar.update(1)
+          pending.append((self.step, step_metrics))
+          if examples:
+            examples.write(self.step, batch['index'])
+          stopping = stop.after_step(self.step)
+          epoch_end = self.step % self.steps_per_epoch == 0
+          last = self.step == self.total_steps
+          if self.step % config.log_every_steps == 0 or last or epoch_end:
+            self._flush(pending, writer, started, first)
+          if epoch_end and (last or (self.step // self.steps_per_epoch)
+                            % config.eval_every_epochs == 0):
+            writer.write(self.step, **{f'eval_{k}': v for k, v in self.evaluate().items()})
+          if self.step % config.checkpoint_every_steps == 0 or last or stopping:
+            self._flush(pending, writer, started, first)
+            self.checkpoints.save(self.step, self.state.leaves)
+          if stopping:
+            break
+      finally:
+        bar.close()
+        stop.restore()
+        self.checkpoints.wait()
+        writer.close()
+    except full_disk.DiskFull as error:  # the saves are done: say where a rerun goes on
+      raise full_disk.DiskFull(error.path, 'rerun: it resumes from step '
+                               f'{self.checkpoints.latest_step() or 0}') from None
     seconds = time.time() - started
     return dict(steps=self.step, resumed_from=first, stopped_by_sigterm=stop.requested,
                 images_per_second=(self.step - first) * config.batch_size / max(seconds, 1e-9))
@@ -265,7 +270,7 @@ class _ExampleLog:
   def write(self, step: int, indices) -> None:
     indices = multihost_utils.process_allgather(indices, tiled=True)
     if self.is_main:
-      with open(self.path, 'a') as f:
+      with full_disk.writing(self.path), open(self.path, 'a') as f:
         f.write(json.dumps(dict(step=step, index=np.asarray(indices).tolist())) + '\n')
 
 
