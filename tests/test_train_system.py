@@ -16,7 +16,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import train_config
+from tinyvit_jax import main
 from tinyvit_jax.train import metrics
+from tinyvit_jax.train import workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 22  # 1,437 training digits // 64
@@ -103,6 +106,7 @@ def test_sigterm_then_sigkill_at_an_unplanned_step_each_resume_exactly(straight_
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 143, stderr[-3000:]
+  assert not os.path.exists(tmp_path / workdir_lock.LOCK)  # released on the SIGTERM stop
   stopped_at = max(step_losses(tmp_path))
   assert stopped_at < STEPS
   assert max(checkpoint_steps(tmp_path)) == stopped_at  # saved at the step it stopped
@@ -116,7 +120,8 @@ def test_sigterm_then_sigkill_at_an_unplanned_step_each_resume_exactly(straight_
   process.wait()
   assert min(s for s in step_losses(tmp_path) if s > stopped_at) == stopped_at + 1
   assert max(checkpoint_steps(tmp_path)) < STEPS, f'killed after step {kill_after}'
-  run_main(tmp_path)
+  assert os.path.exists(tmp_path / workdir_lock.LOCK)  # a SIGKILL leaves it behind
+  assert 'taking over the lock of a dead run' in run_main(tmp_path).stderr
   assert_same_run(straight_run, tmp_path)
 
 
@@ -163,3 +168,24 @@ def test_missing_teacher_checkpoint_is_named(tmp_path):
                     check=False)
   assert result.returncode != 0
   assert str(missing) in result.stderr
+
+
+def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path):
+  """This test process holds the lock, as a first run would."""
+  with workdir_lock.hold(str(tmp_path)):
+    result = run_main(tmp_path, check=False)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'error: workdir {tmp_path} is in use by another run (pid {os.getpid()} on ')
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_a_save_pass_into_a_store_outside_the_workdir_locks_the_store(tmp_path):
+  config = main.check_recipe(train_config.get_config(), str(tmp_path))['']
+  with config.unlocked():
+    config.distill.update(kind='fpd', from_store=True, k=3, store=str(tmp_path / 'store'),
+                          teacher=str(tmp_path / 'no_teacher'))
+  with workdir_lock.hold(config.distill.store), pytest.raises(
+      workdir_lock.Locked, match=f'logit store {tmp_path}/store is in use by another run'):
+    main.run_stages(config, str(tmp_path / 'run'), 'save_logits')
+  assert not os.path.exists(tmp_path / 'run' / workdir_lock.LOCK)  # the run's is released

@@ -14,6 +14,7 @@ checkpoint). ``--mode=STAGE`` runs one stage of every run, done or not. ``--chec
 the checks a run starts with (the recipe, every override, every run's config) and exits,
 touching no device, data or workdir: the launchers run it before they start machines.
 """
+import contextlib
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ from tinyvit_jax.distill import verify
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import trainer
+from tinyvit_jax.train import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe: configs/<name>.py[:args].',
                                           lock_config=True)
@@ -99,8 +101,14 @@ def share_gpu_with_torch(config) -> None:
 
 
 def run_stages(config, workdir: str, mode: str | None) -> dict:
-  """Runs one run's stages; returns its summary (model, accuracy, speed)."""
+  """Runs one run's stages, holding its workdir's lock; returns its summary (model,
+  accuracy, speed)."""
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir):
+    return _run_stages(config, workdir, mode)
+
+
+def _run_stages(config, workdir: str, mode: str | None) -> dict:
   record_path = os.path.join(workdir, 'stages.json')
   done = _read_json(record_path)
   run = None
@@ -111,7 +119,11 @@ def run_stages(config, workdir: str, mode: str | None) -> dict:
     if stage == 'save_logits':
       if not (config.distill.from_store and config.distill.kind != 'none'):
         continue
-      result = save_logits(config, workdir)
+      path = trainer.store_path(config, workdir)
+      outside = os.path.commonpath([os.path.abspath(path), os.path.abspath(workdir)]) != (
+          os.path.abspath(workdir))
+      with workdir_lock.hold(path, 'logit store') if outside else contextlib.nullcontext():
+        result = save_logits(config, workdir)
     else:
       run = run or trainer.Run(config, workdir)
       if stage == 'train':
@@ -194,7 +206,7 @@ def main(argv):
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
     run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
-  except config_lib.ConfigError as error:
+  except (config_lib.ConfigError, workdir_lock.Locked) as error:
     sys.exit(f'error: {error}')
 
 
