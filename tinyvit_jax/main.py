@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from tinyvit_jax import compile_cache
 from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.distill import verify
 from tinyvit_jax.train import config as config_lib
@@ -206,7 +207,7 @@ def main(argv):
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
     run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
-  except (config_lib.ConfigError, workdir_lock.Locked) as error:
+  except (config_lib.ConfigError, workdir_lock.Locked, store.CorruptChunkError) as error:
     sys.exit(f'error: {error}')
 
 

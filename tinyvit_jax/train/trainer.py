@@ -4,7 +4,8 @@
 of the workdir if there is one, and loops: step, log, evaluate at epoch ends, checkpoint
 every N steps, at the end and on SIGTERM. Losses are fetched from the device only at log
 and checkpoint points (fetching every step would stall the pipeline); a non-finite loss
-found there stops the run before anything is saved, so the last checkpoint stays good.
+found there stops the run before anything is saved, so the last checkpoint stays good,
+as does a damaged logit-store chunk met by the input pipeline.
 """
 import json
 import os
@@ -26,6 +27,7 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import sources
 from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store
 from tinyvit_jax.distill import store_targets
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import checkpoint
@@ -183,6 +185,11 @@ class Run:
           self.checkpoints.save(self.step, self.state.leaves)
         if stopping:
           break
+    except store.CorruptChunkError as error:  # read a couple of batches ahead of the step
+      raise store.CorruptChunkError(
+          f'{error} The student stopped and saved nothing after this read: the last '
+          f'checkpoint, step {self.checkpoints.latest_step()} in {workdir}/checkpoints, is '
+          'where a rerun resumes. Repair the store (README, "Common errors") first.') from None
     finally:
       bar.close()
       stop.restore()
