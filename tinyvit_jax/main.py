@@ -10,9 +10,11 @@ or store through the ``{workdir}`` placeholder). A run's stages are ``save_logit
 when it distils from a logit store that is not complete), ``train``, ``eval`` and
 ``export``; what each finished stage returned is kept in ``stages.json``, and a restart
 goes on from the first unfinished one (``train`` itself resumes from its last
-checkpoint). ``--mode=STAGE`` runs one stage of every run, done or not. ``--check`` runs
-the checks a run starts with (the recipe, every override, every run's config) and exits,
-touching no device, data or workdir: the launchers run it before they start machines.
+checkpoint). A run holds its workdir's lock (``train/workdir_lock.py``): a second run of
+the same workdir is refused. ``--mode=STAGE`` runs one stage of every run, done or not.
+``--check`` runs the checks a run starts with (the recipe, every override, every run's
+config) and exits, touching no device, data or workdir (nor its lock): the launchers run
+it before they start machines.
 """
 import contextlib
 import json

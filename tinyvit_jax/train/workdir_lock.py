@@ -128,8 +128,8 @@ def _refusal(path: str, what: str, other: dict | None) -> str:
   if other.get('host') == socket.gethostname():
     fix = f'wait for it, stop it (kill {other["pid"]}), or use another {what}'
   else:
-    fix = (f'wait for it or stop it; if it is dead, delete {path} (it is taken over by '
-           f'itself {STALE_S} s after its last heartbeat)')
+    fix = (f'wait for it or stop it; if it is dead, delete {path} (a run takes it over '
+           f'by itself {STALE_S} s after its last heartbeat)')
   return f'{what} {directory} is in use by another run ({_describe(other)}): {fix}.'
 
 
@@ -154,14 +154,16 @@ def _heartbeat(path: str, stop: threading.Event) -> None:
 
 
 def _start_ticks(pid: int) -> int | None:
-  """The process's start time (clock ticks after boot), None if it is gone. Without
-  /proc (not Linux), 0 for any live pid: only the pid is compared."""
+  """The process's start time (clock ticks after boot), None if it is gone (a zombie,
+  killed but not yet reaped, is gone). Without /proc (not Linux), 0 for any live pid:
+  only the pid is compared."""
   if os.path.exists('/proc/self/stat'):
     try:
       with open(f'/proc/{pid}/stat') as f:
-        return int(f.read().rsplit(')', 1)[1].split()[19])
+        fields = f.read().rsplit(')', 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
       return None
+    return None if fields[0] == 'Z' else int(fields[19])
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
