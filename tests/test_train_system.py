@@ -177,9 +177,10 @@ def test_missing_teacher_checkpoint_is_named(tmp_path):
 
 
 def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path):
-  """This test process holds the lock, as a first run would."""
+  """This test process holds the lock, as a first run would; ``--check`` takes none."""
   with workdir_lock.hold(str(tmp_path)):
     result = run_main(tmp_path, check=False)
+    assert run_main(tmp_path, '--check').stdout.startswith('ok: ')
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
       f'error: workdir {tmp_path} is in use by another run (pid {os.getpid()} on ')
