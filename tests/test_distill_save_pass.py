@@ -5,7 +5,9 @@ Runs use ``save_pass_run``: 150 synthetic examples at 32x32 with the whole augme
 recipe (Mixup/CutMix included), a linear teacher over 12 classes, k = 5, chunks of 32
 rows (so an epoch's last chunk is short: 150 = 4 * 32 + 22), two epochs.
 """
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,6 +151,24 @@ def test_a_nan_teacher_stops_naming_the_batch_and_earlier_chunks_stay_valid(tmp_
     run.save(path, teacher=run.linear_teacher(nan_at_call=3))
   logits = store.LogitStore.open(path)
   assert logits.epochs_done == [] and logits.missing_chunks(0) == [3, 4]
+  run.save(path)
+  assert_same_files(path, saved)
+
+
+def test_the_readme_repair_of_damaged_chunks_resaves_their_bytes(tmp_path, saved):
+  """README, "Common errors": delete the damaged chunks, drop their epoch from
+  ``epochs_done`` and rerun the save pass; only those chunks are saved again."""
+  path = str(tmp_path / 'store')
+  shutil.copytree(saved, path)
+  logits = store.LogitStore.open(path)
+  with open(logits.chunk_path(1, 2), 'r+b') as f:
+    f.write(b'XXXX')
+  assert len(logits.damaged_chunks()) == 1
+  os.remove(logits.chunk_path(1, 2))
+  manifest = json.loads(open(os.path.join(path, 'manifest.json')).read())
+  manifest['epochs_done'].remove(1)
+  with open(os.path.join(path, 'manifest.json'), 'w') as f:
+    json.dump(manifest, f)
   run.save(path)
   assert_same_files(path, saved)
 

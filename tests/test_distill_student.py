@@ -151,6 +151,24 @@ def test_verify_passes_the_true_teacher_and_fails_another(saved, capsys):
     verify.verify(saved, run.linear_teacher(), run.source(seed=1), sample=8, batch=16)
 
 
+def test_verify_lists_every_damaged_chunk(saved, tmp_path):
+  path = tmp_path / 'store'
+  shutil.copytree(saved, path)
+  logits = store.LogitStore.open(str(path))
+  os.remove(logits.chunk_path(0, 1))
+  with open(logits.chunk_path(1, 3), 'r+b') as f:
+    f.seek(40)
+    byte = f.read(1)
+    f.seek(40)
+    f.write(bytes([byte[0] ^ 1]))
+  with pytest.raises(verify.VerificationError, match='has 2 unusable chunks') as error:
+    verify.verify(str(path), run.linear_teacher(), run.source(), sample=8, batch=16)
+  assert (f'epoch 0, rows [32, 64): chunk {logits.chunk_path(0, 1)} is unusable: it does '
+          'not exist' in str(error.value))
+  assert (f'epoch 1, rows [96, 128): chunk {logits.chunk_path(1, 3)} is unusable: its '
+          'checksum does not match' in str(error.value))
+
+
 def test_fpd_benchmark_quick_run_reports_its_figures(tmp_path):
   """benchmarks/fpd.py --quick, the store parts: sizes under the target, reads positive."""
   out = tmp_path / 'fpd.json'

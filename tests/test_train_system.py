@@ -16,7 +16,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import train_config
+from tinyvit_jax import main
+from tinyvit_jax.data import order
+from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store
+from tinyvit_jax.distill import synthetic
+from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
+from tinyvit_jax.train import trainer
+from tinyvit_jax.train import workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 22  # 1,437 training digits // 64
@@ -103,6 +112,7 @@ def test_sigterm_then_sigkill_at_an_unplanned_step_each_resume_exactly(straight_
   process.send_signal(signal.SIGTERM)
   _, stderr = process.communicate(timeout=120)
   assert process.returncode == 143, stderr[-3000:]
+  assert not os.path.exists(tmp_path / workdir_lock.LOCK)  # released on the SIGTERM stop
   stopped_at = max(step_losses(tmp_path))
   assert stopped_at < STEPS
   assert max(checkpoint_steps(tmp_path)) == stopped_at  # saved at the step it stopped
@@ -116,7 +126,8 @@ def test_sigterm_then_sigkill_at_an_unplanned_step_each_resume_exactly(straight_
   process.wait()
   assert min(s for s in step_losses(tmp_path) if s > stopped_at) == stopped_at + 1
   assert max(checkpoint_steps(tmp_path)) < STEPS, f'killed after step {kill_after}'
-  run_main(tmp_path)
+  assert os.path.exists(tmp_path / workdir_lock.LOCK)  # a SIGKILL leaves it behind
+  assert 'taking over the lock of a dead run' in run_main(tmp_path).stderr
   assert_same_run(straight_run, tmp_path)
 
 
@@ -188,3 +199,73 @@ def test_missing_teacher_checkpoint_is_named(tmp_path):
                     check=False)
   assert result.returncode != 0
   assert str(missing) in result.stderr
+
+
+def test_a_second_run_in_a_workdir_is_refused_naming_the_first(tmp_path):
+  """This test process holds the lock, as a first run would; ``--check`` takes none."""
+  with workdir_lock.hold(str(tmp_path)):
+    result = run_main(tmp_path, check=False)
+    assert run_main(tmp_path, '--check').stdout.startswith('ok: ')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'error: workdir {tmp_path} is in use by another run (pid {os.getpid()} on ')
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_a_save_pass_into_a_store_outside_the_workdir_locks_the_store(tmp_path):
+  config = main.check_recipe(train_config.get_config(), str(tmp_path))['']
+  with config.unlocked():
+    config.distill.update(kind='fpd', from_store=True, k=3, store=str(tmp_path / 'store'),
+                          teacher=str(tmp_path / 'no_teacher'))
+  with workdir_lock.hold(config.distill.store), pytest.raises(
+      workdir_lock.Locked, match=f'logit store {tmp_path}/store is in use by another run'):
+    main.run_stages(config, str(tmp_path / 'run'), 'save_logits')
+  assert not os.path.exists(tmp_path / 'run' / workdir_lock.LOCK)  # the run's is released
+
+
+def digits_store(path: str, chunk_rows: int = 256) -> store.LogitStore:
+  """A complete store of made-up top-3 rows for train_config's student (its epoch 0)."""
+  config = train_config.get_config()
+  source = trainer.train_source(config)
+  fields = save_pass.store_fields(source, dataset_name=config.data.source,
+                                  aug_config=config.aug, seed=config.seed, k=3,
+                                  num_classes=config.num_classes,
+                                  repeats=config_lib.repeats(config))
+  logits = store.LogitStore.create(path, dict(fields, teacher_name='made_up',
+                                              teacher_checkpoint_hash='0'), chunk_rows)
+  n = logits.rows_per_epoch
+  values, indices = synthetic.teacher_like_topk(n, 3, config.num_classes, seed=0)
+  with logits.epoch_writer(0) as writer:
+    writer.write(0, values, indices, order.epoch_permutation(config.seed, 0, n))
+  logits.mark_epoch_done(0)
+  return logits
+
+
+@pytest.mark.slow
+def test_a_damaged_store_stops_the_student_after_its_last_good_checkpoint(tmp_path):
+  """Chunks of 128 rows at batch 64: chunk 2 feeds steps 5-6, chunk 3 steps 7-8. The
+  pipeline reads rows two batches ahead of the step, yet the run saves nothing after a
+  bad read, names it in one line, and resumes from its last checkpoint once repaired."""
+  logits = digits_store(str(tmp_path / 'store'), chunk_rows=128)
+  flipped, deleted = logits.chunk_path(0, 2), logits.chunk_path(0, 3)
+  with open(flipped, 'rb') as f:
+    good = f.read()
+  with open(flipped, 'wb') as f:
+    f.write(good[:40] + bytes([good[40] ^ 1]) + good[41:])
+  os.remove(deleted)
+  workdir = tmp_path / 'run'
+  fpd = ('--config.distill.kind=fpd', '--config.distill.from_store=True',
+         '--config.distill.k=3', f'--config.distill.store={logits.path}',
+         '--config.checkpoint_every_steps=2')
+
+  for chunk, rows, problem, last_good in ((flipped, '[256, 384)', 'checksum', 2),
+                                          (deleted, '[384, 512)', 'does not exist', 4)):
+    result = run_main(workdir, *fpd, check=False)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f'error: epoch 0, rows {rows}: chunk {chunk} is unusable: ')
+    assert problem in line and f'the last checkpoint, step {last_good} in' in line
+    assert max(checkpoint_steps(workdir)) == last_good
+    with open(flipped, 'wb') as f:  # the repair: the good bytes back
+      f.write(good)
+  assert sorted(step_losses(workdir)) == [1, 2, 3, 4]  # the rerun resumed at step 3

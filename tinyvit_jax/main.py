@@ -10,10 +10,13 @@ or store through the ``{workdir}`` placeholder). A run's stages are ``save_logit
 when it distils from a logit store that is not complete), ``train``, ``eval`` and
 ``export``; what each finished stage returned is kept in ``stages.json``, and a restart
 goes on from the first unfinished one (``train`` itself resumes from its last
-checkpoint). ``--mode=STAGE`` runs one stage of every run, done or not. ``--check`` runs
-the checks a run starts with (the recipe, every override, every run's config) and exits,
-touching no device, data or workdir: the launchers run it before they start machines.
+checkpoint). A run holds its workdir's lock (``train/workdir_lock.py``): a second run of
+the same workdir is refused. ``--mode=STAGE`` runs one stage of every run, done or not.
+``--check`` runs the checks a run starts with (the recipe, every override, every run's
+config) and exits, touching no device, data or workdir (nor its lock): the launchers run
+it before they start machines.
 """
+import contextlib
 import json
 import logging as std_logging
 import os
@@ -29,11 +32,13 @@ from tinyvit_jax import compile_cache
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.distill import verify
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import trainer
+from tinyvit_jax.train import workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe: configs/<name>.py[:args].',
                                           lock_config=True)
@@ -52,6 +57,9 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     'heartbeat_timeout', 100, 'With --distributed: seconds without heartbeats after which a '
     'process counts as dead, and JAX stops every other process (rather than let it hang).')
 
+# What a run refuses, or stops on, with a message that says it all: one line, no traceback.
+USER_ERRORS = (config_lib.ConfigError, model_checkpoint.CheckpointError, full_disk.DiskFull,
+               workdir_lock.Locked, store.CorruptChunkError)
 SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
 
 
@@ -92,8 +100,14 @@ def check_recipe(config, workdir: str, data_dir: str | None = None) -> dict:
 
 
 def run_stages(config, workdir: str, mode: str | None) -> dict:
-  """Runs one run's stages; returns its summary (model, accuracy, speed)."""
+  """Runs one run's stages, holding its workdir's lock; returns its summary (model,
+  accuracy, speed)."""
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.hold(workdir):
+    return _run_stages(config, workdir, mode)
+
+
+def _run_stages(config, workdir: str, mode: str | None) -> dict:
   record_path = os.path.join(workdir, 'stages.json')
   done = _read_json(record_path)
   run = None
@@ -104,7 +118,11 @@ def run_stages(config, workdir: str, mode: str | None) -> dict:
     if stage == 'save_logits':
       if not (config.distill.from_store and config.distill.kind != 'none'):
         continue
-      result = save_logits(config, workdir)
+      path = trainer.store_path(config, workdir)
+      outside = os.path.commonpath([os.path.abspath(path), os.path.abspath(workdir)]) != (
+          os.path.abspath(workdir))
+      with workdir_lock.hold(path, 'logit store') if outside else contextlib.nullcontext():
+        result = save_logits(config, workdir)
     else:
       run = run or trainer.Run(config, workdir)
       if stage == 'train':
@@ -192,7 +210,7 @@ def main(argv):
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
     run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
-  except (config_lib.ConfigError, model_checkpoint.CheckpointError, full_disk.DiskFull) as error:
+  except USER_ERRORS as error:
     sys.exit(f'error: {error}')
 
 

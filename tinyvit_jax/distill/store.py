@@ -210,6 +210,18 @@ class LogitStore:
     self.manifest['epochs_done'] = sorted(self.epochs_done + [epoch])
     _write_atomic(os.path.join(self.path, _MANIFEST), _manifest_bytes(self.manifest))
 
+  def damaged_chunks(self) -> list:
+    """Each missing or damaged chunk of the done epochs, as its ``CorruptChunkError`` says
+    it; reads the whole store (checksums only, nothing is decoded)."""
+    problems = []
+    for epoch in self.epochs_done:
+      for chunk in range(self.num_chunks):
+        try:
+          self._chunk_payload(epoch, chunk)
+        except CorruptChunkError as error:
+          problems.append(str(error))
+    return problems
+
   def read(self, epoch: int, start: int, count: int):
     """(values float16 (count, k), indices, example_index) of positions [start, start+count)."""
     if epoch not in self.epochs_done:

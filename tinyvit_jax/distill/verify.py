@@ -3,7 +3,8 @@
   python -m tinyvit_jax.distill.verify --store DIR --teacher CKPT_DIR --dataset digits \\
       --dataset_arg split=train --dataset_arg image_size=32 [--sample 256]
 
-Re-runs the teacher on a random sample of stored rows, regenerating each row's image
+First reads every chunk of the done epochs and lists each missing or damaged one. Then
+re-runs the teacher on a random sample of stored rows, regenerating each row's image
 from the manifest's seed and augmentation exactly as the save pass made it (a Mixup
 pair is rebuilt whole), and compares: the top-1 agreement (the stored top-1 class is the
 live argmax) and the mean |Δp| over the stored top-k (stored value against the live
@@ -35,11 +36,16 @@ class VerificationError(ValueError):
 def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0,
            min_top1_agreement: float = 0.99, max_mean_abs_diff: float = 1e-3,
            batch: int = 32, mesh=None, log=print) -> dict:
-  """Compares ``sample`` random stored rows (of the done epochs; ``seed`` picks them) with
+  """Checks every chunk's checksum (``VerificationError`` lists each damaged one), then
+  compares ``sample`` random stored rows (of the done epochs; ``seed`` picks them) with
   ``teacher`` on their regenerated images; returns the figures, raises
   ``VerificationError`` below the thresholds. ``source`` must be the saved dataset.
   ``batch`` (even) rows run at once over the devices of ``mesh`` (default: all local)."""
   logits = store.LogitStore.open(store_path)
+  damaged = logits.damaged_chunks()
+  if damaged:
+    raise VerificationError(f'The logit store at {store_path} has {len(damaged)} unusable '
+                            'chunks:\n  ' + '\n  '.join(damaged))
   manifest = logits.manifest
   logits.check_compatible(save_pass.store_fields(
       source, dataset_name=manifest['dataset_name'], aug_config=manifest['augmentation'],

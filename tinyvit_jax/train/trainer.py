@@ -4,7 +4,8 @@
 of the workdir if there is one, and loops: step, log, evaluate at epoch ends, checkpoint
 every N steps, at the end and on SIGTERM. Losses are fetched from the device only at log
 and checkpoint points (fetching every step would stall the pipeline); a non-finite loss
-found there stops the run before anything is saved, so the last checkpoint stays good.
+found there stops the run before anything is saved, so the last checkpoint stays good,
+as does a damaged logit-store chunk met by the input pipeline.
 """
 import json
 import os
@@ -27,6 +28,7 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import sources
 from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store
 from tinyvit_jax.distill import store_targets
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import checkpoint
@@ -193,6 +195,11 @@ class Run:
     except full_disk.DiskFull as error:  # the saves are done: say where a rerun goes on
       raise full_disk.DiskFull(error.path, 'rerun: it resumes from step '
                                f'{self.checkpoints.latest_step() or 0}') from None
+    except store.CorruptChunkError as error:  # read a couple of batches ahead of the step
+      raise store.CorruptChunkError(
+          f'{error} The student stopped and saved nothing after this read: the last '
+          f'checkpoint, step {self.checkpoints.latest_step()} in {workdir}/checkpoints, is '
+          'where a rerun resumes. Repair the store (README, "Common errors") first.') from None
     seconds = time.time() - started
     return dict(steps=self.step, resumed_from=first, stopped_by_sigterm=stop.requested,
                 images_per_second=(self.step - first) * config.batch_size / max(seconds, 1e-9))
