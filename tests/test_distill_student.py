@@ -130,8 +130,10 @@ def test_student_targets_are_the_rebuilds_of_the_stored_rows(seed, k, tau):
   batch = dict(teacher_values=jnp.asarray(values), teacher_indices=jnp.asarray(indices))
   student = jax.jit(store_targets.student_targets, static_argnames=('num_classes', 'mode'))
   np.testing.assert_array_equal(student(batch, 12), targets.dense_targets(values, indices, 12))
+  # A few float32 ulps: jit fuses the power and the normalising sum unlike eager numpy
+  # (1.2e-6 seen at tau 0.52); a wrong tau or rebuild is off by percents.
   np.testing.assert_allclose(student(batch, 12, mode='soft', tau=tau),
-                             targets.tempered_targets(values, indices, 12, tau), rtol=1e-6)
+                             targets.tempered_targets(values, indices, 12, tau), rtol=4e-6)
   hard = np.asarray(student(batch, 12, mode='hard'))
   np.testing.assert_array_equal(hard.argmax(axis=1), probs.argmax(axis=1))
   np.testing.assert_array_equal(hard.sum(axis=1), 1)

@@ -31,13 +31,19 @@ from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import sources
 from tinyvit_jax.train import config as config_lib
 
+# Flags of their own: tinyvit_jax.main defines a --config too, and a process (a notebook,
+# a test worker) may import both.
+_FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file with data and aug.',
-                                          lock_config=True)
-_EPOCH = flags.DEFINE_integer('epoch', 0, 'Epoch to show.')
-_COUNT = flags.DEFINE_integer('count', 16, 'Examples to show: positions 0..count-1.')
-_OUT = flags.DEFINE_string('out', 'preview.png', 'Grid PNG to write.')
-_NPY = flags.DEFINE_string('npy', None, 'Also save the float tensors to this .npz file.')
-_RUN = flags.DEFINE_string('run', None, 'The run to show, of a recipe of several (runs).')
+                                          lock_config=True, flag_values=_FLAGS)
+_EPOCH = flags.DEFINE_integer('epoch', 0, 'Epoch to show.', flag_values=_FLAGS)
+_COUNT = flags.DEFINE_integer('count', 16, 'Examples to show: positions 0..count-1.',
+                              flag_values=_FLAGS)
+_OUT = flags.DEFINE_string('out', 'preview.png', 'Grid PNG to write.', flag_values=_FLAGS)
+_NPY = flags.DEFINE_string('npy', None, 'Also save the float tensors to this .npz file.',
+                           flag_values=_FLAGS)
+_RUN = flags.DEFINE_string('run', None, 'The run to show, of a recipe of several (runs).',
+                           flag_values=_FLAGS)
 
 CAPTION_HEIGHT = 12  # pixels under each tile for its index, in PIL's default font
 
@@ -109,7 +115,7 @@ def grid(pixels: np.ndarray, captions) -> Image.Image:
 
 def main(argv):
   del argv
-  recipe = config_flags.get_config_filename(flags.FLAGS['config'])
+  recipe = config_flags.get_config_filename(_FLAGS['config'])
   try:
     config = pick_run(_CONFIG.value, _RUN.value)
   except config_lib.ConfigError as error:
@@ -123,6 +129,15 @@ def main(argv):
         + (f' and {_NPY.value}' if _NPY.value else ''))
 
 
+def _parse(argv):
+  """This module's flags; absl's own (logging, --help) keep their defaults."""
+  flags.FLAGS(argv[:1])
+  try:
+    return _FLAGS(argv)
+  except flags.Error as error:
+    sys.exit(f'error: {error}')
+
+
 if __name__ == '__main__':
-  flags.mark_flag_as_required('config')
-  app.run(main)
+  flags.mark_flag_as_required('config', flag_values=_FLAGS)
+  app.run(main, flags_parser=_parse)
