@@ -156,12 +156,12 @@ def save_pass_arm(args) -> dict:
 def augment_arm(args) -> dict:
   """(d)"""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp
   import optax
   from flax import nnx
   from jax.sharding import NamedSharding
   from jax.sharding import PartitionSpec as P
 
+  import fpd  # pylint: disable=import-outside-toplevel
   import models  # pylint: disable=import-outside-toplevel
   from tinyvit_jax.data import augment
   from tinyvit_jax.data import loader
@@ -183,14 +183,14 @@ def augment_arm(args) -> dict:
   raw = {k: jax.device_put(host[k], sharding) for k in ('image', 'key', 'label')}
   images, targets = device_augment(raw)
   ready = dict(image=images, targets=targets)  # augmented once, before the timing
-  dtype = dict(dtype=jnp.bfloat16) if args.dtype == 'bfloat16' else {}
   tx = optax.adamw(1e-3, weight_decay=0.05)
 
   def loss_fn(outputs, batch):
     return losses.soft_target_cross_entropy(outputs, batch['targets'])
 
   def make(inputs):
-    model = create_model(name, num_classes=classes, img_size=size, rngs=nnx.Rngs(0), **dtype)
+    model = create_model(name, num_classes=classes, img_size=size, rngs=nnx.Rngs(0),
+                         **fpd.dtype_kwargs(args))
     state = step_lib.TrainState.create(model, tx, mesh)
     step = step_lib.make_train_step(state, tx, mesh, inputs=inputs, loss_fn=loss_fn)
     return state, step
