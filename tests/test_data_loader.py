@@ -123,3 +123,14 @@ def test_prefetch_keeps_the_order_and_pulls_ahead():
   assert next(items) == 0 and pulled == [0, 1, 2]  # 1 and 2 are on their way meanwhile
   assert list(items) == [1, 2, 3, 4]
   assert list(pipeline.prefetch(iter([]), 2)) == []
+
+
+def test_prefetch_raises_an_error_read_ahead_where_its_item_would_come():
+  def failing_at_3():
+    yield from range(3)
+    raise ValueError('item 3 is unreadable')
+
+  items = pipeline.prefetch(failing_at_3(), 2)
+  assert [next(items) for _ in range(3)] == [0, 1, 2]  # the error was met while fetching 1
+  with pytest.raises(ValueError, match='item 3 is unreadable'):
+    next(items)

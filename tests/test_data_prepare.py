@@ -120,3 +120,18 @@ def test_missing_folder_is_an_error_naming_it(tmp_path, capfd):
   code = prepare.run(['--folder', str(tmp_path / 'nope'), '--out', str(tmp_path / 'out')])
   assert code == 2
   assert f"error: Image folder '{tmp_path / 'nope'}' does not exist" in capfd.readouterr().err
+
+
+def test_check_lists_every_undecodable_file_and_writes_nothing(folder, tmp_path, capfd):
+  before = sorted(os.listdir(tmp_path))
+  assert prepare.run(['--folder', str(folder), '--check']) == 1
+  captured = capfd.readouterr()
+  listed = sorted(line.split(': ')[1] for line in captured.err.splitlines()
+                  if line.startswith('undecodable: '))
+  assert listed == [str(folder / 'cat' / 'corrupt.jpg'), str(folder / 'dog' / 'truncated.jpg')]
+  assert captured.out.strip() == f'2 undecodable images in {folder}.'
+  assert sorted(os.listdir(tmp_path)) == before
+  (folder / 'cat' / 'corrupt.jpg').unlink()
+  (folder / 'dog' / 'truncated.jpg').unlink()
+  assert prepare.run(['--folder', str(folder), '--check']) == 0
+  assert prepare.run(['--folder', str(folder)]) == 2  # neither --out nor --check

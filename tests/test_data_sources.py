@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from sklearn import datasets
 
+from tinyvit_jax.data import decode
 from tinyvit_jax.data import digits
 from tinyvit_jax.data import image_folder
 from tinyvit_jax.data import synthetic
@@ -105,5 +106,9 @@ def test_image_folder_missing_or_empty_root(tmp_path):
 def test_image_folder_names_an_undecodable_file(tmp_path):
   _write_folder(tmp_path)
   (tmp_path / 'a_cat' / '1.png').write_bytes(b'not a png')
-  with pytest.raises(ValueError, match='a_cat/1.png.*tinyvit_jax.data.prepare'):
-    image_folder.ImageFolderSource(str(tmp_path))[1]
+  source = image_folder.ImageFolderSource(str(tmp_path))
+  with pytest.raises(decode.UndecodableImage, match='not an image format PIL reads') as error:
+    source[1]
+  # The loader names it so (tests/test_data_undecodable.py has the whole line).
+  assert str(decode.located(error.value, source, 1)).startswith(
+      f"Image '{tmp_path / 'a_cat' / '1.png'}' (example 1) does not decode: not an image")

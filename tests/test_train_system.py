@@ -42,9 +42,10 @@ def environment(devices: int = 1) -> dict:
   return env
 
 
-def run_main(workdir, *overrides, devices: int = 1, check: bool = True):
-  result = subprocess.run(main_command(workdir, *overrides), cwd=REPO, env=environment(devices),
-                          capture_output=True, text=True, timeout=600)
+def run_main(workdir, *overrides, devices: int = 1, check: bool = True,
+             config: str = 'tests/train_config.py'):
+  result = subprocess.run(main_command(workdir, *overrides, config=config), cwd=REPO,
+                          env=environment(devices), capture_output=True, text=True, timeout=600)
   if check and result.returncode:
     raise AssertionError(f'main failed ({result.returncode}):\n{result.stderr[-4000:]}')
   return result
@@ -245,8 +246,8 @@ def digits_store(path: str, chunk_rows: int = 256) -> store.LogitStore:
 @pytest.mark.slow
 def test_a_damaged_store_stops_the_student_after_its_last_good_checkpoint(tmp_path):
   """Chunks of 128 rows at batch 64: chunk 2 feeds steps 5-6, chunk 3 steps 7-8. The
-  pipeline reads rows two batches ahead of the step, yet the run saves nothing after a
-  bad read, names it in one line, and resumes from its last checkpoint once repaired."""
+  pipeline reads rows two batches ahead of the step, yet the run makes and saves every
+  step before the bad read, names it in one line, and resumes there once repaired."""
   logits = digits_store(str(tmp_path / 'store'), chunk_rows=128)
   flipped, deleted = logits.chunk_path(0, 2), logits.chunk_path(0, 3)
   with open(flipped, 'rb') as f:
@@ -259,8 +260,8 @@ def test_a_damaged_store_stops_the_student_after_its_last_good_checkpoint(tmp_pa
          '--config.distill.k=3', f'--config.distill.store={logits.path}',
          '--config.checkpoint_every_steps=2')
 
-  for chunk, rows, problem, last_good in ((flipped, '[256, 384)', 'checksum', 2),
-                                          (deleted, '[384, 512)', 'does not exist', 4)):
+  for chunk, rows, problem, last_good in ((flipped, '[256, 384)', 'checksum', 4),
+                                          (deleted, '[384, 512)', 'does not exist', 6)):
     result = run_main(workdir, *fpd, check=False)
     assert result.returncode != 0 and 'Traceback' not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
@@ -269,4 +270,4 @@ def test_a_damaged_store_stops_the_student_after_its_last_good_checkpoint(tmp_pa
     assert max(checkpoint_steps(workdir)) == last_good
     with open(flipped, 'wb') as f:  # the repair: the good bytes back
       f.write(good)
-  assert sorted(step_losses(workdir)) == [1, 2, 3, 4]  # the rerun resumed at step 3
+  assert sorted(step_losses(workdir)) == [1, 2, 3, 4, 5, 6]  # the rerun resumed at step 5

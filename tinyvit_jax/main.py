@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from tinyvit_jax import compile_cache
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax.data import decode
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher
@@ -59,7 +60,8 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 
 # What a run refuses, or stops on, with a message that says it all: one line, no traceback.
 USER_ERRORS = (config_lib.ConfigError, model_checkpoint.CheckpointError, full_disk.DiskFull,
-               workdir_lock.Locked, store.CorruptChunkError, trainer.NonFiniteLoss)
+               workdir_lock.Locked, store.CorruptChunkError, trainer.NonFiniteLoss,
+               decode.UndecodableImage)
 SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
 
 

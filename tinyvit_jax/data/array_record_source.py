@@ -6,6 +6,8 @@ the image's path relative to the folder root in UTF-8, then the original encoded
 bytes, untouched, so preparing costs no quality and no re-encoding. ``metadata.json`` is
 written last and marks the conversion complete.
 """
+import bisect
+import itertools
 import json
 import os
 import struct
@@ -60,8 +62,12 @@ class ArrayRecordSource:
     if not metadata['num_records']:
       raise ValueError(f'The prepared dataset {directory!r} is empty: all '
                        f'{metadata["num_skipped"]} images were skipped as undecodable.')
+    self.directory = directory
+    self._shards = [shard['file'] for shard in metadata['shards']]
+    self._shard_starts = list(itertools.accumulate(
+        [shard['num_records'] for shard in metadata['shards']], initial=0))
     self._records = grain.sources.ArrayRecordDataSource(
-        [os.path.join(directory, shard['file']) for shard in metadata['shards']])
+        [os.path.join(directory, shard) for shard in self._shards])
 
   def __len__(self) -> int:
     return len(self._records)
@@ -69,3 +75,14 @@ class ArrayRecordSource:
   def __getitem__(self, index: int) -> dict:
     label, _, image_bytes = decode_record(self._records[index])
     return dict(image=decode.decode_image(image_bytes), label=label, index=int(index))
+
+  def locate(self, index: int) -> tuple[str, str]:
+    """(Where example ``index`` lives, how to repair it when it does not decode.)"""
+    shard = bisect.bisect_right(self._shard_starts, index) - 1
+    _, path, _ = decode_record(self._records[index])
+    file = os.path.join(self.directory, self._shards[shard])
+    return (f'Record {index - self._shard_starts[shard]} of {file!r} (prepared from {path!r})',
+            f'The prepared copy is damaged: delete {file!r} and its .json and rerun `python '
+            f'-m tinyvit_jax.data.prepare` with the same --folder and --out {self.directory}, '
+            'which rewrites that shard from the folder (an original that does not decode '
+            'either is skipped, which shifts the later indexes: write any logit store again).')

@@ -20,6 +20,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from tinyvit_jax.data import decode
+
 INTERPOLATIONS = {'bicubic': Image.Resampling.BICUBIC, 'bilinear': Image.Resampling.BILINEAR}
 
 
@@ -90,7 +92,7 @@ def _encoded_crop(data: bytes, draws, size: int, scale, ratio, interpolation: st
   """RandomResizedCrop of encoded bytes. The crop is drawn from the header's size; with
   ``draft``, libjpeg decodes at 1/r scale (``draft_reduction``) and the resize reads the
   crop box scaled by 1/r, in fractional pixels."""
-  with Image.open(io.BytesIO(data)) as encoded:
+  with decode.decoding(), Image.open(io.BytesIO(data)) as encoded:
     width, height = encoded.size
     top, left, h, w = crop_params(draws, height, width, scale, ratio)
     reduction = draft_reduction(h, w, size) if draft else 1

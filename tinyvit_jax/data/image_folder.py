@@ -53,12 +53,14 @@ class ImageFolderSource:
     path, label = self.files[index]
     with open(os.path.join(self.root, path), 'rb') as f:
       data = f.read()
-    if not self.decode:
-      return dict(image=data, label=label, index=int(index))
-    try:
-      image = decode.decode_image(data)
-    except decode.DECODE_ERRORS as error:
-      raise ValueError(f'Cannot decode image {os.path.join(self.root, path)!r} ({error}). '
-                       'Remove it, or convert the folder with `python -m '
-                       'tinyvit_jax.data.prepare`, which skips undecodable files.') from error
+    image = decode.decode_image(data) if self.decode else data
     return dict(image=image, label=label, index=int(index))
+
+  def locate(self, index: int) -> tuple[str, str]:
+    """(Where example ``index`` lives, how to repair it when it does not decode.)"""
+    return (f'Image {os.path.join(self.root, self.files[index][0])!r}',
+            'Replace it with a decodable image under the same name and rerun: every '
+            'example index, and every stored teacher row, stays where it was (deleting it '
+            'would shift them). `python -m '
+            f'tinyvit_jax.data.prepare --folder {self.root} --check` lists every '
+            'undecodable image at once.')

@@ -28,6 +28,7 @@ import grain
 import jax
 import numpy as np
 
+from tinyvit_jax.data import decode
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import order
 
@@ -90,14 +91,19 @@ def _examples(source, transform: Transform, seed: int, epoch: int, positions, in
               repeats) -> dict:
   """The stacked examples at ``positions`` of ``epoch`` (dataset ``indices``, views
   ``repeats``), transformed with their sample keys: the one place a batch is built,
-  whatever chose its positions."""
+  whatever chose its positions. An image that does not decode stops it, named
+  (``decode.located``): one refusal for the save pass, the student and evaluation."""
   with jax.default_device(_cpu()):
     key_data = np.asarray(_sample_key_data(seed, epoch, indices, repeats))
   examples = []
   for position, index, repeat, key in zip(positions, indices, repeats, key_data):
-    record = source[int(index)]
-    examples.append(dict(transform(record, key), label=record['label'], index=index,
-                         repeat=repeat, position=position, epoch=epoch))
+    try:
+      record = source[int(index)]
+      example = transform(record, key)
+    except decode.UndecodableImage as error:
+      raise decode.located(error, source, index, epoch) from None
+    examples.append(dict(example, label=record['label'], index=index, repeat=repeat,
+                         position=position, epoch=epoch))
   return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
 
 

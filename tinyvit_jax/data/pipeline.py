@@ -84,11 +84,26 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
 
 def prefetch(iterator: Iterator, size: int) -> Iterator:
   """``iterator``'s items, each pulled ``size`` items ahead of its use: a batch's transfer
-  to the devices starts while earlier steps run, so a fast step never waits for it."""
-  ahead = collections.deque(itertools.islice(iterator, size))
+  to the devices starts while earlier steps run, so a fast step never waits for it.
+
+  An error met while reading ahead (an image that does not decode, a damaged store chunk)
+  is raised where its item would have come, so every step before it runs and can be saved.
+  """
+  ahead, failed = collections.deque(), []
+
+  def pull(count: int) -> None:
+    if not failed:
+      try:
+        ahead.extend(itertools.islice(iterator, count))
+      except Exception as error:  # any error: raised in turn, below
+        failed.append(error)
+
+  pull(size)
   while ahead:
-    ahead.extend(itertools.islice(iterator, 1))
+    pull(1)
     yield ahead.popleft()
+  if failed:
+    raise failed[0]
 
 
 def make_device_augment(train_augment: augment.Augment, mesh: Mesh, global_batch: int,

@@ -1,11 +1,14 @@
 """Converts an image folder to ArrayRecord shards, the fast way to read a big folder.
 
   python -m tinyvit_jax.data.prepare --folder ROOT --out DIR [--shard-size N]
+  python -m tinyvit_jax.data.prepare --folder ROOT --check
 
 ROOT is laid out as ROOT/<class>/<image>. The output is read by ``ArrayRecordSource``.
 
 Undecodable files (corrupt, truncated, not an image) are skipped: each is reported by
-path as it is found, and the count and list go to DIR/metadata.json.
+path as it is found, and the count and list go to DIR/metadata.json. ``--check`` only
+lists them (exit status 1 if there are any), for a folder read in place: there, a run
+stops at the first one it meets, naming it.
 
 A killed conversion resumes. Shard i holds files [i*N, (i+1)*N) of the sorted folder
 listing, so shard contents never depend on earlier shards. Each shard is written under a
@@ -42,16 +45,36 @@ def _read_json(path: str):
     return json.load(f)
 
 
+def _read_and_decode(path: str) -> tuple[bytes, decode.UndecodableImage | None]:
+  """The file's bytes, and why they do not decode (None when they do)."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    decode.decode_image(data)
+  except decode.UndecodableImage as error:
+    return data, error
+  return data, None
+
+
+def check(folder: str) -> list[str]:
+  """The undecodable images of ``folder`` (paths relative to it), each reported as found."""
+  _, files = image_folder.list_image_folder(folder)
+  bad = []
+  for name, _ in tqdm(files, unit='img', desc=f'checking {folder}'):
+    _, error = _read_and_decode(os.path.join(folder, name))
+    if error:
+      tqdm.write(f'undecodable: {os.path.join(folder, name)}: {error}', file=sys.stderr)
+      bad.append(name)
+  return bad
+
+
 def _write_shard(folder: str, files: list, path: str, progress: tqdm) -> dict:
   """Writes one shard under a temporary name, renames it, then writes its summary."""
   writer = array_record_module.ArrayRecordWriter(path + '.tmp', _WRITER_OPTIONS)
   skipped = []
   for name, label in files:
-    with open(os.path.join(folder, name), 'rb') as f:
-      data = f.read()
-    try:
-      decode.decode_image(data)
-    except decode.DECODE_ERRORS as error:
+    data, error = _read_and_decode(os.path.join(folder, name))
+    if error:
       tqdm.write(f'skipping {os.path.join(folder, name)}: {error}', file=sys.stderr)
       skipped.append(name)
     else:
@@ -122,13 +145,27 @@ def _parse_args(argv):
   p = argparse.ArgumentParser(prog='python -m tinyvit_jax.data.prepare', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--folder', required=True, help='image folder, laid out ROOT/<class>/<image>')
-  p.add_argument('--out', required=True, help='output directory for shards and metadata.json')
+  p.add_argument('--out', help='output directory for shards and metadata.json')
+  p.add_argument('--check', action='store_true',
+                 help='only list the undecodable images; write nothing')
   p.add_argument('--shard-size', type=int, default=1000, help='images per shard')
   return p.parse_args(argv)
 
 
 def run(argv=None) -> int:
   args = _parse_args(sys.argv[1:] if argv is None else argv)
+  if args.check == bool(args.out):
+    print('error: give --out DIR to convert, or --check to list undecodable images.',
+          file=sys.stderr)
+    return 2
+  if args.check:
+    try:
+      bad = check(args.folder)
+    except (FileNotFoundError, ValueError) as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    print(f'{len(bad)} undecodable images in {args.folder}.')
+    return 1 if bad else 0
   try:
     metadata = prepare(args.folder, args.out, args.shard_size)
   except (FileNotFoundError, ValueError) as e:

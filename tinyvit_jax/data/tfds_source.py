@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from tinyvit_jax.data import decode
+
 
 def _not_prepared(name: str, split: str, data_dir: str, reason: str) -> FileNotFoundError:
   return FileNotFoundError(
@@ -35,13 +37,22 @@ class TfdsSource:
                           f'{type(error).__name__}: {str(error).splitlines()[0]}') from error
     self.num_classes = self._records.dataset_info.features[label_key].num_classes
     self.image_key, self.label_key = image_key, label_key
+    self.name, self.split, self.data_dir = name, split, data_dir
 
   def __len__(self) -> int:
     return len(self._records)
 
   def __getitem__(self, index: int) -> dict:
-    record = self._records[index]
+    with decode.decoding():  # tfds decodes images with PIL as it reads them
+      record = self._records[index]
     image = np.asarray(record[self.image_key], np.uint8)
     if image.shape[-1] == 1:
       image = np.repeat(image, 3, axis=-1)
     return dict(image=image, label=int(record[self.label_key]), index=int(index))
+
+  def locate(self, index: int) -> tuple[str, str]:
+    """(Where example ``index`` lives, how to repair it when it does not decode.)"""
+    return (f'Record {index} of tfds {self.name!r} split {self.split!r} in {self.data_dir!r}',
+            f'Build the dataset again (`tfds build {self.name} --data_dir {self.data_dir} '
+            '--file_format array_record`); or read your images as a folder, where '
+            '`python -m tinyvit_jax.data.prepare --check` lists every undecodable one.')

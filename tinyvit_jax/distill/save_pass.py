@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax.data import augment
+from tinyvit_jax.data import decode
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
@@ -50,7 +51,10 @@ def dataset_fingerprint(source, samples: int = 16) -> str:
   digest = hashlib.sha256(json.dumps([n, getattr(source, 'num_classes', None),
                                       getattr(source, 'class_names', None)]).encode())
   for index in sorted({int(i) for i in np.linspace(0, n - 1, min(samples, n)).round()}):
-    record = source[index]
+    try:
+      record = source[index]
+    except decode.UndecodableImage as error:
+      raise decode.located(error, source, index) from None
     for name in sorted(record):
       value = record[name]
       digest.update(name.encode())

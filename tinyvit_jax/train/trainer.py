@@ -4,8 +4,9 @@
 of the workdir if there is one, and loops: step, log, evaluate at epoch ends, checkpoint
 every N steps, at the end and on SIGTERM. Losses are fetched from the device only at log
 and checkpoint points (fetching every step would stall the pipeline); a non-finite loss
-found there stops the run before anything is saved, so the last checkpoint stays good,
-as does a damaged logit-store chunk met by the input pipeline.
+found there stops the run before anything is saved, so the last checkpoint stays good. A
+bad read (a damaged logit-store chunk, an image that does not decode) stops it at the step
+that needs it, with every step before it saved.
 """
 import json
 import os
@@ -23,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
+from tinyvit_jax.data import decode
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
@@ -38,6 +40,10 @@ from tinyvit_jax.train import objective
 from tinyvit_jax.train import optim
 from tinyvit_jax.train import pretrained
 from tinyvit_jax.train import step as step_lib
+
+
+# Reads that stop a run with its state intact, so the steps before them are saved.
+BAD_READS = (store.CorruptChunkError, decode.UndecodableImage)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -187,6 +193,11 @@ class Run:
             self.checkpoints.save(self.step, self.state.leaves)
           if stopping:
             break
+      except BAD_READS:  # the state is good: keep every step made (one process reads alone)
+        if jax.process_count() == 1 and self.checkpoints.latest_step() != self.step:
+          self._flush(pending, writer, started, first)
+          self.checkpoints.save(self.step, self.state.leaves)
+        raise
       finally:
         bar.close()
         stop.restore()
@@ -195,11 +206,17 @@ class Run:
     except full_disk.DiskFull as error:  # the saves are done: say where a rerun goes on
       raise full_disk.DiskFull(error.path, 'rerun: it resumes from step '
                                f'{self.checkpoints.latest_step() or 0}') from None
-    except store.CorruptChunkError as error:  # read a couple of batches ahead of the step
+    except store.CorruptChunkError as error:
       raise store.CorruptChunkError(
-          f'{error} The student stopped and saved nothing after this read: the last '
-          f'checkpoint, step {self.checkpoints.latest_step()} in {workdir}/checkpoints, is '
+          f'{error} The student stopped before the step that needs it: the last '
+          f'checkpoint, step {self.checkpoints.latest_step()} in {self.checkpoints.directory}, '
+          'is '
           'where a rerun resumes. Repair the store (README, "Common errors") first.') from None
+    except decode.UndecodableImage as error:
+      raise decode.UndecodableImage(
+          f'{error} The run stopped before the step that reads it; a rerun resumes from '
+          f'step {self.checkpoints.latest_step() or 0} in {self.checkpoints.directory}.'
+      ) from None
     seconds = time.time() - started
     return dict(steps=self.step, resumed_from=first, stopped_by_sigterm=stop.requested,
                 images_per_second=(self.step - first) * config.batch_size / max(seconds, 1e-9))
