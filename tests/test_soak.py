@@ -1,0 +1,120 @@
+"""A long run holds steady (#19 item 6): the quickstart's FPD student for 2,148 steps
+(12 epochs at batch 8), fed by 2 grain workers from a logit store of made-up rows, with
+an eval every epoch and a checkpoint every 200 steps. A thread samples the run's process
+tree: host RSS, open file descriptors, the shared memory it maps (grain hands batches over
+in /dev/shm), and JAX's live arrays, each tagged with the last logged step.
+
+The warm-up (compiles, worker start, first evals and checkpoints) is the first quarter of
+the steps. Each figure is the median of its samples over the second quarter and over the
+last fifth, so a batch or a save in flight does not count, and a leak, which raises the
+level, does: the later level may not exceed the earlier one by more than 5%.
+"""
+import json
+import os
+import statistics
+import threading
+
+import jax
+import psutil
+import pytest
+
+from configs import quickstart
+from tinyvit_jax import main
+from tinyvit_jax.data import order
+from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store
+from tinyvit_jax.distill import synthetic
+from tinyvit_jax.train import config as config_lib
+from tinyvit_jax.train import metrics
+from tinyvit_jax.train import trainer
+
+EPOCHS, BATCH, WORKERS, GROWTH = 12, 8, 2, 1.05
+STEPS = EPOCHS * (1438 // BATCH)
+
+
+def made_up_store(config, path: str) -> None:
+  """Every epoch of the run's store, with teacher-like rows (no teacher needed)."""
+  source = trainer.train_source(config)
+  fields = save_pass.store_fields(source, dataset_name=config.data.source,
+                                  aug_config=config.aug, seed=config.seed, k=config.distill.k,
+                                  num_classes=config.num_classes,
+                                  repeats=config_lib.repeats(config))
+  logits = store.LogitStore.create(path, dict(fields, teacher_name='made_up',
+                                              teacher_checkpoint_hash='0'))
+  n = logits.rows_per_epoch
+  for epoch in range(EPOCHS):
+    values, indices = synthetic.teacher_like_topk(n, config.distill.k, config.num_classes,
+                                                  seed=epoch)
+    with logits.epoch_writer(epoch) as writer:
+      writer.write(0, values, indices, order.epoch_permutation(config.seed, epoch, n))
+    logits.mark_epoch_done(epoch)
+
+
+def shared_memory_bytes(pid: int) -> set:
+  """(path, mapped bytes) of each /dev/shm file the process maps."""
+  found = set()
+  with open(f'/proc/{pid}/maps') as f:
+    for line in f:
+      fields = line.split()
+      if len(fields) >= 6 and fields[5].startswith('/dev/shm/'):
+        start, end = (int(edge, 16) for edge in fields[0].split('-'))
+        found.add((fields[5], end - start))
+  return found
+
+
+class Sampler(threading.Thread):
+  """Samples this process and its children (grain's workers) until ``done`` is set."""
+
+  def __init__(self, workdir: str):
+    super().__init__(daemon=True)
+    self.workdir, self.samples, self.done = workdir, [], threading.Event()
+
+  def logged_step(self) -> int:
+    if not os.path.exists(os.path.join(self.workdir, metrics.METRICS_FILE)):
+      return 0
+    rows = metrics.read_metrics(self.workdir)
+    return rows[-1]['step'] if rows else 0
+
+  def run(self):
+    me = psutil.Process()
+    while not self.done.wait(0.1):
+      rss = fds = 0
+      shm = set()
+      for process in [me, *me.children(recursive=True)]:
+        try:
+          rss += process.memory_info().rss
+          fds += process.num_fds()
+          shm |= shared_memory_bytes(process.pid)
+        except (psutil.NoSuchProcess, FileNotFoundError):  # a worker that just ended
+          continue
+      self.samples.append(dict(step=self.logged_step(), rss=rss, fds=fds,
+                               shm_bytes=sum(size for _, size in shm),
+                               live_arrays=len(jax.live_arrays())))
+
+
+@pytest.mark.slow
+def test_a_long_run_holds_its_memory_files_and_shared_memory(tmp_path):
+  config = quickstart.student_config(runlocal=True)
+  config.distill.update(kind='fpd', from_store=True, k=3, store=str(tmp_path / 'logits'))
+  config.update(epochs=EPOCHS, batch_size=BATCH, checkpoint_every_steps=200,
+                log_every_steps=25, stages=('train',))
+  config.data.num_workers = WORKERS
+  made_up_store(config, config.distill.store)
+  workdir = str(tmp_path / 'run')
+  sampler = Sampler(workdir)
+  sampler.start()
+  try:
+    main.run_stages(config, workdir, None)
+  finally:
+    sampler.done.set()
+    sampler.join()
+  with open(os.path.join(workdir, 'stages.json')) as f:
+    assert json.load(f)['train']['steps'] == STEPS
+  settled = [s for s in sampler.samples if STEPS // 4 <= s['step'] < STEPS // 2]
+  last = [s for s in sampler.samples if s['step'] >= STEPS * 4 // 5 and s['step'] < STEPS]
+  assert len(settled) >= 10 and len(last) >= 10, 'too few samples to tell'
+  assert min(s['shm_bytes'] for s in settled) > 0, 'the workers handed over no shared memory'
+  for name in ('rss', 'fds', 'shm_bytes', 'live_arrays'):
+    before = statistics.median(s[name] for s in settled)
+    after = statistics.median(s[name] for s in last)
+    assert after <= GROWTH * before, (name, before, after, [s[name] for s in last])
