@@ -4,10 +4,11 @@ Every run is ``python -m tinyvit_jax.main --config=tests/train_config_fpd.py``: 
 save pass of a random-init teacher's top-3 rows (each process writes its own block of the
 store), then one epoch (22 steps at batch 64) of the quickstart's student trained from the
 store, each process loading its half of every batch and reading its rows of the store.
-Two such processes must do what one process with all 8 devices does. A run of two, stopped
-by a SIGTERM to one of them, restarted, then stopped by killing one of them (JAX's
-heartbeat, ``main --heartbeat_timeout``, must then stop the other) and restarted again,
-must end where an uninterrupted run of two does.
+Two such processes, stopped by a SIGTERM to one of them, restarted, then stopped by
+killing one of them (JAX's heartbeat, ``main --heartbeat_timeout``, must then stop the
+other) and restarted again, must do what one uninterrupted process with all 8 devices
+does. (A 2-process run of its own, uninterrupted, would cost a minute more and tell apart
+only which of the two broke.)
 """
 import os
 import random
@@ -17,9 +18,7 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -93,15 +92,6 @@ def finish(processes, workdir) -> None:
     assert process.wait(timeout=900) == 0, process_log(workdir, index)[-3000:]
 
 
-def saved_state(workdir, step: int = STEPS) -> list:
-  """A checkpoint's leaves as numpy, whatever devices and processes saved it."""
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(path).item_metadata.tree
-    return checkpointer.restore(path, restore_args=jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
-
-
 @pytest.fixture(scope='module')
 def one_process(teacher, tmp_path_factory):
   """The reference: one process holding all 8 devices."""
@@ -114,32 +104,6 @@ def one_process(teacher, tmp_path_factory):
   return workdir
 
 
-@pytest.fixture(scope='module')
-def two_processes(teacher, tmp_path_factory):
-  """An uninterrupted 2-process run, save pass included."""
-  workdir = tmp_path_factory.mktemp('two') / 'run'
-  finish(start_processes(workdir, f'--config.distill.teacher={teacher}'), workdir)
-  return workdir
-
-
-@pytest.mark.slow
-def test_two_processes_of_four_devices_equal_one_of_eight(one_process, two_processes):
-  one, two = step_losses(one_process), step_losses(two_processes)
-  assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
-  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
-                             rtol=0, atol=1e-5)
-  assert examples_seen(two_processes) == examples_seen(one_process)
-  assert [row['step'] for row in examples_seen(two_processes)] == list(range(1, STEPS + 1))
-  # Each process saved its own block of the store: together, the one process's bytes.
-  assert (store_files(os.path.join(two_processes, 'logits'))
-          == store_files(os.path.join(one_process, 'logits')))
-  evals = [[row for row in metrics.read_metrics(w) if 'eval_top1' in row]
-           for w in (one_process, two_processes)]
-  assert [r['eval_examples'] for r in evals[0]] == [r['eval_examples'] for r in evals[1]]
-  np.testing.assert_allclose([r['eval_loss'] for r in evals[1]],
-                             [r['eval_loss'] for r in evals[0]], rtol=0, atol=1e-5)
-
-
 def wait_for_steps(processes, workdir, steps: int) -> None:
   deadline = time.time() + 600
   while len(step_losses(workdir)) < steps:
@@ -148,20 +112,18 @@ def wait_for_steps(processes, workdir, steps: int) -> None:
     time.sleep(0.05)
 
 
-@pytest.mark.slow
-def test_sigterm_then_a_killed_process_each_stop_both_and_both_resume_exactly(
-    teacher, two_processes, tmp_path):
-  """One 2-process run (reading ``two_processes``' store) meets both ways a run stops:
+@pytest.fixture(scope='module')
+def two_processes(teacher, tmp_path_factory):
+  """One 2-process run, save pass included, that meets both ways a run stops:
   1. a SIGTERM (a preemption notice) reaches one process first: JAX's preemption service
      must bring both to the same step, checkpoint it, and exit 143 (a flag per process
      would leave one waiting in a collective);
   2. after a restart of both, one process is killed (either may die; process 0 also hosts
      the coordinator): the other must stop within the heartbeat timeout, not wait forever;
-  3. a restart of both then finishes where the uninterrupted run did.
+  3. a restart of both then finishes.
   The steps at which it is signalled, and which process, are drawn at run time."""
-  workdir = tmp_path / 'run'
-  overrides = (f'--config.distill.teacher={teacher}',
-               f'--config.distill.store={two_processes}/logits')
+  workdir = tmp_path_factory.mktemp('two') / 'run'
+  overrides = (f'--config.distill.teacher={teacher}',)
   draw = random.Random()  # drawn now, not chosen in advance
 
   processes = start_processes(workdir, *overrides)
@@ -195,6 +157,26 @@ def test_sigterm_then_a_killed_process_each_stop_both_and_both_resume_exactly(
   assert max(checkpoint_steps(workdir)) < STEPS, f'killed after step {kill_after}'
 
   finish(start_processes(workdir, *overrides), workdir)
-  for a, b in zip(saved_state(two_processes), saved_state(workdir), strict=True):
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
-  assert examples_seen(workdir) == examples_seen(two_processes)
+  return workdir
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_twice_equal_one_of_eight(one_process, two_processes):
+  one, two = step_losses(one_process), step_losses(two_processes)
+  assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
+                             rtol=0, atol=1e-5)
+  assert examples_seen(two_processes) == examples_seen(one_process)
+  assert [row['step'] for row in examples_seen(two_processes)] == list(range(1, STEPS + 1))
+  # Each process saved its own block of the store: together, the one process's bytes.
+  assert (store_files(os.path.join(two_processes, 'logits'))
+          == store_files(os.path.join(one_process, 'logits')))
+  # The final state is checked through its eval loss: weight by weight, Adam turns the
+  # other order of the sums over 2 processes into gaps of a whole step on weights whose
+  # gradient is near 0. (Resuming bit for bit is tested in one process, in
+  # tests/test_train_system.py.)
+  evals = [[row for row in metrics.read_metrics(w) if 'eval_top1' in row]
+           for w in (one_process, two_processes)]
+  assert [r['eval_examples'] for r in evals[0]] == [r['eval_examples'] for r in evals[1]]
+  np.testing.assert_allclose([r['eval_loss'] for r in evals[1]],
+                             [r['eval_loss'] for r in evals[0]], rtol=0, atol=1e-5)
