@@ -188,8 +188,10 @@ def _create_or_resume(path: str, meta: dict, chunk_rows: int) -> store.LogitStor
                      for field in ('teacher_name', 'teacher_checkpoint_hash')
                      if logits.manifest[field] != meta[field]]
   if teacher_changes:
-    raise ValueError(f'The logit store at {path} was saved with another teacher; resuming '
-                     'would mix two teachers\' rows:\n  ' + '\n  '.join(teacher_changes))
+    raise store.IncompatibleStore(
+        f'The logit store at {path} was saved with another teacher; resuming would mix two '
+        f'teachers\' rows: {"; ".join(teacher_changes)}. Give the teacher it was saved with, '
+        'or another --config.distill.store.')
   return logits
 
 

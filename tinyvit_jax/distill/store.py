@@ -93,6 +93,11 @@ _EXAMPLE_DTYPE = np.dtype('<u4')
 _ZLIB_LEVEL = 1  # level 6 saves 1-2% more at a quarter of the write speed
 
 
+class IncompatibleStore(ValueError):
+  """A store saved for other data, order, augmentation, k, C or teacher than the run that
+  opens it: reading it would train on rows of other images."""
+
+
 class CorruptChunkError(IOError):
   """A chunk of a done epoch is missing, truncated or does not match its checksum."""
 
@@ -163,8 +168,10 @@ class LogitStore:
       else:
         problems += _differences(field, self.manifest[field], student[field])
     if problems:
-      raise ValueError(f'The logit store at {self.path} does not match this student:\n  '
-                       + '\n  '.join(problems))
+      raise IncompatibleStore(
+          f'The logit store at {self.path} does not match this student: '
+          + '; '.join(problems) + '. Use the settings it was saved with, or another '
+          '--config.distill.store.')
 
   @property
   def epochs_done(self) -> list:

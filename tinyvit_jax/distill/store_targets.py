@@ -22,7 +22,7 @@ from tinyvit_jax.distill import targets
 MODES = ('dense', 'soft', 'hard')
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(store.IncompatibleStore):
   """A stored row holds another example than the student's order has at its position."""
 
 
