@@ -156,7 +156,7 @@ def test_a_nan_teacher_stops_naming_the_batch_and_earlier_chunks_stay_valid(tmp_
 
 
 def test_the_readme_repair_of_damaged_chunks_resaves_their_bytes(tmp_path, saved):
-  """README, "Common errors": delete the damaged chunks, drop their epoch from
+  """README, "When things go wrong": delete the damaged chunks, drop their epoch from
   ``epochs_done`` and rerun the save pass; only those chunks are saved again."""
   path = str(tmp_path / 'store')
   shutil.copytree(saved, path)
