@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from tinyvit_jax.data.mix import smooth_one_hot
 from tinyvit_jax.distill import losses
 from tinyvit_jax.distill.targets import tempered_targets
+from tinyvit_jax.train import config as config_lib
+from tinyvit_jax.train import objective
 
 
 def official_deit_loss(outputs, labels, teacher_outputs, kind, alpha, tau):
@@ -143,3 +145,16 @@ def test_losses_jit_with_the_settings_static():
 def test_an_unknown_kind_is_named():
   with pytest.raises(ValueError, match="kind='tempered'"):
     losses.deit_loss(jnp.zeros((1, 2)), jnp.ones((1, 2)) / 2, jnp.zeros((1, 2)), kind='tempered')
+
+
+def test_without_distillation_a_distilled_deit_trains_its_class_head_only():
+  """The official DistillationLoss returns the base loss of the class head for 'none'."""
+  config = config_lib.base_config()
+  config.distill.kind = 'none'
+  rng = np.random.default_rng(0)
+  cls_out, dist_out = (jnp.asarray(rng.standard_normal((4, 10)) * 3, jnp.float32)
+                       for _ in range(2))
+  targets = jax.nn.one_hot(jnp.arange(4), 10)
+  loss = objective.make_loss(config)((cls_out, dist_out), dict(targets=targets))
+  np.testing.assert_allclose(loss, losses.soft_target_cross_entropy(cls_out, targets),
+                             rtol=1e-6)

@@ -1,6 +1,7 @@
 """The loss of a training step, per config.
 
-- ``distill.kind='none'``: labels, smoothed and mixed by the device augmentation.
+- ``distill.kind='none'``: labels, smoothed and mixed by the device augmentation; a
+  distilled DeiT trains its class head only, as the official code does.
 - ``'fpd'``: the teacher's stored top-k rows for the same augmented (and mixed) images,
   rebuilt dense (``distill.targets``); soft-target cross-entropy, no labels. The teacher
   saw the mixed image, so the stored row is already the mixed image's target.
@@ -23,7 +24,8 @@ def make_loss(config) -> Callable:
     return sum(losses.soft_target_cross_entropy(h, targets) for h in heads) / len(heads)
 
   if kind == 'none':
-    return lambda outputs, batch: heads_mean(outputs, batch['targets'])
+    return lambda outputs, batch: losses.soft_target_cross_entropy(
+        outputs[0] if isinstance(outputs, tuple) else outputs, batch['targets'])
   if kind == 'fpd':
     return lambda outputs, batch: heads_mean(
         outputs, store_targets.student_targets(batch, num_classes, mode='dense'))
