@@ -1,8 +1,9 @@
 """Convolutions in two formulations, chosen per backend.
 
 XLA's CPU grouped convolution is 15-28x slower than a sum of shifted multiplies for
-a 3x3 depthwise conv (see shared/reference/facts.md), while on GPU (cuDNN) and TPU the
-built-in convolution is the fast path. So every conv here has two implementations:
+a 3x3 depthwise conv (benchmarks/RESULTS.md, "Where TinyViT's train step goes"), while
+on GPU (cuDNN) and TPU the built-in convolution is the fast path. So every conv here has
+two implementations:
 
 * ``'xla'``: ``lax.conv_general_dilated`` (``feature_group_count`` for depthwise).
 * ``'shifts'``: depthwise as k*k shifted multiply-adds, 1x1 convs as a matmul (both
@@ -11,7 +12,10 @@ built-in convolution is the fast path. So every conv here has two implementation
 
 ``'auto'`` picks ``'shifts'`` on CPU and ``'xla'`` elsewhere. Both are kept under the
 timm parity tests. Layout is NHWC; kernels are HWIO (depthwise: ``(k, k, 1, C)``).
+``with formulation(impl):`` traces every conv with ``impl``, whatever its layer was built
+with: ``macs`` counts a model through it, so the count is the same under every one.
 """
+import contextlib
 import functools
 
 import jax
@@ -19,6 +23,19 @@ import jax.numpy as jnp
 from jax import lax
 
 CONV_IMPLS = ('auto', 'xla', 'shifts')
+
+
+_forced = []  # the formulation ``formulation`` imposes, innermost last
+
+
+@contextlib.contextmanager
+def formulation(impl: str):
+  """Every conv traced inside uses ``impl`` ('xla', 'shifts' or 'auto')."""
+  _forced.append(resolve_conv_impl(impl))
+  try:
+    yield
+  finally:
+    _forced.pop()
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
@@ -149,7 +166,7 @@ def _xla_conv(x, kernel, stride: int, pad: int, groups: int):
 
 def conv2d(x, kernel, *, stride: int = 1, pad: int = 0, groups: int = 1, impl: str = 'auto'):
   """NHWC conv without bias. ``groups`` is 1 (dense) or the channel count (depthwise)."""
-  impl = resolve_conv_impl(impl)
+  impl = _forced[-1] if _forced else resolve_conv_impl(impl)
   if groups not in (1, x.shape[-1]):
     raise ValueError(f'groups={groups}: only dense (1) or depthwise ({x.shape[-1]}) convs.')
   if impl == 'xla':

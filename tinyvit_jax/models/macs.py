@@ -3,13 +3,19 @@
 The TinyViT/DeiT tables (fvcore) count the MACs of convolutions and matrix products
 only. XLA's ``cost_analysis()`` also counts every elementwise op (GELU, LayerNorm,
 softmax, BN), which adds 5-15% on these models; ``xla_flops`` returns that figure for
-comparison.
+comparison. The count traces every conv and attention as the paper writes them (XLA's
+convolution, attention as matmuls), so it does not depend on the formulation a backend
+runs (``conv_ops``, ``attention``): the CPU's depthwise as shifted multiplies has no
+convolution to count.
 """
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from tinyvit_jax.models import attention
+from tinyvit_jax.models import conv_ops
 
 
 def _eqn_macs(eqn) -> int:
@@ -46,7 +52,8 @@ def count_macs(model: nnx.Module, img_size: int, batch: int = 1) -> int:
   """MACs of convs and matmuls in one forward pass of ``batch`` images."""
   fn, state = _forward_fn(model)
   images = jax.ShapeDtypeStruct((batch, img_size, img_size, 3), jnp.float32)
-  return _jaxpr_macs(jax.make_jaxpr(fn)(state, images).jaxpr)
+  with conv_ops.formulation('xla'), attention.attention_impl('einsum'):
+    return _jaxpr_macs(jax.make_jaxpr(fn)(state, images).jaxpr)
 
 
 def xla_flops(model: nnx.Module, img_size: int, batch: int = 1) -> float:
