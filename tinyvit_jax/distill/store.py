@@ -14,24 +14,11 @@ student checks against its own order. Every epoch stores all its positions
 view is a row of its own), not just the ``n // B * B`` that training at batch B uses, so
 the store serves every batch size; the cost is at most B - 1 rows per epoch.
 
-Engine, chosen by ``python benchmarks/store_engines.py`` (N = 200k rows, chunks of 4,096,
-student reads in batches of 1,024, medians of 3 rounds on the shared 2-core machine;
-bytes are file sizes per row, headers and manifests included; k=100 at C = 21,841):
-
-  engine                                  k=10 B/row  write/s  read/s  random/s  k=100 B/row
-  files, raw columns                            44.0    0.67M   47.6M    167M         404.0
-  files, delta + byte planes + zlib-1 (ours)    31.3    0.41M    2.97M   3.10M        273.1
-  tensorstore zarr3, blosc zstd-1 + crc32c      34.4    0.78M    6.09M   12.1M        320.8
-  ArrayRecord, a record per row, zstd-1         38.3    0.58M    3.82M   7.05M        378.8
-
-The size target is 0.9 x official, the official being 4 + 4k bytes plus ~15 B of key
-files per sample-epoch (18 GB over 90 x 13.2M for 21k): 53 B at k=10, 377 B at k=100.
-Raw columns miss it at k=100 and ArrayRecord only just misses it; ours is smallest
-(0.53x and 0.65x official; 0.71x and 0.68x of the 4 + 4k alone), 15% below tensorstore at
-k=100, i.e. ~50 GB over a 90-epoch 21k store. Every encoded engine reads above the 1M
-rows/s target; tensorstore reads 1.3-2x faster than ours (ours: 3.0M and 4.0M rows/s in
-two runs; zlib inflation is ~60% of our decode), but that is already far beyond what a
-student consumes. Plain
+Engine: files with our own encoding (delta, byte planes, zlib-1), chosen by ``python
+benchmarks/store_engines.py`` against raw columns, tensorstore zarr3 and ArrayRecord
+(benchmarks/RESULTS.md, "Store engines"): the smallest, 0.53x and 0.65x of the official
+format at k=10 and k=100 (4 + 4k bytes plus ~15.2 B of key files a sample-epoch: 59.2 B
+and 419.2 B), and read at millions of rows a second, beyond what a student consumes. Plain
 files with our own encoding win because, besides size, the properties a save pass needs
 are easiest to guarantee on files we write ourselves:
 
