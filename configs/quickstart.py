@@ -53,7 +53,9 @@ def digits_run(model_kwargs: dict, *, runlocal: bool,
 
 def student_config(*, runlocal: bool) -> ml_collections.ConfigDict:
   """The student trained on labels (the tests train it too)."""
-  return digits_run(_STUDENT, runlocal=runlocal, epochs=24)
+  config = digits_run(_STUDENT, runlocal=runlocal, epochs=24)
+  config.model.display_name = 'tiny_vit_0.5m_32'  # 547K parameters
+  return config
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -61,6 +63,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg not in ('', 'runlocal'):
     raise ValueError(f'configs/quickstart.py takes no argument or "runlocal"; got {arg!r}.')
   teacher = digits_run(_TEACHER, runlocal=runlocal, epochs=20)
+  teacher.model.display_name = 'tiny_vit_5m_32'  # TinyViT-5M at 32 px: 5.07M parameters
   student_fpd = student_config(runlocal=runlocal)
   student_fpd.distill.update(kind='fpd', from_store=True, k=3,
                              teacher='{workdir}/teacher/export', verify_rows=256)

@@ -20,6 +20,9 @@ def test_quickstart_trains_distils_evaluates_and_exports(quickstart, tmp_path):
   with open(workdir / 'summary.json') as f:
     rows = {row['run']: row for row in json.load(f)}
   assert list(rows) == ['teacher', 'student_fpd', 'student_labels']
+  # The 547K-parameter students are not TinyViT-5M, whose constructor they use.
+  assert [row['model'] for row in rows.values()] == [
+      'tiny_vit_5m_32', 'tiny_vit_0.5m_32', 'tiny_vit_0.5m_32']
   for row in rows.values():  # 10 classes: chance is 0.1
     assert row['top1'] > 0.5, rows
   assert 'student_fpd' in stdout and 'top1' in stdout  # the final table

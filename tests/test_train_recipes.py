@@ -171,3 +171,14 @@ def test_a_bucket_workdir_is_refused_in_one_line_before_anything_is_written(tmp_
   assert result.stderr.strip().splitlines()[-1].startswith(
       "error: --workdir='gs://bucket/runs/qs': paths go through local file APIs")
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('recipe, key, suggested', [
+    ('in1k.py', 'optim.lrr', 'Did you mean optim.lr, optim.min_lr, optim?'),
+    ('quickstart.py', 'optim.lrr', 'Did you mean runs.student_fpd.optim.lr, '
+     'runs.student_labels.optim.lr, runs.teacher.optim.lr?'),
+])
+def test_a_misspelt_key_names_the_nearest_ones_in_every_run(recipe, key, suggested):
+  config = config_lib.load_recipe(os.path.join(REPO, 'configs', recipe)).get_config()
+  with pytest.raises(ValueError, match=f"Unknown config key '{key}'. {suggested}"):
+    config_lib.check_override_keys(config, [key])

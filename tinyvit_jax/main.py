@@ -142,7 +142,7 @@ def _run_stages(config, workdir: str, mode: str | None) -> dict:
     done[stage] = result
     if jax.process_index() == 0:
       _write_json(record_path, done)
-  return dict(model=config.model.name, distill=config.distill.kind,
+  return dict(model=config.model.display_name or config.model.name, distill=config.distill.kind,
               top1=done.get('eval', {}).get('top1'), top5=done.get('eval', {}).get('top5'),
               train_images_per_second=done.get('train', {}).get('images_per_second'))
 

@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = ml_collections.ConfigDict(dict(name='tiny_vit_5m_224'))
   c.model.kwargs = ml_collections.ConfigDict()  # create_model overrides: img_size, ...
+  c.model.display_name = ''  # the summary's name for a model its kwargs change; '': name
   c.num_classes = 1000
   c.dtype = 'float32'  # compute dtype, params stay float32: or 'bfloat16', or 'auto'
 
@@ -258,11 +259,18 @@ def check_local_path(value, name: str) -> None:
 
 
 def check_override_keys(config, keys) -> None:
-  """Refuses ``--config.a.b=...`` overrides of keys the config lacks, with near names."""
+  """Refuses ``--config.a.b=...`` overrides of keys the config lacks, with near names. In
+  a recipe of several runs every key is ``runs.NAME.key``, so a key is also matched
+  within a run: ``optim.lrr`` suggests each run's ``optim.lr``."""
   known = sorted(_flat_keys(config))
+  within_run = {}
+  for full in known:
+    within_run.setdefault(re.sub(r'^runs\.[^.]+\.', '', full), []).append(full)
   for key in keys:
     if key not in known and not any(k.startswith(key + '.') for k in known):
-      close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+      close = difflib.get_close_matches(key, known, n=3, cutoff=0.6) or [
+          full for near in difflib.get_close_matches(key, within_run, n=1, cutoff=0.6)
+          for full in within_run[near]]
       hint = f' Did you mean {", ".join(close)}?' if close else ''
       raise ValueError(f'Unknown config key {key!r}.{hint} Every key, with its '
                        'default, is in tinyvit_jax/train/config.py.')
