@@ -19,9 +19,8 @@ Output: the augmented uint8 pixels and the erasing noise packed in one float16 i
 exactly), a noise value as itself (|noise| < 512 always; float16 keeps 11 significant
 bits, 2^-11 relative, far below a pixel level's 0.017). The device half
 (``augment.host_augmented_images``) unpacks and normalises inside the jitted step, then
-mixes pairs. Before, the workers normalised through a table and sent float32: twice the
-bytes to copy in the workers and the main process, and 0.2 ms per image of table look-ups
-(benchmarks/RESULTS.md, "Data").
+mixes pairs. Half the bytes of float32 to copy out of the workers, and no per-image
+normalising there (benchmarks/RESULTS.md, "Data").
 """
 import dataclasses
 import functools

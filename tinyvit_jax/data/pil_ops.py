@@ -3,7 +3,7 @@
 timm's RandAugment and torchvision's ColorJitter run PIL on uint8 images, and every PIL
 op rounds (mostly truncates) back to uint8. These ops keep PIL's integer arithmetic and
 its rounding, so the device augmentation matches timm pixel for pixel, not merely in
-distribution (tests/test_augment_pil_ops.py states the tolerances).
+distribution (tests/test_augment_vs_timm.py states the tolerances).
 
 Every op takes and returns uint8 ``(H, W, 3)`` and works on one image; batches vmap. Each
 op falls in one of three kinds, which ``randaugment`` relies on:

@@ -210,8 +210,8 @@ class Run:
       raise store.CorruptChunkError(
           f'{error} The student stopped before the step that needs it: the last '
           f'checkpoint, step {self.checkpoints.latest_step()} in {self.checkpoints.directory}, '
-          'is '
-          'where a rerun resumes. Repair the store (README, "When things go wrong") first.') from None
+          'is where a rerun resumes. Repair the store (README, "When things go wrong") '
+          'first.') from None
     except decode.UndecodableImage as error:
       raise decode.UndecodableImage(
           f'{error} The run stopped before the step that reads it; a rerun resumes from '
