@@ -166,7 +166,7 @@ def augment_arm(args) -> dict:
   from tinyvit_jax.data import augment
   from tinyvit_jax.data import loader
   from tinyvit_jax.data import pipeline
-  from tinyvit_jax.data import synthetic
+  from tinyvit_jax.data.sources import synthetic
   from tinyvit_jax.distill import losses
   from tinyvit_jax.models import create_model
   from tinyvit_jax.train import step as step_lib

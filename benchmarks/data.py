@@ -56,7 +56,7 @@ from timm.data import create_transform
 
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import augment_on_host
-from tinyvit_jax.data import image_folder
+from tinyvit_jax.data.sources import image_folder
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import mix

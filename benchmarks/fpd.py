@@ -49,7 +49,7 @@ from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
-from tinyvit_jax.data import synthetic as synthetic_data
+from tinyvit_jax.data.sources import synthetic as synthetic_data
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import store_targets

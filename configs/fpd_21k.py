@@ -4,7 +4,7 @@ r"""TinyViT pretraining on ImageNet-21k by fast pretraining distillation (paper 
       --data_dir=/mnt/gcs/B/in21k --config.distill.teacher=/mnt/gcs/B/teacher_export
 
 The data are two prepared folders, ``in21k/train`` and the held-out ``in21k/val`` (each
-``python -m tinyvit_jax.data.prepare --folder IMAGES --out in21k/train``); ``--data_dir``
+``python -m tinyvit_jax.data.sources.prepare --folder IMAGES --out in21k/train``); ``--data_dir``
 names their parent (or give ``--config.data.train.directory`` and ``.eval.directory``).
 The save pass first stores the teacher's top-100 probabilities for all 90 epochs (the
 paper's teacher is CLIP ViT-L/14 fine-tuned on 21k: convert it into a checkpoint of ours,
@@ -28,7 +28,7 @@ def student(variant: str) -> ml_collections.ConfigDict:
   c.model.kwargs.drop_path_rate = DROP_PATH[variant]
   c.num_classes = 21841
   c.dtype = 'auto'  # bfloat16 compute on GPU/TPU, as the paper trained; float32 on CPU
-  c.data.source = 'array_record'  # DATA/train and DATA/val, from tinyvit_jax.data.prepare
+  c.data.source = 'array_record'  # DATA/train and DATA/val, from tinyvit_jax.data.sources.prepare
   c.data.name = 'imagenet21k'
   c.data.train = ml_collections.ConfigDict(dict(directory=''))
   c.data.eval = ml_collections.ConfigDict(dict(directory=''))

@@ -9,7 +9,7 @@ augmentation (RandAugment, erasing, Mixup/CutMix pairs).
 
 Schema (the training recipes extend it):
 - data.source, data.args: a source by name and its constructor's arguments
-  (``tinyvit_jax/data/sources.py``);
+  (``tinyvit_jax/data/sources/``);
 - data.seed: the seed of every epoch order and sample key;
 - data.label_smoothing: of the one-hot targets, before Mixup/CutMix mixes them;
 - data.num_repeats, data.repeat_stride (1 and 64 if left out): repeated

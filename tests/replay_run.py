@@ -11,7 +11,7 @@ import numpy as np
 
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
-from tinyvit_jax.data import synthetic
+from tinyvit_jax.data.sources import synthetic
 
 SEED, N, CLASSES = 7, 128, 10
 # The whole recipe, colour jitter included, at 32x32 so a run takes seconds.

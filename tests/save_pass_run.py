@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinyvit_jax.data import pipeline
-from tinyvit_jax.data import synthetic
+from tinyvit_jax.data.sources import synthetic
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store_targets
 from tinyvit_jax.distill import teacher as teacher_lib

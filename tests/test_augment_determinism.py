@@ -11,7 +11,7 @@ import pytest
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import mix
-from tinyvit_jax.data import synthetic
+from tinyvit_jax.data.sources import synthetic
 
 SIZE, BATCH, CLASSES = 32, 8, 10
 
@@ -75,7 +75,8 @@ def test_host_crop_is_the_same_in_another_process(train):
   here = np.stack([train[0].host(source[i], key_data[i])['image'] for i in range(4)])
   script = (
       'import sys, numpy as np\n'
-      'from tinyvit_jax.data import augment_host, synthetic\n'
+      'from tinyvit_jax.data import augment_host\n'
+      'from tinyvit_jax.data.sources import synthetic\n'
       'source = synthetic.SyntheticSource(4, image_size=48)\n'
       f'key_data = np.array({key_data.tolist()}, np.uint32)\n'
       f'crop = augment_host.TrainCrop({SIZE})\n'

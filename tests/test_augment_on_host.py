@@ -23,7 +23,7 @@ from tinyvit_jax.data import augment_on_host
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import randaugment
 from tinyvit_jax.data import randaugment_pil
-from tinyvit_jax.data import synthetic
+from tinyvit_jax.data.sources import synthetic
 
 SIZE, COUNT = 48, 120
 LSB = 1 / 255 / min(augment_device.IMAGENET_STD)
@@ -155,7 +155,8 @@ def test_host_augmentation_is_the_same_in_another_process():
   here = np.stack([host(source[i], key_data[i])['image'] for i in range(4)])
   script = (
       'import sys, numpy as np\n'
-      'from tinyvit_jax.data import augment, synthetic\n'
+      'from tinyvit_jax.data import augment\n'
+      'from tinyvit_jax.data.sources import synthetic\n'
       'source = synthetic.SyntheticSource(4, image_size=48)\n'
       f'key_data = np.array({key_data.tolist()}, np.uint32)\n'
       f'host = augment.make_train_augment(image_size={SIZE}, augment_on="host").host\n'

@@ -11,7 +11,7 @@ import pytest
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import pipeline
-from tinyvit_jax.data import synthetic
+from tinyvit_jax.data.sources import synthetic
 
 SEED = 11
 N = 256  # divisible by both batch sizes, so both see the same examples every epoch

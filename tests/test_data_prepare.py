@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinyvit_jax.data import array_record_source
-from tinyvit_jax.data import image_folder
-from tinyvit_jax.data import prepare
+from tinyvit_jax.data.sources import array_record_source
+from tinyvit_jax.data.sources import image_folder
+from tinyvit_jax.data.sources import prepare
 
 SHARD_SIZE = 4
 
@@ -19,7 +19,7 @@ SHARD_SIZE = 4
 # the test can SIGKILL it at a known point: shard 0 done, shard 1 half written.
 STALLING_CONVERTER = """
 import sys, time
-from tinyvit_jax.data import decode, prepare
+from tinyvit_jax.data.sources import decode, prepare
 real_decode, calls = decode.decode_image, []
 def stalling_decode(data):
   calls.append(1)

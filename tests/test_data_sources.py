@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from sklearn import datasets
 
-from tinyvit_jax.data import decode
-from tinyvit_jax.data import digits
-from tinyvit_jax.data import image_folder
-from tinyvit_jax.data import synthetic
+from tinyvit_jax.data.sources import decode
+from tinyvit_jax.data.sources import digits
+from tinyvit_jax.data.sources import image_folder
+from tinyvit_jax.data.sources import synthetic
 
 # sha256 of the digits test indices (int64 little-endian). It pins the split across
 # machines and library versions: a change here silently reshuffles train and test.

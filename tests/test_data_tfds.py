@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tinyvit_jax.data import tfds_source
+from tinyvit_jax.data.sources import tfds_source
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import trainer
 

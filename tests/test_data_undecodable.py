@@ -12,14 +12,14 @@ from array_record.python import array_record_module
 from PIL import Image
 
 import test_train_system
-from tinyvit_jax.data import array_record_source
+from tinyvit_jax.data.sources import array_record_source
 from tinyvit_jax.data import augment_host
-from tinyvit_jax.data import decode
-from tinyvit_jax.data import digits
-from tinyvit_jax.data import image_folder
+from tinyvit_jax.data.sources import decode
+from tinyvit_jax.data.sources import digits
+from tinyvit_jax.data.sources import image_folder
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
-from tinyvit_jax.data import prepare
+from tinyvit_jax.data.sources import prepare
 
 SEED, BATCH = 3, 4
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinyvit_jax.data import digits
+from tinyvit_jax.data.sources import digits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -31,7 +31,7 @@ from ml_collections import config_flags
 from tinyvit_jax import compile_cache
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
-from tinyvit_jax.data import decode
+from tinyvit_jax.data.sources import decode
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher

@@ -20,7 +20,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from tinyvit_jax.data import decode
+from tinyvit_jax.data.sources import decode
 
 INTERPOLATIONS = {'bicubic': Image.Resampling.BICUBIC, 'bilinear': Image.Resampling.BILINEAR}
 

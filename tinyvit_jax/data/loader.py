@@ -28,7 +28,7 @@ import grain
 import jax
 import numpy as np
 
-from tinyvit_jax.data import decode
+from tinyvit_jax.data.sources import decode
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import order
 

@@ -45,7 +45,7 @@ import numpy as np
 from tinyvit_jax import convert
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment_device
-from tinyvit_jax.data import class_index as class_index_lib
+from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.distill import teacher as teacher_lib
 
 ADAPTERS = ('ours', 'timm', 'torch')

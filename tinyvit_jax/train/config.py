@@ -18,7 +18,7 @@ from tinyvit_jax.data import order
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
 DTYPES = ('float32', 'bfloat16', 'auto')
-# The key that says where a data source's files are (data/sources.py); the other sources
+# The key that says where a data source's files are (data/sources); the other sources
 # (digits, synthetic) need none.
 DATA_PATH_KEYS = {'tfds': 'data_dir', 'array_record': 'directory', 'folder': 'root'}
 # Under a --data_dir, the folder of each split of a source that holds one split per folder.

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from tinyvit_jax import model_checkpoint
-from tinyvit_jax.data import class_index
+from tinyvit_jax.data.sources import class_index
 from tinyvit_jax.models import WEIGHTS
 
 # Top-level modules holding a classifier (TinyViT's head.fc, DeiT's head and head_dist,

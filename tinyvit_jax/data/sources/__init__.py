@@ -1,19 +1,21 @@
-"""Sources by name, so a config names its data: ``make_source(config.data.source,
-**config.data.args)``.
+"""Where examples come from, by name, so a config names its data:
+``make_source(config.data.source, **config.data.args)``. The readers live here, with the
+decoding every one of them shares, the folder converter (``prepare``) and class-index files.
 
 Every source is random access, ``source[i]`` -> dict(image=uint8 HWC RGB, label, index),
 with ``len`` and ``num_classes``. The args are the constructor's:
 - ``digits``: split ('train' | 'test'), image_size (the embedded scikit-learn digits);
 - ``synthetic``: num_examples, num_classes, image_size, seed;
 - ``folder``: root (an image folder ``root/<class>/<file>``, read in place);
-- ``array_record``: directory (a folder prepared by ``python -m tinyvit_jax.data.prepare``);
+- ``array_record``: directory (a folder prepared by ``python -m
+  tinyvit_jax.data.sources.prepare``);
 - ``tfds``: name, split, data_dir (a tfds dataset prepared in array_record format).
 """
-from tinyvit_jax.data import array_record_source
-from tinyvit_jax.data import digits
-from tinyvit_jax.data import image_folder
-from tinyvit_jax.data import synthetic
-from tinyvit_jax.data import tfds_source
+from tinyvit_jax.data.sources import array_record_source
+from tinyvit_jax.data.sources import digits
+from tinyvit_jax.data.sources import image_folder
+from tinyvit_jax.data.sources import synthetic
+from tinyvit_jax.data.sources import tfds_source
 
 SOURCES = {
     'digits': digits.DigitsSource,

@@ -1,6 +1,6 @@
 """The prepared-folder format (ArrayRecord shards + metadata.json) and its reader.
 
-``python -m tinyvit_jax.data.prepare`` writes it; ``ArrayRecordSource`` reads it. Each
+``python -m tinyvit_jax.data.sources.prepare`` writes it; ``ArrayRecordSource`` reads it. Each
 record is one example: a little-endian header (int32 label, uint16 length of the path),
 the image's path relative to the folder root in UTF-8, then the original encoded image
 bytes, untouched, so preparing costs no quality and no re-encoding. ``metadata.json`` is
@@ -14,7 +14,7 @@ import struct
 
 import grain
 
-from tinyvit_jax.data import decode
+from tinyvit_jax.data.sources import decode
 
 FORMAT_VERSION = 1
 METADATA_FILE = 'metadata.json'
@@ -38,7 +38,7 @@ def read_metadata(directory: str) -> dict:
   if not os.path.exists(path):
     raise FileNotFoundError(
         f'{path} is missing, so {directory!r} is not a complete prepared dataset. Run '
-        f'`python -m tinyvit_jax.data.prepare --folder ROOT --out {directory}` '
+        f'`python -m tinyvit_jax.data.sources.prepare --folder ROOT --out {directory}` '
         '(it resumes an interrupted conversion).')
   with open(path) as f:
     metadata = json.load(f)
@@ -83,6 +83,7 @@ class ArrayRecordSource:
     file = os.path.join(self.directory, self._shards[shard])
     return (f'Record {index - self._shard_starts[shard]} of {file!r} (prepared from {path!r})',
             f'The prepared copy is damaged: delete {file!r} and its .json and rerun `python '
-            f'-m tinyvit_jax.data.prepare` with the same --folder and --out {self.directory}, '
+            '-m tinyvit_jax.data.sources.prepare` with the same --folder and --out '
+            f'{self.directory}, '
             'which rewrites that shard from the folder (an original that does not decode '
             'either is skipped, which shifts the later indexes: write any logit store again).')

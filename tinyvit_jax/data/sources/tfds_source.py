@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from tinyvit_jax.data import decode
+from tinyvit_jax.data.sources import decode
 
 
 def _not_prepared(name: str, split: str, data_dir: str, reason: str) -> FileNotFoundError:
@@ -19,7 +19,7 @@ def _not_prepared(name: str, split: str, data_dir: str, reason: str) -> FileNotF
       f'Prepare it on a machine with TensorFlow: `tfds build {name} --data_dir {data_dir} '
       f'--file_format array_record` (add --manual_dir DIR for datasets you download by '
       f'hand, such as imagenet2012). For your own images, use an image folder: `python -m '
-      f'tinyvit_jax.data.prepare --folder ROOT --out DIR` and ArrayRecordSource.')
+      f'tinyvit_jax.data.sources.prepare --folder ROOT --out DIR` and ArrayRecordSource.')
 
 
 class TfdsSource:
@@ -55,4 +55,4 @@ class TfdsSource:
     return (f'Record {index} of tfds {self.name!r} split {self.split!r} in {self.data_dir!r}',
             f'Build the dataset again (`tfds build {self.name} --data_dir {self.data_dir} '
             '--file_format array_record`); or read your images as a folder, where '
-            '`python -m tinyvit_jax.data.prepare --check` lists every undecodable one.')
+            '`python -m tinyvit_jax.data.sources.prepare --check` lists every undecodable one.')

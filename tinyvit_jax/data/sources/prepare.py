@@ -1,7 +1,7 @@
 """Converts an image folder to ArrayRecord shards, the fast way to read a big folder.
 
-  python -m tinyvit_jax.data.prepare --folder ROOT --out DIR [--shard-size N]
-  python -m tinyvit_jax.data.prepare --folder ROOT --check
+  python -m tinyvit_jax.data.sources.prepare --folder ROOT --out DIR [--shard-size N]
+  python -m tinyvit_jax.data.sources.prepare --folder ROOT --check
 
 ROOT is laid out as ROOT/<class>/<image>. The output is read by ``ArrayRecordSource``.
 
@@ -25,9 +25,9 @@ import sys
 from array_record.python import array_record_module
 from tqdm import tqdm
 
-from tinyvit_jax.data import array_record_source
-from tinyvit_jax.data import decode
-from tinyvit_jax.data import image_folder
+from tinyvit_jax.data.sources import array_record_source
+from tinyvit_jax.data.sources import decode
+from tinyvit_jax.data.sources import image_folder
 
 # Records are read one at a time in random order, and the images are already compressed.
 _WRITER_OPTIONS = 'group_size:1,uncompressed'
@@ -142,7 +142,8 @@ def prepare(folder: str, out: str, shard_size: int = 1000) -> dict:
 
 
 def _parse_args(argv):
-  p = argparse.ArgumentParser(prog='python -m tinyvit_jax.data.prepare', description=__doc__,
+  p = argparse.ArgumentParser(prog='python -m tinyvit_jax.data.sources.prepare',
+                              description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--folder', required=True, help='image folder, laid out ROOT/<class>/<image>')
   p.add_argument('--out', help='output directory for shards and metadata.json')

@@ -3,11 +3,11 @@
 Classes are the sorted sub-folder names (label = rank); files are sorted within each
 class. The order is therefore the same on every machine and run, which the sample keys
 and any stored teacher logits rely on. For large folders, convert once with
-``python -m tinyvit_jax.data.prepare`` and read the shards with ``ArrayRecordSource``.
+``python -m tinyvit_jax.data.sources.prepare`` and read the shards with ``ArrayRecordSource``.
 """
 import os
 
-from tinyvit_jax.data import decode
+from tinyvit_jax.data.sources import decode
 
 # Files taken as images (case-insensitive), as torchvision's ImageFolder does; anything
 # else in a class folder (notes, .DS_Store) is not an example.
@@ -62,5 +62,5 @@ class ImageFolderSource:
             'Replace it with a decodable image under the same name and rerun: every '
             'example index, and every stored teacher row, stays where it was (deleting it '
             'would shift them). `python -m '
-            f'tinyvit_jax.data.prepare --folder {self.root} --check` lists every '
+            f'tinyvit_jax.data.sources.prepare --folder {self.root} --check` lists every '
             'undecodable image at once.')
