@@ -9,8 +9,10 @@ import pytest
 
 from tinyvit_jax import compile_cache
 
-# Tests import their helpers (e.g. timm_reference) by module name.
+# Tests import their helpers (tests/helpers: timm_reference, the recipes and the scripts
+# they run in other processes) and each other's fixtures by module name.
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), 'helpers'))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _made_cache = []

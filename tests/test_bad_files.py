@@ -145,7 +145,7 @@ def test_main_turns_a_bad_checkpoint_into_one_line(tmp_path):
   starts by reading it). init.checkpoint raises the same error (above)."""
   path = BAD_FILES['random.pth'](tmp_path)
   result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', '--config=tests/train_config.py',
+      [sys.executable, '-m', 'tinyvit_jax.main', '--config=tests/helpers/train_config.py',
        f'--workdir={tmp_path / "run"}', '--config.distill.kind=fpd',
        '--config.distill.from_store=True', f'--config.distill.teacher={path}',
        "--config.stages=('save_logits',)"],

@@ -48,7 +48,7 @@ def start_runs(tmp_path, devices_per_process: int, num_processes: int = 1, **arg
   them), each with ``devices_per_process`` simulated CPU devices."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
-  command = [sys.executable, os.path.join(HERE, 'replay_run.py')]
+  command = [sys.executable, os.path.join(HERE, 'helpers', 'replay_run.py')]
   command += [f'--{name}={value}' for name, value in args.items()]
   if num_processes > 1:
     with socket.socket() as free:
@@ -119,7 +119,8 @@ def test_odd_batch_per_device_with_mixup_names_the_numbers():
           'pipeline.make_input_pipeline(replay_run.source(), replay_run.AUG, seed=0, '
           'global_batch=24)\n')
   result = subprocess.run(
-      [sys.executable, '-c', code], capture_output=True, text=True, cwd=HERE,
+      [sys.executable, '-c', code], capture_output=True, text=True,
+      cwd=os.path.join(HERE, 'helpers'),
       env=dict(os.environ, JAX_PLATFORMS='cpu',
                XLA_FLAGS='--xla_force_host_platform_device_count=8'))
   assert result.returncode != 0

@@ -103,7 +103,7 @@ def test_the_save_pass_and_the_student_refuse_the_same_example_the_same_way(name
 
 
 def test_main_stops_in_one_line_after_its_last_checkpoint_and_resumes_once_repaired(tmp_path):
-  """The student of tests/train_config.py on 320 digits read as a folder (5 steps at batch
+  """The student of tests/helpers/train_config.py on 320 digits read as a folder (5 steps at batch
   64, a checkpoint every 2): the image that step 4 reads first is cut short. The loader
   reads two batches ahead, yet steps 1-3 are made and saved."""
   source = digits.DigitsSource('train')
@@ -119,7 +119,7 @@ def test_main_stops_in_one_line_after_its_last_checkpoint_and_resumes_once_repai
   workdir = tmp_path / 'run'
   run = functools.partial(test_train_system.run_main, workdir,
                           '--config.checkpoint_every_steps=2',
-                          config=f'tests/train_config.py:{root}')
+                          config=f'tests/helpers/train_config.py:{root}')
   result = run(check=False)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   line = result.stderr.strip().splitlines()[-1]

@@ -179,7 +179,7 @@ def subprocess_env(devices: int = 1) -> dict:
 
 
 def start(store_path, *args, devices: int = 1):
-  return subprocess.Popen([sys.executable, os.path.join(HERE, 'save_pass_run.py'),
+  return subprocess.Popen([sys.executable, os.path.join(HERE, 'helpers', 'save_pass_run.py'),
                            f'--store={store_path}', *args], env=subprocess_env(devices),
                           stderr=subprocess.PIPE, text=True)
 

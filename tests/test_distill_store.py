@@ -18,7 +18,7 @@ from tinyvit_jax.distill import store
 from tinyvit_jax.distill import synthetic
 
 N, K, C, CHUNK = 2000, 10, 1000, 256  # 8 chunks, the last of 208 rows
-WRITER = os.path.join(os.path.dirname(__file__), 'store_writer_run.py')
+WRITER = os.path.join(os.path.dirname(__file__), 'helpers', 'store_writer_run.py')
 # Official bytes of key files per sample-epoch: 18 GB of keys beside 481 GB of 404-byte
 # values for the 21k release (facts.md), i.e. 18 / 481 * 404 B.
 OFFICIAL_KEY_BYTES = 18 / 481 * 404

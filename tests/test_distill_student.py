@@ -51,7 +51,7 @@ def assert_aligned_with_store(seen: dict, path: str):
 def test_batch_64_on_8_devices_reads_every_row_aligned(saved, tmp_path):
   out = tmp_path / 'rows.npz'
   result = subprocess.run(
-      [sys.executable, os.path.join(HERE, 'save_pass_run.py'), f'--store={saved}',
+      [sys.executable, os.path.join(HERE, 'helpers', 'save_pass_run.py'), f'--store={saved}',
        f'--read_out={out}', '--global_batch=64', '--num_steps=4'],
       capture_output=True, text=True, timeout=300,
       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.path.dirname(HERE),

@@ -1,6 +1,6 @@
 """``jax.distributed`` for real: 2 processes on a loopback coordinator, 4 CPU devices each.
 
-Every run is ``python -m tinyvit_jax.main --config=tests/train_config_fpd.py``: the FPD
+Every run is ``python -m tinyvit_jax.main --config=tests/helpers/train_config_fpd.py``: the FPD
 save pass of a random-init teacher's top-3 rows (each process writes its own block of the
 store), then one epoch (22 steps at batch 64) of the quickstart's student trained from the
 store, each process loading its half of every batch and reading its rows of the store.
@@ -30,7 +30,7 @@ from tinyvit_jax import model_checkpoint
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import metrics
 
-CONFIG = 'tests/train_config_fpd.py'
+CONFIG = 'tests/helpers/train_config_fpd.py'
 HEARTBEAT_TIMEOUT = 10  # seconds; JAX's default, 100, would only make the test slower
 STOP_WITHIN = 60  # seconds from a kill to the other process's exit, load included
 _STARTED = []

@@ -1,6 +1,6 @@
 """The training system end to end, in real processes: device counts, kills, SIGTERM, refusals.
 
-Every run is ``python -m tinyvit_jax.main --config=tests/train_config.py``: one epoch (22
+Every run is ``python -m tinyvit_jax.main --config=tests/helpers/train_config.py``: one epoch (22
 steps at batch 64) of the quickstart's 0.5M-parameter student on the digits, with each
 step's loss and example indices logged.
 """
@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 22  # 1,437 training digits // 64
 
 
-def main_command(workdir, *overrides, config='tests/train_config.py'):
+def main_command(workdir, *overrides, config='tests/helpers/train_config.py'):
   return [sys.executable, '-m', 'tinyvit_jax.main', f'--config={config}',
           f'--workdir={workdir}', *overrides]
 
@@ -43,7 +43,7 @@ def environment(devices: int = 1) -> dict:
 
 
 def run_main(workdir, *overrides, devices: int = 1, check: bool = True,
-             config: str = 'tests/train_config.py'):
+             config: str = 'tests/helpers/train_config.py'):
   result = subprocess.run(main_command(workdir, *overrides, config=config), cwd=REPO,
                           env=environment(devices), capture_output=True, text=True, timeout=600)
   if check and result.returncode:

@@ -1,8 +1,8 @@
 """A small FPD save pass for the tests: data, augmentation, a linear teacher, and a script.
 
-  python tests/save_pass_run.py --store DIR [--global_batch 32] [--stall_at S]
+  python tests/helpers/save_pass_run.py --store DIR [--global_batch 32] [--stall_at S]
       [--coordinator HOST:PORT --num_processes P --process_id I]
-  python tests/save_pass_run.py --store DIR --read_out ROWS.npz --global_batch 64 ...
+  python tests/helpers/save_pass_run.py --store DIR --read_out ROWS.npz --global_batch 64 ...
 
 The teacher is a fixed random linear map of 4x4-pooled pixels, so it is fast, sees every
 pixel the augmentation changes (Mixup and CutMix included) and gives peaked, non-trivial

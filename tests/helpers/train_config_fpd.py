@@ -1,7 +1,7 @@
 """``train_config``'s one-epoch student, distilled from a logit store (FPD, top-3).
 (``tests`` imports as a namespace package from the repository root, where runs start.)
 
-  python -m tinyvit_jax.main --config=tests/train_config_fpd.py --workdir=DIR \\
+  python -m tinyvit_jax.main --config=tests/helpers/train_config_fpd.py --workdir=DIR \\
       --config.distill.teacher=TEACHER_DIR
 
 The run first saves the teacher's rows of its epoch (stage ``save_logits``), then trains
@@ -9,7 +9,7 @@ from them alone.
 """
 import ml_collections
 
-from tests import train_config
+from tests.helpers import train_config
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:

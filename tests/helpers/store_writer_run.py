@@ -1,6 +1,6 @@
 """Writes one process's share of an epoch of a logit store, as a save pass would.
 
-  python tests/store_writer_run.py STORE EPOCH PROCESS_INDEX PROCESS_COUNT BATCH [STALL_AT]
+  python tests/helpers/store_writer_run.py STORE EPOCH PROCESS_INDEX PROCESS_COUNT BATCH [STALL_AT]
 
 The rows are ``epoch_rows(...)``, a pure function of the epoch. With STALL_AT = s the
 process stops for good just before renaming its chunk number s (counting from 0) into

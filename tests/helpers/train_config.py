@@ -1,7 +1,7 @@
 """A one-epoch run of the quickstart's student on the digits, for the training tests.
 
-  python -m tinyvit_jax.main --config=tests/train_config.py --workdir=DIR
-  python -m tinyvit_jax.main --config=tests/train_config.py:ROOT --workdir=DIR
+  python -m tinyvit_jax.main --config=tests/helpers/train_config.py --workdir=DIR
+  python -m tinyvit_jax.main --config=tests/helpers/train_config.py:ROOT --workdir=DIR
 
 The second reads the image folder ROOT/<class>/<file> instead, for training and eval.
 """
