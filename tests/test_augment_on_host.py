@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import augment_device
 from tinyvit_jax.data import augment_host
@@ -26,7 +27,7 @@ from tinyvit_jax.data import randaugment_pil
 from tinyvit_jax.data.sources import synthetic
 
 SIZE, COUNT = 48, 120
-LSB = 1 / 255 / min(augment_device.IMAGENET_STD)
+LSB = 1 / 255 / min(normalisation.IMAGENET_STD)
 
 
 def _key_data(count, seed=1):
@@ -87,7 +88,7 @@ def test_packed_pixels_unpack_normalised_and_noise_as_itself():
   image = np.stack([values, values[::-1], np.roll(values, 7)], -1)[None]
   packed = augment_on_host.pack(image)
   unpack = jax.jit(augment_on_host.unpack_normalised, static_argnums=(1, 2))
-  mean, std = augment_device.IMAGENET_MEAN, augment_device.IMAGENET_STD
+  mean, std = normalisation.IMAGENET_MEAN, normalisation.IMAGENET_STD
   np.testing.assert_allclose(unpack(packed, mean, std),
                              jax.jit(augment_device.normalise)(image), rtol=0, atol=1e-6)
   noise = np.random.default_rng(0).standard_normal((1, 256, 3)).astype(np.float32) * 3
@@ -172,7 +173,7 @@ def test_host_mode_device_half_unpacks_then_mixes_pairs():
   packed = augment_on_host.pack(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
   packed[:, 2:5, 1:6] = rng.standard_normal((4, 3, 5, 3))  # an erased box
   images = np.asarray(augment_on_host.unpack_normalised(
-      packed, augment_device.IMAGENET_MEAN, augment_device.IMAGENET_STD))
+      packed, normalisation.IMAGENET_MEAN, normalisation.IMAGENET_STD))
   targets = np.eye(4, dtype=np.float32)
   key_data = np.stack(_key_data(4))
   mixed, mixed_targets = jax.jit(pipeline.device)(packed, key_data, targets)

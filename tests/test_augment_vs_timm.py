@@ -26,6 +26,7 @@ from PIL import Image
 from timm.data import auto_augment, transforms, transforms_factory
 from torchvision.transforms import functional as tv
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.data import augment_device
 from tinyvit_jax.data import augment_host
 from tinyvit_jax.data import pil_ops
@@ -107,8 +108,8 @@ def test_colour_jitter_ops_match_torchvision(adjust, degenerate):
 
 def test_normalise_matches_to_tensor_and_normalize():
   image = _test_images()[1]
-  tensor = tv.normalize(tv.to_tensor(Image.fromarray(image)), augment_device.IMAGENET_MEAN,
-                        augment_device.IMAGENET_STD)
+  tensor = tv.normalize(tv.to_tensor(Image.fromarray(image)), normalisation.IMAGENET_MEAN,
+                        normalisation.IMAGENET_STD)
   np.testing.assert_allclose(augment_device.normalise(image), tensor.permute(1, 2, 0).numpy(),
                              rtol=0, atol=1e-6)
 

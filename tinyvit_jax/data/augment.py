@@ -35,6 +35,7 @@ from typing import Callable, NamedTuple
 
 import jax
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.data import augment_device
 from tinyvit_jax.data import augment_host
 from tinyvit_jax.data import augment_on_host
@@ -45,12 +46,12 @@ from tinyvit_jax.data import randaugment
 TRAIN_DEFAULTS = dict(
     image_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
     interpolation='bicubic', rand_augment='rand-m9-mstd0.5-inc1', color_jitter=0.0,
-    mean=augment_device.IMAGENET_MEAN, std=augment_device.IMAGENET_STD, erase_prob=0.25,
+    mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD, erase_prob=0.25,
     mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5, augment_on='device',
     jpeg_draft=False)
 
 EVAL_DEFAULTS = dict(image_size=224, crop_pct=0.875, interpolation='bicubic',
-                     mean=augment_device.IMAGENET_MEAN, std=augment_device.IMAGENET_STD)
+                     mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD)
 
 
 class Augment(NamedTuple):

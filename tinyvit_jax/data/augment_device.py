@@ -10,11 +10,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.data import pil_ops
 
-# timm's IMAGENET_DEFAULT_MEAN / _STD.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # torchvision's ColorJitter ops on PIL, by index: brightness, contrast, saturation.
 _JITTER_DEGENERATES = (pil_ops.brightness_degenerate, pil_ops.contrast_degenerate,
@@ -44,7 +42,7 @@ def colour_jitter(image, key, brightness: float, contrast: float, saturation: fl
   return image
 
 
-def normalise(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def normalise(image, mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD):
   """uint8 -> float32 ``(x / 255 - mean) / std``, as ToTensor + Normalize."""
   scaled = image.astype(jnp.float32) / 255.0
   return (scaled - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -5,13 +5,12 @@ after them every example has the same shape, so the batch stacks and the device 
 (``augment_device``, ``randaugment``, ``mix``) runs vmapped inside jit. Doing the crop on
 the host also sends a 224x224 uint8 crop to the device instead of the full image.
 
-The workers need no accelerator and no JAX: crop and flip parameters come from a numpy
-Philox generator keyed by the 64 bits of the sample key (``keys.sample_key``'s
-``key_data``, which the loader hands each transform), the construction ``order`` uses
-for the epoch permutation. Only ``Generator.random()`` doubles are read, a stream numpy
-keeps stable, and each is mapped to timm's draw by hand (``uniform``: a + (b - a) u,
-``randint(a, b)``: a + floor(u (b - a + 1))). The same key gives the same crop in every
-process. Draw order: the crop's attempts, then the flip.
+The workers need no accelerator and run no JAX: crop and flip parameters come from
+``keys.numpy_generator`` of the sample key's data (which the loader hands each
+transform), as the epoch permutation does. Only ``Generator.random()`` doubles are read,
+a stream numpy keeps stable, and each is mapped to timm's draw by hand (``uniform``:
+a + (b - a) u, ``randint(a, b)``: a + floor(u (b - a + 1))). The same key gives the same
+crop in every process. Draw order: the crop's attempts, then the flip.
 """
 import dataclasses
 import io
@@ -20,6 +19,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from tinyvit_jax.data import keys
 from tinyvit_jax.data.sources import decode
 
 INTERPOLATIONS = {'bicubic': Image.Resampling.BICUBIC, 'bilinear': Image.Resampling.BILINEAR}
@@ -29,8 +29,7 @@ class _Draws:
   """timm's ``random.uniform`` / ``random.randint`` over a keyed numpy stream."""
 
   def __init__(self, key_data):
-    hi, lo = (int(word) for word in np.asarray(key_data, np.uint32))
-    self._generator = np.random.Generator(np.random.Philox(key=(hi << 32) | lo))
+    self._generator = keys.numpy_generator(key_data)
 
   def random(self) -> float:
     return float(self._generator.random())

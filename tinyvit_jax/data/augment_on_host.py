@@ -158,10 +158,9 @@ class TrainOnHost:
 
 
 def erase_box(image: np.ndarray, box: augment_device.EraseBox):
-  """Writes N(0, 1) noise into ``box`` of ``image`` in place, drawn in float32 by numpy's
-  Philox keyed by the box's noise key data (the construction ``augment_host`` uses)."""
-  hi, lo = (int(word) for word in box.noise_key)
-  generator = np.random.Generator(np.random.Philox(key=(hi << 32) | lo))
+  """Writes N(0, 1) noise into ``box`` of ``image`` in place, drawn in float32 by
+  ``keys.numpy_generator`` of the box's noise key data."""
+  generator = keys.numpy_generator(box.noise_key)
   top, left, height, width = int(box.top), int(box.left), int(box.height), int(box.width)
   image[top:top + height, left:left + width] = generator.standard_normal(
       (height, width, image.shape[2]), np.float32)

@@ -9,6 +9,7 @@ host count or resume point.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def epoch_key(seed: int, epoch: int) -> jax.Array:
@@ -37,3 +38,11 @@ def augment_streams(key) -> tuple:
   Each op draws from its own stream, wherever it runs (device, or host for CPU runs).
   """
   return tuple(jax.random.split(key, 4))
+
+
+def numpy_generator(key_data) -> np.random.Generator:
+  """numpy's Philox keyed by the 64 bits of a key's data (``jax.random.key_data``), for
+  the draws made on the host without JAX: the epoch permutation, the host crop and flip,
+  the host erasing noise. The same key gives the same stream in every process."""
+  hi, lo = (int(word) for word in np.asarray(key_data, np.uint32))
+  return np.random.Generator(np.random.Philox(key=(hi << 32) | lo))

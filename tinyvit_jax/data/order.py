@@ -92,8 +92,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   Cached because every batch of an epoch reads the same permutation (read-only).
   """
   _check_not_empty(n)
-  hi, lo = (int(word) for word in np.asarray(jax.random.key_data(keys.order_key(seed, epoch))))
-  order = np.random.Generator(np.random.Philox(key=(hi << 32) | lo)).permutation(n)
+  order = keys.numpy_generator(jax.random.key_data(keys.order_key(seed, epoch))).permutation(n)
   order.flags.writeable = False
   return order
 

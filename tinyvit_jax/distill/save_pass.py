@@ -95,9 +95,8 @@ def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
 
 def local_mesh(mesh: Mesh | None = None) -> Mesh:
   """A 'data' mesh over this process's devices (of ``mesh``, default all local ones)."""
-  devices = jax.local_devices() if mesh is None else [
-      d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-  return Mesh(np.asarray(devices), ('data',))
+  return pipeline.data_mesh(jax.local_devices() if mesh is None else [
+      d for d in mesh.devices.flat if d.process_index == jax.process_index()])
 
 
 def make_teacher_view(teacher, aug_config, *, mesh: Mesh, batch: int,

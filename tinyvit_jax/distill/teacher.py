@@ -18,11 +18,11 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax.data import pipeline
 from tinyvit_jax.models import WEIGHTS
 
 
@@ -66,8 +66,7 @@ def from_checkpoint(directory: str, **overrides) -> Teacher:
   model.eval()
   graphdef, state = nnx.split(model)
   # Restored weights sit on one device; the save pass spreads images over all local ones.
-  local = Mesh(np.asarray(jax.local_devices()), ('data',))
-  state = jax.device_put(state, NamedSharding(local, P()))
+  state = jax.device_put(state, NamedSharding(pipeline.data_mesh(jax.local_devices()), P()))
 
   @jax.jit
   def forward(state, images):  # weights as an argument: as constants they would be compiled in

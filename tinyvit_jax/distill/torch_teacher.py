@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tinyvit_jax import normalisation
 from tinyvit_jax import convert
 from tinyvit_jax import model_checkpoint
-from tinyvit_jax.data import augment_device
 from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.distill import teacher as teacher_lib
 
@@ -53,8 +53,8 @@ ADAPTERS = ('ours', 'timm', 'torch')
 
 def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None = None,
               device: str = 'cpu', class_index: str | None = None,
-              input_mean=augment_device.IMAGENET_MEAN,
-              input_std=augment_device.IMAGENET_STD, **model_kwargs) -> teacher_lib.Teacher:
+              input_mean=normalisation.IMAGENET_MEAN,
+              input_std=normalisation.IMAGENET_STD, **model_kwargs) -> teacher_lib.Teacher:
   """``timm.create_model(model_name, num_classes=..., **model_kwargs)`` with the weights
   of the local state_dict file ``checkpoint_path`` (.pth/.pt or .safetensors).
 
@@ -83,8 +83,8 @@ def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None 
 def from_torch_module(import_path: str, checkpoint_path: str | None = None, *,
                       num_classes: int, mean, std, device: str = 'cpu',
                       class_index: str | None = None,
-                      input_mean=augment_device.IMAGENET_MEAN,
-                      input_std=augment_device.IMAGENET_STD,
+                      input_mean=normalisation.IMAGENET_MEAN,
+                      input_std=normalisation.IMAGENET_STD,
                       **factory_kwargs) -> teacher_lib.Teacher:
   """The ``torch.nn.Module`` built by ``import_path`` = ``'package.module:factory'``.
 
@@ -188,8 +188,8 @@ def make_teacher(distill, aug=None) -> teacher_lib.Teacher:
   adapter = distill.get('teacher_adapter', 'ours')
   kwargs = dict(distill.get('teacher_kwargs', None) or {})
   class_index = distill.get('teacher_class_index', '') or None
-  inputs = dict(input_mean=tuple((aug or {}).get('mean', augment_device.IMAGENET_MEAN)),
-                input_std=tuple((aug or {}).get('std', augment_device.IMAGENET_STD)))
+  inputs = dict(input_mean=tuple((aug or {}).get('mean', normalisation.IMAGENET_MEAN)),
+                input_std=tuple((aug or {}).get('std', normalisation.IMAGENET_STD)))
   torch_args = dict(device=distill.get('teacher_device', 'cpu'), class_index=class_index,
                     **inputs, **kwargs)
   if adapter == 'ours':

@@ -8,6 +8,7 @@ match timm's ``vision_transformer.py`` / ``deit.py``.
 import jax.numpy as jnp
 from flax import nnx
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.models import layers
 from tinyvit_jax.models.attention import attend
 from tinyvit_jax.models.layers import DropPath, gelu
@@ -148,7 +149,7 @@ class DeiT(nnx.Module):
     return logits, logits_dist
 
 
-_CFG = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_CFG = dict(mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD)
 _SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
 
 

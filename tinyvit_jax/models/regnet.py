@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.models.layers import BatchNorm, DropPath, drop_path_rates
 from tinyvit_jax.models.registry import register_model
 from tinyvit_jax.models.resnet import Conv, he_normal_fan_out
@@ -182,7 +183,7 @@ class RegNet(nnx.Module):
     return self.head(self.forward_features(x))
 
 
-_MEAN_STD = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_MEAN_STD = dict(mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD)
 
 
 # timm's default tag: tv2_in1k (torchvision recipe), crop 0.965.

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.models import conv_ops
 from tinyvit_jax.models.layers import BatchNorm, DropPath, drop_path_rates
 from tinyvit_jax.models.registry import register_model
@@ -180,8 +181,8 @@ class ResNet(nnx.Module):
 
 
 # timm's default tags for these names (a1_in1k): 224 train size, crop 0.95.
-_CFG = dict(input_size=224, crop_pct=0.95, mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225))
+_CFG = dict(input_size=224, crop_pct=0.95, mean=normalisation.IMAGENET_MEAN,
+            std=normalisation.IMAGENET_STD)
 
 
 @register_model(**_CFG)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.models import layers
 from tinyvit_jax.models.attention import attend
 from tinyvit_jax.models.layers import ConvNorm, DropPath, gelu
@@ -238,7 +239,7 @@ def _tiny_vit(dims, heads, default_size, default_drop_path, **overrides):
   return TinyVit(**kwargs)
 
 
-_CFG = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_CFG = dict(mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD)
 
 
 @register_model(input_size=224, crop_pct=0.95, **_CFG)
