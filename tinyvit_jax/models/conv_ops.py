@@ -165,11 +165,13 @@ def _xla_conv(x, kernel, stride: int, pad: int, groups: int):
 
 
 def conv2d(x, kernel, *, stride: int = 1, pad: int = 0, groups: int = 1, impl: str = 'auto'):
-  """NHWC conv without bias. ``groups`` is 1 (dense) or the channel count (depthwise)."""
+  """NHWC conv without bias; ``groups`` divides the channels. Convs neither dense
+  (``groups=1``) nor depthwise (the channel count), such as RegNet's, have one
+  formulation: XLA's."""
   impl = _forced[-1] if _forced else resolve_conv_impl(impl)
-  if groups not in (1, x.shape[-1]):
-    raise ValueError(f'groups={groups}: only dense (1) or depthwise ({x.shape[-1]}) convs.')
-  if impl == 'xla':
+  if x.shape[-1] % groups:
+    raise ValueError(f'groups={groups} does not divide the {x.shape[-1]} input channels.')
+  if impl == 'xla' or groups not in (1, x.shape[-1]):
     return _xla_conv(x, kernel, stride, pad, groups)
   if groups == 1:
     return _dense_shifts(x, kernel, stride, pad)

@@ -4,6 +4,8 @@ Attribute names follow timm's module names (``conv``, ``bn``, ``fc1``...) so tha
 NNX state path such as ``stages.1.blocks.0.attn.qkv.kernel`` maps onto the timm key
 ``stages.1.blocks.0.attn.qkv.weight`` by renaming the leaf alone (see ``convert.py``).
 """
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -83,20 +85,22 @@ class ConvNorm(nnx.Module):
   def __init__(self, cin: int, cout: int, *, k: int = 1, stride: int = 1, pad: int = 0,
                groups: int = 1, bn_weight_init: float = 1.0, conv_impl: str = 'auto',
                dtype=None, rngs: nnx.Rngs):
-    kernel = conv_kernel_init(rngs.params(), (k, k, cin // groups, cout))
-    self.conv = _Conv(kernel, stride=stride, pad=pad, groups=groups, conv_impl=conv_impl,
-                      dtype=dtype)
+    self.conv = Conv(cin, cout, k, stride=stride, pad=pad, groups=groups,
+                     conv_impl=conv_impl, dtype=dtype, rngs=rngs)
     self.bn = BatchNorm(cout, scale_init=bn_weight_init)
 
   def __call__(self, x):
     return self.bn(self.conv(x))
 
 
-class _Conv(nnx.Module):
-  """The conv half of ConvNorm: holds the kernel under timm's name ``conv``."""
+class Conv(nnx.Module):
+  """A bias-free NHWC conv with an HWIO ``kernel`` (timm's ``weight``), any groups, in the
+  formulation ``conv_impl`` (``conv_ops``)."""
 
-  def __init__(self, kernel, *, stride, pad, groups, conv_impl, dtype):
-    self.kernel = nnx.Param(kernel)
+  def __init__(self, cin: int, cout: int, k: int = 1, *, stride: int = 1, pad: int = 0,
+               groups: int = 1, kernel_init: Callable = conv_kernel_init,
+               conv_impl: str = 'auto', dtype=None, rngs: nnx.Rngs):
+    self.kernel = nnx.Param(kernel_init(rngs.params(), (k, k, cin // groups, cout)))
     self.stride, self.pad, self.groups = stride, pad, groups
     self.conv_impl = conv_impl
     self.dtype = dtype

@@ -24,7 +24,7 @@ from flax import nnx
 from tinyvit_jax import normalisation
 from tinyvit_jax.models.layers import BatchNorm, DropPath, drop_path_rates
 from tinyvit_jax.models.registry import register_model
-from tinyvit_jax.models.resnet import Conv, he_normal_fan_out
+from tinyvit_jax.models.resnet import conv, he_normal_fan_out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ class ConvNormAct(nnx.Module):
                act: bool = True, bn_weight_init: float = 1.0, conv_impl: str, dtype,
                rngs: nnx.Rngs):
     # timm pads symmetrically by ((stride - 1) + (k - 1)) // 2: k // 2 for k in {1, 3}.
-    self.conv = Conv(cin, cout, k, stride=stride, pad=k // 2, groups=groups,
+    self.conv = conv(cin, cout, k, stride=stride, pad=k // 2, groups=groups,
                      kernel_init=he_normal_fan_out(groups), conv_impl=conv_impl, dtype=dtype,
                      rngs=rngs)
     self.bn = BatchNorm(cout, scale_init=bn_weight_init)

@@ -16,11 +16,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax import lax
 
 from tinyvit_jax import normalisation
-from tinyvit_jax.models import conv_ops
-from tinyvit_jax.models.layers import BatchNorm, DropPath, drop_path_rates
+from tinyvit_jax.models.layers import BatchNorm, Conv, DropPath, drop_path_rates
 from tinyvit_jax.models.registry import register_model
 
 
@@ -36,36 +34,18 @@ def he_normal_fan_out(groups: int = 1) -> Callable:
   return init
 
 
-class Conv(nnx.Module):
-  """A bias-free NHWC conv with an HWIO ``kernel`` (timm's ``weight``), any groups.
+def conv(cin: int, cout: int, k: int = 1, *, groups: int = 1, conv_impl: str = 'auto',
+         **kwargs) -> Conv:
+  """A bias-free NHWC conv (timm's ``weight`` as ``kernel``), any groups.
 
-  1x1 and depthwise convs go through ``conv_ops`` (a matmul / shifted multiply-adds on
-  CPU under ``conv_impl='auto'``). Dense k x k and grouped convs (RegNet's) always use
-  XLA's convolution: on CPU it matched or beat conv_ops' im2col on these models'
+  1x1 and depthwise convs run in the model's ``conv_impl`` (a matmul / shifted
+  multiply-adds on CPU under ``'auto'``). Dense k x k and grouped convs (RegNet's) always
+  use XLA's convolution: on CPU it matched or beat conv_ops' im2col on these models'
   3x3s (resnet50 forward at 224, batch 8: 0.83 s against 0.88-1.5 s on a shared
   2-core machine) and compiles 2-10x faster.
   """
-
-  def __init__(self, cin: int, cout: int, k: int = 1, *, stride: int = 1, pad: int = 0,
-               groups: int = 1, kernel_init: Callable, conv_impl: str = 'auto', dtype=None,
-               rngs: nnx.Rngs):
-    self.kernel = nnx.Param(kernel_init(rngs.params(), (k, k, cin // groups, cout)))
-    self.stride, self.pad, self.groups = stride, pad, groups
-    self.conv_impl = conv_impl
-    self.dtype = dtype
-
-  def __call__(self, x):
-    kernel = self.kernel[...]
-    if self.dtype is not None:
-      x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    pointwise = self.groups == 1 and kernel.shape[0] == 1
-    if pointwise or self.groups == x.shape[-1]:
-      return conv_ops.conv2d(x, kernel, stride=self.stride, pad=self.pad, groups=self.groups,
-                             impl=self.conv_impl)
-    return lax.conv_general_dilated(
-        x, kernel, window_strides=(self.stride, self.stride),
-        padding=((self.pad, self.pad), (self.pad, self.pad)),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=self.groups)
+  own = (k == 1 and groups == 1) or groups == cin
+  return Conv(cin, cout, k, groups=groups, conv_impl=conv_impl if own else 'xla', **kwargs)
 
 
 def torch_linear(din: int, dout: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -89,9 +69,9 @@ class BasicBlock(nnx.Module):
   def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *, conv_impl: str,
                dtype, rngs: nnx.Rngs):
     kw = dict(kernel_init=he_normal_fan_out(), conv_impl=conv_impl, dtype=dtype, rngs=rngs)
-    self.conv1 = Conv(cin, planes, 3, stride=stride, pad=1, **kw)
+    self.conv1 = conv(cin, planes, 3, stride=stride, pad=1, **kw)
     self.bn1 = BatchNorm(planes)
-    self.conv2 = Conv(planes, planes, 3, pad=1, **kw)
+    self.conv2 = conv(planes, planes, 3, pad=1, **kw)
     self.bn2 = BatchNorm(planes, scale_init=0.0)
     self.drop_path = DropPath(drop_path, rngs=rngs)
     self.downsample = _shortcut(cin, planes, stride, **kw)
@@ -110,11 +90,11 @@ class Bottleneck(nnx.Module):
                dtype, rngs: nnx.Rngs):
     kw = dict(kernel_init=he_normal_fan_out(), conv_impl=conv_impl, dtype=dtype, rngs=rngs)
     cout = planes * self.expansion
-    self.conv1 = Conv(cin, planes, **kw)
+    self.conv1 = conv(cin, planes, **kw)
     self.bn1 = BatchNorm(planes)
-    self.conv2 = Conv(planes, planes, 3, stride=stride, pad=1, **kw)
+    self.conv2 = conv(planes, planes, 3, stride=stride, pad=1, **kw)
     self.bn2 = BatchNorm(planes)
-    self.conv3 = Conv(planes, cout, **kw)
+    self.conv3 = conv(planes, cout, **kw)
     self.bn3 = BatchNorm(cout, scale_init=0.0)
     self.drop_path = DropPath(drop_path, rngs=rngs)
     self.downsample = _shortcut(cin, cout, stride, **kw)
@@ -130,14 +110,14 @@ def _shortcut(cin: int, cout: int, stride: int, **conv_kw):
   """timm's ``downsample``: [1x1 strided conv, BN] where the shape changes, else none."""
   if stride == 1 and cin == cout:
     return nnx.data(None)
-  return nnx.List([Conv(cin, cout, stride=stride, **conv_kw), BatchNorm(cout)])
+  return nnx.List([conv(cin, cout, stride=stride, **conv_kw), BatchNorm(cout)])
 
 
 def _apply_shortcut(downsample, x):
   if downsample is None:
     return x
-  conv, bn = downsample
-  return bn(conv(x))
+  project, norm = downsample
+  return norm(project(x))
 
 
 class ResNet(nnx.Module):
@@ -152,7 +132,7 @@ class ResNet(nnx.Module):
                conv_impl: str = 'auto', dtype=None, rngs: nnx.Rngs):
     self.num_classes = num_classes
     self.img_size = img_size
-    self.conv1 = Conv(in_chans, 64, 7, stride=2, pad=3, kernel_init=he_normal_fan_out(),
+    self.conv1 = conv(in_chans, 64, 7, stride=2, pad=3, kernel_init=he_normal_fan_out(),
                       conv_impl=conv_impl, dtype=dtype, rngs=rngs)
     self.bn1 = BatchNorm(64)
     dpr = iter(drop_path_rates(drop_path_rate, sum(layers)))
