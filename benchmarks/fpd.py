@@ -6,7 +6,7 @@
 (a) Bytes per sample-epoch of our store (every file: chunks, headers, manifest) at k=10
     (C = 1,000) and k=100 (C = 21,841), against the official 4 + 4k bytes plus its key
     files (18 GB over 90 epochs x 13.2M images of the 21k release: ~15.2 B). Rows are
-    teacher-like softmaxes (``distill.synthetic``); target <= 0.9x official.
+    teacher-like softmaxes (``distill.made_up_rows``); target <= 0.9x official.
 (b) Save-pass images/s (``save_logits``: the loader's crop and flip, with RandAugment and
     erasing there too under ``--augment_on host`` (CPU runs) or on the device under
     ``device`` (accelerators); Mixup on the device; teacher, top-k, encode, write, mark
@@ -49,11 +49,11 @@ from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
-from tinyvit_jax.data.sources import synthetic as synthetic_data
+from tinyvit_jax.data.sources import synthetic
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import store_targets
-from tinyvit_jax.distill import synthetic
+from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.models import create_model
 
@@ -120,7 +120,7 @@ class InMemorySource:
 def teacher_rows(n: int, k: int, num_classes: int):
   """n teacher-like rows: 8,192 distinct ones tiled (making more at C = 21,841 is slow)."""
   distinct = min(n, 8192)
-  values, indices = synthetic.teacher_like_topk(distinct, k, num_classes)
+  values, indices = made_up_rows.teacher_like_topk(distinct, k, num_classes)
   tile = -(-n // distinct)
   return np.tile(values, (tile, 1))[:n], np.tile(indices, (tile, 1))[:n]
 
@@ -166,7 +166,7 @@ def save_pass_speed(args, work: str) -> dict:
   model_checkpoint.save_model(os.path.join(work, 'teacher'), model, args.teacher,
                               num_classes=1000, img_size=size)
   teacher = teacher_lib.from_checkpoint(os.path.join(work, 'teacher'), **dtype_kwargs(args))
-  source = InMemorySource(synthetic_data.SyntheticSource(n, num_classes=10,
+  source = InMemorySource(synthetic.SyntheticSource(n, num_classes=10,
                                                          image_size=size * 5 // 4))
   aug = dict(image_size=size, augment_on=args.augment_on)  # Mixup/CutMix on the device
 

@@ -3,7 +3,7 @@
   python benchmarks/store_engines.py                 # N = 200k rows at k=10, 3 rounds
   python benchmarks/store_engines.py --rows 20000 --rounds 1   # smoke test
 
-Each engine holds one epoch of N teacher-like rows (``distill.synthetic``; 8,192
+Each engine holds one epoch of N teacher-like rows (``distill.made_up_rows``; 8,192
 distinct rows tiled, so no chunk sees a repeat) in chunks of 4,096 rows:
 
 * files-raw: one file per chunk, the three columns as raw bytes (temp, fsync, rename).
@@ -31,7 +31,7 @@ import tensorstore as ts
 from array_record.python import array_record_module
 
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import synthetic
+from tinyvit_jax.distill import made_up_rows
 
 CHUNK = 4096
 BATCH = 1024
@@ -39,7 +39,7 @@ BATCH = 1024
 
 def make_rows(n: int, k: int, num_classes: int):
   distinct = min(n, 8192)
-  values, indices = synthetic.teacher_like_topk(distinct, k, num_classes)
+  values, indices = made_up_rows.teacher_like_topk(distinct, k, num_classes)
   tile = -(-n // distinct)
   return (np.tile(values, (tile, 1))[:n], np.tile(indices, (tile, 1))[:n].astype(
       store.index_dtype(num_classes)), np.random.default_rng(1).permutation(n).astype(np.uint32))

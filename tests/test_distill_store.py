@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 import store_writer_run
 from tinyvit_jax import full_disk
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import synthetic
+from tinyvit_jax.distill import made_up_rows
 
 N, K, C, CHUNK = 2000, 10, 1000, 256  # 8 chunks, the last of 208 rows
 WRITER = os.path.join(os.path.dirname(__file__), 'helpers', 'store_writer_run.py')
@@ -282,7 +282,7 @@ def test_bad_configs_are_refused(tmp_path):
 @pytest.mark.parametrize('k, num_classes', [(10, 1000), (100, 21841)])
 def test_bytes_per_sample_epoch_beat_official_by_ten_percent(tmp_path, k, num_classes):
   rows = 4096
-  values, indices = synthetic.teacher_like_topk(rows, k, num_classes, seed=3)
+  values, indices = made_up_rows.teacher_like_topk(rows, k, num_classes, seed=3)
   example_index = np.random.default_rng(0).permutation(1_281_167)[:rows]
   logits = store.LogitStore.create(str(tmp_path), make_meta(k=k, num_classes=num_classes,
                                                             dataset_size=1_281_167))

@@ -23,7 +23,7 @@ from tinyvit_jax import main
 from tinyvit_jax.data import order
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import synthetic
+from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import trainer
@@ -43,7 +43,7 @@ def made_up_store(config, path: str) -> None:
                                               teacher_checkpoint_hash='0'))
   n = logits.rows_per_epoch
   for epoch in range(EPOCHS):
-    values, indices = synthetic.teacher_like_topk(n, config.distill.k, config.num_classes,
+    values, indices = made_up_rows.teacher_like_topk(n, config.distill.k, config.num_classes,
                                                   seed=epoch)
     with logits.epoch_writer(epoch) as writer:
       writer.write(0, values, indices, order.epoch_permutation(config.seed, epoch, n))

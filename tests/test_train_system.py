@@ -21,7 +21,7 @@ from tinyvit_jax import main
 from tinyvit_jax.data import order
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import synthetic
+from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import trainer
@@ -236,7 +236,7 @@ def digits_store(path: str, chunk_rows: int = 256) -> store.LogitStore:
   logits = store.LogitStore.create(path, dict(fields, teacher_name='made_up',
                                               teacher_checkpoint_hash='0'), chunk_rows)
   n = logits.rows_per_epoch
-  values, indices = synthetic.teacher_like_topk(n, 3, config.num_classes, seed=0)
+  values, indices = made_up_rows.teacher_like_topk(n, 3, config.num_classes, seed=0)
   with logits.epoch_writer(0) as writer:
     writer.write(0, values, indices, order.epoch_permutation(config.seed, 0, n))
   logits.mark_epoch_done(0)

@@ -14,12 +14,12 @@ import time
 import numpy as np
 
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import synthetic
+from tinyvit_jax.distill import made_up_rows
 
 
 def epoch_rows(epoch: int, n: int, k: int, num_classes: int):
   """(values, indices, example_index) of every position of ``epoch``."""
-  values, indices = synthetic.teacher_like_topk(n, k, num_classes, seed=epoch)
+  values, indices = made_up_rows.teacher_like_topk(n, k, num_classes, seed=epoch)
   return values, indices, np.random.default_rng(epoch).permutation(n)
 
 
