@@ -77,7 +77,7 @@ class Sampler(threading.Thread):
 
   def run(self):
     me = psutil.Process()
-    while not self.done.wait(0.1):
+    while not self.done.wait(0.25):
       rss = fds = 0
       shm = set()
       for process in [me, *me.children(recursive=True)]:
