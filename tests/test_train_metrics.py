@@ -151,30 +151,43 @@ def test_only_process_zero_writes(tmp_path):
   assert not os.path.exists(tmp_path / 'other')
 
 
-def test_plot_curves_writes_a_png(tmp_path):
+def test_the_curves_are_the_logged_series_and_the_png_draws_them(tmp_path):
   workdir = str(tmp_path)
   writer = metrics.MetricsWriter(workdir)
-  for step in range(1, 41):
-    writer.write(step, loss=2.0 * np.exp(-step / 10), epoch=step / 10)
+  losses = {step: 2.0 * np.exp(-step / 10) for step in range(1, 41)}
+  losses[17] = float('nan')  # a diverged step is left out, not drawn as a gap
+  for step, loss in losses.items():
+    writer.write(step, loss=loss, epoch=step / 10)
     if step % 10 == 0:
-      writer.write(step, eval_top1=step / 50, eval_top5=step / 45, eval_loss=1.0)
+      writer.write(step, eval_top1=step / 50, eval_top5=step / 45, eval_loss=1.0 / step)
   writer.close()
-  out = metrics.plot_curves(workdir, str(tmp_path / 'curves.png'))
-  data = open(out, 'rb').read()
-  assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10_000
+  series = metrics.curves(metrics.read_metrics(workdir))
+  kept = [step for step in losses if step != 17]
+  assert series['train loss'] == (kept, pytest.approx([losses[s] for s in kept]))
+  assert series['eval loss'] == ([10, 20, 30, 40], pytest.approx([0.1, 0.05, 1 / 30, 0.025]))
+  assert series['top-1'] == ([10, 20, 30, 40], pytest.approx([0.2, 0.4, 0.6, 0.8]))
+  assert series['top-5'][0] == [10, 20, 30, 40]
+
   from PIL import Image
-  image = Image.open(io.BytesIO(data))
-  assert image.size == (1000, 400)
-  pixels = np.asarray(image.convert('L'))
-  assert pixels.std() > 5  # lines and text, not a blank canvas
+  with Image.open(metrics.plot_curves(workdir, str(tmp_path / 'curves.png'))) as image:
+    assert image.format == 'PNG' and image.size == (1000, 400)
+    pixels = np.asarray(image.convert('RGB'))
+  # Each panel draws two series, in matplotlib's first two colours (C0 blue, C1 orange):
+  # train and eval loss on the left, top-1 and top-5 on the right.
+  for panel in (pixels[:, :500], pixels[:, 500:]):
+    for colour in ((31, 119, 180), (255, 127, 14)):
+      assert np.any(np.all(np.abs(panel.astype(int) - colour) < 30, axis=-1)), colour
 
 
-def test_plot_curves_without_eval_rows(tmp_path):
+def test_curves_of_a_run_without_eval_rows(tmp_path):
   workdir = str(tmp_path)
   writer = metrics.MetricsWriter(workdir)
   writer.write(1, loss=1.0)
   writer.close()
-  assert os.path.getsize(metrics.plot_curves(workdir, str(tmp_path / 'c.png'))) > 1000
+  series = metrics.curves(metrics.read_metrics(workdir))
+  assert series == {'train loss': ([1], [1.0]), 'eval loss': ([], []), 'top-1': ([], []),
+                    'top-5': ([], [])}
+  assert os.path.exists(metrics.plot_curves(workdir, str(tmp_path / 'c.png')))
 
 
 def test_summary_table():

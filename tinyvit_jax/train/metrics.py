@@ -114,25 +114,34 @@ class MetricsWriter:
     return self._tb
 
 
+CURVES = {'train loss': 'loss', 'eval loss': 'eval_loss', 'top-1': 'eval_top1',
+          'top-5': 'eval_top5'}  # what ``plot_curves`` draws: label -> metric
+
+
+def curves(rows: list) -> dict:
+  """label -> (steps, values) of each of ``CURVES`` in ``rows``; non-finite values, as
+  the loss of a diverged step, are left out."""
+  found = {}
+  for label, key in CURVES.items():
+    points = [r for r in rows if _finite(r.get(key))]
+    found[label] = ([r['step'] for r in points], [r[key] for r in points])
+  return found
+
+
 def plot_curves(workdir: str, out_png: str) -> str:
-  """Train loss, and eval top-1/top-5, against the step, from ``metrics.jsonl``."""
+  """Train and eval loss, and eval top-1/top-5, against the step, from ``metrics.jsonl``."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  rows = read_metrics(workdir)
+  series = curves(read_metrics(workdir))
   fig = Figure(figsize=(10, 4), dpi=100)
   FigureCanvasAgg(fig)
   loss_ax, acc_ax = fig.subplots(1, 2)
-  train = [r for r in rows if _finite(r.get('loss'))]
-  loss_ax.plot([r['step'] for r in train], [r['loss'] for r in train], label='train loss')
-  evals = [r for r in rows if _finite(r.get('eval_loss'))]
-  if evals:
-    loss_ax.plot([r['step'] for r in evals], [r['eval_loss'] for r in evals], 'o-',
-                 label='eval loss')
+  for label, ax, style in (('train loss', loss_ax, '-'), ('eval loss', loss_ax, 'o-'),
+                           ('top-1', acc_ax, 'o-'), ('top-5', acc_ax, 'o-')):
+    if series[label][0]:
+      ax.plot(*series[label], style, label=label)
   loss_ax.set(xlabel='step', ylabel='loss', title='loss')
-  for key, label in (('eval_top1', 'top-1'), ('eval_top5', 'top-5')):
-    points = [r for r in rows if _finite(r.get(key))]
-    acc_ax.plot([r['step'] for r in points], [r[key] for r in points], 'o-', label=label)
   acc_ax.set(xlabel='step', ylabel='accuracy', title='eval accuracy')
   for ax in (loss_ax, acc_ax):
     ax.grid(alpha=0.3)
