@@ -55,12 +55,12 @@ from PIL import Image
 from timm.data import create_transform
 
 from tinyvit_jax.data import augment
-from tinyvit_jax.data import augment_on_host
+from tinyvit_jax.data.augment import host_mode
 from tinyvit_jax.data.sources import image_folder
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import loader
-from tinyvit_jax.data import mix
-from tinyvit_jax.data import randaugment_pil
+from tinyvit_jax.data.augment import mix
+from tinyvit_jax.data.augment import randaugment_pil
 
 ARMS = ('ours', 'timm', 'ours_host_side')
 MIN_WINDOW_CPU_S = 0.2
@@ -180,7 +180,7 @@ def breakdown(args, folder) -> dict:
   pipeline = augment.make_train_augment(image_size=args.size, augment_on='host')
   host = pipeline.host
   settings = tuple(sorted(host.rand_augment.items()))
-  draw = lambda k: augment_on_host.draw(k, size=args.size, rand_augment=settings,
+  draw = lambda k: host_mode.draw(k, size=args.size, rand_augment=settings,
                                         color_jitter=host.color_jitter,
                                         erase_prob=host.erase_prob)
   decoded = [np.asarray(Image.open(io.BytesIO(r['image'])).convert('RGB')) for r in records]
@@ -202,9 +202,9 @@ def breakdown(args, folder) -> dict:
 
   def pack_and_erase():
     for pixels, drawn in zip(augmented, draws):
-      packed = augment_on_host.pack(pixels)
+      packed = host_mode.pack(pixels)
       if drawn['erase'].erase:
-        augment_on_host.erase_box(packed, drawn['erase'])
+        host_mode.erase_box(packed, drawn['erase'])
 
   examples = [host(r, k) for r, k in zip(records[:args.batch], key_data)]
   batch = {name: np.stack([example[name] for example in examples]) for name in ('image', 'key')}

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from tinyvit_jax.data import augment
-from tinyvit_jax.data import mix
-from tinyvit_jax.data import randaugment
+from tinyvit_jax.data.augment import mix
+from tinyvit_jax.data.augment import randaugment
 
 
 def test_odd_batch_with_mixing_names_the_batch():

@@ -10,7 +10,7 @@ import pytest
 
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import keys
-from tinyvit_jax.data import mix
+from tinyvit_jax.data.augment import mix
 from tinyvit_jax.data.sources import synthetic
 
 SIZE, BATCH, CLASSES = 32, 8, 10
@@ -79,7 +79,7 @@ def test_host_crop_is_the_same_in_another_process(train):
       'from tinyvit_jax.data.sources import synthetic\n'
       'source = synthetic.SyntheticSource(4, image_size=48)\n'
       f'key_data = np.array({key_data.tolist()}, np.uint32)\n'
-      f'crop = augment_host.TrainCrop({SIZE})\n'
+      f'crop = host_crop.TrainCrop({SIZE})\n'
       'out = np.stack([crop(source[i], key_data[i])["image"] for i in range(4)])\n'
       'sys.stdout.buffer.write(out.tobytes())\n')
   there = subprocess.run([sys.executable, '-c', script], capture_output=True, check=True).stdout

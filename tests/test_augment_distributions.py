@@ -15,10 +15,10 @@ import pytest
 from scipy import stats
 from timm.data import mixup
 
-from tinyvit_jax.data import augment_device
-from tinyvit_jax.data import augment_host
-from tinyvit_jax.data import mix
-from tinyvit_jax.data import randaugment
+from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import host_crop
+from tinyvit_jax.data.augment import mix
+from tinyvit_jax.data.augment import randaugment
 
 KS_CRITICAL = math.sqrt(math.log(2 / 1e-6) / 2)
 
@@ -45,11 +45,11 @@ def test_crop_scale_ratio_and_flip():
   scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
   ours, flips = [], []
   for key_data in _key_data(n):
-    draws = augment_host._Draws(key_data)
-    ours.append(augment_host.crop_params(draws, height, width, scale, ratio))
+    draws = host_crop._Draws(key_data)
+    ours.append(host_crop.crop_params(draws, height, width, scale, ratio))
     flips.append(draws.random() < 0.5)
   rng = random.Random(0)  # timm's get_params uses the random module's uniform/randint.
-  theirs = [augment_host.crop_params(rng, height, width, scale, ratio) for _ in range(n)]
+  theirs = [host_crop.crop_params(rng, height, width, scale, ratio) for _ in range(n)]
   ours, theirs = np.array(ours, float), np.array(theirs, float)
   for crops in (ours, theirs):
     area = crops[:, 2] * crops[:, 3] / (height * width)
@@ -66,7 +66,7 @@ def test_crop_scale_ratio_and_flip():
 
 def test_erasing_rate_area_and_aspect():
   n, size = 4000, 32
-  erase = jax.jit(jax.vmap(lambda key: augment_device.random_erase(
+  erase = jax.jit(jax.vmap(lambda key: device_ops.random_erase(
       jnp.full((size, size, 3), 100.0), key, 0.25)))
   erased = np.asarray(erase(_keys(n))) != 100.0
   boxes = erased.any(axis=-1)

@@ -18,12 +18,12 @@ from PIL import Image
 
 from tinyvit_jax import normalisation
 from tinyvit_jax.data import augment
-from tinyvit_jax.data import augment_device
-from tinyvit_jax.data import augment_host
-from tinyvit_jax.data import augment_on_host
+from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import host_crop
+from tinyvit_jax.data.augment import host_mode
 from tinyvit_jax.data import keys
-from tinyvit_jax.data import randaugment
-from tinyvit_jax.data import randaugment_pil
+from tinyvit_jax.data.augment import randaugment
+from tinyvit_jax.data.augment import randaugment_pil
 from tinyvit_jax.data.sources import synthetic
 
 SIZE, COUNT = 48, 120
@@ -67,7 +67,7 @@ def test_host_erases_the_device_box_with_unit_noise():
   noise = []
   for image_host, image_device, plain, data in zip(on_host, on_device, unerased, key_data):
     erase_key = keys.augment_streams(jax.random.wrap_key_data(data))[2]
-    box = augment_device.draw_erase(erase_key, SIZE, SIZE, 1.0)
+    box = device_ops.draw_erase(erase_key, SIZE, SIZE, 1.0)
     inside = np.zeros((SIZE, SIZE), bool)
     inside[int(box.top):int(box.top + box.height), int(box.left):int(box.left + box.width)] = True
     assert bool(box.erase) and inside.any()
@@ -81,16 +81,16 @@ def test_host_erases_the_device_box_with_unit_noise():
 
 
 def test_packed_pixels_unpack_normalised_and_noise_as_itself():
-  """Every uint8 value through ``pack`` comes out within 1e-6 of ``augment_device.normalise``
+  """Every uint8 value through ``pack`` comes out within 1e-6 of ``device_ops.normalise``
   (a multiply-add against two divisions: a few ulp); noise written into the float16 image
   comes out as its float16 value."""
   values = np.arange(256, dtype=np.uint8)
   image = np.stack([values, values[::-1], np.roll(values, 7)], -1)[None]
-  packed = augment_on_host.pack(image)
-  unpack = jax.jit(augment_on_host.unpack_normalised, static_argnums=(1, 2))
+  packed = host_mode.pack(image)
+  unpack = jax.jit(host_mode.unpack_normalised, static_argnums=(1, 2))
   mean, std = normalisation.IMAGENET_MEAN, normalisation.IMAGENET_STD
   np.testing.assert_allclose(unpack(packed, mean, std),
-                             jax.jit(augment_device.normalise)(image), rtol=0, atol=1e-6)
+                             jax.jit(device_ops.normalise)(image), rtol=0, atol=1e-6)
   noise = np.random.default_rng(0).standard_normal((1, 256, 3)).astype(np.float32) * 3
   packed[:] = noise
   np.testing.assert_array_equal(unpack(packed, mean, std), noise.astype(np.float16))
@@ -126,22 +126,22 @@ def test_encoded_bytes_crop_like_decoded_pixels(tmp_path):
   Image.fromarray(image).save(path, quality=90)
   data = path.read_bytes()
   decoded = np.asarray(Image.open(path).convert('RGB'))
-  crop = augment_host.TrainCrop(32)
+  crop = host_crop.TrainCrop(32)
   for key_data in _key_data(10):
     np.testing.assert_array_equal(crop(dict(image=data), key_data)['image'],
                                   crop(dict(image=decoded), key_data)['image'])
 
 
 def test_draft_decodes_small_only_when_the_crop_is_large_and_stays_close(tmp_path):
-  assert augment_host.draft_reduction(447, 900, 224) == 1
-  assert augment_host.draft_reduction(448, 900, 224) == 2
-  assert augment_host.draft_reduction(1800, 1792, 224) == 8
+  assert host_crop.draft_reduction(447, 900, 224) == 1
+  assert host_crop.draft_reduction(448, 900, 224) == 2
+  assert host_crop.draft_reduction(1800, 1792, 224) == 8
   image = synthetic.SyntheticSource(1, image_size=1024)[0]['image']
   path = tmp_path / 'image.jpg'
   Image.fromarray(image).save(path, quality=90)
   data = path.read_bytes()
-  full = augment_host.TrainCrop(64, scale=(0.5, 1.0))
-  draft = augment_host.TrainCrop(64, scale=(0.5, 1.0), draft=True)
+  full = host_crop.TrainCrop(64, scale=(0.5, 1.0))
+  draft = host_crop.TrainCrop(64, scale=(0.5, 1.0), draft=True)
   for key_data in _key_data(5):
     a = full(dict(image=data), key_data)['image'].astype(np.int32)
     b = draft(dict(image=data), key_data)['image'].astype(np.int32)
@@ -170,9 +170,9 @@ def test_host_augmentation_is_the_same_in_another_process():
 def test_host_mode_device_half_unpacks_then_mixes_pairs():
   pipeline = augment.make_train_augment(image_size=8, augment_on='host')
   rng = np.random.default_rng(0)
-  packed = augment_on_host.pack(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+  packed = host_mode.pack(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
   packed[:, 2:5, 1:6] = rng.standard_normal((4, 3, 5, 3))  # an erased box
-  images = np.asarray(augment_on_host.unpack_normalised(
+  images = np.asarray(host_mode.unpack_normalised(
       packed, normalisation.IMAGENET_MEAN, normalisation.IMAGENET_STD))
   targets = np.eye(4, dtype=np.float32)
   key_data = np.stack(_key_data(4))

@@ -27,10 +27,10 @@ from timm.data import auto_augment, transforms, transforms_factory
 from torchvision.transforms import functional as tv
 
 from tinyvit_jax import normalisation
-from tinyvit_jax.data import augment_device
-from tinyvit_jax.data import augment_host
-from tinyvit_jax.data import pil_ops
-from tinyvit_jax.data import randaugment
+from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import host_crop
+from tinyvit_jax.data.augment import uint8_ops
+from tinyvit_jax.data.augment import randaugment
 
 FILL = (124, 116, 104)  # timm's img_mean for the ImageNet mean
 HPARAMS = dict(translate_const=100, img_mean=FILL, interpolation=Image.Resampling.BICUBIC)
@@ -91,18 +91,18 @@ def test_no_op_leaves_the_image_bit_identical(apply_ops):
 
 def test_posterize_to_zero_bits_is_black():
   image = _test_images()[0]
-  np.testing.assert_array_equal(pil_ops.apply_lut(image, pil_ops.posterize_lut(0)), 0)
+  np.testing.assert_array_equal(uint8_ops.apply_lut(image, uint8_ops.posterize_lut(0)), 0)
 
 
 @pytest.mark.parametrize('adjust, degenerate', [
-    (tv.adjust_brightness, pil_ops.brightness_degenerate),
-    (tv.adjust_contrast, pil_ops.contrast_degenerate),
-    (tv.adjust_saturation, pil_ops.colour_degenerate)])
+    (tv.adjust_brightness, uint8_ops.brightness_degenerate),
+    (tv.adjust_contrast, uint8_ops.contrast_degenerate),
+    (tv.adjust_saturation, uint8_ops.colour_degenerate)])
 def test_colour_jitter_ops_match_torchvision(adjust, degenerate):
   for image in _test_images():
     for factor in (0.6, 0.83, 1.0, 1.27, 1.4):
       reference = np.asarray(adjust(Image.fromarray(image), factor))
-      mean, worst = _lsb_difference(pil_ops.blend(degenerate(image), image, factor), reference)
+      mean, worst = _lsb_difference(uint8_ops.blend(degenerate(image), image, factor), reference)
       assert mean <= 0.01 and worst <= 1, (adjust.__name__, factor, mean, worst)
 
 
@@ -110,7 +110,7 @@ def test_normalise_matches_to_tensor_and_normalize():
   image = _test_images()[1]
   tensor = tv.normalize(tv.to_tensor(Image.fromarray(image)), normalisation.IMAGENET_MEAN,
                         normalisation.IMAGENET_STD)
-  np.testing.assert_allclose(augment_device.normalise(image), tensor.permute(1, 2, 0).numpy(),
+  np.testing.assert_allclose(device_ops.normalise(image), tensor.permute(1, 2, 0).numpy(),
                              rtol=0, atol=1e-6)
 
 
@@ -130,8 +130,8 @@ def test_crop_params_follow_timms_rule_on_the_same_draws(height, width):
   scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
   for seed in range(200):
     key_data = np.array([seed, 7], np.uint32)
-    ours = augment_host.crop_params(augment_host._Draws(key_data), height, width, scale, ratio)
-    with mock.patch.object(transforms, 'random', _FakeRandom(augment_host._Draws(key_data))):
+    ours = host_crop.crop_params(host_crop._Draws(key_data), height, width, scale, ratio)
+    with mock.patch.object(transforms, 'random', _FakeRandom(host_crop._Draws(key_data))):
       reference = transforms.RandomResizedCropAndInterpolation.get_params(image, scale, ratio)
     assert ours == tuple(reference)
 
@@ -140,7 +140,7 @@ def test_resized_crop_matches_torchvision():
   image = _test_images()[0]
   for interpolation, mode in [('bicubic', tv.InterpolationMode.BICUBIC),
                               ('bilinear', tv.InterpolationMode.BILINEAR)]:
-    ours = augment_host.resized_crop(image, 3, 5, 20, 27, 24, interpolation)
+    ours = host_crop.resized_crop(image, 3, 5, 20, 27, 24, interpolation)
     reference = tv.resized_crop(Image.fromarray(image), 3, 5, 20, 27, [24, 24], mode)
     np.testing.assert_array_equal(ours, np.asarray(reference))
 
@@ -154,19 +154,19 @@ def test_eval_transform_matches_timm(crop_pct, shape):
   expected = reference(Image.fromarray(image))
   expected = (expected.numpy() if isinstance(expected, torch.Tensor)
               else np.asarray(expected)).transpose(1, 2, 0)
-  ours = augment_host.EvalResizeCrop(32, crop_pct)(dict(image=image), None)['image']
+  ours = host_crop.EvalResizeCrop(32, crop_pct)(dict(image=image), None)['image']
   np.testing.assert_array_equal(ours, expected)
 
 
 def test_train_crop_flips_the_crop_it_drew():
   """The host transform is crop_params, resized_crop, then the next draw decides the flip."""
   image = _test_images()[0]
-  crop = augment_host.TrainCrop(16)
+  crop = host_crop.TrainCrop(16)
   for seed in range(20):
     key_data = np.array([3, seed], np.uint32)
-    draws = augment_host._Draws(key_data)
-    top, left, h, w = augment_host.crop_params(draws, 32, 40, crop.scale, crop.ratio)
-    expected = augment_host.resized_crop(image, top, left, h, w, 16, 'bicubic')
+    draws = host_crop._Draws(key_data)
+    top, left, h, w = host_crop.crop_params(draws, 32, 40, crop.scale, crop.ratio)
+    expected = host_crop.resized_crop(image, top, left, h, w, 16, 'bicubic')
     if draws.random() < 0.5:
       expected = expected[:, ::-1]
     out = crop(dict(image=image), key_data)

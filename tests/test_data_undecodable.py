@@ -13,7 +13,7 @@ from PIL import Image
 
 import test_train_system
 from tinyvit_jax.data.sources import array_record_source
-from tinyvit_jax.data import augment_host
+from tinyvit_jax.data.augment import host_crop
 from tinyvit_jax.data.sources import decode
 from tinyvit_jax.data.sources import digits
 from tinyvit_jax.data.sources import image_folder
@@ -86,7 +86,7 @@ SOURCES = {
 def test_the_save_pass_and_the_student_refuse_the_same_example_the_same_way(name, tmp_path):
   plant, make = SOURCES[name]
   root, bad, expected = plant(tmp_path)
-  source, crop = make(root), augment_host.TrainCrop(size=12)
+  source, crop = make(root), host_crop.TrainCrop(size=12)
   n = len(source)
   with pytest.raises(decode.UndecodableImage) as student:  # grain workers, as in training
     for batch in loader.train_batches(source, seed=SEED, global_batch=BATCH, transform=crop,

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tinyvit_jax.data.mix import smooth_one_hot
+from tinyvit_jax.data.augment.mix import smooth_one_hot
 from tinyvit_jax.distill import losses
 from tinyvit_jax.distill.targets import tempered_targets
 from tinyvit_jax.train import config as config_lib

@@ -25,7 +25,7 @@ import numpy as np
 
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
-from tinyvit_jax.data import mix
+from tinyvit_jax.data.augment import mix
 from tinyvit_jax.data import order
 
 

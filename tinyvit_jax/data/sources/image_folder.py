@@ -37,7 +37,7 @@ class ImageFolderSource:
   """Random-access source: ``source[i]`` is dict(image=uint8 HWC RGB, label, index).
 
   With ``decode=False``, ``image`` is the file's bytes, for transforms that decode
-  themselves (``augment_host.TrainCrop``: fewer copies, optional reduced-scale JPEG decode).
+  themselves (``host_crop.TrainCrop``: fewer copies, optional reduced-scale JPEG decode).
   """
 
   def __init__(self, root: str, decode: bool = True):

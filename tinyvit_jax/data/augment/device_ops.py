@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 
 from tinyvit_jax import normalisation
-from tinyvit_jax.data import pil_ops
+from tinyvit_jax.data.augment import uint8_ops
 
 
 # torchvision's ColorJitter ops on PIL, by index: brightness, contrast, saturation.
-_JITTER_DEGENERATES = (pil_ops.brightness_degenerate, pil_ops.contrast_degenerate,
-                       pil_ops.colour_degenerate)
+_JITTER_DEGENERATES = (uint8_ops.brightness_degenerate, uint8_ops.contrast_degenerate,
+                       uint8_ops.colour_degenerate)
 
 
 def draw_jitter(key, brightness: float, contrast: float, saturation: float):
@@ -38,7 +38,7 @@ def colour_jitter(image, key, brightness: float, contrast: float, saturation: fl
   order, factors = draw_jitter(key, brightness, contrast, saturation)
   for which in order:
     degenerate = jax.lax.switch(which, _JITTER_DEGENERATES, image)
-    image = pil_ops.blend(degenerate, image, factors[which])
+    image = uint8_ops.blend(degenerate, image, factors[which])
   return image
 
 

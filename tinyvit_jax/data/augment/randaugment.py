@@ -8,7 +8,7 @@ dataset mean in uint8 (timm's ``img_mean``).
 
 Why one layer runs every kind: under ``vmap`` a per-sample ``lax.switch`` computes all
 fifteen ops and selects one. But each op is a lookup table, a blend towards a degenerate
-image or an affine warp (see ``pil_ops``), so a layer applies one of each: the chosen
+image or an affine warp (see ``uint8_ops``), so a layer applies one of each: the chosen
 op's parameters for its kind, identity parameters (exact no-ops on uint8) for the other
 two. A batch then pays one warp, one lookup and one blend per layer.
 
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tinyvit_jax.data import pil_ops
+from tinyvit_jax.data.augment import uint8_ops
 
 MAX_LEVEL = 10.0  # timm's _LEVEL_DENOM: magnitudes are clipped to [0, 10].
 
@@ -61,17 +61,17 @@ def _solarize_threshold(m):
 # Lookup-table ops: name -> (magnitude -> integer argument, (image, argument) -> (3, 256)
 # table). The argument is what the PIL op takes (bits, threshold, amount; 0 when none).
 _LUT_OPS = {
-    'AutoContrast': (lambda m: 0, lambda image, arg: pil_ops.autocontrast_lut(image)),
-    'Equalize': (lambda m: 0, lambda image, arg: pil_ops.equalize_lut(image)),
-    'Invert': (lambda m: 0, lambda image, arg: pil_ops.invert_lut()),
-    'Posterize': (_posterize_bits, lambda image, bits: pil_ops.posterize_lut(bits)),
+    'AutoContrast': (lambda m: 0, lambda image, arg: uint8_ops.autocontrast_lut(image)),
+    'Equalize': (lambda m: 0, lambda image, arg: uint8_ops.equalize_lut(image)),
+    'Invert': (lambda m: 0, lambda image, arg: uint8_ops.invert_lut()),
+    'Posterize': (_posterize_bits, lambda image, bits: uint8_ops.posterize_lut(bits)),
     'PosterizeIncreasing': (lambda m: 4 - _posterize_bits(m),
-                            lambda image, bits: pil_ops.posterize_lut(bits)),
-    'Solarize': (_solarize_threshold, lambda image, arg: pil_ops.solarize_lut(arg)),
+                            lambda image, bits: uint8_ops.posterize_lut(bits)),
+    'Solarize': (_solarize_threshold, lambda image, arg: uint8_ops.solarize_lut(arg)),
     'SolarizeIncreasing': (lambda m: 256 - _solarize_threshold(m),
-                           lambda image, arg: pil_ops.solarize_lut(arg)),
+                           lambda image, arg: uint8_ops.solarize_lut(arg)),
     'SolarizeAdd': (lambda m: jnp.minimum(128, jnp.trunc(m * 11).astype(jnp.int32)),
-                    lambda image, arg: pil_ops.solarize_add_lut(arg)),
+                    lambda image, arg: uint8_ops.solarize_add_lut(arg)),
 }
 
 
@@ -89,20 +89,20 @@ def _enhance_increasing_factor(m, signed_m):
 
 # Blend ops: name -> (degenerate image of the input, (m, signed m) -> factor).
 _BLEND_OPS = {
-    'Color': (pil_ops.colour_degenerate, _enhance_factor),
-    'ColorIncreasing': (pil_ops.colour_degenerate, _enhance_increasing_factor),
-    'Contrast': (pil_ops.contrast_degenerate, _enhance_factor),
-    'ContrastIncreasing': (pil_ops.contrast_degenerate, _enhance_increasing_factor),
-    'Brightness': (pil_ops.brightness_degenerate, _enhance_factor),
-    'BrightnessIncreasing': (pil_ops.brightness_degenerate, _enhance_increasing_factor),
-    'Sharpness': (pil_ops.smooth, _enhance_factor),
-    'SharpnessIncreasing': (pil_ops.smooth, _enhance_increasing_factor),
+    'Color': (uint8_ops.colour_degenerate, _enhance_factor),
+    'ColorIncreasing': (uint8_ops.colour_degenerate, _enhance_increasing_factor),
+    'Contrast': (uint8_ops.contrast_degenerate, _enhance_factor),
+    'ContrastIncreasing': (uint8_ops.contrast_degenerate, _enhance_increasing_factor),
+    'Brightness': (uint8_ops.brightness_degenerate, _enhance_factor),
+    'BrightnessIncreasing': (uint8_ops.brightness_degenerate, _enhance_increasing_factor),
+    'Sharpness': (uint8_ops.smooth, _enhance_factor),
+    'SharpnessIncreasing': (uint8_ops.smooth, _enhance_increasing_factor),
 }
 
 # Warp ops: (signed m, height, width) -> PIL affine matrix, as timm builds them: rotate
 # by 3m degrees, shear by 0.03m, translate by 0.045m of the side (translate_pct 0.45).
 _WARP_OPS = {
-    'Rotate': lambda signed_m, h, w: pil_ops.rotate_matrix(signed_m * 3, h, w),
+    'Rotate': lambda signed_m, h, w: uint8_ops.rotate_matrix(signed_m * 3, h, w),
     'ShearX': lambda signed_m, h, w: (1.0, _divide(signed_m * 3, 100), 0.0, 0.0, 1.0, 0.0),
     'ShearY': lambda signed_m, h, w: (1.0, 0.0, 0.0, _divide(signed_m * 3, 100), 1.0, 0.0),
     'TranslateXRel': lambda signed_m, h, w: (1.0, 0.0, _divide(signed_m * 45 * w, 1000),
@@ -135,7 +135,7 @@ def op_arguments(op, magnitude, negate, ops, height: int, width: int) -> OpArgum
   magnitude = jnp.asarray(magnitude, jnp.float32)
   signed = jnp.where(negate, -magnitude, magnitude)
   lut, factor = jnp.int32(0), jnp.float32(1.0)
-  matrix = jnp.asarray(pil_ops.IDENTITY_MATRIX, jnp.float32)
+  matrix = jnp.asarray(uint8_ops.IDENTITY_MATRIX, jnp.float32)
   for index, name in enumerate(ops):
     is_chosen = op == index
     if name in _LUT_OPS:
@@ -159,18 +159,18 @@ def apply_op(image, op, magnitude, negate, ops, fill):
 def apply_arguments(image, op, arguments: OpArguments, ops, fill):
   """Op ``ops[op]`` (-1: none) with its ``op_arguments`` on a uint8 HWC image."""
   chosen = [(op == index, name) for index, name in enumerate(ops)]
-  lut = pil_ops.identity_lut()
+  lut = uint8_ops.identity_lut()
   for is_chosen, name in chosen:
     if name in _LUT_OPS:
       lut = jnp.where(is_chosen, _LUT_OPS[name][1](image, arguments.lut), lut)
-  image = pil_ops.apply_lut(image, lut)
+  image = uint8_ops.apply_lut(image, lut)
 
   degenerate = image
   for is_chosen, name in chosen:
     if name in _BLEND_OPS:
       degenerate = jnp.where(is_chosen, _BLEND_OPS[name][0](image), degenerate)
-  image = pil_ops.blend(degenerate, image, arguments.factor)
-  return pil_ops.affine(image, arguments.matrix, fill)
+  image = uint8_ops.blend(degenerate, image, arguments.factor)
+  return uint8_ops.affine(image, arguments.matrix, fill)
 
 
 def draw_layer(key, num_ops: int, prob: float, magnitude: float, magnitude_std: float):

@@ -6,7 +6,7 @@ whole image, erased or not), while PIL runs timm's whole train transform in ~2.5
 (benchmarks/RESULTS.md, "Data"). On an accelerator the device half is the better place.
 
 Same draws: the parameters come from the device's own functions (``keys.augment_streams``,
-``randaugment.layer_arguments``, ``augment_device.draw_jitter`` and ``draw_erase``), jitted
+``randaugment.layer_arguments``, ``device_ops.draw_jitter`` and ``draw_erase``), jitted
 on the worker's CPU into one uint32 vector (one transfer per image, not one per draw), so
 a host image is the device image up to PIL's float64 against our float32 rounding
 (``randaugment_pil``). The one exception is the erasing noise: drawn here for the box
@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import ImageEnhance
 
-from tinyvit_jax.data import augment_device
-from tinyvit_jax.data import augment_host
+from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import host_crop
 from tinyvit_jax.data import keys
-from tinyvit_jax.data import randaugment
-from tinyvit_jax.data import randaugment_pil
+from tinyvit_jax.data.augment import randaugment
+from tinyvit_jax.data.augment import randaugment_pil
 
-# torchvision's ColorJitter ops on PIL, by index (augment_device's order).
+# torchvision's ColorJitter ops on PIL, by index (device_ops's order).
 _JITTER_ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
 
 PIXEL_OFFSET = 1024
@@ -58,9 +58,9 @@ def draw_tree(key_data, *, size: int, rand_augment: tuple | None, color_jitter: 
     draws['arguments'] = jax.tree.map(lambda *leaves: jnp.stack(leaves),
                                       *[arguments for _, arguments in layers])
   if any(color_jitter):
-    draws['jitter'] = augment_device.draw_jitter(jitter_key, *color_jitter)
+    draws['jitter'] = device_ops.draw_jitter(jitter_key, *color_jitter)
   if erase_prob:
-    box = augment_device.draw_erase(erase_key, size, size, erase_prob)
+    box = device_ops.draw_erase(erase_key, size, size, erase_prob)
     draws['erase'] = box._replace(noise_key=jax.random.key_data(box.noise_key))
   return draws
 
@@ -113,7 +113,7 @@ def unpack_normalised(images, mean, std):
   their noise.
 
   Normalising is one multiply-add per value, ``p / (255 std) - mean / std``, within 1e-6 of
-  ``augment_device.normalise``'s ``(p / 255 - mean) / std``: XLA:CPU fuses the unpacking
+  ``device_ops.normalise``'s ``(p / 255 - mean) / std``: XLA:CPU fuses the unpacking
   into each of Mixup's reads, where the two divisions doubled the device half's time.
   """
   values = images.astype(jnp.float32)
@@ -130,7 +130,7 @@ class TrainOnHost:
   ``rand_augment``: ``randaugment.parse_spec``'s settings or None; the rest as
   ``augment.make_train_augment``'s config.
   """
-  crop: augment_host.TrainCrop
+  crop: host_crop.TrainCrop
   rand_augment: dict | None
   color_jitter: tuple
   erase_prob: float
@@ -157,7 +157,7 @@ class TrainOnHost:
     return dict(image=packed, key=np.asarray(key_data, np.uint32))
 
 
-def erase_box(image: np.ndarray, box: augment_device.EraseBox):
+def erase_box(image: np.ndarray, box: device_ops.EraseBox):
   """Writes N(0, 1) noise into ``box`` of ``image`` in place, drawn in float32 by
   ``keys.numpy_generator`` of the box's noise key data."""
   generator = keys.numpy_generator(box.noise_key)

@@ -2,19 +2,19 @@
 for the train step.
 
 Where each op runs, and why:
-- Host (``augment_host``, PIL, loader workers): RandomResizedCrop and flip, because they
+- Host (``host_crop``, PIL, loader workers): RandomResizedCrop and flip, because they
   change the image size; after them every image is (size, size, 3) uint8, so batches
   stack and cross to the device small.
 - Device (jax.numpy, vmapped over per-sample keys, inside the jitted step): RandAugment,
   colour jitter, normalisation, random erasing, then Mixup/CutMix over pairs. These are
   the costly per-pixel ops, and on an accelerator they are nearly free next to the model.
   On a CPU, XLA runs them ~15x slower than PIL, so CPU-only runs set ``augment_on='host'``
-  and every per-image op runs in the workers (``augment_on_host``), from the same draws;
+  and every per-image op runs in the workers (``host_mode``), from the same draws;
   the device then only normalises and mixes.
 
 Keys: everything about example ``i`` in epoch ``e`` comes from ``keys.sample_key(seed, e,
 i)``, whose data the loader gives the host transform and the host passes on as
-``batch['key']``. The host draws crop and flip from it (see ``augment_host``); the device
+``batch['key']``. The host draws crop and flip from it (see ``host_crop``); the device
 splits it into (RandAugment, colour jitter, erasing, pair) keys. Pair ``j`` (positions
 2j and 2j+1) mixes with the pair key of position 2j. Each image is thus a pure function of
 (seed, e, i), and each mixed pair of its two examples, whatever the batch or device count.
@@ -24,11 +24,18 @@ image_size, scale, ratio, hflip, interpolation; rand_augment (timm spec or None)
 color_jitter (0, a strength, or (brightness, contrast, saturation)); mean, std;
 erase_prob; mixup_alpha, cutmix_alpha, mix_prob, switch_prob (both alphas 0: no mixing);
 augment_on ('device', or 'host': every per-image op in the loader workers with PIL, for
-CPU-only runs, see ``augment_on_host``); jpeg_draft (decode JPEGs at a reduced scale when
-the crop allows, see ``augment_host.TrainCrop``). Both change pixels, so an FPD store must
+CPU-only runs, see ``host_mode``); jpeg_draft (decode JPEGs at a reduced scale when
+the crop allows, see ``host_crop.TrainCrop``). Both change pixels, so an FPD store must
 be replayed with the config it was saved with.
 The defaults are the DeiT/TinyViT recipe as timm runs it. timm turns colour jitter off
 whenever RandAugment is on, so those recipes never jitter: the default here is 0.
+
+The package, by where its code runs:
+- ``host_crop``: the crop and flip (and eval's resize and centre crop), always on the host;
+- ``randaugment`` (on ``uint8_ops``, PIL's uint8 arithmetic in jax.numpy),
+  ``device_ops`` (colour jitter, erasing, normalising) and ``mix``: the device half;
+- ``host_mode`` (on ``randaugment_pil``, the same RandAugment draws applied with PIL):
+  ``augment_on='host'``, every per-image op in the workers.
 """
 import functools
 from typing import Callable, NamedTuple
@@ -36,12 +43,12 @@ from typing import Callable, NamedTuple
 import jax
 
 from tinyvit_jax import normalisation
-from tinyvit_jax.data import augment_device
-from tinyvit_jax.data import augment_host
-from tinyvit_jax.data import augment_on_host
+from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import host_crop
+from tinyvit_jax.data.augment import host_mode
 from tinyvit_jax.data import keys
-from tinyvit_jax.data import mix
-from tinyvit_jax.data import randaugment
+from tinyvit_jax.data.augment import mix
+from tinyvit_jax.data.augment import randaugment
 
 TRAIN_DEFAULTS = dict(
     image_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
@@ -59,7 +66,7 @@ class Augment(NamedTuple):
 
   ``device``: for training ``(images uint8 (B, H, W, 3), key_data uint32 (B, 2), targets
   (B, classes)) -> (images float32, targets)`` (with ``augment_on='host'`` the images come
-  augmented, as ``augment_on_host.pack``'s float16); for evaluation ``images -> images``.
+  augmented, as ``host_mode.pack``'s float16); for evaluation ``images -> images``.
   Pure and jittable; targets are dense rows (``mix.smooth_one_hot`` for labels).
 
   ``mixes``: whether ``device`` mixes pairs (Mixup/CutMix), which needs an even
@@ -79,10 +86,10 @@ def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean,
     if rand_augment is not None:
       image = randaugment.rand_augment(image, rand_augment_key, **rand_augment)
     if any(color_jitter):
-      image = augment_device.colour_jitter(image, jitter_key, *color_jitter)
-    image = augment_device.normalise(image, mean, std)
+      image = device_ops.colour_jitter(image, jitter_key, *color_jitter)
+    image = device_ops.normalise(image, mean, std)
     if erase_prob:
-      image = augment_device.random_erase(image, erase_key, erase_prob)
+      image = device_ops.random_erase(image, erase_key, erase_prob)
     return image
 
   images = jax.vmap(one_image)(images, *streams[:3])
@@ -91,8 +98,8 @@ def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean,
 
 def host_augmented_images(images, key_data, targets, *, mean, std, mixing):
   """The device half when the host ran the per-image ops (``augment_on='host'``): unpack
-  and normalise its float16 images (``augment_on_host.unpack_normalised``), then mix."""
-  images = augment_on_host.unpack_normalised(images, mean, std)
+  and normalise its float16 images (``host_mode.unpack_normalised``), then mix."""
+  images = host_mode.unpack_normalised(images, mean, std)
   return mixed_images(images, key_data, targets, mixing=mixing)
 
 
@@ -130,10 +137,10 @@ def make_train_augment(config=None, **overrides) -> Augment:
   if cfg['mixup_alpha'] > 0 or cfg['cutmix_alpha'] > 0:
     mixing = dict(mixup_alpha=cfg['mixup_alpha'], cutmix_alpha=cfg['cutmix_alpha'],
                   switch_prob=cfg['switch_prob'], prob=cfg['mix_prob'])
-  crop = augment_host.TrainCrop(cfg['image_size'], tuple(cfg['scale']), tuple(cfg['ratio']),
+  crop = host_crop.TrainCrop(cfg['image_size'], tuple(cfg['scale']), tuple(cfg['ratio']),
                                 cfg['hflip'], cfg['interpolation'], cfg['jpeg_draft'])
   if cfg['augment_on'] == 'host':
-    host = augment_on_host.TrainOnHost(crop, rand_augment, jitter, cfg['erase_prob'], fill)
+    host = host_mode.TrainOnHost(crop, rand_augment, jitter, cfg['erase_prob'], fill)
     device = functools.partial(host_augmented_images, mean=tuple(cfg['mean']),
                                std=tuple(cfg['std']), mixing=mixing)
     return Augment(host, device, mixing is not None)
@@ -150,8 +157,8 @@ def make_eval_augment(config=None, **overrides) -> Augment:
   _check_size_and_interpolation(cfg)
   if not 0 < cfg['crop_pct'] <= 1:
     raise ValueError(f'crop_pct={cfg["crop_pct"]} must be in (0, 1].')
-  host = augment_host.EvalResizeCrop(cfg['image_size'], cfg['crop_pct'], cfg['interpolation'])
-  device = functools.partial(augment_device.normalise, mean=tuple(cfg['mean']),
+  host = host_crop.EvalResizeCrop(cfg['image_size'], cfg['crop_pct'], cfg['interpolation'])
+  device = functools.partial(device_ops.normalise, mean=tuple(cfg['mean']),
                              std=tuple(cfg['std']))
   return Augment(host, device)
 
@@ -173,9 +180,9 @@ def _check_probability(name: str, value: float):
 def _check_size_and_interpolation(cfg: dict):
   if cfg['image_size'] < 1:
     raise ValueError(f'image_size={cfg["image_size"]} must be positive.')
-  if cfg['interpolation'] not in augment_host.INTERPOLATIONS:
+  if cfg['interpolation'] not in host_crop.INTERPOLATIONS:
     raise ValueError(f'interpolation={cfg["interpolation"]!r}; expected one of '
-                     f'{sorted(augment_host.INTERPOLATIONS)}.')
+                     f'{sorted(host_crop.INTERPOLATIONS)}.')
 
 
 def _check_crop(cfg: dict):

@@ -1,8 +1,8 @@
 """RandAugment's ops with PIL, on the host, from ``randaugment.op_arguments``.
 
-The host twin of ``randaugment.apply_arguments`` for CPU-only runs (``augment_on_host``):
+The host twin of ``randaugment.apply_arguments`` for CPU-only runs (``host_mode``):
 the same drawn arguments, applied by the PIL calls timm makes, which are C and ~15x
-faster on a CPU than XLA's (see ``augment_on_host``). Host and device then differ only
+faster on a CPU than XLA's (see ``host_mode``). Host and device then differ only
 where PIL's float64 and our float32 round apart (the tolerances of
 tests/test_augment_vs_timm.py), and in AutoContrast, where PIL's table falls one short
 of the exact one on 0.14% of entries.
