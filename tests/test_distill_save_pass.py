@@ -21,7 +21,7 @@ import pytest
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
-from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import store_targets
 from tinyvit_jax.distill import targets
@@ -255,12 +255,12 @@ def test_checkpoint_teacher_is_the_model_in_eval_mode(tmp_path):
 
 def test_store_fields_name_every_manifest_field():
   fields = run.student_fields()
-  assert set(fields) == set(store.STUDENT_FIELDS)
+  assert set(fields) == set(manifest.STUDENT_FIELDS)
   assert fields['augmentation']['mixup_alpha'] == 0.8  # defaults filled in
   assert fields['augmentation']['image_size'] == 32
-  full = save_pass.store_fields(run.source(), dataset_name='synthetic', aug_config=run.AUG,
-                                seed=run.SEED, k=run.K, teacher=run.linear_teacher())
-  assert set(full) == set(store.META_FIELDS) and full['num_classes'] == run.CLASSES
+  full = manifest.store_fields(run.source(), dataset_name='synthetic', aug_config=run.AUG,
+                               seed=run.SEED, k=run.K, teacher=run.linear_teacher())
+  assert set(full) == set(manifest.META_FIELDS) and full['num_classes'] == run.CLASSES
   with pytest.raises(ValueError, match=r"Unknown augmentation settings \['mixup'\]"):
     run.student_fields(aug_config=dict(mixup=0.1))
 

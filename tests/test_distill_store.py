@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 import store_writer_run
 from tinyvit_jax import full_disk
+from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import made_up_rows
 
@@ -270,7 +271,7 @@ def test_bad_configs_are_refused(tmp_path):
   with pytest.raises(ValueError, match='chunk_rows=255 must be even'):
     store.LogitStore.create(str(tmp_path), make_meta(), chunk_rows=255)
   with pytest.raises(ValueError, match=r"lacks \['teacher_name'\]"):
-    store.LogitStore.create(str(tmp_path), {f: 0 for f in store.META_FIELDS[:-2]} | dict(
+    store.LogitStore.create(str(tmp_path), {f: 0 for f in manifest.META_FIELDS[:-2]} | dict(
         teacher_checkpoint_hash='', k=1, num_classes=2))
   store.LogitStore.create(str(tmp_path), make_meta())
   with pytest.raises(FileExistsError, match='open it to resume'):

@@ -21,6 +21,7 @@ import numpy as np
 
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import synthetic
+from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store_targets
 from tinyvit_jax.distill import teacher as teacher_lib
@@ -71,7 +72,7 @@ def save(store_path: str, global_batch: int = 32, teacher=None, **overrides):
 def student_fields(**overrides):
   args = dict(dataset_name='synthetic', aug_config=AUG, seed=SEED, k=K, num_classes=CLASSES)
   args.update(overrides)
-  return save_pass.store_fields(args.pop('source', source()), **args)
+  return manifest.store_fields(args.pop('source', source()), **args)
 
 
 def local_rows(array) -> np.ndarray:

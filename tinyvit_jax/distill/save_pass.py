@@ -20,8 +20,6 @@ save's, since a chunk's bytes depend only on its rows and a row only on its imag
 """
 import contextlib
 import functools
-import hashlib
-import json
 import os
 
 import jax
@@ -33,64 +31,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax.data import augment
-from tinyvit_jax.data.sources import decode
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
+from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.train import metrics
-
-
-def dataset_fingerprint(source, samples: int = 16) -> str:
-  """sha256 of the size, classes and ``samples`` records spread evenly over the dataset.
-
-  Reading a few records keeps this instant on 14M images; it tells apart datasets,
-  splits, image sizes and orders, though not one edited image among the unread ones.
-  """
-  n = len(source)
-  digest = hashlib.sha256(json.dumps([n, getattr(source, 'num_classes', None),
-                                      getattr(source, 'class_names', None)]).encode())
-  for index in sorted({int(i) for i in np.linspace(0, n - 1, min(samples, n)).round()}):
-    try:
-      record = source[index]
-    except decode.UndecodableImage as error:
-      raise decode.located(error, source, index) from None
-    for name in sorted(record):
-      value = record[name]
-      digest.update(name.encode())
-      digest.update(value if isinstance(value, bytes) else np.asarray(value).tobytes())
-  return digest.hexdigest()
-
-
-def augmentation_fields(aug_config) -> dict:
-  """The full training augmentation config (defaults filled in) as plain JSON values."""
-  augment.make_train_augment(aug_config)  # unknown keys and bad values raise here
-  given = aug_config.to_dict() if hasattr(aug_config, 'to_dict') else dict(aug_config or {})
-  return json.loads(json.dumps(dict(augment.TRAIN_DEFAULTS, **given), default=_plain))
-
-
-def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
-                 num_classes: int | None = None, teacher=None,
-                 repeats: order.Repeats = order.Repeats()) -> dict:
-  """What a store records about its rows: the single owner of the manifest's metadata.
-
-  With ``teacher`` (save pass): every ``store.META_FIELDS``, C being the teacher's class
-  count. Without (student): the ``store.STUDENT_FIELDS`` to check against a store, C being
-  ``num_classes``, the student head's class count.
-  """
-  if num_classes is None:
-    if teacher is None:
-      raise ValueError('store_fields needs num_classes (the student head\'s) or a teacher.')
-    num_classes = teacher.num_classes
-  fields = dict(dataset_name=dataset_name, dataset_size=len(source),
-                dataset_fingerprint=dataset_fingerprint(source), seed=int(seed),
-                augmentation=augmentation_fields(aug_config),
-                repeats=order.check_repeats(repeats)._asdict(), k=int(k),
-                num_classes=int(num_classes))
-  if teacher is None:
-    return fields
-  return dict(fields, teacher_name=teacher.name,
-              teacher_checkpoint_hash=teacher.checkpoint_hash)
 
 
 def local_mesh(mesh: Mesh | None = None) -> Mesh:
@@ -145,7 +91,7 @@ def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, ep
   batch = order.process_batch_size(global_batch, process_count)
   view = make_teacher_view(teacher, aug_config, mesh=mesh, batch=batch,
                            source_classes=source.num_classes)
-  logits = _create_or_resume(store_path, store_fields(
+  logits = _create_or_resume(store_path, manifest.store_fields(
       source, dataset_name=dataset_name, aug_config=aug_config, seed=seed, k=k,
       teacher=teacher, repeats=repeats), chunk_rows)
   host = augment.make_train_augment(aug_config).host
@@ -260,11 +206,3 @@ def _size_text(size: float) -> str:
 def _sync(name: str, process_count: int) -> None:
   if process_count > 1:
     multihost_utils.sync_global_devices(name)
-
-
-def _plain(value):
-  """JSON for numpy numbers and arrays in a config."""
-  if hasattr(value, 'tolist'):
-    return value.tolist()
-  raise TypeError(f'{value!r} ({type(value).__name__}) in the augmentation config is not '
-                  'a plain number, string or list.')

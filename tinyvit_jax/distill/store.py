@@ -58,16 +58,11 @@ import numpy as np
 
 from tinyvit_jax import full_disk
 from tinyvit_jax.data import order
+from tinyvit_jax.distill.manifest import META_FIELDS, STUDENT_FIELDS
 
 FORMAT_VERSION = 1
 # Stores written before repeated augmentation existed lack ``repeats``: they are plain.
 _PLAIN_REPEATS = order.Repeats()._asdict()
-META_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed', 'augmentation',
-               'repeats', 'k', 'num_classes', 'teacher_name', 'teacher_checkpoint_hash')
-# What a student must share with the store for its rows to be the teacher's view of its
-# own images (the teacher itself may differ: any teacher's rows train any student).
-STUDENT_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed',
-                  'augmentation', 'repeats', 'k', 'num_classes')
 DEFAULT_CHUNK_ROWS = 4096
 
 _MANIFEST = 'manifest.json'

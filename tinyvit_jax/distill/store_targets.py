@@ -29,7 +29,7 @@ class StoreMismatchError(store.IncompatibleStore):
 class StoreTargets:
   """Host hook: ``batch -> dict(batch, teacher_values=(B, k) float16, teacher_indices=(B, k))``.
 
-  ``student_fields``: ``save_pass.store_fields(source, ..., num_classes=C)`` of the
+  ``student_fields``: ``manifest.store_fields(source, ..., num_classes=C)`` of the
   student's run; a store saved for other data, seed, augmentation, k or C is refused
   here, naming each differing field with both values.
   """

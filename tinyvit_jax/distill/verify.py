@@ -24,6 +24,7 @@ from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
+from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import teacher as teacher_lib
@@ -46,30 +47,30 @@ def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0
   if damaged:
     raise VerificationError(f'The logit store at {store_path} has {len(damaged)} unusable '
                             'chunks:\n  ' + '\n  '.join(damaged))
-  manifest = logits.manifest
-  logits.check_compatible(save_pass.store_fields(
-      source, dataset_name=manifest['dataset_name'], aug_config=manifest['augmentation'],
-      seed=manifest['seed'], k=logits.k, num_classes=logits.num_classes))
+  meta = logits.manifest
+  logits.check_compatible(manifest.store_fields(
+      source, dataset_name=meta['dataset_name'], aug_config=meta['augmentation'],
+      seed=meta['seed'], k=logits.k, num_classes=logits.num_classes))
   if teacher.num_classes != logits.num_classes:
     raise ValueError(f'The teacher has {teacher.num_classes} classes, the store '
                      f'{logits.num_classes}: it cannot be the teacher of this store.')
   if not logits.epochs_done:
     raise ValueError(f'{store_path} has no complete epoch to verify.')
-  if (teacher.name, teacher.checkpoint_hash) != (manifest['teacher_name'],
-                                                 manifest['teacher_checkpoint_hash']):
-    log(f'note: the store was saved by {manifest["teacher_name"]} '
-        f'{manifest["teacher_checkpoint_hash"][:12]}, this is {teacher.name} '
+  if (teacher.name, teacher.checkpoint_hash) != (meta['teacher_name'],
+                                                 meta['teacher_checkpoint_hash']):
+    log(f'note: the store was saved by {meta["teacher_name"]} '
+        f'{meta["teacher_checkpoint_hash"][:12]}, this is {teacher.name} '
         f'{teacher.checkpoint_hash[:12]}')
-  view = save_pass.make_teacher_view(teacher, manifest['augmentation'],
+  view = save_pass.make_teacher_view(teacher, meta['augmentation'],
                                      mesh=save_pass.local_mesh(mesh), batch=batch,
                                      source_classes=source.num_classes)
-  host = augment.make_train_augment(manifest['augmentation']).host
+  host = augment.make_train_augment(meta['augmentation']).host
   stored_top1, live_top1, diffs = [], [], []
   for epoch, positions in _sampled_rows(logits, sample, seed).items():
     for host_batch in loader.position_batches(
-        source, seed=manifest['seed'], epoch=epoch, batch=batch, transform=host,
+        source, seed=meta['seed'], epoch=epoch, batch=batch, transform=host,
         positions=_with_pairs(positions, logits.rows_per_epoch),
-        repeats=order.Repeats(**manifest['repeats'])):
+        repeats=order.Repeats(**meta['repeats'])):
       live = np.asarray(jax.device_get(view(host_batch)))
       for row, position in enumerate(host_batch['position']):
         if not host_batch['mask'][row] or position not in positions:

@@ -29,7 +29,7 @@ from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import sources
-from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import store_targets
 from tinyvit_jax.models import create_model
@@ -224,7 +224,7 @@ class Run:
   def store_fields(self) -> dict:
     """What the student shares with a logit store: its data, seed, augmentation, k, C."""
     config = self.config
-    return save_pass.store_fields(
+    return manifest.store_fields(
         self.source, dataset_name=config.data.name or config.data.source,
         aug_config=config.aug, seed=config.seed, k=config.distill.k,
         num_classes=config.num_classes, repeats=config_lib.repeats(config))
