@@ -31,9 +31,9 @@ from tinyvit_jax import compile_cache
 from tinyvit_jax import main as main_lib
 from tinyvit_jax import predict
 from tinyvit_jax.data import loader
+from tinyvit_jax.data import sources
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
-from tinyvit_jax.train import trainer
 
 QUICKSTART = os.path.join(os.path.dirname(__file__), '..', 'configs', 'quickstart.py')
 TEACHER = dict(name='resnet18', kwargs=dict(img_size=32, channels=(32, 64, 128, 256)))
@@ -78,7 +78,7 @@ def head_accuracies(export_dir: str, config) -> dict:
     return cls_logits, dist_logits, (cls_logits + dist_logits) / 2
 
   correct, count = np.zeros(3), 0
-  for batch in loader.eval_batches(trainer.eval_source(config), transform=eval_augment.host,
+  for batch in loader.eval_batches(sources.from_config(config.data, 'eval'), transform=eval_augment.host,
                                    global_batch=config.eval_batch_size):
     predicted = np.argmax(np.stack(heads(batch['image'])), axis=-1)
     correct += ((predicted == batch['label']) & batch['mask']).sum(axis=1)

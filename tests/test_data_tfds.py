@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tinyvit_jax.data import sources
 from tinyvit_jax.data.sources import tfds_source
 from tinyvit_jax.train import config as config_lib
-from tinyvit_jax.train import trainer
 
 
 class TinyTensorImages(tfds.core.GeneratorBasedBuilder):
@@ -52,7 +52,7 @@ def test_a_recipe_reaches_the_tfds_source(tmp_path):
   TinyTensorImages(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
   config = config_lib.base_config()
   config.data.train.update(name='tiny_tensor_images', data_dir=str(tmp_path))
-  assert len(trainer.train_source(config)) == 6
+  assert len(sources.from_config(config.data, 'train')) == 6
 
 
 def test_unprepared_dataset_names_dataset_dir_and_command(tmp_path):

@@ -21,12 +21,11 @@ import pytest
 from configs import quickstart
 from tinyvit_jax import main
 from tinyvit_jax.data import order
+from tinyvit_jax.data import sources
+from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import made_up_rows
-from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
-from tinyvit_jax.train import trainer
 
 EPOCHS, BATCH, WORKERS, GROWTH = 12, 8, 2, 1.05
 STEPS = EPOCHS * (1438 // BATCH)
@@ -34,11 +33,11 @@ STEPS = EPOCHS * (1438 // BATCH)
 
 def made_up_store(config, path: str) -> None:
   """Every epoch of the run's store, with teacher-like rows (no teacher needed)."""
-  source = trainer.train_source(config)
+  source = sources.from_config(config.data, 'train')
   fields = manifest.store_fields(source, dataset_name=config.data.source,
                                  aug_config=config.aug, seed=config.seed, k=config.distill.k,
                                  num_classes=config.num_classes,
-                                 repeats=config_lib.repeats(config))
+                                 repeats=order.repeats_of(config.data))
   logits = store.LogitStore.create(path, dict(fields, teacher_name='made_up',
                                               teacher_checkpoint_hash='0'))
   n = logits.rows_per_epoch

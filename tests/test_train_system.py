@@ -19,12 +19,11 @@ import pytest
 import train_config
 from tinyvit_jax import main
 from tinyvit_jax.data import order
+from tinyvit_jax.data import sources
+from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import made_up_rows
-from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
-from tinyvit_jax.train import trainer
 from tinyvit_jax.train import workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,11 +227,11 @@ def test_a_save_pass_into_a_store_outside_the_workdir_locks_the_store(tmp_path):
 def digits_store(path: str, chunk_rows: int = 256) -> store.LogitStore:
   """A complete store of made-up top-3 rows for train_config's student (its epoch 0)."""
   config = train_config.get_config()
-  source = trainer.train_source(config)
+  source = sources.from_config(config.data, 'train')
   fields = manifest.store_fields(source, dataset_name=config.data.source,
                                  aug_config=config.aug, seed=config.seed, k=3,
                                  num_classes=config.num_classes,
-                                 repeats=config_lib.repeats(config))
+                                 repeats=order.repeats_of(config.data))
   logits = store.LogitStore.create(path, dict(fields, teacher_name='made_up',
                                               teacher_checkpoint_hash='0'), chunk_rows)
   n = logits.rows_per_epoch

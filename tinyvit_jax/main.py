@@ -32,10 +32,9 @@ from tinyvit_jax import compile_cache
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data.sources import decode
-from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import save_stage
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher
-from tinyvit_jax.distill import verify
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import trainer
@@ -120,11 +119,11 @@ def _run_stages(config, workdir: str, mode: str | None) -> dict:
     if stage == 'save_logits':
       if not (config.distill.from_store and config.distill.kind != 'none'):
         continue
-      path = trainer.store_path(config, workdir)
+      path = store.location(config.distill, workdir)
       outside = os.path.commonpath([os.path.abspath(path), os.path.abspath(workdir)]) != (
           os.path.abspath(workdir))
       with workdir_lock.hold(path, 'logit store') if outside else contextlib.nullcontext():
-        result = save_logits(config, workdir)
+        result = save_stage.run(config, workdir)
     else:
       run = run or trainer.Run(config, workdir)
       if stage == 'train':
@@ -145,28 +144,6 @@ def _run_stages(config, workdir: str, mode: str | None) -> dict:
   return dict(model=config.model.display_name or config.model.name, distill=config.distill.kind,
               top1=done.get('eval', {}).get('top1'), top5=done.get('eval', {}).get('top5'),
               train_images_per_second=done.get('train', {}).get('images_per_second'))
-
-
-def save_logits(config, workdir: str) -> dict:
-  """The FPD save pass of the run's teacher over all its epochs (resumes a killed one)."""
-  teacher = torch_teacher.make_teacher(config.distill, config.aug)
-  torch_teacher.check_classes(teacher, config.num_classes)
-  path = trainer.store_path(config, workdir)
-  source = trainer.train_source(config)
-  save_pass.save_logits(
-      teacher, source, dataset_name=config.data.name or config.data.source,
-      aug_config=config.aug, seed=config.seed, epochs=config.epochs,
-      k=config.distill.k, store_path=path, global_batch=config.batch_size,
-      num_workers=config.data.num_workers, repeats=config_lib.repeats(config))
-  result = dict(store=path, epochs=config.epochs)
-  if config.distill.verify_rows:
-    result.update(verify.verify(
-        path, teacher, source, sample=config.distill.verify_rows, seed=config.seed,
-        min_top1_agreement=config.distill.verify_min_top1,
-        max_mean_abs_diff=config.distill.verify_max_mean_abs_diff))
-  del teacher
-  torch_teacher.release_gpu_memory()
-  return result
 
 
 def _resolve_workdir(config, workdir: str):

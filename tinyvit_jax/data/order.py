@@ -45,6 +45,11 @@ class Repeats(NamedTuple):
   stride: int = 64
 
 
+def repeats_of(data) -> Repeats:
+  """The run's repeated augmentation, from its ``config.data``."""
+  return Repeats(data.num_repeats, data.repeat_stride)
+
+
 def check_repeats(repeats: Repeats) -> Repeats:
   """``repeats`` as ints, or a ValueError naming the bad field."""
   count, stride = int(repeats.count), int(repeats.stride)

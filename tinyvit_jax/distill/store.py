@@ -84,6 +84,11 @@ class CorruptChunkError(IOError):
   """A chunk of a done epoch is missing, truncated or does not match its checksum."""
 
 
+def location(distill, workdir: str) -> str:
+  """Where a run's store is: ``config.distill.store``, by default ``WORKDIR/logits``."""
+  return distill.store or os.path.join(workdir, 'logits')
+
+
 def index_dtype(num_classes: int) -> np.dtype:
   """Class-index column dtype: uint16 while every class fits, else int32."""
   return np.dtype('<u2') if num_classes <= 65535 else np.dtype('<i4')

@@ -215,7 +215,7 @@ def check_config(config) -> None:
   if not 0 <= config.optim.ema_decay < 1:
     problems.append(f'optim.ema_decay={config.optim.ema_decay} must be in [0, 1).')
   try:
-    order.check_repeats(repeats(config))
+    order.check_repeats(order.repeats_of(config.data))
   except ValueError as error:
     problems.append(f'data.{error}')
   for key in _flat_keys(config):
@@ -235,11 +235,6 @@ def check_config(config) -> None:
     problems.append(f'stages={tuple(config.stages)} has unknown {unknown}; known: {STAGES}.')
   if problems:
     raise ConfigError('Impossible config:\n  ' + '\n  '.join(problems))
-
-
-def repeats(config) -> order.Repeats:
-  """The run's repeated augmentation (``order.Repeats``), from ``config.data``."""
-  return order.Repeats(config.data.num_repeats, config.data.repeat_stride)
 
 
 def check_local_path(value, name: str) -> None:

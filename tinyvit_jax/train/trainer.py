@@ -24,11 +24,11 @@ from jax.sharding import PartitionSpec as P
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
-from tinyvit_jax.data.sources import decode
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import sources
+from tinyvit_jax.data.sources import decode
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import store_targets
@@ -67,18 +67,6 @@ def build_model(config) -> nnx.Module:
   return model
 
 
-def train_source(config):
-  return sources.make_source(config.data.source, **config.data.train)
-
-
-def eval_source(config):
-  return sources.make_source(config.data.source, **config.data.eval)
-
-
-def store_path(config, workdir: str) -> str:
-  return config.distill.store or os.path.join(workdir, 'logits')
-
-
 def make_optimizer(config, params, steps_per_epoch: int):
   """AdamW per config; with gradient accumulation the schedule counts updates, each of
   ``grad_accum_steps`` batches."""
@@ -103,9 +91,9 @@ class Run:
     self.config, self.workdir = config, workdir
     self.mesh = pipeline.data_mesh()
     order.device_batch_size(config.batch_size, self.mesh.size)  # names the numbers
-    self.source = train_source(config)
+    self.source = sources.from_config(config.data, 'train')
     self.steps_per_epoch = order.steps_per_epoch(len(self.source), config.batch_size,
-                                                 config_lib.repeats(config))
+                                                 order.repeats_of(config.data))
     self.total_steps = config.epochs * self.steps_per_epoch
     model = build_model(config)
     self.tx = make_optimizer(config, nnx.state(model, nnx.Param), self.steps_per_epoch)
@@ -125,7 +113,7 @@ class Run:
     config = self.config
     if self._eval is None:  # built once: a new jitted function would recompile each epoch
       eval_augment = augment.make_eval_augment(config.eval_aug)
-      self._eval = (eval_source(config), eval_augment.host, step_lib.make_eval_step(
+      self._eval = (sources.from_config(config.data, 'eval'), eval_augment.host, step_lib.make_eval_step(
           self.state, self.mesh, normalise=eval_augment.device,
           use_ema=config.optim.ema_decay > 0))
     source, transform, evaluate = self._eval
@@ -152,12 +140,13 @@ class Run:
     writer.truncate_after(self.step)
     host_hook = None
     if config.distill.from_store and config.distill.kind != 'none':
-      host_hook = store_targets.StoreTargets(store_path(config, workdir), self.store_fields())
+      host_hook = store_targets.StoreTargets(store.location(config.distill, workdir),
+                                               self.store_fields())
     data = pipeline.make_input_pipeline(
         self.source, config.aug, seed=config.seed, global_batch=config.batch_size,
         mesh=self.mesh, label_smoothing=config.label_smoothing, start_step=self.step,
         num_steps=self.total_steps - self.step, num_workers=config.data.num_workers,
-        host_hook=host_hook, repeats=config_lib.repeats(config))
+        host_hook=host_hook, repeats=order.repeats_of(config.data))
     teacher, teacher_leaves = self._online_teacher()
 
     def inputs(batch):
@@ -227,7 +216,7 @@ class Run:
     return manifest.store_fields(
         self.source, dataset_name=config.data.name or config.data.source,
         aug_config=config.aug, seed=config.seed, k=config.distill.k,
-        num_classes=config.num_classes, repeats=config_lib.repeats(config))
+        num_classes=config.num_classes, repeats=order.repeats_of(config.data))
 
   def _online_teacher(self):
     config = self.config

@@ -30,3 +30,8 @@ def make_source(name: str, /, **args):  # positional: tfds's own args include a 
   if name not in SOURCES:
     raise ValueError(f'Unknown data source {name!r}; known: {sorted(SOURCES)}.')
   return SOURCES[name](**args)
+
+
+def from_config(data, split: str):
+  """The source of a run's ``config.data``: its ``train`` or ``eval`` args."""
+  return make_source(data.source, **data[split])
