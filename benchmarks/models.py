@@ -50,6 +50,7 @@ try:  # a TPU host may have neither; ours then runs alone (--no-timm)
 except ImportError:
   timm = torch = F = None
 
+from tinyvit_jax.models import conv_ops
 from tinyvit_jax.models import create_model, model_info
 
 IMPLS = ('ours', 'timm_eager', 'timm_compile')
@@ -127,12 +128,10 @@ def softmax_ce(outputs, labels):
   return sum(loss.mean() for loss in losses) / len(heads)
 
 
-def split_ours(name, img_size, conv_impl, dtype):
+def split_ours(name, img_size, dtype):
   """Our model split once: (eval graphdef, train graphdef, params, rest of the state)."""
-  # DeiT has no convs to choose an implementation for, and takes no conv_impl.
-  convs = dict(conv_impl=conv_impl) if name.startswith('tiny_vit') else {}
   model = create_model(name, num_classes=1000, rngs=nnx.Rngs(0), img_size=img_size,
-                       dtype=dtype, **convs)
+                       dtype=dtype)
   model.eval()
   eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
   model.train()
@@ -162,7 +161,7 @@ def make_train_step(graphdef, tx, state_treedef):
 def ours_calls(name, args, img_size, images, labels) -> dict:
   """{'forward': f, 'train': g}, each running one blocking call of our jitted model."""
   dtype = jnp.bfloat16 if args.dtype == 'bfloat16' else None
-  eval_graphdef, graphdef, params, rest = split_ours(name, img_size, args.conv_impl, dtype)
+  eval_graphdef, graphdef, params, rest = split_ours(name, img_size, dtype)
   tx = optax.adamw(1e-3, weight_decay=0.05)
   leaves, treedef = jax.tree.flatten((params, rest, tx.init(params)))
   train_step = make_train_step(graphdef, tx, treedef)
@@ -278,6 +277,7 @@ def summary(values) -> dict:
 
 def benchmark_model(name, args) -> list[dict]:
   """Alternating rounds of every implementation; one result row per mode."""
+  conv_ops.set_conv_impl(args.conv_impl)  # read as each step is traced, below
   img_size = args.img_size or model_info(name).input_size
   rng = np.random.default_rng(0)
   images = rng.standard_normal((args.batch, img_size, img_size, 3), dtype=np.float32)
@@ -333,7 +333,7 @@ def benchmark_model(name, args) -> list[dict]:
 
 def measure_step_overhead(name, args) -> dict:
   """Host cost per jitted step in ms, at batch 1 and 32x32 (see the module docstring)."""
-  _, graphdef, params, rest = split_ours(name, OVERHEAD_IMG_SIZE, args.conv_impl, None)
+  _, graphdef, params, rest = split_ours(name, OVERHEAD_IMG_SIZE, None)
   tx = optax.adamw(1e-3, weight_decay=0.05)
   images = jnp.zeros((1, OVERHEAD_IMG_SIZE, OVERHEAD_IMG_SIZE, 3), jnp.float32)
   labels = jnp.zeros((1,), jnp.int32)

@@ -7,7 +7,7 @@ from flax import nnx
 
 from timm_reference import create_timm_model, timm_logits
 from tinyvit_jax.convert import load_timm_state_dict
-from tinyvit_jax.models import attention, create_model, list_models, model_info
+from tinyvit_jax.models import attention, conv_ops, create_model, list_models, model_info
 
 # Whole-model parity of the big variants takes minutes on 2 cores: CI runs them.
 _SLOW = {'tiny_vit_21m_384', 'tiny_vit_21m_512', 'deit_base_patch16_224',
@@ -39,23 +39,24 @@ def assert_logits_close(ours, theirs):
 def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
   size = img_size or model_info(name).input_size
   timm_model = create_timm_model(name, seed=seed, drop_path_rate=0.0)
-  overrides = {'img_size': size, 'drop_path_rate': 0.0}
-  if name.startswith('tiny_vit'):
-    overrides['conv_impl'] = conv_impl
-  model = create_model(name, **overrides)
+  model = create_model(name, img_size=size, drop_path_rate=0.0)
   load_timm_state_dict(model, timm_model.state_dict())
   images = np.random.RandomState(seed).randn(batch, size, size, 3).astype(np.float32)
 
   timm_model.eval()
   model.eval()
-  assert_logits_close(_apply(model, images), timm_logits(timm_model, images))
+  with conv_ops.conv_impl(conv_impl):
+    ours = _apply(model, images)
+  assert_logits_close(ours, timm_logits(timm_model, images))
 
   # Train mode: BN uses batch statistics; a distilled DeiT returns both heads.
   timm_model.train()
   if hasattr(timm_model, 'set_distilled_training'):
     timm_model.set_distilled_training(True)
   model.train()
-  assert_logits_close(_apply(model, images), timm_logits(timm_model, images))
+  with conv_ops.conv_impl(conv_impl):
+    ours = _apply(model, images)
+  assert_logits_close(ours, timm_logits(timm_model, images))
 
 
 @pytest.mark.parametrize('name', [

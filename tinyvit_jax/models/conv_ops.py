@@ -12,38 +12,60 @@ two implementations:
 
 ``'auto'`` picks ``'shifts'`` on CPU and ``'xla'`` elsewhere. Both are kept under the
 timm parity tests. Layout is NHWC; kernels are HWIO (depthwise: ``(k, k, 1, C)``).
-``with formulation(impl):`` traces every conv with ``impl``, whatever its layer was built
-with: ``macs`` counts a model through it, so the count is the same under every one.
+
+The switch, one for every model (as ``attention``'s): the environment variable
+``TINYVIT_JAX_CONV`` read at import, or ``set_conv_impl(name)`` / ``with conv_impl(name):``.
+It is read when a function is traced, so set it before ``jax.jit`` first compiles the
+model. ``macs`` counts a model under ``'xla'``, so the count is the same under both.
 """
 import contextlib
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-CONV_IMPLS = ('auto', 'xla', 'shifts')
+ENV = 'TINYVIT_JAX_CONV'
+IMPLS = ('auto', 'xla', 'shifts')
 
 
-_forced = []  # the formulation ``formulation`` imposes, innermost last
+def _checked(impl: str) -> str:
+  if impl not in IMPLS:
+    raise ValueError(f'conv_impl={impl!r}; expected one of {IMPLS} (set by set_conv_impl '
+                     f'or ${ENV}).')
+  return impl
+
+
+_impl = _checked(os.environ.get(ENV) or 'auto')
+
+
+def get_conv_impl() -> str:
+  return _impl
+
+
+def set_conv_impl(impl: str) -> str:
+  """Sets the formulation for convs traced from now on; returns the previous one."""
+  global _impl
+  previous, _impl = _impl, _checked(impl)
+  return previous
 
 
 @contextlib.contextmanager
-def formulation(impl: str):
-  """Every conv traced inside uses ``impl`` ('xla', 'shifts' or 'auto')."""
-  _forced.append(resolve_conv_impl(impl))
+def conv_impl(impl: str):
+  previous = set_conv_impl(impl)
   try:
     yield
   finally:
-    _forced.pop()
+    set_conv_impl(previous)
 
 
-def resolve_conv_impl(conv_impl: str) -> str:
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl={conv_impl!r}; expected one of {CONV_IMPLS}.')
-  if conv_impl == 'auto':
+def resolve_conv_impl(impl: str | None = None) -> str:
+  """'xla' or 'shifts': ``impl`` (by default the switch's), with 'auto' by backend."""
+  impl = _impl if impl is None else _checked(impl)
+  if impl == 'auto':
     return 'shifts' if jax.default_backend() == 'cpu' else 'xla'
-  return conv_impl
+  return impl
 
 
 def _out_size(size: int, k: int, stride: int, pad: int) -> int:
@@ -164,11 +186,12 @@ def _xla_conv(x, kernel, stride: int, pad: int, groups: int):
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
 
 
-def conv2d(x, kernel, *, stride: int = 1, pad: int = 0, groups: int = 1, impl: str = 'auto'):
-  """NHWC conv without bias; ``groups`` divides the channels. Convs neither dense
-  (``groups=1``) nor depthwise (the channel count), such as RegNet's, have one
-  formulation: XLA's."""
-  impl = _forced[-1] if _forced else resolve_conv_impl(impl)
+def conv2d(x, kernel, *, stride: int = 1, pad: int = 0, groups: int = 1,
+           impl: str | None = None):
+  """NHWC conv without bias; ``groups`` divides the channels. ``impl``: a formulation for
+  this conv alone, by default the switch's. Convs neither dense (``groups=1``) nor
+  depthwise (the channel count), such as RegNet's, have one formulation: XLA's."""
+  impl = resolve_conv_impl(impl)
   if x.shape[-1] % groups:
     raise ValueError(f'groups={groups} does not divide the {x.shape[-1]} input channels.')
   if impl == 'xla' or groups not in (1, x.shape[-1]):

@@ -83,10 +83,10 @@ class ConvNorm(nnx.Module):
   """Bias-free conv followed by BatchNorm (timm's ``ConvNorm``, Cream's ``Conv2d_BN``)."""
 
   def __init__(self, cin: int, cout: int, *, k: int = 1, stride: int = 1, pad: int = 0,
-               groups: int = 1, bn_weight_init: float = 1.0, conv_impl: str = 'auto',
+               groups: int = 1, bn_weight_init: float = 1.0,
                dtype=None, rngs: nnx.Rngs):
     self.conv = Conv(cin, cout, k, stride=stride, pad=pad, groups=groups,
-                     conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+                     dtype=dtype, rngs=rngs)
     self.bn = BatchNorm(cout, scale_init=bn_weight_init)
 
   def __call__(self, x):
@@ -95,14 +95,14 @@ class ConvNorm(nnx.Module):
 
 class Conv(nnx.Module):
   """A bias-free NHWC conv with an HWIO ``kernel`` (timm's ``weight``), any groups, in the
-  formulation ``conv_impl`` (``conv_ops``)."""
+  formulation of ``conv_ops``' switch, or in ``impl`` when a model fixes one."""
 
   def __init__(self, cin: int, cout: int, k: int = 1, *, stride: int = 1, pad: int = 0,
                groups: int = 1, kernel_init: Callable = conv_kernel_init,
-               conv_impl: str = 'auto', dtype=None, rngs: nnx.Rngs):
+               impl: str | None = None, dtype=None, rngs: nnx.Rngs):
     self.kernel = nnx.Param(kernel_init(rngs.params(), (k, k, cin // groups, cout)))
     self.stride, self.pad, self.groups = stride, pad, groups
-    self.conv_impl = conv_impl
+    self.impl = impl
     self.dtype = dtype
 
   def __call__(self, x):
@@ -110,7 +110,7 @@ class Conv(nnx.Module):
     if self.dtype is not None:
       x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     return conv_ops.conv2d(x, kernel, stride=self.stride, pad=self.pad, groups=self.groups,
-                           impl=self.conv_impl)
+                           impl=self.impl)
 
 
 class DropPath(nnx.Module):

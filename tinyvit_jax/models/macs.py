@@ -52,7 +52,7 @@ def count_macs(model: nnx.Module, img_size: int, batch: int = 1) -> int:
   """MACs of convs and matmuls in one forward pass of ``batch`` images."""
   fn, state = _forward_fn(model)
   images = jax.ShapeDtypeStruct((batch, img_size, img_size, 3), jnp.float32)
-  with conv_ops.formulation('xla'), attention.attention_impl('einsum'):
+  with conv_ops.conv_impl('xla'), attention.attention_impl('einsum'):
     return _jaxpr_macs(jax.make_jaxpr(fn)(state, images).jaxpr)
 
 

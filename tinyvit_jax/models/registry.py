@@ -45,7 +45,7 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
   """Creates a registered model in float32 params; ``dtype=jnp.bfloat16`` sets compute.
 
   ``overrides`` go to the constructor: e.g. ``img_size``, ``window_sizes``,
-  ``drop_path_rate``, ``conv_impl``, ``dtype``.
+  ``drop_path_rate``, ``dtype``.
   """
   if num_classes < 1:
     raise ValueError(f'num_classes={num_classes}; it must be at least 1.')

@@ -57,11 +57,11 @@ class ConvNormAct(nnx.Module):
   """Bias-free conv (``conv``), BatchNorm (``bn``) and optionally ReLU (timm's names)."""
 
   def __init__(self, cin: int, cout: int, k: int = 1, *, stride: int = 1, groups: int = 1,
-               act: bool = True, bn_weight_init: float = 1.0, conv_impl: str, dtype,
+               act: bool = True, bn_weight_init: float = 1.0, dtype,
                rngs: nnx.Rngs):
     # timm pads symmetrically by ((stride - 1) + (k - 1)) // 2: k // 2 for k in {1, 3}.
     self.conv = conv(cin, cout, k, stride=stride, pad=k // 2, groups=groups,
-                     kernel_init=he_normal_fan_out(groups), conv_impl=conv_impl, dtype=dtype,
+                     kernel_init=he_normal_fan_out(groups), dtype=dtype,
                      rngs=rngs)
     self.bn = BatchNorm(cout, scale_init=bn_weight_init)
     self.act = act
@@ -105,8 +105,8 @@ class Bottleneck(nnx.Module):
   """
 
   def __init__(self, cin: int, cout: int, stride: int, group_size: int, se_ratio: float,
-               drop_path: float, *, conv_impl: str, dtype, rngs: nnx.Rngs):
-    kw = dict(conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+               drop_path: float, *, dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, rngs=rngs)
     self.conv1 = ConvNormAct(cin, cout, **kw)
     self.conv2 = ConvNormAct(cout, cout, 3, stride=stride, groups=cout // group_size, **kw)
     self.se = SqueezeExcite(cout, int(round(cin * se_ratio)), dtype=dtype, rngs=rngs)
@@ -127,12 +127,12 @@ class RegStage(nnx.Module):
   """Blocks ``b1``..``bN``; the first one strides and changes the width."""
 
   def __init__(self, cin: int, cout: int, depth: int, group_size: int, se_ratio: float,
-               drop_paths: Sequence[float], *, conv_impl: str, dtype, rngs: nnx.Rngs):
+               drop_paths: Sequence[float], *, dtype, rngs: nnx.Rngs):
     self.depth = depth
     for i in range(depth):
       setattr(self, f'b{i + 1}', Bottleneck(
           cin if i == 0 else cout, cout, 2 if i == 0 else 1, group_size, se_ratio,
-          drop_paths[i], conv_impl=conv_impl, dtype=dtype, rngs=rngs))
+          drop_paths[i], dtype=dtype, rngs=rngs))
 
   def __call__(self, x):
     for i in range(self.depth):
@@ -156,11 +156,11 @@ class RegNet(nnx.Module):
   """RegNetY: stem, stages ``s1``..``s4``, head. ``img_size`` is nominal: any size works."""
 
   def __init__(self, cfg: RegNetCfg, *, num_classes: int = 1000, img_size: int = 224,
-               in_chans: int = 3, drop_path_rate: float = 0.0, conv_impl: str = 'auto',
+               in_chans: int = 3, drop_path_rate: float = 0.0,
                dtype=None, rngs: nnx.Rngs):
     self.num_classes = num_classes
     self.img_size = img_size
-    kw = dict(conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+    kw = dict(dtype=dtype, rngs=rngs)
     self.stem = ConvNormAct(in_chans, cfg.stem_width, 3, stride=2, **kw)
     layout = stage_layout(cfg)
     dpr = drop_path_rates(drop_path_rate, sum(depth for _, depth, _ in layout))

@@ -34,18 +34,17 @@ def he_normal_fan_out(groups: int = 1) -> Callable:
   return init
 
 
-def conv(cin: int, cout: int, k: int = 1, *, groups: int = 1, conv_impl: str = 'auto',
-         **kwargs) -> Conv:
+def conv(cin: int, cout: int, k: int = 1, *, groups: int = 1, **kwargs) -> Conv:
   """A bias-free NHWC conv (timm's ``weight`` as ``kernel``), any groups.
 
-  1x1 and depthwise convs run in the model's ``conv_impl`` (a matmul / shifted
+  1x1 and depthwise convs run in ``conv_ops``' formulation (a matmul / shifted
   multiply-adds on CPU under ``'auto'``). Dense k x k and grouped convs (RegNet's) always
   use XLA's convolution: on CPU it matched or beat conv_ops' im2col on these models'
   3x3s (resnet50 forward at 224, batch 8: 0.83 s against 0.88-1.5 s on a shared
   2-core machine) and compiles 2-10x faster.
   """
   own = (k == 1 and groups == 1) or groups == cin
-  return Conv(cin, cout, k, groups=groups, conv_impl=conv_impl if own else 'xla', **kwargs)
+  return Conv(cin, cout, k, groups=groups, impl=None if own else 'xla', **kwargs)
 
 
 def torch_linear(din: int, dout: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -66,9 +65,9 @@ class BasicBlock(nnx.Module):
   """conv3x3 (strided) + BN + ReLU, conv3x3 + BN (gamma 0), add the shortcut, ReLU."""
   expansion = 1
 
-  def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *, conv_impl: str,
+  def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *,
                dtype, rngs: nnx.Rngs):
-    kw = dict(kernel_init=he_normal_fan_out(), conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+    kw = dict(kernel_init=he_normal_fan_out(), dtype=dtype, rngs=rngs)
     self.conv1 = conv(cin, planes, 3, stride=stride, pad=1, **kw)
     self.bn1 = BatchNorm(planes)
     self.conv2 = conv(planes, planes, 3, pad=1, **kw)
@@ -86,9 +85,9 @@ class Bottleneck(nnx.Module):
   """1x1 + BN + ReLU, 3x3 (strided) + BN + ReLU, 1x1 to 4x + BN (gamma 0), add, ReLU."""
   expansion = 4
 
-  def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *, conv_impl: str,
+  def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *,
                dtype, rngs: nnx.Rngs):
-    kw = dict(kernel_init=he_normal_fan_out(), conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+    kw = dict(kernel_init=he_normal_fan_out(), dtype=dtype, rngs=rngs)
     cout = planes * self.expansion
     self.conv1 = conv(cin, planes, **kw)
     self.bn1 = BatchNorm(planes)
@@ -129,11 +128,11 @@ class ResNet(nnx.Module):
   def __init__(self, *, block: type, layers: Sequence[int],
                channels: Sequence[int] = (64, 128, 256, 512), num_classes: int = 1000,
                img_size: int = 224, in_chans: int = 3, drop_path_rate: float = 0.0,
-               conv_impl: str = 'auto', dtype=None, rngs: nnx.Rngs):
+               dtype=None, rngs: nnx.Rngs):
     self.num_classes = num_classes
     self.img_size = img_size
     self.conv1 = conv(in_chans, 64, 7, stride=2, pad=3, kernel_init=he_normal_fan_out(),
-                      conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+                      dtype=dtype, rngs=rngs)
     self.bn1 = BatchNorm(64)
     dpr = iter(drop_path_rates(drop_path_rate, sum(layers)))
     cin = 64
@@ -141,7 +140,7 @@ class ResNet(nnx.Module):
       blocks = []
       for i in range(depth):
         stride = 2 if s > 0 and i == 0 else 1
-        blocks.append(block(cin, planes, stride, next(dpr), conv_impl=conv_impl, dtype=dtype,
+        blocks.append(block(cin, planes, stride, next(dpr), dtype=dtype,
                             rngs=rngs))
         cin = planes * block.expansion
       setattr(self, f'layer{s + 1}', nnx.List(blocks))

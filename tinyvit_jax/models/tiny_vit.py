@@ -21,8 +21,8 @@ from tinyvit_jax.models.registry import register_model
 class PatchEmbed(nnx.Module):
   """conv3x3 s2 (C/2), GELU, conv3x3 s2 (C): the image enters at 1/4 resolution."""
 
-  def __init__(self, cin: int, cout: int, *, conv_impl: str, dtype, rngs: nnx.Rngs):
-    kw = dict(conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+  def __init__(self, cin: int, cout: int, *, dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, rngs=rngs)
     self.conv1 = ConvNorm(cin, cout // 2, k=3, stride=2, pad=1, **kw)
     self.conv2 = ConvNorm(cout // 2, cout, k=3, stride=2, pad=1, **kw)
 
@@ -33,10 +33,9 @@ class PatchEmbed(nnx.Module):
 class MBConv(nnx.Module):
   """Inverted residual: 1x1 (4C), GELU, dw3x3, GELU, 1x1 (C, BN weight 0), add, GELU."""
 
-  def __init__(self, dim: int, expand_ratio: float, drop_path: float, *, conv_impl: str,
-               dtype, rngs: nnx.Rngs):
+  def __init__(self, dim: int, expand_ratio: float, drop_path: float, *, dtype, rngs: nnx.Rngs):
     mid = int(dim * expand_ratio)
-    kw = dict(conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+    kw = dict(dtype=dtype, rngs=rngs)
     self.conv1 = ConvNorm(dim, mid, **kw)
     self.conv2 = ConvNorm(mid, mid, k=3, pad=1, groups=mid, **kw)
     self.conv3 = ConvNorm(mid, dim, bn_weight_init=0.0, **kw)
@@ -51,8 +50,8 @@ class ConvStage(nnx.Module):
   """Stage 0: MBConv blocks at the stem's resolution (timm's ``ConvLayer``)."""
 
   def __init__(self, dim: int, drop_paths: Sequence[float], expand_ratio: float, *,
-               conv_impl: str, dtype, rngs: nnx.Rngs):
-    self.blocks = nnx.List([MBConv(dim, expand_ratio, dp, conv_impl=conv_impl, dtype=dtype,
+               dtype, rngs: nnx.Rngs):
+    self.blocks = nnx.List([MBConv(dim, expand_ratio, dp, dtype=dtype,
                                    rngs=rngs) for dp in drop_paths])
 
   def __call__(self, x):
@@ -64,8 +63,8 @@ class ConvStage(nnx.Module):
 class PatchMerging(nnx.Module):
   """1x1, GELU, dw3x3 stride 2, GELU, 1x1; halves the resolution, no residual."""
 
-  def __init__(self, dim: int, out_dim: int, *, conv_impl: str, dtype, rngs: nnx.Rngs):
-    kw = dict(conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+  def __init__(self, dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, rngs=rngs)
     self.conv1 = ConvNorm(dim, out_dim, **kw)
     self.conv2 = ConvNorm(out_dim, out_dim, k=3, stride=2, pad=1, groups=out_dim, **kw)
     self.conv3 = ConvNorm(out_dim, out_dim, **kw)
@@ -139,12 +138,11 @@ class TinyVitBlock(nnx.Module):
   """x + DP(window attention(x)); local dw3x3 conv + BN; x + DP(mlp(x))."""
 
   def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float,
-               drop_path: float, *, conv_impl: str, dtype, rngs: nnx.Rngs):
+               drop_path: float, *, dtype, rngs: nnx.Rngs):
     self.window_size = window_size
     self.attn = Attention(dim, num_heads, window_size, dtype=dtype, rngs=rngs)
     self.drop_path1 = DropPath(drop_path, rngs=rngs)
-    self.local_conv = ConvNorm(dim, dim, k=3, pad=1, groups=dim, conv_impl=conv_impl,
-                               dtype=dtype, rngs=rngs)
+    self.local_conv = ConvNorm(dim, dim, k=3, pad=1, groups=dim, dtype=dtype, rngs=rngs)
     self.mlp = NormMlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.drop_path2 = DropPath(drop_path, rngs=rngs)
 
@@ -161,12 +159,11 @@ class TinyVitStage(nnx.Module):
   """Patch merging from the previous stage's width, then TinyViT blocks."""
 
   def __init__(self, dim: int, out_dim: int, num_heads: int, window_size: int,
-               mlp_ratio: float, drop_paths: Sequence[float], *, conv_impl: str, dtype,
+               mlp_ratio: float, drop_paths: Sequence[float], *, dtype,
                rngs: nnx.Rngs):
-    self.downsample = PatchMerging(dim, out_dim, conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+    self.downsample = PatchMerging(dim, out_dim, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
-        TinyVitBlock(out_dim, num_heads, window_size, mlp_ratio, dp, conv_impl=conv_impl,
-                     dtype=dtype, rngs=rngs)
+        TinyVitBlock(out_dim, num_heads, window_size, mlp_ratio, dp, dtype=dtype, rngs=rngs)
         for dp in drop_paths])
 
   def __call__(self, x):
@@ -194,7 +191,7 @@ class TinyVit(nnx.Module):
                window_sizes: Sequence[int], depths: Sequence[int] = (2, 2, 6, 2),
                num_classes: int = 1000, img_size: int = 224, in_chans: int = 3,
                mlp_ratio: float = 4.0, mbconv_expand_ratio: float = 4.0,
-               drop_path_rate: float = 0.0, conv_impl: str = 'auto', dtype=None,
+               drop_path_rate: float = 0.0, dtype=None,
                rngs: nnx.Rngs):
     if not (len(embed_dims) == len(num_heads) == len(window_sizes) == len(depths)):
       raise ValueError('embed_dims, num_heads, window_sizes and depths need one entry per '
@@ -203,7 +200,7 @@ class TinyVit(nnx.Module):
     self.img_size = img_size
     self.window_sizes = tuple(window_sizes)
     self.num_features = embed_dims[-1]
-    kw = dict(conv_impl=conv_impl, dtype=dtype, rngs=rngs)
+    kw = dict(dtype=dtype, rngs=rngs)
     self.patch_embed = PatchEmbed(in_chans, embed_dims[0], **kw)
     dpr = layers.drop_path_rates(drop_path_rate, sum(depths))
     starts = np.cumsum([0, *depths])
