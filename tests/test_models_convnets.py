@@ -13,6 +13,11 @@ from tinyvit_jax.models import conv_ops, model_info, regnet
 from tinyvit_jax.models import create_model as create_registered
 
 _CONVNETS = ['resnet18', 'resnet34', 'resnet50', 'regnety_016', 'regnety_160']
+# Numeric parity once per block and stem code path: BasicBlock (resnet18), Bottleneck
+# (resnet50), RegNetY's SE blocks (regnety_002, regnety_016). resnet34 and regnety_160 are
+# the same code at other depths and widths: their layout and parameter count are checked
+# against timm's (the parity tests load timm's state_dict strictly, which checks theirs).
+_NUMERIC = ['resnet18', 'resnet50', 'regnety_016']
 # timm's regnety_002 (13 blocks): the RegNetY code at a fraction of regnety_016's
 # compile time; not registered, built from its design parameters here.
 _REGNETY_002 = regnet.RegNetCfg(depth=13, w0=24, wa=36.44, wm=2.49, group_size=8)
@@ -55,7 +60,7 @@ def _check_parity(name, *, size, conv_impl='auto', num_classes=10):
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'regnety_002'] + [
-    pytest.param(n, marks=pytest.mark.slow) for n in _CONVNETS if n != 'resnet18'])
+    pytest.param(n, marks=pytest.mark.slow) for n in _NUMERIC if n != 'resnet18'])
 def test_logits_and_weights_match_timm(name):
   _check_parity(name, size=72)
 
@@ -90,7 +95,7 @@ def test_train_mode_gradients_match_timm(name):
     assert np.abs(exported[key] - value).max() <= bound, key
 
 
-@pytest.mark.parametrize('name', _CONVNETS)
+@pytest.mark.parametrize('name', [n for n in _CONVNETS if n not in _NUMERIC])
 def test_state_dict_layout_and_param_count_equal_timms(name):
   timm_model = create_timm_model(name, num_classes=1000)
   model = create_model(name, num_classes=1000)
