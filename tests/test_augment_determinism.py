@@ -75,7 +75,7 @@ def test_host_crop_is_the_same_in_another_process(train):
   here = np.stack([train[0].host(source[i], key_data[i])['image'] for i in range(4)])
   script = (
       'import sys, numpy as np\n'
-      'from tinyvit_jax.data import augment_host\n'
+      'from tinyvit_jax.data.augment import host_crop\n'
       'from tinyvit_jax.data.sources import synthetic\n'
       'source = synthetic.SyntheticSource(4, image_size=48)\n'
       f'key_data = np.array({key_data.tolist()}, np.uint32)\n'
