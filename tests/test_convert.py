@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_models_parity import _apply, assert_logits_close
-from timm_reference import create_timm_model, timm_logits
+from timm_reference import assert_logits_close, create_timm_model, jit_forward, timm_logits
 from tinyvit_jax import convert, model_checkpoint
 from tinyvit_jax.models import create_model
 
@@ -39,7 +38,7 @@ def test_round_trip_through_timm_safetensors(name, tmp_path):
   fresh.load_state_dict(load_file(path), strict=True)
   fresh.eval()
   images = _images()
-  assert_logits_close(_apply(ours, images), timm_logits(fresh, images))
+  assert_logits_close(jit_forward(ours, images), timm_logits(fresh, images))
 
 
 def _timm_to_cream_by_the_documented_renaming(sd):
@@ -74,7 +73,7 @@ def test_cream_checkpoint_loads_and_matches(tmp_path):
   ours.eval()
   timm_model.eval()
   images = _images()
-  assert_logits_close(_apply(ours, images), timm_logits(timm_model, images))
+  assert_logits_close(jit_forward(ours, images), timm_logits(timm_model, images))
 
 
 def test_mismatch_lists_every_key_with_shapes():
@@ -103,7 +102,7 @@ def test_21k_head_loads_into_a_21k_model():
   ours = _ours_from_timm('tiny_vit_5m_224', timm_model, num_classes=21841)
   timm_model.eval()
   images = _images(batch=1)
-  assert_logits_close(_apply(ours, images), timm_logits(timm_model, images))
+  assert_logits_close(jit_forward(ours, images), timm_logits(timm_model, images))
 
 
 def _cli(*args):
@@ -126,7 +125,7 @@ def test_cli_both_ways(tmp_path):
   restored.eval()
   timm_model.eval()
   images = _images(batch=1)
-  assert_logits_close(_apply(restored, images), timm_logits(timm_model, images))
+  assert_logits_close(jit_forward(restored, images), timm_logits(timm_model, images))
 
   again = _cli('--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'in.pth'),
                '--out', str(out))

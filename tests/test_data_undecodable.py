@@ -11,14 +11,15 @@ import pytest
 from array_record.python import array_record_module
 from PIL import Image
 
-import test_train_system
-from tinyvit_jax.data.sources import array_record_source
+import train_config
+import workdirs
+from tinyvit_jax.data import loader
+from tinyvit_jax.data import order
 from tinyvit_jax.data.augment import host_crop
+from tinyvit_jax.data.sources import array_record_source
 from tinyvit_jax.data.sources import decode
 from tinyvit_jax.data.sources import digits
 from tinyvit_jax.data.sources import image_folder
-from tinyvit_jax.data import loader
-from tinyvit_jax.data import order
 from tinyvit_jax.data.sources import prepare
 
 SEED, BATCH = 3, 4
@@ -109,7 +110,7 @@ def test_main_stops_in_one_line_after_its_last_checkpoint_and_resumes_once_repai
   source = digits.DigitsSource('train')
   root = _folder(tmp_path / 'images', source, 320)
   folder = image_folder.ImageFolderSource(str(root))
-  config = test_train_system.train_config.get_config()
+  config = train_config.get_config()
   bad = int(order.epoch_permutation(config.seed, 0, len(folder))[3 * 64])
   path = os.path.join(root, folder.files[bad][0])
   with open(path, 'rb') as f:
@@ -117,7 +118,7 @@ def test_main_stops_in_one_line_after_its_last_checkpoint_and_resumes_once_repai
   with open(path, 'wb') as f:
     f.write(good[:60])
   workdir = tmp_path / 'run'
-  run = functools.partial(test_train_system.run_main, workdir,
+  run = functools.partial(workdirs.run_main, workdir,
                           '--config.checkpoint_every_steps=2',
                           config=f'tests/helpers/train_config.py:{root}')
   result = run(check=False)
@@ -125,8 +126,8 @@ def test_main_stops_in_one_line_after_its_last_checkpoint_and_resumes_once_repai
   line = result.stderr.strip().splitlines()[-1]
   assert line.startswith(f'error: Image {path!r} (example {bad}, epoch 0) does not decode: ')
   assert line.endswith(f'a rerun resumes from step 3 in {workdir}/checkpoints.')
-  assert test_train_system.checkpoint_steps(workdir) == [2, 3]  # step 3 saved on the stop
+  assert workdirs.checkpoint_steps(workdir) == [2, 3]  # step 3 saved on the stop
   with open(path, 'wb') as f:
     f.write(good)
   run()
-  assert sorted(test_train_system.step_losses(workdir)) == [1, 2, 3, 4, 5]
+  assert sorted(workdirs.step_losses(workdir)) == [1, 2, 3, 4, 5]

@@ -27,6 +27,7 @@ from tinyvit_jax.distill import store_targets
 from tinyvit_jax.distill import targets
 
 import save_pass_run as run
+from workdirs import store_files
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(HERE)
@@ -38,16 +39,6 @@ def saved(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('fpd') / 'store')
   run.save(path)
   return path
-
-
-def store_files(path: str) -> dict:
-  """{relative path: bytes} of every file of a store."""
-  files = {}
-  for folder, _, names in os.walk(path):
-    for name in names:
-      with open(os.path.join(folder, name), 'rb') as f:
-        files[os.path.relpath(os.path.join(folder, name), path)] = f.read()
-  return files
 
 
 def assert_same_files(path: str, reference: str):

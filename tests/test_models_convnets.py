@@ -6,8 +6,7 @@ import pytest
 import torch
 from flax import nnx
 
-from test_models_parity import assert_logits_close
-from timm_reference import create_timm_model, timm_logits
+from timm_reference import assert_logits_close, create_timm_model, timm_logits
 from tinyvit_jax.convert import load_timm_state_dict, to_timm_state_dict
 from tinyvit_jax.models import conv_ops, model_info, regnet
 from tinyvit_jax.models import create_model as create_registered

@@ -1,11 +1,8 @@
 """Numeric parity with timm: random-init timm model -> our converter -> our model."""
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from timm_reference import create_timm_model, timm_logits
+from timm_reference import assert_logits_close, create_timm_model, jit_forward, timm_logits
 from tinyvit_jax.convert import load_timm_state_dict
 from tinyvit_jax.models import attention, conv_ops, create_model, list_models, model_info
 
@@ -19,23 +16,6 @@ _SLOW = {'tiny_vit_21m_384', 'tiny_vit_21m_512', 'deit_base_patch16_224',
 _CONVNETS = ('resnet', 'regnet')
 
 
-def _apply(model, images):
-  """Runs the model under jit, as training and inference do."""
-  graphdef, state = nnx.split(model)
-  return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.asarray(images))
-
-
-def assert_logits_close(ours, theirs):
-  ours = ours if isinstance(ours, tuple) else (ours,)
-  theirs = theirs if isinstance(theirs, tuple) else (theirs,)
-  assert len(ours) == len(theirs)
-  for a, b in zip(ours, theirs):
-    a = np.asarray(a)
-    assert a.shape == b.shape
-    bound = 1e-4 * max(1.0, float(np.abs(b).max()))
-    assert np.abs(a - b).max() <= bound, (np.abs(a - b).max(), bound)
-
-
 def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
   size = img_size or model_info(name).input_size
   timm_model = create_timm_model(name, seed=seed, drop_path_rate=0.0)
@@ -46,7 +26,7 @@ def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
   timm_model.eval()
   model.eval()
   with conv_ops.conv_impl(conv_impl):
-    ours = _apply(model, images)
+    ours = jit_forward(model, images)
   assert_logits_close(ours, timm_logits(timm_model, images))
 
   # Train mode: BN uses batch statistics; a distilled DeiT returns both heads.
@@ -55,7 +35,7 @@ def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
     timm_model.set_distilled_training(True)
   model.train()
   with conv_ops.conv_impl(conv_impl):
-    ours = _apply(model, images)
+    ours = jit_forward(model, images)
   assert_logits_close(ours, timm_logits(timm_model, images))
 
 

@@ -25,9 +25,8 @@ import pytest
 from flax import nnx
 
 from configs import quickstart
-from test_distill_save_pass import store_files
-from test_train_system import REPO, STEPS, checkpoint_steps, environment, examples_seen
-from test_train_system import step_losses
+from workdirs import REPO, STEPS, checkpoint_steps, environment, examples_seen, step_losses
+from workdirs import store_files
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import metrics

@@ -9,72 +9,20 @@ import os
 import random
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import train_config
+from workdirs import REPO, STEPS, checkpoint_steps, environment, examples_seen
+from workdirs import final_state, main_command, run_main, step_losses, wait_for_steps
 from tinyvit_jax import main
 from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
 from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
-from tinyvit_jax.train import metrics
 from tinyvit_jax.train import workdir_lock
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 22  # 1,437 training digits // 64
-
-
-def main_command(workdir, *overrides, config='tests/helpers/train_config.py'):
-  return [sys.executable, '-m', 'tinyvit_jax.main', f'--config={config}',
-          f'--workdir={workdir}', *overrides]
-
-
-def environment(devices: int = 1) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TQDM_DISABLE='1')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
-
-
-def run_main(workdir, *overrides, devices: int = 1, check: bool = True,
-             config: str = 'tests/helpers/train_config.py'):
-  result = subprocess.run(main_command(workdir, *overrides, config=config), cwd=REPO,
-                          env=environment(devices), capture_output=True, text=True, timeout=600)
-  if check and result.returncode:
-    raise AssertionError(f'main failed ({result.returncode}):\n{result.stderr[-4000:]}')
-  return result
-
-
-def step_losses(workdir) -> dict:
-  return {row['step']: row['loss'] for row in metrics.read_metrics(workdir) if 'loss' in row}
-
-
-def examples_seen(workdir) -> list:
-  return metrics.read_jsonl(os.path.join(workdir, 'examples.jsonl'))
-
-
-def checkpoint_steps(workdir) -> list:
-  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).all_steps()
-
-
-def final_state(workdir, step: int = STEPS) -> list:
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return [np.asarray(leaf) for leaf in restored['state']]
-
-
-def wait_for_steps(process, workdir, steps: int, timeout: float = 300) -> None:
-  deadline = time.time() + timeout
-  while len(step_losses(workdir)) < steps:
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    assert time.time() < deadline, 'the run made no progress'
-    time.sleep(0.05)
-
 
 @pytest.fixture(scope='module')
 def straight_run(tmp_path_factory):

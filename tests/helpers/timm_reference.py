@@ -1,8 +1,11 @@
 """timm reference models for the parity tests: random init, then every weight and
 statistic perturbed so that zero-initialised tensors (attention biases, the last BN of
-each MBConv, BN running stats) are exercised too."""
+each MBConv, BN running stats) are exercised too; and how ours is run and compared."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 
 # Our registry names that timm lacks are timm's 224 model at another img_size.
 _TIMM_ALIASES = {
@@ -47,3 +50,20 @@ def timm_logits(model, images_nhwc: np.ndarray):
   if isinstance(out, tuple):
     return tuple(o.numpy() for o in out)
   return out.numpy()
+
+
+def jit_forward(model, images):
+  """Runs the model under jit, as training and inference do."""
+  graphdef, state = nnx.split(model)
+  return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.asarray(images))
+
+
+def assert_logits_close(ours, theirs):
+  ours = ours if isinstance(ours, tuple) else (ours,)
+  theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+  assert len(ours) == len(theirs)
+  for a, b in zip(ours, theirs):
+    a = np.asarray(a)
+    assert a.shape == b.shape
+    bound = 1e-4 * max(1.0, float(np.abs(b).max()))
+    assert np.abs(a - b).max() <= bound, (np.abs(a - b).max(), bound)

@@ -1,0 +1,70 @@
+"""``python -m tinyvit_jax.main`` in subprocesses, and what its runs leave in a workdir or
+a store: the helpers of the tests that run the whole system."""
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from tinyvit_jax.train import metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STEPS = 22  # 1,437 training digits // 64
+
+
+def main_command(workdir, *overrides, config='tests/helpers/train_config.py'):
+  return [sys.executable, '-m', 'tinyvit_jax.main', f'--config={config}',
+          f'--workdir={workdir}', *overrides]
+
+
+def environment(devices: int = 1) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TQDM_DISABLE='1')
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+def run_main(workdir, *overrides, devices: int = 1, check: bool = True,
+             config: str = 'tests/helpers/train_config.py'):
+  result = subprocess.run(main_command(workdir, *overrides, config=config), cwd=REPO,
+                          env=environment(devices), capture_output=True, text=True, timeout=600)
+  if check and result.returncode:
+    raise AssertionError(f'main failed ({result.returncode}):\n{result.stderr[-4000:]}')
+  return result
+
+
+def step_losses(workdir) -> dict:
+  return {row['step']: row['loss'] for row in metrics.read_metrics(workdir) if 'loss' in row}
+
+
+def examples_seen(workdir) -> list:
+  return metrics.read_jsonl(os.path.join(workdir, 'examples.jsonl'))
+
+
+def checkpoint_steps(workdir) -> list:
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints')).all_steps()
+
+
+def final_state(workdir, step: int = STEPS) -> list:
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return [np.asarray(leaf) for leaf in restored['state']]
+
+
+def wait_for_steps(process, workdir, steps: int, timeout: float = 300) -> None:
+  deadline = time.time() + timeout
+  while len(step_losses(workdir)) < steps:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.time() < deadline, 'the run made no progress'
+    time.sleep(0.05)
+
+
+def store_files(path: str) -> dict:
+  """{relative path: bytes} of every file of a store."""
+  files = {}
+  for folder, _, names in os.walk(path):
+    for name in names:
+      with open(os.path.join(folder, name), 'rb') as f:
+        files[os.path.relpath(os.path.join(folder, name), path)] = f.read()
+  return files
