@@ -19,46 +19,19 @@ variable ``TINYVIT_JAX_ATTENTION`` read at import, or ``set_attention_impl(name)
 ``with attention_impl(name):``. It is read when a function is traced, so set it before
 ``jax.jit`` first compiles the model.
 """
-import contextlib
 import functools
-import os
 
 import jax
 import jax.extend
 import jax.numpy as jnp
 
+from tinyvit_jax.models import switch
+
 ENV = 'TINYVIT_JAX_ATTENTION'
 IMPLS = ('auto', 'einsum', 'xla', 'cudnn')
-
-
-def _checked(impl: str) -> str:
-  if impl not in IMPLS:
-    raise ValueError(f'attention impl {impl!r}; expected one of {IMPLS} '
-                     f'(set by set_attention_impl or ${ENV}).')
-  return impl
-
-
-_impl = _checked(os.environ.get(ENV) or 'auto')
-
-
-def get_attention_impl() -> str:
-  return _impl
-
-
-def set_attention_impl(impl: str) -> str:
-  """Sets the formulation for attention traced from now on; returns the previous one."""
-  global _impl
-  previous, _impl = _impl, _checked(impl)
-  return previous
-
-
-@contextlib.contextmanager
-def attention_impl(impl: str):
-  previous = set_attention_impl(impl)
-  try:
-    yield
-  finally:
-    set_attention_impl(previous)
+_SWITCH = switch.Switch('attention_impl', ENV, IMPLS)
+get_attention_impl, set_attention_impl, attention_impl = (
+    _SWITCH.get, _SWITCH.set, _SWITCH.using)
 
 
 @functools.cache
@@ -80,7 +53,7 @@ def cudnn_supports(q, bias) -> bool:
 
 def resolve_attention_impl(q, bias) -> str:
   """The formulation ``attend`` runs for these inputs under the current switch."""
-  impl = _impl
+  impl = _SWITCH.get()
   if impl == 'auto':
     impl = 'einsum' if jax.default_backend() == 'cpu' else 'cudnn'
   if impl == 'cudnn' and not cudnn_supports(q, bias):

@@ -18,51 +18,23 @@ The switch, one for every model (as ``attention``'s): the environment variable
 It is read when a function is traced, so set it before ``jax.jit`` first compiles the
 model. ``macs`` counts a model under ``'xla'``, so the count is the same under both.
 """
-import contextlib
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tinyvit_jax.models import switch
+
 ENV = 'TINYVIT_JAX_CONV'
 IMPLS = ('auto', 'xla', 'shifts')
-
-
-def _checked(impl: str) -> str:
-  if impl not in IMPLS:
-    raise ValueError(f'conv_impl={impl!r}; expected one of {IMPLS} (set by set_conv_impl '
-                     f'or ${ENV}).')
-  return impl
-
-
-_impl = _checked(os.environ.get(ENV) or 'auto')
-
-
-def get_conv_impl() -> str:
-  return _impl
-
-
-def set_conv_impl(impl: str) -> str:
-  """Sets the formulation for convs traced from now on; returns the previous one."""
-  global _impl
-  previous, _impl = _impl, _checked(impl)
-  return previous
-
-
-@contextlib.contextmanager
-def conv_impl(impl: str):
-  previous = set_conv_impl(impl)
-  try:
-    yield
-  finally:
-    set_conv_impl(previous)
+_SWITCH = switch.Switch('conv_impl', ENV, IMPLS)
+get_conv_impl, set_conv_impl, conv_impl = _SWITCH.get, _SWITCH.set, _SWITCH.using
 
 
 def resolve_conv_impl(impl: str | None = None) -> str:
   """'xla' or 'shifts': ``impl`` (by default the switch's), with 'auto' by backend."""
-  impl = _impl if impl is None else _checked(impl)
+  impl = _SWITCH.get() if impl is None else _SWITCH.check(impl)
   if impl == 'auto':
     return 'shifts' if jax.default_backend() == 'cpu' else 'xla'
   return impl
