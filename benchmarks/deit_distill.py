@@ -78,7 +78,8 @@ def head_accuracies(export_dir: str, config) -> dict:
     return cls_logits, dist_logits, (cls_logits + dist_logits) / 2
 
   correct, count = np.zeros(3), 0
-  for batch in loader.eval_batches(sources.from_config(config.data, 'eval'), transform=eval_augment.host,
+  for batch in loader.eval_batches(sources.from_config(config.data, 'eval'),
+                                   transform=eval_augment.host,
                                    global_batch=config.eval_batch_size):
     predicted = np.argmax(np.stack(heads(batch['image'])), axis=-1)
     correct += ((predicted == batch['label']) & batch['mask']).sum(axis=1)

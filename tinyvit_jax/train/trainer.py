@@ -113,9 +113,10 @@ class Run:
     config = self.config
     if self._eval is None:  # built once: a new jitted function would recompile each epoch
       eval_augment = augment.make_eval_augment(config.eval_aug)
-      self._eval = (sources.from_config(config.data, 'eval'), eval_augment.host, step_lib.make_eval_step(
-          self.state, self.mesh, normalise=eval_augment.device,
-          use_ema=config.optim.ema_decay > 0))
+      self._eval = (sources.from_config(config.data, 'eval'), eval_augment.host,
+                    step_lib.make_eval_step(self.state, self.mesh,
+                                            normalise=eval_augment.device,
+                                            use_ema=config.optim.ema_decay > 0))
     source, transform, evaluate = self._eval
     sharding = NamedSharding(self.mesh, P('data'))
     totals = None
@@ -141,7 +142,7 @@ class Run:
     host_hook = None
     if config.distill.from_store and config.distill.kind != 'none':
       host_hook = store_targets.StoreTargets(store.location(config.distill, workdir),
-                                               self.store_fields())
+                                             self.store_fields())
     data = pipeline.make_input_pipeline(
         self.source, config.aug, seed=config.seed, global_batch=config.batch_size,
         mesh=self.mesh, label_smoothing=config.label_smoothing, start_step=self.step,
