@@ -55,12 +55,12 @@ from PIL import Image
 from timm.data import create_transform
 
 from tinyvit_jax.data import augment
-from tinyvit_jax.data.augment import host_mode
-from tinyvit_jax.data.sources import image_folder
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import loader
+from tinyvit_jax.data.augment import host_mode
 from tinyvit_jax.data.augment import mix
 from tinyvit_jax.data.augment import randaugment_pil
+from tinyvit_jax.data.sources import image_folder
 
 ARMS = ('ours', 'timm', 'ours_host_side')
 MIN_WINDOW_CPU_S = 0.2

@@ -50,10 +50,10 @@ from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import synthetic
+from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import store_targets
-from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.models import create_model
 

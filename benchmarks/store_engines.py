@@ -30,8 +30,8 @@ import numpy as np
 import tensorstore as ts
 from array_record.python import array_record_module
 
-from tinyvit_jax.distill import store
 from tinyvit_jax.distill import made_up_rows
+from tinyvit_jax.distill import store
 
 CHUNK = 4096
 BATCH = 1024

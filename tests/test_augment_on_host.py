@@ -18,10 +18,10 @@ from PIL import Image
 
 from tinyvit_jax import normalisation
 from tinyvit_jax.data import augment
+from tinyvit_jax.data import keys
 from tinyvit_jax.data.augment import device_ops
 from tinyvit_jax.data.augment import host_crop
 from tinyvit_jax.data.augment import host_mode
-from tinyvit_jax.data import keys
 from tinyvit_jax.data.augment import randaugment
 from tinyvit_jax.data.augment import randaugment_pil
 from tinyvit_jax.data.sources import synthetic

@@ -29,8 +29,8 @@ from torchvision.transforms import functional as tv
 from tinyvit_jax import normalisation
 from tinyvit_jax.data.augment import device_ops
 from tinyvit_jax.data.augment import host_crop
-from tinyvit_jax.data.augment import uint8_ops
 from tinyvit_jax.data.augment import randaugment
+from tinyvit_jax.data.augment import uint8_ops
 
 FILL = (124, 116, 104)  # timm's img_mean for the ImageNet mean
 HPARAMS = dict(translate_const=100, img_mean=FILL, interpolation=Image.Resampling.BICUBIC)

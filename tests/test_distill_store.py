@@ -14,9 +14,9 @@ from hypothesis import given, settings, strategies as st
 
 import store_writer_run
 from tinyvit_jax import full_disk
+from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import made_up_rows
 
 N, K, C, CHUNK = 2000, 10, 1000, 256  # 8 chunks, the last of 208 rows
 WRITER = os.path.join(os.path.dirname(__file__), 'helpers', 'store_writer_run.py')

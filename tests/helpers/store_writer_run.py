@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from tinyvit_jax.distill import store
 from tinyvit_jax.distill import made_up_rows
+from tinyvit_jax.distill import store
 
 
 def epoch_rows(epoch: int, n: int, k: int, num_classes: int):

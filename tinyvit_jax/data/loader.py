@@ -28,9 +28,9 @@ import grain
 import jax
 import numpy as np
 
-from tinyvit_jax.data.sources import decode
 from tinyvit_jax.data import keys
 from tinyvit_jax.data import order
+from tinyvit_jax.data.sources import decode
 
 Transform = Callable[[dict, np.ndarray], dict]
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
-from tinyvit_jax.data.augment import mix
 from tinyvit_jax.data import order
+from tinyvit_jax.data.augment import mix
 
 
 DEVICE_PREFETCH = 2  # global batches on their way to the devices, as big_vision keeps

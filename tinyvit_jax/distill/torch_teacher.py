@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyvit_jax import normalisation
 from tinyvit_jax import convert
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax import normalisation
 from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.distill import teacher as teacher_lib
 

@@ -43,10 +43,10 @@ from typing import Callable, NamedTuple
 import jax
 
 from tinyvit_jax import normalisation
+from tinyvit_jax.data import keys
 from tinyvit_jax.data.augment import device_ops
 from tinyvit_jax.data.augment import host_crop
 from tinyvit_jax.data.augment import host_mode
-from tinyvit_jax.data import keys
 from tinyvit_jax.data.augment import mix
 from tinyvit_jax.data.augment import randaugment
 

@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import ImageEnhance
 
+from tinyvit_jax.data import keys
 from tinyvit_jax.data.augment import device_ops
 from tinyvit_jax.data.augment import host_crop
-from tinyvit_jax.data import keys
 from tinyvit_jax.data.augment import randaugment
 from tinyvit_jax.data.augment import randaugment_pil
 
