@@ -195,7 +195,7 @@ def test_a_damaged_store_stops_the_student_after_its_last_good_checkpoint(tmp_pa
   """Chunks of 128 rows at batch 64: chunk 2 feeds steps 5-6, chunk 3 steps 7-8. The
   pipeline reads rows two batches ahead of the step, yet the run makes and saves every
   step before the bad read, names it in one line, and resumes there once repaired. A
-  store of another config is refused in one line before any step."""
+  store of another config, or none, is refused in one line before any step."""
   logits = digits_store(str(tmp_path / 'store'), chunk_rows=128)
   flipped, deleted = logits.chunk_path(0, 2), logits.chunk_path(0, 3)
   with open(flipped, 'rb') as f:
@@ -213,6 +213,11 @@ def test_a_damaged_store_stops_the_student_after_its_last_good_checkpoint(tmp_pa
   assert result.stderr.strip().splitlines()[-1] == (
       f'error: The logit store at {logits.path} does not match this student: seed: store 0, '
       'student 1. Use the settings it was saved with, or another --config.distill.store.')
+  nowhere = tmp_path / 'nowhere'
+  result = run_main(workdir, *fpd, f'--config.distill.store={nowhere}', check=False)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'error: {nowhere} holds no logit store (manifest.json is missing): run the save stage')
 
   for chunk, rows, problem, last_good in ((flipped, '[256, 384)', 'checksum', 4),
                                           (deleted, '[384, 512)', 'does not exist', 6)):

@@ -60,7 +60,7 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 # What a run refuses, or stops on, with a message that says it all: one line, no traceback.
 USER_ERRORS = (config_lib.ConfigError, model_checkpoint.CheckpointError, full_disk.DiskFull,
                workdir_lock.Locked, store.CorruptChunkError, store.IncompatibleStore,
-               trainer.NonFiniteLoss, decode.UndecodableImage)
+               store.MissingStore, trainer.NonFiniteLoss, decode.UndecodableImage)
 SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
 
 

@@ -76,8 +76,13 @@ _ZLIB_LEVEL = 1  # level 6 saves 1-2% more at a quarter of the write speed
 
 
 class IncompatibleStore(ValueError):
-  """A store saved for other data, order, augmentation, k, C or teacher than the run that
-  opens it: reading it would train on rows of other images."""
+  """A store this run cannot use: saved for other data, order, augmentation, k, C or
+  teacher (reading it would train on rows of other images), in another format version,
+  or with a manifest that does not parse."""
+
+
+class MissingStore(FileNotFoundError):
+  """No store where the run reads one."""
 
 
 class CorruptChunkError(IOError):
@@ -139,9 +144,10 @@ class LogitStore:
   @classmethod
   def open(cls, path: str) -> 'LogitStore':
     manifest = _read_manifest(path)
-    if manifest['format_version'] != FORMAT_VERSION:
-      raise ValueError(f'{path} has store format {manifest["format_version"]}; this code '
-                       f'reads format {FORMAT_VERSION}.')
+    if manifest.get('format_version') != FORMAT_VERSION:
+      raise IncompatibleStore(f'{path} has store format {manifest.get("format_version")}; '
+                              f'this code reads format {FORMAT_VERSION}: save it again, or '
+                              'read it with the version of tinyvit_jax that wrote it.')
     return cls(path, manifest)
 
   def check_compatible(self, student: dict) -> None:
@@ -441,8 +447,12 @@ def _read_manifest(path: str) -> dict:
     manifest.setdefault('repeats', _PLAIN_REPEATS)
     return manifest
   except FileNotFoundError:
-    raise FileNotFoundError(f'{path} holds no logit store ({_MANIFEST} is missing); a save '
-                            'pass creates it.') from None
+    raise MissingStore(f'{path} holds no logit store ({_MANIFEST} is missing): run the save '
+                       'stage first (--mode=save_logits, or a recipe whose stages include '
+                       'it), or point --config.distill.store at a saved one.') from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise IncompatibleStore(f'{os.path.join(path, _MANIFEST)} is not a store manifest '
+                            f'({error}); expected the JSON a save pass writes.') from None
 
 
 def _manifest_bytes(manifest: dict) -> bytes:

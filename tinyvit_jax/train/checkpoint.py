@@ -60,6 +60,10 @@ class Checkpoints:
                                            cleanup_tmp_directories=True)
     self.directory = directory
     self.manager = ocp.CheckpointManager(epath.Path(directory), options=options)
+    # orbax removes a killed save's temporary directory in a thread of its own, which a
+    # run that stops before its first save (a refused store, say) leaves running at exit,
+    # where it fails with a traceback. Finish it here: it lists one directory.
+    getattr(self.manager, '_maybe_await_cleanup_tmp_directory', lambda: None)()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
