@@ -12,13 +12,12 @@ can SIGKILL it there.
 """
 import argparse
 import hashlib
-import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from store_writer_run import stall_before_rename
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import synthetic
 from tinyvit_jax.distill import manifest
@@ -94,21 +93,6 @@ def student_rows(store_path: str, global_batch: int, start_step: int, num_steps:
                                                     'teacher_values', 'teacher_indices')]
     seen.update({(int(e), int(p)): (int(i), v, t) for e, p, i, v, t in zip(*columns)})
   return seen
-
-
-def stall_before_rename(path: str, stall_at: int) -> None:
-  renames = [0]
-  real_replace = os.replace
-
-  def replace(src, dst):
-    if dst.endswith('.bin'):
-      if renames[0] == stall_at:
-        open(os.path.join(path, 'stalled'), 'w').close()
-        time.sleep(3600)
-      renames[0] += 1
-    real_replace(src, dst)
-
-  os.replace = replace
 
 
 def main():

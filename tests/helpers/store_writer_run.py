@@ -24,14 +24,17 @@ def epoch_rows(epoch: int, n: int, k: int, num_classes: int):
 
 
 def stall_before_rename(path: str, stall_at: int) -> None:
+  """From now on, this process stops for good before renaming its chunk number
+  ``stall_at`` (counting its chunk renames from 0) and touches ``path/stalled``."""
   renames = [0]
   real_replace = os.replace
 
   def replace(source, target):
-    if renames[0] == stall_at:
-      open(os.path.join(path, 'stalled'), 'w').close()
-      time.sleep(3600)
-    renames[0] += 1
+    if target.endswith('.bin'):
+      if renames[0] == stall_at:
+        open(os.path.join(path, 'stalled'), 'w').close()
+        time.sleep(3600)
+      renames[0] += 1
     real_replace(source, target)
 
   os.replace = replace

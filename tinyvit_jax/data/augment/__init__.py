@@ -138,7 +138,7 @@ def make_train_augment(config=None, **overrides) -> Augment:
     mixing = dict(mixup_alpha=cfg['mixup_alpha'], cutmix_alpha=cfg['cutmix_alpha'],
                   switch_prob=cfg['switch_prob'], prob=cfg['mix_prob'])
   crop = host_crop.TrainCrop(cfg['image_size'], tuple(cfg['scale']), tuple(cfg['ratio']),
-                                cfg['hflip'], cfg['interpolation'], cfg['jpeg_draft'])
+                             cfg['hflip'], cfg['interpolation'], cfg['jpeg_draft'])
   if cfg['augment_on'] == 'host':
     host = host_mode.TrainOnHost(crop, rand_augment, jitter, cfg['erase_prob'], fill)
     device = functools.partial(host_augmented_images, mean=tuple(cfg['mean']),

@@ -84,6 +84,6 @@ class ArrayRecordSource:
     return (f'Record {index - self._shard_starts[shard]} of {file!r} (prepared from {path!r})',
             f'The prepared copy is damaged: delete {file!r} and its .json and rerun `python '
             '-m tinyvit_jax.data.sources.prepare` with the same --folder and --out '
-            f'{self.directory}, '
-            'which rewrites that shard from the folder (an original that does not decode '
-            'either is skipped, which shifts the later indexes: write any logit store again).')
+            f'{self.directory}, which rewrites that shard from the folder (an original that '
+            'does not decode either is skipped, which shifts the later indexes: write any '
+            'logit store again).')

@@ -159,19 +159,17 @@ def run(argv=None) -> int:
     print('error: give --out DIR to convert, or --check to list undecodable images.',
           file=sys.stderr)
     return 2
-  if args.check:
-    try:
-      bad = check(args.folder)
-    except (FileNotFoundError, ValueError) as e:
-      print(f'error: {e}', file=sys.stderr)
-      return 2
-    print(f'{len(bad)} undecodable images in {args.folder}.')
-    return 1 if bad else 0
   try:
-    metadata = prepare(args.folder, args.out, args.shard_size)
+    if args.check:
+      bad = check(args.folder)
+    else:
+      metadata = prepare(args.folder, args.out, args.shard_size)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  if args.check:
+    print(f'{len(bad)} undecodable images in {args.folder}.')
+    return 1 if bad else 0
   print(f'Wrote {metadata["num_records"]} images of {len(metadata["class_names"])} classes '
         f'in {len(metadata["shards"])} shards to {args.out}. Skipped {metadata["num_skipped"]} '
         f'undecodable files (listed under "skipped" in metadata.json).')

@@ -55,4 +55,5 @@ class TfdsSource:
     return (f'Record {index} of tfds {self.name!r} split {self.split!r} in {self.data_dir!r}',
             f'Build the dataset again (`tfds build {self.name} --data_dir {self.data_dir} '
             '--file_format array_record`); or read your images as a folder, where '
-            '`python -m tinyvit_jax.data.sources.prepare --check` lists every undecodable one.')
+            '`python -m tinyvit_jax.data.sources.prepare --folder ROOT --check` lists every '
+            'undecodable one.')
