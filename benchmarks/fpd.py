@@ -53,7 +53,7 @@ from tinyvit_jax.data.sources import synthetic
 from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import store_targets
+from tinyvit_jax.distill import student
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.models import create_model
 
@@ -243,7 +243,7 @@ def student_step(args, work: str) -> dict:
   size, batch, classes, k = args.student_size, args.batch, 1000, 10
   n = batch * args.student_steps
   write_store(os.path.join(work, 'student'), n, k, classes)
-  hook = store_targets.StoreTargets(os.path.join(work, 'student'), dict(
+  hook = student.StoreTargets(os.path.join(work, 'student'), dict(
       dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
       augmentation={}, repeats=PLAIN, k=k, num_classes=classes))
   model = create_model(args.student, num_classes=classes, img_size=size, rngs=nnx.Rngs(1),
@@ -266,7 +266,7 @@ def student_step(args, work: str) -> dict:
   label_step = make_step(lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(
       logits, labels).mean())
   store_step = make_step(lambda logits, rows: -jnp.mean(jnp.sum(
-      store_targets.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
+      student.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
 
   def host_batch(s: int) -> dict:
     positions = np.arange(s * batch, (s + 1) * batch)
@@ -305,7 +305,7 @@ def student_step(args, work: str) -> dict:
   label_loss = jax.jit(lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(
       logits, labels).mean())
   store_loss = jax.jit(lambda logits, rows: -jnp.mean(jnp.sum(
-      store_targets.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
+      student.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
 
   def extra(arm: str, s: int) -> float:
     start = time.perf_counter()
@@ -342,7 +342,7 @@ def read_rate(args, work: str) -> dict:
   n, read_batch = args.read_rows, 1024
   path = os.path.join(work, 'read')
   logits = write_store(path, n, 10, 1000)
-  hook = store_targets.StoreTargets(path, dict(
+  hook = student.StoreTargets(path, dict(
       dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
       augmentation={}, repeats=PLAIN, k=10, num_classes=1000))
   permutation = order.epoch_permutation(SEED, 0, n)

@@ -12,7 +12,7 @@ from tinyvit_jax.data.augment.mix import smooth_one_hot
 from tinyvit_jax.distill import losses
 from tinyvit_jax.distill.targets import tempered_targets
 from tinyvit_jax.train import config as config_lib
-from tinyvit_jax.train import objective
+from tinyvit_jax.distill import student
 
 
 def official_deit_loss(outputs, labels, teacher_outputs, kind, alpha, tau):
@@ -155,6 +155,6 @@ def test_without_distillation_a_distilled_deit_trains_its_class_head_only():
   cls_out, dist_out = (jnp.asarray(rng.standard_normal((4, 10)) * 3, jnp.float32)
                        for _ in range(2))
   targets = jax.nn.one_hot(jnp.arange(4), 10)
-  loss = objective.make_loss(config)((cls_out, dist_out), dict(targets=targets))
+  loss = student.make_loss(config)((cls_out, dist_out), dict(targets=targets))
   np.testing.assert_allclose(loss, losses.soft_target_cross_entropy(cls_out, targets),
                              rtol=1e-6)

@@ -18,12 +18,11 @@ import jax
 import numpy as np
 import pytest
 
-from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import store_targets
+from tinyvit_jax.distill import student
 from tinyvit_jax.distill import targets
 
 import save_pass_run as run
@@ -63,7 +62,7 @@ def test_store_equals_the_online_teacher_at_every_step(saved):
   on that step's (augmented, mixed) images, within float16 rounding."""
   steps = pipeline.make_input_pipeline(
       run.source(), run.AUG, seed=run.SEED, global_batch=16, num_steps=12,
-      host_hook=store_targets.StoreTargets(saved, run.student_fields()))
+      host_hook=student.StoreTargets(saved, run.student_fields()))
   assert steps.steps_per_epoch == 9  # so the 12 steps cross into epoch 1
   assert_online_teacher_targets(steps)
 
@@ -79,7 +78,7 @@ def assert_online_teacher_targets(steps: pipeline.InputPipeline):
     np.testing.assert_array_equal(batch['teacher_indices'], indices)
     np.testing.assert_allclose(np.asarray(batch['teacher_values'], np.float32), values,
                                rtol=2 ** -11, atol=2 ** -25)
-    np.testing.assert_allclose(store_targets.student_targets(batch, run.CLASSES),
+    np.testing.assert_allclose(student.student_targets(batch, run.CLASSES),
                                targets.dense_targets(values, indices, run.CLASSES),
                                rtol=2 ** -10, atol=2 ** -11 / (run.CLASSES - run.K))
     # The stored rows are of the mixed images: the two members of a pair differ.
@@ -101,10 +100,10 @@ def test_repeated_views_are_rows_of_their_own(tmp_path):
   assert not np.array_equal(values[first[0]], values[first[1]])  # two views, two rows
   steps = pipeline.make_input_pipeline(
       run.source(), run.AUG, seed=run.SEED, global_batch=24, num_steps=6, repeats=repeats,
-      host_hook=store_targets.StoreTargets(path, run.student_fields(repeats=repeats)))
+      host_hook=student.StoreTargets(path, run.student_fields(repeats=repeats)))
   assert_online_teacher_targets(steps)
   with pytest.raises(ValueError, match='repeats.count: store 3, student 1'):
-    store_targets.StoreTargets(path, run.student_fields())
+    student.StoreTargets(path, run.student_fields())
 
 
 def test_k_above_the_class_count_is_a_config_error(tmp_path):
@@ -214,34 +213,6 @@ def test_two_concurrent_writer_processes_equal_one(tmp_path, saved):
   for process in processes:
     wait(process)
   assert_same_files(str(path), saved)
-
-
-def test_missing_teacher_checkpoint_names_the_path_and_the_fix(tmp_path):
-  from tinyvit_jax.distill import teacher
-  with pytest.raises(model_checkpoint.CheckpointError,
-                     match=f"'{tmp_path}/nowhere' does not exist.*python -m tinyvit_jax.convert"):
-    teacher.from_checkpoint(str(tmp_path / 'nowhere'))
-
-
-def test_checkpoint_teacher_is_the_model_in_eval_mode(tmp_path):
-  """Its probabilities are the softmax of the model's eval logits (a distilled DeiT: the
-  mean of both heads), and its hash is that of the weights however they were saved."""
-  from flax import nnx
-  from tinyvit_jax import model_checkpoint
-  from tinyvit_jax.distill import teacher
-  from tinyvit_jax.models import WEIGHTS, create_model
-  name, kwargs = 'deit_tiny_distilled_patch16_224', dict(num_classes=7, img_size=32)
-  model = create_model(name, rngs=nnx.Rngs(3), **kwargs)
-  model_checkpoint.save_model(str(tmp_path / 'a'), model, name, **kwargs)
-  loaded = teacher.from_checkpoint(str(tmp_path / 'a'))
-  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-  model.eval()
-  expected = nnx.jit(lambda m, x: jax.nn.softmax(m(x)))(model, images)
-  np.testing.assert_allclose(loaded.probabilities(images), expected, atol=1e-6)
-  assert (loaded.name, loaded.num_classes) == (name, 7)
-  hash_of = lambda m: teacher.weights_hash(nnx.to_pure_dict(nnx.state(m, WEIGHTS)))
-  assert loaded.checkpoint_hash == hash_of(model)
-  assert hash_of(create_model(name, rngs=nnx.Rngs(4), **kwargs)) != loaded.checkpoint_hash
 
 
 def test_store_fields_name_every_manifest_field():

@@ -19,7 +19,7 @@ import pytest
 
 from tinyvit_jax.data import order
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import store_targets
+from tinyvit_jax.distill import student
 from tinyvit_jax.distill import targets
 from tinyvit_jax.distill import verify
 
@@ -72,13 +72,13 @@ def test_a_run_resumed_mid_epoch_reads_every_row_aligned(saved):
 
 
 def test_an_index_mismatch_names_the_epoch_and_position(saved):
-  hook = store_targets.StoreTargets(saved, run.student_fields())
+  hook = student.StoreTargets(saved, run.student_fields())
   permutation = order.epoch_permutation(run.SEED, 1, run.N)
   batch = dict(epoch=np.ones(8, np.int64), position=np.arange(40, 48),
                index=permutation[40:48].copy())
   assert hook(batch)['teacher_values'].shape == (8, run.K)
   batch['index'][[3, 5]] = batch['index'][[5, 3]]
-  with pytest.raises(store_targets.StoreMismatchError,
+  with pytest.raises(student.StoreMismatchError,
                      match=f'epoch 1, position 43: .* holds example {permutation[43]}, but '
                            f'this run.s order has example {permutation[45]} there \\(2 of 8'):
     hook(batch)
@@ -94,7 +94,7 @@ def test_an_index_mismatch_names_the_epoch_and_position(saved):
 ])
 def test_a_student_with_another_setup_is_refused_naming_the_field(saved, change, field):
   with pytest.raises(ValueError, match='does not match this student') as error:
-    store_targets.StoreTargets(saved, run.student_fields(**change))
+    student.StoreTargets(saved, run.student_fields(**change))
   assert field in str(error.value)
 
 
@@ -112,7 +112,7 @@ def test_a_damaged_chunk_names_the_epoch_and_rows(saved, tmp_path, damage):
       byte = f.read(1)
       f.seek(40)
       f.write(bytes([byte[0] ^ 1]))
-  hook = store_targets.StoreTargets(str(path), run.student_fields())
+  hook = student.StoreTargets(str(path), run.student_fields())
   batch = dict(epoch=np.ones(4, np.int64), position=np.arange(130, 134),
                index=order.epoch_permutation(run.SEED, 1, run.N)[130:134])
   with pytest.raises(store.CorruptChunkError, match=r'epoch 1, rows \[128, 150\)'):
@@ -128,17 +128,17 @@ def test_student_targets_are_the_rebuilds_of_the_stored_rows(seed, k, tau):
   indices = np.argsort(-probs, axis=1)[:, :k].astype(np.uint16)
   values = np.take_along_axis(probs, indices.astype(int), axis=1).astype(np.float16)
   batch = dict(teacher_values=jnp.asarray(values), teacher_indices=jnp.asarray(indices))
-  student = jax.jit(store_targets.student_targets, static_argnames=('num_classes', 'mode'))
-  np.testing.assert_array_equal(student(batch, 12), targets.dense_targets(values, indices, 12))
+  rebuild = jax.jit(student.student_targets, static_argnames=('num_classes', 'mode'))
+  np.testing.assert_array_equal(rebuild(batch, 12), targets.dense_targets(values, indices, 12))
   # A few float32 ulps: jit fuses the power and the normalising sum unlike eager numpy
   # (1.2e-6 seen at tau 0.52); a wrong tau or rebuild is off by percents.
-  np.testing.assert_allclose(student(batch, 12, mode='soft', tau=tau),
+  np.testing.assert_allclose(rebuild(batch, 12, mode='soft', tau=tau),
                              targets.tempered_targets(values, indices, 12, tau), rtol=4e-6)
-  hard = np.asarray(student(batch, 12, mode='hard'))
+  hard = np.asarray(rebuild(batch, 12, mode='hard'))
   np.testing.assert_array_equal(hard.argmax(axis=1), probs.argmax(axis=1))
   np.testing.assert_array_equal(hard.sum(axis=1), 1)
   with pytest.raises(ValueError, match="mode='kl'"):
-    store_targets.student_targets(batch, 12, mode='kl')
+    student.student_targets(batch, 12, mode='kl')
 
 
 def test_verify_passes_the_true_teacher_and_fails_another(saved, capsys):

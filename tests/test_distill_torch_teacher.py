@@ -19,7 +19,7 @@ from tinyvit_jax import convert
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import store_targets
+from tinyvit_jax.distill import student
 from tinyvit_jax.distill import targets
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.distill import torch_teacher
@@ -66,7 +66,7 @@ def test_timm_store_holds_the_timm_models_top_k_on_our_augmented_views(tmp_path)
   assert teacher.name == 'timm:resnet18' and teacher.num_classes == run.CLASSES
   path = str(tmp_path / 'store')
   run.save(path, teacher=teacher, aug_config=HALF_AUG, epochs=EPOCHS)
-  hook = store_targets.StoreTargets(path, run.student_fields(aug_config=HALF_AUG))
+  hook = student.StoreTargets(path, run.student_fields(aug_config=HALF_AUG))
   steps = pipeline.make_input_pipeline(run.source(), HALF_AUG, seed=run.SEED, global_batch=50,
                                        host_hook=hook, num_steps=3)
   mean, std = np.asarray(HALF_AUG['mean']), np.asarray(HALF_AUG['std'])
@@ -113,7 +113,7 @@ def test_a_mapped_teacher_leaves_the_unmapped_mass_to_the_tail(tmp_path):
   index_file = tmp_path / 'classes.txt'
   index_file.write_text(''.join(f'{c}\n' for c in mapping))
   full = run.linear_teacher()
-  mapped = torch_teacher.map_classes(full, str(index_file))
+  mapped = teacher_lib.map_classes(full, str(index_file))
   assert mapped.num_classes == 10 and mapped.name.startswith('linear0+classes:classes.txt:')
   assert mapped.checkpoint_hash == full.checkpoint_hash
   images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
@@ -130,13 +130,13 @@ def test_a_mapped_teacher_leaves_the_unmapped_mass_to_the_tail(tmp_path):
   np.testing.assert_allclose(dense[tail].reshape(8, 7),
                              np.repeat((1 - np.asarray(values).sum(1, keepdims=True)) / 7, 7, 1),
                              rtol=1e-6)
-  torch_teacher.check_classes(mapped, 10)
+  teacher_lib.check_classes(mapped, 10)
 
 
 def test_a_class_count_mismatch_without_mapping_is_refused():
   with pytest.raises(ValueError, match='linear0 has 12 classes and the student 10.*'
                                        'distill.teacher_class_index'):
-    torch_teacher.check_classes(run.linear_teacher(), 10)
+    teacher_lib.check_classes(run.linear_teacher(), 10)
 
 
 @pytest.mark.parametrize('lines, message', [
@@ -149,7 +149,7 @@ def test_a_bad_class_index_file_is_named(tmp_path, lines, message):
   index_file = tmp_path / 'classes.txt'
   index_file.write_text(lines)
   with pytest.raises(ValueError, match=message):
-    torch_teacher.map_classes(run.linear_teacher(), str(index_file), num_classes=3)
+    teacher_lib.map_classes(run.linear_teacher(), str(index_file), num_classes=3)
 
 
 def test_a_missing_checkpoint_file_names_the_path(tmp_path):
@@ -157,7 +157,7 @@ def test_a_missing_checkpoint_file_names_the_path(tmp_path):
                      match=f'{tmp_path}/nowhere.pth: does not exist'):
     torch_teacher.from_timm('resnet18', str(tmp_path / 'nowhere.pth'))
   with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/nowhere.txt' does not exist"):
-    torch_teacher.map_classes(run.linear_teacher(), str(tmp_path / 'nowhere.txt'))
+    teacher_lib.map_classes(run.linear_teacher(), str(tmp_path / 'nowhere.txt'))
 
 
 def test_a_checkpoint_of_another_head_size_is_named(tmp_path):
@@ -233,7 +233,7 @@ def test_make_teacher_builds_each_adapter_from_config_keys(tmp_path):
   index_file.write_text('\n'.join(map(str, range(10))))
   timm_config = dict(teacher_adapter='timm', teacher=checkpoint, teacher_model='resnet18',
                      teacher_class_index=str(index_file))
-  made = torch_teacher.make_teacher(_Config(timm_config), dict(mean=HALF_AUG['mean'],
+  made = teacher_lib.make_teacher(_Config(timm_config), dict(mean=HALF_AUG['mean'],
                                                               std=HALF_AUG['std']))
   direct = torch_teacher.from_timm('resnet18', checkpoint, input_mean=HALF_AUG['mean'],
                                    input_std=HALF_AUG['std'])
@@ -246,11 +246,11 @@ def test_make_teacher_builds_each_adapter_from_config_keys(tmp_path):
                       teacher_model=f'{__name__}:pooled_linear',
                       teacher_num_classes=run.CLASSES, teacher_mean=(0.5,) * 3,
                       teacher_std=(0.5,) * 3)
-  made = torch_teacher.make_teacher(_Config(torch_config))
+  made = teacher_lib.make_teacher(_Config(torch_config))
   assert made.name == f'torch:{__name__}:pooled_linear'
   assert made.checkpoint_hash == torch_module_teacher().checkpoint_hash
   with pytest.raises(ValueError, match="teacher_adapter='onnx'"):
-    torch_teacher.make_teacher(_Config(dict(teacher_adapter='onnx')))
+    teacher_lib.make_teacher(_Config(dict(teacher_adapter='onnx')))
 
 
 class _Config(dict):

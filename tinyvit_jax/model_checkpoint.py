@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from tinyvit_jax.models import WEIGHTS, create_model
+from tinyvit_jax.models import WEIGHTS, create_model, model_info
 
 FORMAT_VERSION = 1
 _JSON_TYPES = (int, float, str, bool, list, tuple, type(None))
@@ -80,6 +80,18 @@ def read_model_json(directory: str) -> dict:
     raise CheckpointError(f'{path}: format {meta.get("format")!r}, this version reads '
                           f'{FORMAT_VERSION}.')
   return meta
+
+
+def preprocess(meta: dict) -> dict:
+  """The eval preprocessing a checkpoint's model expects (image size, crop, mean, std):
+  the one its ``model.json`` records (an export's), else its registered model's. A
+  teacher re-normalises the student's views with its mean and std."""
+  recorded = meta.get('metadata', {}).get('preprocess')
+  if recorded:
+    return recorded
+  info = model_info(meta['model'])
+  return dict(image_size=meta['kwargs'].get('img_size', info.input_size),
+              crop_pct=info.crop_pct, mean=info.mean, std=info.std)
 
 
 def restore_model(directory: str, *, rngs: nnx.Rngs | None = None, **overrides) -> nnx.Module:

@@ -17,7 +17,6 @@ from PIL import Image
 from tinyvit_jax import compile_cache
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
-from tinyvit_jax.models import registry
 
 
 def load(directory: str):
@@ -25,13 +24,8 @@ def load(directory: str):
   meta = model_checkpoint.read_model_json(directory)
   model = model_checkpoint.restore_model(directory)
   model.eval()
-  preprocess = meta.get('metadata', {}).get('preprocess')
-  if not preprocess:
-    info = registry.model_info(meta['model'])
-    preprocess = dict(image_size=meta['kwargs'].get('img_size', info.input_size),
-                      crop_pct=info.crop_pct, mean=info.mean, std=info.std)
   labels = meta.get('metadata', {}).get('labels') or [str(c) for c in range(model.num_classes)]
-  return model, augment.make_eval_augment(preprocess), labels
+  return model, augment.make_eval_augment(model_checkpoint.preprocess(meta)), labels
 
 
 def predict(directory: str, paths: list[str], top: int = 5) -> list[list[tuple[str, float]]]:

@@ -22,7 +22,7 @@ from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import synthetic
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import save_pass
-from tinyvit_jax.distill import store_targets
+from tinyvit_jax.distill import student
 from tinyvit_jax.distill import teacher as teacher_lib
 
 SEED, N, EPOCHS, K, CLASSES, CHUNK_ROWS = 5, 150, 2, 5, 12, 32
@@ -83,7 +83,7 @@ def local_rows(array) -> np.ndarray:
 def student_rows(store_path: str, global_batch: int, start_step: int, num_steps: int) -> dict:
   """{(epoch, position): (index, teacher values, teacher indices)} a store-fed student's
   batches carry, on however many devices this process has."""
-  hook = store_targets.StoreTargets(store_path, student_fields())
+  hook = student.StoreTargets(store_path, student_fields())
   steps = pipeline.make_input_pipeline(source(), AUG, seed=SEED, global_batch=global_batch,
                                        host_hook=hook, start_step=start_step,
                                        num_steps=num_steps)

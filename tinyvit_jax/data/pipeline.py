@@ -63,7 +63,7 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
 
   ``host_hook(batch) -> batch``, if given, sees each process-local numpy batch before it
   becomes a global array: FPD joins the stored teacher rows to the batch there
-  (``distill.store_targets``). Arrays it adds must have the batch's leading dimension.
+  (``distill.student.StoreTargets``). Arrays it adds must have the batch's leading dimension.
   """
   mesh = data_mesh() if mesh is None else mesh
   train_augment = augment.make_train_augment(aug_config)

@@ -7,14 +7,15 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
+from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.distill import verify
 
 
 def run(config, workdir: str) -> dict:
   """Saves (or resumes saving) the run's store; returns where, and verify's figures."""
-  teacher = torch_teacher.make_teacher(config.distill, config.aug)
-  torch_teacher.check_classes(teacher, config.num_classes)
+  teacher = teacher_lib.make_teacher(config.distill, config.aug)
+  teacher_lib.check_classes(teacher, config.num_classes)
   path = store.location(config.distill, workdir)
   source = sources.from_config(config.data, 'train')
   save_pass.save_logits(

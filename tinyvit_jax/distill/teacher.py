@@ -1,29 +1,38 @@
-"""The teacher of a save pass: a name, a checkpoint hash, a class count and probabilities.
+"""The teacher: one way to load it, for the save pass and for an online student alike.
 
-A save pass needs nothing else from a teacher, so any model can be one: ``Teacher`` is a
-plain record, and each kind of checkpoint gets a small adapter that builds it.
-``from_checkpoint`` reads our own checkpoints (``model_checkpoint``); adapters for other
-frameworks live beside it and return the same record.
+``make_teacher(distill, aug)`` builds the record a save pass needs from a config's
+``distill`` section: a name, a checkpoint hash, a class count and probabilities. Any
+model can be one: our checkpoints here (``from_checkpoint``), timm and torch modules in
+``torch_teacher``, each read through a class-index file when the student's classes are
+not the teacher's. ``online(distill, aug, mesh)`` is the same teacher run inside the
+student's jitted step (DeiT's online distillation, or the loss FPD approximates), which
+only a JAX model can be: a torch teacher is refused there by ``check_online``.
 
 ``probabilities(images) -> (B, C) float32``: the softmax of the teacher's logits on
-augmented, normalised float32 NHWC images, as the device augmentation gives them (a jax
-array, possibly sharded over several devices). ``checkpoint_hash`` names the weights in
-the store's manifest, so a resumed save pass refuses to mix two teachers' rows.
+augmented float32 NHWC images, normalised with the student's mean and std as the device
+augmentation gives them (a jax array, possibly sharded over several devices). A teacher
+trained with other statistics (CLIP's) re-normalises them first, as one per-channel
+affine map. ``checkpoint_hash`` names the weights in the store's manifest, so a resumed
+save pass refuses to mix two teachers' rows.
 """
-import functools
 import hashlib
 import os
 from typing import Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax import normalisation
 from tinyvit_jax.data import pipeline
+from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.models import WEIGHTS
+
+ADAPTERS = ('ours', 'timm', 'torch')
 
 
 class Teacher(NamedTuple):
@@ -31,6 +40,98 @@ class Teacher(NamedTuple):
   checkpoint_hash: str
   num_classes: int
   probabilities: Callable
+
+
+def make_teacher(distill, aug=None) -> Teacher:
+  """The teacher a config's ``distill`` section names (keys below), over ``aug``'s
+  normalisation (``aug.mean``/``aug.std``, default ImageNet's).
+
+  ``teacher_adapter``: 'ours' (``teacher``: our checkpoint dir), 'timm' (``teacher``: a
+  state_dict file of the timm model ``teacher_model``) or 'torch' (``teacher``: a
+  state_dict file or '', ``teacher_model``: 'package.module:factory', ``teacher_mean``
+  and ``teacher_std``: its normalisation). ``teacher_kwargs`` go to the constructor,
+  ``teacher_num_classes`` (0: the checkpoint's) is the head size, ``teacher_device`` the
+  torch device, and ``teacher_class_index`` an optional class-index file.
+  """
+  adapter = distill.get('teacher_adapter', 'ours')
+  kwargs = dict(distill.get('teacher_kwargs', None) or {})
+  inputs = student_normalisation(aug)
+  if adapter == 'ours':
+    teacher = from_checkpoint(distill.teacher, input_mean=inputs[0], input_std=inputs[1],
+                              **kwargs)
+  elif adapter in ('timm', 'torch'):
+    from tinyvit_jax.distill import torch_teacher  # it builds on this module: import late
+    torch_args = dict(device=distill.get('teacher_device', 'cpu'), input_mean=inputs[0],
+                      input_std=inputs[1], **kwargs)
+    if adapter == 'timm':
+      teacher = torch_teacher.from_timm(
+          distill.teacher_model, distill.teacher,
+          num_classes=distill.get('teacher_num_classes', 0) or None, **torch_args)
+    else:
+      teacher = torch_teacher.from_torch_module(
+          distill.teacher_model, distill.teacher or None,
+          num_classes=distill.teacher_num_classes, mean=tuple(distill.teacher_mean),
+          std=tuple(distill.teacher_std), **torch_args)
+  else:
+    raise ValueError(f'distill.teacher_adapter={adapter!r}; expected one of {ADAPTERS}.')
+  class_index = distill.get('teacher_class_index', '')
+  return map_classes(teacher, class_index) if class_index else teacher
+
+
+def check_online(distill) -> str | None:
+  """Why ``distill`` cannot run its teacher online inside the jitted step, or None."""
+  adapter = distill.get('teacher_adapter', 'ours')
+  if adapter != 'ours':
+    return (f'distill.teacher_adapter={adapter!r} runs only in the save pass: an online '
+            'teacher runs inside the jitted step, so it must be one of our checkpoints. '
+            'Set distill.from_store=True (and stages save_logits, train), or convert the '
+            'teacher with `python -m tinyvit_jax.convert`.')
+  return None
+
+
+def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
+  """``(teacher(leaves, images) -> logits, leaves)``: ``make_teacher``'s teacher for the
+  jitted step, its weights replicated over ``mesh``. With a class-index file the logits
+  are gathered at the student's ``num_classes`` classes, so their softmax is
+  renormalised over them."""
+  problem = check_online(distill)
+  if problem:
+    raise ValueError(problem)
+  model, normalise = _restore(distill.teacher, *student_normalisation(aug),
+                              **dict(distill.get('teacher_kwargs', None) or {}))
+  graphdef, weights = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(weights)
+  class_index = distill.get('teacher_class_index', '')
+  mapping = (class_index_lib.read_class_index(class_index, num_classes, model.num_classes)
+             if class_index else None)
+  _check_class_count(distill.teacher, model.num_classes if mapping is None else len(mapping),
+                     num_classes)
+
+  def teacher(leaves, images):
+    logits = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(normalise(images))
+    return logits if mapping is None else jnp.take(logits, mapping, axis=-1)
+
+  replicated = NamedSharding(mesh, P())
+  return teacher, [jax.device_put(leaf, replicated) for leaf in leaves]
+
+
+def student_normalisation(aug) -> tuple[tuple, tuple]:
+  """The mean and std the student's views are normalised with (``aug``'s, or ImageNet's)."""
+  aug = aug or {}
+  return (tuple(aug.get('mean', normalisation.IMAGENET_MEAN)),
+          tuple(aug.get('std', normalisation.IMAGENET_STD)))
+
+
+def renormalise(input_mean, input_std, mean, std) -> Callable:
+  """Views normalised with ``input_mean/std`` -> normalised with ``mean/std``, as one
+  per-channel affine map ``x * input_std / std + (input_mean - mean) / std``; the
+  identity when the two agree."""
+  scale = np.asarray(input_std, np.float32) / np.asarray(std, np.float32)
+  shift = ((np.asarray(input_mean, np.float32) - np.asarray(mean, np.float32))
+           / np.asarray(std, np.float32))
+  if np.allclose(scale, 1, rtol=0, atol=1e-7) and np.allclose(shift, 0, rtol=0, atol=1e-7):
+    return lambda images: images
+  return lambda images: images * scale + shift
 
 
 def weights_hash(state) -> str:
@@ -48,30 +149,77 @@ def weights_hash(state) -> str:
   return digest.hexdigest()
 
 
-def from_checkpoint(directory: str, **overrides) -> Teacher:
+def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
+                    input_std=normalisation.IMAGENET_STD, **overrides) -> Teacher:
   """The teacher held in one of our model checkpoints, in eval mode, jitted.
 
-  ``overrides`` go to ``model_checkpoint.restore_model`` (e.g. ``dtype=jnp.bfloat16`` to
-  compute in bfloat16; the softmax is taken in float32 either way). A distilled DeiT
-  gives the mean of its two heads, as at inference.
+  ``input_mean``/``input_std``: the student's normalisation; the teacher's own is its
+  checkpoint's (``model_checkpoint.preprocess``). ``overrides`` go
+  to ``model_checkpoint.restore_model`` (e.g. ``dtype=jnp.bfloat16`` to compute in
+  bfloat16; the softmax is taken in float32 either way). A distilled DeiT gives the mean
+  of its two heads, as at inference.
   """
-  if not os.path.exists(directory):
-    raise model_checkpoint.CheckpointError(
-        f'Teacher checkpoint {os.path.abspath(directory)!r} does not exist. Create one '
-        'from timm or official weights with `python -m tinyvit_jax.convert --model NAME '
-        '--from WEIGHTS --out DIR`, or from a model of ours with '
-        '`tinyvit_jax.model_checkpoint.save_model(DIR, model, NAME, **kwargs)`.')
-  name = model_checkpoint.read_model_json(directory)['model']
-  model = model_checkpoint.restore_model(directory, **overrides)
-  model.eval()
+  model, normalise = _restore(directory, input_mean, input_std, **overrides)
   graphdef, state = nnx.split(model)
   # Restored weights sit on one device; the save pass spreads images over all local ones.
   state = jax.device_put(state, NamedSharding(pipeline.data_mesh(jax.local_devices()), P()))
 
   @jax.jit
   def forward(state, images):  # weights as an argument: as constants they would be compiled in
-    logits = nnx.merge(graphdef, state)(images)
+    logits = nnx.merge(graphdef, state)(normalise(images))
     return jax.nn.softmax(logits.astype(np.float32), axis=-1)
 
+  name = model_checkpoint.read_model_json(directory)['model']
   return Teacher(name, weights_hash(nnx.to_pure_dict(nnx.state(model, WEIGHTS))),
-                 model.num_classes, functools.partial(forward, state))
+                 model.num_classes, lambda images: forward(state, images))
+
+
+def map_classes(teacher: Teacher, class_index: str, num_classes: int | None = None) -> Teacher:
+  """``teacher`` read through a class-index file: line c holds the teacher class of
+  student class c (e.g. a 21k teacher, a 1k student).
+
+  The returned row is the teacher's probabilities gathered at those classes, *not*
+  renormalised: it has the student's C classes and sums to 1 minus the mass of the
+  unmapped teacher classes. That mass joins the tail: the store keeps the row's top-k,
+  and the dense rebuild (``targets.dense_targets``) spreads ``1 - sum(top-k)`` uniformly
+  over the C - k classes outside the top-k. With k = C there is no tail and the rebuilt
+  target is the mapped row itself, summing to less than 1. The name records the file's
+  hash. ``num_classes``, the student's, is checked against the file's line count if given.
+  """
+  mapping = class_index_lib.read_class_index(class_index, num_classes, teacher.num_classes)
+  with open(class_index, 'rb') as f:
+    file_hash = hashlib.sha256(f.read()).hexdigest()
+  gather = jax.jit(lambda probabilities: jnp.take(probabilities, mapping, axis=-1))
+  return Teacher(f'{teacher.name}+classes:{os.path.basename(class_index)}:{file_hash[:16]}',
+                 teacher.checkpoint_hash, len(mapping),
+                 lambda images: gather(teacher.probabilities(images)))
+
+
+def check_classes(teacher: Teacher, num_classes: int) -> None:
+  """Refuses a teacher whose class count is not the student's ``num_classes``."""
+  _check_class_count(teacher.name, teacher.num_classes, num_classes)
+
+
+def _check_class_count(name: str, teacher_classes: int, num_classes: int) -> None:
+  if teacher_classes != num_classes:
+    raise ValueError(
+        f'The teacher {name} has {teacher_classes} classes and the student {num_classes}: '
+        'its outputs cannot be the student\'s targets. Give a class-index file '
+        '(distill.teacher_class_index: line c = the teacher class of student class c), '
+        'or a teacher over the student\'s classes.')
+
+
+def _restore(directory: str, input_mean, input_std, **overrides):
+  """Our checkpoint's model in eval mode, and the map from the student's normalisation to
+  the teacher's own."""
+  if not os.path.exists(directory):
+    raise model_checkpoint.CheckpointError(
+        f'Teacher checkpoint {os.path.abspath(directory)!r} does not exist. Create one '
+        'from timm or official weights with `python -m tinyvit_jax.convert --model NAME '
+        '--from WEIGHTS --out DIR`, or from a model of ours with '
+        '`tinyvit_jax.model_checkpoint.save_model(DIR, model, NAME, **kwargs)`.')
+  meta = model_checkpoint.read_model_json(directory)
+  model = model_checkpoint.restore_model(directory, **overrides)
+  model.eval()
+  own = model_checkpoint.preprocess(meta)
+  return model, renormalise(input_mean, input_std, own['mean'], own['std'])

@@ -2,33 +2,24 @@
 
 The store decouples teacher from student, so the teacher may come from any framework:
 these adapters return the same ``teacher.Teacher`` record as our own checkpoints do
-(``teacher.from_checkpoint``), and the save pass cannot tell them apart.
+(``teacher.from_checkpoint``), and the save pass cannot tell them apart. They run on the
+host (CPU or the host's CUDA GPU), not in the student's jitted step: ``teacher.make_teacher``
+builds them from a config and reads them through a class-index file if it names one.
 
 Images. The save pass hands the teacher the student's augmented views, normalised with
 the augmentation config's mean and std (``x_s = (x - mean_s) / std_s``, x in [0, 1]).
 A torch teacher was trained with its own normalisation, so each view is un-normalised
 and re-normalised with the teacher's mean and std (timm: the model's ``pretrained_cfg``)
-as one per-channel affine map, ``x_t = x_s * std_s / std_t + (mean_s - mean_t) / std_t``;
-when the two agree nothing is changed. There is no second augmentation: the teacher sees
-the very pixels the student will. The views travel through host numpy (a jax array may
+by ``teacher.renormalise``. There is no second augmentation: the teacher sees the very
+pixels the student will. The views travel through host numpy (a jax array may
 be sharded over several devices, which one DLPack capsule cannot carry; next to the
 teacher's forward pass the copy is negligible): NHWC numpy permuted to NCHW is already
 channels-last in memory, which is the layout the model is put in. The forward pass runs
 under ``torch.no_grad`` in eval mode on ``device`` (CPU or CUDA); the softmax is taken in
 float32.
 
-Class-index mapping (``map_classes``). A teacher over other classes than the student's
-(e.g. a 21k teacher, a 1k student) is read through a class-index file: line c holds the
-teacher class of student class c. The returned row is the teacher's probabilities
-gathered at those classes, *not* renormalised: it has the student's C classes and sums
-to 1 minus the mass of the unmapped teacher classes. That mass thus joins the tail: the
-store keeps the row's top-k, and the dense rebuild (``targets.dense_targets``) spreads
-``1 - sum(top-k)`` (the mapped classes outside the top-k *and* the unmapped mass)
-uniformly over the C - k classes outside the top-k. With k = C there is no tail and the
-rebuilt target is the mapped row itself, summing to less than 1.
-
 The manifest's ``teacher_name`` names the adapter and model (``timm:resnet18``,
-``torch:package.module:factory``) and, with a mapping, the class-index file's hash;
+``torch:package.module:factory``);
 ``teacher_checkpoint_hash`` is the sha256 of the checkpoint file's bytes (without a file,
 of the module's initial state_dict). torch and timm are imported only when used.
 """
@@ -45,15 +36,10 @@ import numpy as np
 from tinyvit_jax import convert
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
-from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.distill import teacher as teacher_lib
 
-ADAPTERS = ('ours', 'timm', 'torch')
-
-
 def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None = None,
-              device: str = 'cpu', class_index: str | None = None,
-              input_mean=normalisation.IMAGENET_MEAN,
+              device: str = 'cpu', input_mean=normalisation.IMAGENET_MEAN,
               input_std=normalisation.IMAGENET_STD, **model_kwargs) -> teacher_lib.Teacher:
   """``timm.create_model(model_name, num_classes=..., **model_kwargs)`` with the weights
   of the local state_dict file ``checkpoint_path`` (.pth/.pt or .safetensors).
@@ -73,16 +59,14 @@ def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None 
                             **model_kwargs)
   _load(model, state_dict, f'timm:{model_name}', checkpoint_path)
   cfg = model.pretrained_cfg
-  teacher = _torch_teacher(model, f'timm:{model_name}', _file_hash(checkpoint_path),
+  return _torch_teacher(model, f'timm:{model_name}', _file_hash(checkpoint_path),
                            model.num_classes, device=device,
                            mean=cfg['mean'], std=cfg['std'], input_mean=input_mean,
                            input_std=input_std)
-  return map_classes(teacher, class_index) if class_index else teacher
 
 
 def from_torch_module(import_path: str, checkpoint_path: str | None = None, *,
                       num_classes: int, mean, std, device: str = 'cpu',
-                      class_index: str | None = None,
                       input_mean=normalisation.IMAGENET_MEAN,
                       input_std=normalisation.IMAGENET_STD,
                       **factory_kwargs) -> teacher_lib.Teacher:
@@ -101,9 +85,8 @@ def from_torch_module(import_path: str, checkpoint_path: str | None = None, *,
     digest = _file_hash(checkpoint_path)
   else:
     digest = _state_dict_hash(model.state_dict())
-  teacher = _torch_teacher(model, name, digest, num_classes, device=device, mean=mean,
+  return _torch_teacher(model, name, digest, num_classes, device=device, mean=mean,
                            std=std, input_mean=input_mean, input_std=input_std)
-  return map_classes(teacher, class_index) if class_index else teacher
 
 
 def resolve(import_path: str):
@@ -122,33 +105,6 @@ def resolve(import_path: str):
     raise ImportError(f'Teacher import path {import_path!r} does not resolve: module '
                       f'{module_name!r} ({module.__file__}) has no {attribute!r}.')
   return getattr(module, attribute)
-
-
-def map_classes(teacher: teacher_lib.Teacher, class_index: str,
-                num_classes: int | None = None) -> teacher_lib.Teacher:
-  """``teacher`` read through a class-index file (module doc): its rows gathered at the
-  file's classes, the rest of its mass left to the tail. Works for any adapter.
-
-  ``num_classes``, the student's, is checked against the file's line count if given.
-  """
-  mapping = class_index_lib.read_class_index(class_index, num_classes, teacher.num_classes)
-  with open(class_index, 'rb') as f:
-    file_hash = hashlib.sha256(f.read()).hexdigest()
-  gather = jax.jit(lambda probabilities: jnp.take(probabilities, mapping, axis=-1))
-  return teacher_lib.Teacher(
-      f'{teacher.name}+classes:{os.path.basename(class_index)}:{file_hash[:16]}',
-      teacher.checkpoint_hash, len(mapping),
-      lambda images: gather(teacher.probabilities(images)))
-
-
-def check_classes(teacher: teacher_lib.Teacher, num_classes: int) -> None:
-  """Refuses a teacher whose class count is not the student's ``num_classes``."""
-  if teacher.num_classes != num_classes:
-    raise ValueError(
-        f'The teacher {teacher.name} has {teacher.num_classes} classes and the student '
-        f'{num_classes}: its rows cannot be the student\'s targets. Give a class-index file '
-        '(distill.teacher_class_index: line c = the teacher class of student class c), '
-        'or a teacher over the student\'s classes.')
 
 
 def share_gpu_with_jax(distills) -> None:
@@ -174,54 +130,18 @@ def release_gpu_memory() -> None:
     torch.cuda.empty_cache()
 
 
-def make_teacher(distill, aug=None) -> teacher_lib.Teacher:
-  """The teacher a config's ``distill`` section names (keys below), over ``aug``'s
-  normalisation (``aug.mean``/``aug.std``, default ImageNet's).
-
-  ``teacher_adapter``: 'ours' (``teacher``: our checkpoint dir), 'timm' (``teacher``: a
-  state_dict file of the timm model ``teacher_model``) or 'torch' (``teacher``: a
-  state_dict file or '', ``teacher_model``: 'package.module:factory', ``teacher_mean``
-  and ``teacher_std``: its normalisation). ``teacher_kwargs`` go to the constructor,
-  ``teacher_num_classes`` (0: the checkpoint's) is the head size, ``teacher_device`` the
-  torch device, and ``teacher_class_index`` an optional class-index file.
-  """
-  adapter = distill.get('teacher_adapter', 'ours')
-  kwargs = dict(distill.get('teacher_kwargs', None) or {})
-  class_index = distill.get('teacher_class_index', '') or None
-  inputs = dict(input_mean=tuple((aug or {}).get('mean', normalisation.IMAGENET_MEAN)),
-                input_std=tuple((aug or {}).get('std', normalisation.IMAGENET_STD)))
-  torch_args = dict(device=distill.get('teacher_device', 'cpu'), class_index=class_index,
-                    **inputs, **kwargs)
-  if adapter == 'ours':
-    teacher = teacher_lib.from_checkpoint(distill.teacher, **kwargs)
-    return map_classes(teacher, class_index) if class_index else teacher
-  if adapter == 'timm':
-    return from_timm(distill.teacher_model, distill.teacher,
-                     num_classes=distill.get('teacher_num_classes', 0) or None, **torch_args)
-  if adapter == 'torch':
-    return from_torch_module(distill.teacher_model, distill.teacher or None,
-                             num_classes=distill.teacher_num_classes,
-                             mean=tuple(distill.teacher_mean), std=tuple(distill.teacher_std),
-                             **torch_args)
-  raise ValueError(f'distill.teacher_adapter={adapter!r}; expected one of {ADAPTERS}.')
-
-
 def _torch_teacher(model, name: str, digest: str, num_classes: int, *, device: str, mean,
                    std, input_mean, input_std) -> teacher_lib.Teacher:
   """A Teacher running ``model`` (see the module doc for the image handling)."""
   import torch
   model.eval()
   model.to(device, memory_format=torch.channels_last)
-  scale = np.asarray(input_std, np.float32) / np.asarray(std, np.float32)
-  shift = ((np.asarray(input_mean, np.float32) - np.asarray(mean, np.float32))
-           / np.asarray(std, np.float32))
-  same = np.allclose(scale, 1, rtol=0, atol=1e-7) and np.allclose(shift, 0, rtol=0, atol=1e-7)
+  normalise = teacher_lib.renormalise(input_mean, input_std, mean, std)
 
   @torch.no_grad()
   def probabilities(images):
-    views = np.array(jax.device_get(images), np.float32)  # a copy torch may write to
-    if not same:
-      views = views * scale + shift
+    views = normalise(np.asarray(jax.device_get(images), np.float32))
+    views = np.array(views)  # a copy torch may write to
     nchw = torch.from_numpy(views).permute(0, 3, 1, 2).to(device)  # channels-last strides
     logits = model(nchw)
     if not isinstance(logits, torch.Tensor) or logits.shape != (len(views), num_classes):

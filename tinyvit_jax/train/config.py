@@ -14,6 +14,7 @@ import ml_collections
 
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import order
+from tinyvit_jax.distill import teacher
 
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
@@ -79,10 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.freeze_bn = False
 
   c.distill = ml_collections.ConfigDict()
-  c.distill.kind = 'none'  # 'fpd': soft CE on stored rows; 'soft'/'hard': DeiT losses
+  c.distill.kind = 'none'  # 'fpd': soft CE on the teacher, no labels; 'soft'/'hard': DeiT
   c.distill.from_store = False  # teacher rows from a logit store (else the teacher online)
   c.distill.teacher = ''  # 'ours': a checkpoint dir; 'timm'/'torch': a state_dict file
-  c.distill.teacher_adapter = 'ours'  # or 'timm', 'torch' (distill/torch_teacher.py)
+  c.distill.teacher_adapter = 'ours'  # or 'timm', 'torch' (distill/teacher.py)
   c.distill.teacher_model = ''  # timm name, or 'package.module:factory' for 'torch'
   c.distill.teacher_kwargs = ml_collections.ConfigDict()
   c.distill.teacher_num_classes = 0  # 0: the checkpoint's head size
@@ -196,11 +197,16 @@ def check_config(config) -> None:
   problems = []
   if config.distill.kind not in DISTILL_KINDS:
     problems.append(f'distill.kind={config.distill.kind!r}; expected one of {DISTILL_KINDS}.')
-  if config.distill.kind != 'none' and not (config.distill.teacher or config.distill.store):
-    problems.append(f'distill.kind={config.distill.kind!r} needs distill.teacher (a '
-                    'checkpoint dir) or distill.store (a complete logit store).')
-  if config.distill.kind == 'fpd' and not config.distill.from_store:
-    problems.append("distill.kind='fpd' trains from a logit store: set distill.from_store=True.")
+  distill = config.distill
+  if distill.kind != 'none' and distill.from_store and not (distill.teacher or distill.store):
+    problems.append(f'distill.kind={distill.kind!r} needs distill.teacher (a checkpoint '
+                    'to save its store with) or distill.store (a complete logit store).')
+  if distill.kind != 'none' and not distill.from_store:
+    if not distill.teacher:
+      problems.append(f'distill.kind={distill.kind!r} needs distill.teacher (a checkpoint '
+                      'dir) to run online, or distill.from_store=True and a store.')
+    elif online_problem := teacher.check_online(distill):
+      problems.append(online_problem)
   if not 1 <= config.distill.k <= config.num_classes:
     problems.append(f'distill.k={config.distill.k} must be between 1 and num_classes='
                     f'{config.num_classes}.')

@@ -29,14 +29,12 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data import sources
 from tinyvit_jax.data.sources import decode
-from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import store_targets
+from tinyvit_jax.distill import student
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import checkpoint
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
-from tinyvit_jax.train import objective
 from tinyvit_jax.train import optim
 from tinyvit_jax.train import pretrained
 from tinyvit_jax.train import step as step_lib
@@ -139,24 +137,20 @@ class Run:
       return dict(steps=self.step, resumed_from=self.step)
     writer = metrics.MetricsWriter(workdir, is_main=jax.process_index() == 0)
     writer.truncate_after(self.step)
-    host_hook = None
-    if config.distill.from_store and config.distill.kind != 'none':
-      host_hook = store_targets.StoreTargets(store.location(config.distill, workdir),
-                                             self.store_fields())
+    distill = student.make(config, self.source, workdir, self.mesh)
     data = pipeline.make_input_pipeline(
         self.source, config.aug, seed=config.seed, global_batch=config.batch_size,
         mesh=self.mesh, label_smoothing=config.label_smoothing, start_step=self.step,
         num_steps=self.total_steps - self.step, num_workers=config.data.num_workers,
-        host_hook=host_hook, repeats=order.repeats_of(config.data))
-    teacher, teacher_leaves = self._online_teacher()
+        host_hook=distill.host_hook, repeats=order.repeats_of(config.data))
 
     def inputs(batch):
       images, targets = data.device_augment(batch)
       return images, dict(batch, targets=targets)
 
     train_step = step_lib.make_train_step(
-        self.state, self.tx, self.mesh, inputs=inputs, loss_fn=objective.make_loss(config),
-        ema_decay=config.optim.ema_decay, teacher=teacher)
+        self.state, self.tx, self.mesh, inputs=inputs, loss_fn=distill.loss,
+        ema_decay=config.optim.ema_decay, teacher=distill.teacher)
     examples = _ExampleLog(workdir, self.step) if config.record_examples else None
     stop = _StopRequest()
     pending, started, first = [], time.time(), self.step
@@ -164,7 +158,8 @@ class Run:
     try:
       try:
         for batch in data.batches:
-          self.state.leaves, step_metrics = train_step(self.state.leaves, batch, teacher_leaves)
+          self.state.leaves, step_metrics = train_step(self.state.leaves, batch,
+                                                       distill.teacher_leaves)
           self.step += 1
           bar.update(1)
           pending.append((self.step, step_metrics))
@@ -210,29 +205,6 @@ class Run:
     seconds = time.time() - started
     return dict(steps=self.step, resumed_from=first, stopped_by_sigterm=stop.requested,
                 images_per_second=(self.step - first) * config.batch_size / max(seconds, 1e-9))
-
-  def store_fields(self) -> dict:
-    """What the student shares with a logit store: its data, seed, augmentation, k, C."""
-    config = self.config
-    return manifest.store_fields(
-        self.source, dataset_name=config.data.name or config.data.source,
-        aug_config=config.aug, seed=config.seed, k=config.distill.k,
-        num_classes=config.num_classes, repeats=order.repeats_of(config.data))
-
-  def _online_teacher(self):
-    config = self.config
-    if config.distill.kind in ('none', 'fpd') or config.distill.from_store:
-      return None, None
-    teacher_model = model_checkpoint.restore_model(config.distill.teacher)
-    teacher_model.eval()
-    graphdef, weights = nnx.split(teacher_model)
-    leaves, treedef = jax.tree.flatten(weights)
-    replicated = NamedSharding(self.mesh, P())
-
-    def teacher(leaves, images):
-      return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(images)
-
-    return teacher, [jax.device_put(leaf, replicated) for leaf in leaves]
 
   def _flush(self, pending: list, writer, started: float, first: int) -> None:
     """Fetches the pending step metrics; stops on a non-finite loss before any save."""

@@ -1,0 +1,135 @@
+"""One way to load a teacher: our checkpoint as the save pass's teacher and as the online
+teacher of a student's step, each in its own normalisation, read through a class-index
+file; a teacher that cannot run online is refused by name before any work starts."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from tinyvit_jax import model_checkpoint
+from tinyvit_jax.data import pipeline
+from tinyvit_jax.distill import losses
+from tinyvit_jax.distill import student
+from tinyvit_jax.distill import teacher
+from tinyvit_jax.models import WEIGHTS, create_model
+from tinyvit_jax.train import config as config_lib
+
+NAME, KWARGS = 'deit_tiny_distilled_patch16_224', dict(num_classes=7, img_size=32)
+CLIP = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+HALF = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+  """A distilled DeiT saved twice: as converted (ImageNet's normalisation, from the
+  registry) and as a CLIP-normalised teacher (the statistics its model.json records)."""
+  root = tmp_path_factory.mktemp('teacher')
+  model = create_model(NAME, rngs=nnx.Rngs(3), **KWARGS)
+  model_checkpoint.save_model(str(root / 'imagenet'), model, NAME, **KWARGS)
+  model_checkpoint.save_model(str(root / 'clip'), model, NAME, **KWARGS,
+                              metadata=dict(preprocess=dict(image_size=32, **CLIP)))
+  model.eval()
+  return root, model
+
+
+def images_in(stats: dict, seed: int = 0):
+  """The same pixels in [0, 1], normalised with ``stats``."""
+  pixels = jax.random.uniform(jax.random.key(seed), (4, 32, 32, 3))
+  return pixels, (pixels - jnp.asarray(stats['mean'])) / jnp.asarray(stats['std'])
+
+
+def distill_config(path: str, **extra) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(teacher=path, teacher_adapter='ours', **extra))
+
+
+def test_checkpoint_teacher_is_the_model_in_eval_mode(saved):
+  """Its probabilities are the softmax of the model's eval logits (a distilled DeiT: the
+  mean of both heads), and its hash is that of the weights however they were saved."""
+  root, model = saved
+  loaded = teacher.from_checkpoint(str(root / 'imagenet'))
+  images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  expected = nnx.jit(lambda m, x: jax.nn.softmax(m(x)))(model, images)
+  np.testing.assert_allclose(loaded.probabilities(images), expected, atol=1e-6)
+  assert (loaded.name, loaded.num_classes) == (NAME, 7)
+  hash_of = lambda m: teacher.weights_hash(nnx.to_pure_dict(nnx.state(m, WEIGHTS)))
+  assert loaded.checkpoint_hash == hash_of(model)
+  assert hash_of(create_model(NAME, rngs=nnx.Rngs(4), **KWARGS)) != loaded.checkpoint_hash
+
+
+def test_missing_teacher_checkpoint_names_the_path_and_the_fix(tmp_path):
+  with pytest.raises(model_checkpoint.CheckpointError,
+                     match=f"'{tmp_path}/nowhere' does not exist.*python -m tinyvit_jax.convert"):
+    teacher.from_checkpoint(str(tmp_path / 'nowhere'))
+
+
+@pytest.mark.parametrize('own', ['imagenet', 'clip'])
+def test_a_teacher_sees_the_students_views_in_its_own_normalisation(saved, own):
+  """Views normalised for the student (mean = std = 0.5) reach the teacher as the same
+  pixels normalised with its own statistics, in the save pass and online alike."""
+  root, model = saved
+  stats = CLIP if own == 'clip' else dict(mean=(0.485, 0.456, 0.406),
+                                          std=(0.229, 0.224, 0.225))
+  pixels, student_views = images_in(HALF)
+  expected = model(images_in(stats)[1])
+  made = teacher.make_teacher(distill_config(str(root / own)), HALF)
+  np.testing.assert_allclose(made.probabilities(student_views), jax.nn.softmax(expected),
+                             atol=2e-6)
+  forward, leaves = teacher.online(distill_config(str(root / own)), HALF,
+                                   pipeline.data_mesh(jax.devices()), 7)
+  np.testing.assert_allclose(jax.jit(forward)(leaves, student_views), expected, atol=2e-5)
+  del pixels
+
+
+def test_online_teacher_reads_through_a_class_index_file(saved, tmp_path):
+  """A 7-class teacher for a 3-class student: its logits at the file's classes, so their
+  softmax is renormalised over the student's; without the file it is refused by name."""
+  root, model = saved
+  index_file = tmp_path / 'classes.txt'
+  index_file.write_text('6\n0\n3\n')
+  views = images_in(dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))[1]
+  mesh = pipeline.data_mesh(jax.devices())
+  forward, leaves = teacher.online(
+      distill_config(str(root / 'imagenet'), teacher_class_index=str(index_file)), None,
+      mesh, 3)
+  np.testing.assert_allclose(forward(leaves, views), model(views)[:, [6, 0, 3]], atol=2e-5)
+  with pytest.raises(ValueError, match=f'teacher {root}/imagenet has 7 classes and the '
+                                       'student 3.*teacher_class_index'):
+    teacher.online(distill_config(str(root / 'imagenet')), None, mesh, 3)
+
+
+def test_online_fpd_is_soft_cross_entropy_on_the_teachers_softmax():
+  """``kind='fpd'`` online: the loss FPD approximates, the teacher's full softmax as the
+  target, no labels; from a store at k = C it is the same loss on the stored rows."""
+  config = config_lib.base_config()
+  config.num_classes = 5
+  config.distill.update(kind='fpd', teacher='/a/teacher')
+  rng = np.random.default_rng(0)
+  outputs, teacher_logits = (jnp.asarray(rng.standard_normal((4, 5)) * 2, jnp.float32)
+                             for _ in range(2))
+  labels = jax.nn.one_hot(jnp.arange(4), 5)  # ignored
+  loss = student.make_loss(config)(outputs, dict(targets=labels, teacher_logits=teacher_logits))
+  probs = jax.nn.softmax(teacher_logits)
+  np.testing.assert_allclose(loss, losses.soft_target_cross_entropy(outputs, probs), rtol=1e-6)
+  order = jnp.argsort(-probs, axis=-1)
+  stored = dict(targets=labels, teacher_indices=order,
+                teacher_values=jnp.take_along_axis(probs, order, -1).astype(jnp.float16))
+  config.distill.from_store = True
+  np.testing.assert_allclose(student.make_loss(config)(outputs, stored), loss, rtol=2e-3)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(teacher_adapter='timm', teacher_model='resnet18'),
+     "teacher_adapter='timm' runs only in the save pass.*from_store=True"),
+    (dict(teacher=''), "kind='fpd' needs distill.teacher .* to run online"),
+])
+def test_a_teacher_that_cannot_run_online_is_refused_by_name(change, message):
+  config = config_lib.base_config()
+  config.distill.update(**{'kind': 'fpd', 'teacher': '/a/teacher.pth', **change})
+  with pytest.raises(ValueError, match=message):
+    config_lib.check_config(config)
+  config.distill.update(from_store=True, store='/a/store')  # the same teacher, stored
+  with pytest.raises(ValueError) as error:  # by the base config's missing data dirs alone
+    config_lib.check_config(config)
+  assert 'distill' not in str(error.value) and 'data_dir is empty' in str(error.value)

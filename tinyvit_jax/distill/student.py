@@ -1,0 +1,155 @@
+"""The student's side of distillation: where its teacher's outputs come from, and its loss.
+
+``make(config, source, workdir, mesh)`` is all the trainer asks of this package. Per
+``distill.kind`` and ``distill.from_store``:
+
+- ``'none'``: labels, smoothed and mixed by the device augmentation; a distilled DeiT
+  trains its class head only, as the official code does.
+- ``'fpd'``: soft-target cross-entropy against the teacher's distribution on the very
+  image the student sees, no labels (``teacher_targets``). From a store (FPD proper): the
+  stored top-k row rebuilt dense; the teacher saw the mixed image, so the row is already
+  the mixed image's target. Online: the teacher's full softmax at every step, the loss
+  FPD approximates.
+- ``'soft'`` / ``'hard'``: DeiT distillation (``losses``): the cls head learns from the
+  labels, the distillation head from the teacher, online or from the store.
+
+Stored rows reach the batch on the host: ``StoreTargets`` is the input pipeline's
+``host_hook``. For each process-local batch it reads the rows of the batch's (epoch,
+position)s and checks that each holds the example the student's own order puts there,
+so a store saved for other data or another order can never silently train a student.
+The rows ride with the batch to the devices as ``teacher_values`` (float16) and
+``teacher_indices``. An online teacher runs in the jitted step and adds
+``teacher_logits``.
+"""
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tinyvit_jax.data import order
+from tinyvit_jax.distill import losses
+from tinyvit_jax.distill import manifest
+from tinyvit_jax.distill import store
+from tinyvit_jax.distill import targets
+from tinyvit_jax.distill import teacher as teacher_lib
+
+MODES = ('dense', 'soft', 'hard')
+
+
+class StoreMismatchError(store.IncompatibleStore):
+  """A stored row holds another example than the student's order has at its position."""
+
+
+class StoreTargets:
+  """Host hook: ``batch -> dict(batch, teacher_values=(B, k) float16, teacher_indices=(B, k))``.
+
+  ``student_fields``: ``manifest.store_fields(source, ..., num_classes=C)`` of the
+  student's run; a store saved for other data, seed, augmentation, k or C is refused
+  here, naming each differing field with both values.
+  """
+
+  def __init__(self, store_path: str, student_fields: dict):
+    self.store = store.LogitStore.open(store_path)
+    self.store.check_compatible(student_fields)
+
+  def __call__(self, batch: dict) -> dict:
+    epochs, positions = np.asarray(batch['epoch']), np.asarray(batch['position'])
+    expected = np.asarray(batch['index'])
+    first = int(positions[0]) if len(positions) else 0
+    if (len(positions) and np.all(epochs == epochs[0])
+        and np.array_equal(positions, np.arange(first, first + len(positions)))):
+      # A training batch: one epoch, contiguous positions, so one read and no gathers.
+      values, indices, stored = self.store.read(int(epochs[0]), first, len(positions))
+      self._check_examples(int(epochs[0]), positions, stored, expected)
+      return dict(batch, teacher_values=values, teacher_indices=indices)
+    values = np.empty((len(positions), self.store.k), np.float16)
+    indices = np.empty((len(positions), self.store.k), self.store.index_dtype)
+    for epoch in np.unique(epochs):
+      rows = np.flatnonzero(epochs == epoch)
+      first = int(positions[rows].min())
+      span = self.store.read(int(epoch), first, int(positions[rows].max()) - first + 1)
+      at = positions[rows] - first
+      values[rows], indices[rows] = span[0][at], span[1][at]
+      self._check_examples(int(epoch), positions[rows], span[2][at], expected[rows])
+    return dict(batch, teacher_values=values, teacher_indices=indices)
+
+  def _check_examples(self, epoch: int, positions, stored, expected) -> None:
+    bad = np.flatnonzero(stored != expected)
+    if len(bad):
+      first = bad[0]
+      raise StoreMismatchError(
+          f'epoch {epoch}, position {positions[first]}: the logit store at '
+          f'{self.store.path} holds example {stored[first]}, but this run\'s order has '
+          f'example {expected[first]} there ({len(bad)} of {len(positions)} rows of the '
+          'batch differ). The store was saved for another order: check the seed and data.')
+
+
+def student_targets(batch: dict, num_classes: int, mode: str = 'dense', tau: float = 1.0):
+  """Dense float32 (B, C) targets from a batch's stored rows; pure jax.numpy, for jit.
+
+  ``mode``: 'dense', the official FPD rebuild (``targets.dense_targets``), for soft-target
+  cross-entropy; 'soft', DeiT's soft distillation at temperature ``tau``
+  (``targets.tempered_targets``); 'hard', DeiT's hard distillation: the one-hot of the
+  stored top-1 class.
+  """
+  values, indices = batch['teacher_values'], batch['teacher_indices']
+  if mode == 'dense':
+    return targets.dense_targets(values, indices, num_classes)
+  if mode == 'soft':
+    return targets.tempered_targets(values, indices, num_classes, tau)
+  if mode == 'hard':
+    return jax.nn.one_hot(jnp.asarray(indices[..., 0], jnp.int32), num_classes,
+                          dtype=jnp.float32)
+  raise ValueError(f'student_targets mode={mode!r}; expected one of {MODES}.')
+
+
+def teacher_targets(batch: dict, num_classes: int):
+  """The teacher's distribution for each image of the batch, dense (B, C) float32: the
+  online teacher's softmax, or the stored top-k rebuilt (``targets.dense_targets``)."""
+  if 'teacher_logits' in batch:
+    return jax.nn.softmax(jnp.asarray(batch['teacher_logits'], jnp.float32), axis=-1)
+  return student_targets(batch, num_classes, mode='dense')
+
+
+def make_loss(config) -> Callable:
+  """``loss(outputs, batch) -> mean loss`` for the config's distillation kind."""
+  kind, num_classes = config.distill.kind, config.num_classes
+  alpha, tau = config.distill.alpha, config.distill.tau
+
+  def heads_mean(outputs, targets):
+    heads = outputs if isinstance(outputs, tuple) else (outputs,)
+    return sum(losses.soft_target_cross_entropy(h, targets) for h in heads) / len(heads)
+
+  if kind == 'none':
+    return lambda outputs, batch: losses.soft_target_cross_entropy(
+        outputs[0] if isinstance(outputs, tuple) else outputs, batch['targets'])
+  if kind == 'fpd':
+    return lambda outputs, batch: heads_mean(outputs, teacher_targets(batch, num_classes))
+  if config.distill.from_store:
+    return lambda outputs, batch: losses.deit_loss_from_topk(
+        outputs, batch['targets'], batch['teacher_values'], batch['teacher_indices'],
+        kind=kind, alpha=alpha, tau=tau)
+  return lambda outputs, batch: losses.deit_loss(
+      outputs, batch['targets'], batch['teacher_logits'], kind=kind, alpha=alpha, tau=tau)
+
+
+class Student(NamedTuple):
+  """What a training step needs from distillation."""
+  host_hook: Callable | None  # joins stored rows to each host batch
+  teacher: Callable | None  # online: (teacher_leaves, images) -> logits, in the step
+  teacher_leaves: list | None
+  loss: Callable  # (outputs, batch) -> mean loss
+
+
+def make(config, source, workdir: str, mesh) -> Student:
+  """The config's student: its store hook or online teacher (or neither), and its loss."""
+  distill, host_hook, teacher, leaves = config.distill, None, None, None
+  if distill.kind != 'none' and distill.from_store:
+    host_hook = StoreTargets(store.location(distill, workdir), manifest.store_fields(
+        source, dataset_name=config.data.name or config.data.source, aug_config=config.aug,
+        seed=config.seed, k=distill.k, num_classes=config.num_classes,
+        repeats=order.repeats_of(config.data)))
+  elif distill.kind != 'none':
+    teacher, leaves = teacher_lib.online(distill, config.aug, mesh, config.num_classes)
+  return Student(host_hook, teacher, leaves, make_loss(config))
