@@ -125,12 +125,18 @@ def teacher_rows(n: int, k: int, num_classes: int):
   return np.tile(values, (tile, 1))[:n], np.tile(indices, (tile, 1))[:n]
 
 
+def student_fields(n: int, k: int, num_classes: int) -> dict:
+  """The benchmark store's manifest fields a student shares (``manifest.STUDENT_FIELDS``)."""
+  return dict(dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
+              augmentation={}, repeats=PLAIN, views_per_example=0, k=k,
+              num_classes=num_classes)
+
+
 def write_store(path: str, n: int, k: int, num_classes: int) -> store.LogitStore:
   """One done epoch of n rows whose example indices follow the epoch order of ``SEED``."""
-  meta = dict(dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
-              augmentation={}, repeats=PLAIN, k=k, num_classes=num_classes,
-              teacher_name='synthetic', teacher_checkpoint_hash='')
-  logits = store.LogitStore.create(path, meta)
+  logits = store.LogitStore.create(path, dict(student_fields(n, k, num_classes),
+                                              teacher_name='synthetic',
+                                              teacher_checkpoint_hash=''))
   values, indices = teacher_rows(n, k, num_classes)
   with logits.epoch_writer(0) as writer:
     writer.write(0, values, indices, order.epoch_permutation(SEED, 0, n))
@@ -243,9 +249,7 @@ def student_step(args, work: str) -> dict:
   size, batch, classes, k = args.student_size, args.batch, 1000, 10
   n = batch * args.student_steps
   write_store(os.path.join(work, 'student'), n, k, classes)
-  hook = student.StoreTargets(os.path.join(work, 'student'), dict(
-      dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
-      augmentation={}, repeats=PLAIN, k=k, num_classes=classes))
+  hook = student.StoreTargets(os.path.join(work, 'student'), student_fields(n, k, classes))
   model = create_model(args.student, num_classes=classes, img_size=size, rngs=nnx.Rngs(1),
                        **dtype_kwargs(args))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -342,9 +346,7 @@ def read_rate(args, work: str) -> dict:
   n, read_batch = args.read_rows, 1024
   path = os.path.join(work, 'read')
   logits = write_store(path, n, 10, 1000)
-  hook = student.StoreTargets(path, dict(
-      dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
-      augmentation={}, repeats=PLAIN, k=10, num_classes=1000))
+  hook = student.StoreTargets(path, student_fields(n, 10, 1000))
   permutation = order.epoch_permutation(SEED, 0, n)
   starts = range(0, n - read_batch + 1, read_batch)
   batches = [dict(epoch=np.zeros(read_batch, np.int64),

@@ -76,8 +76,8 @@ class FilesEncoded:
 
   def __init__(self, path, n, k, num_classes):
     meta = dict(dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=0,
-                augmentation={}, repeats=dict(count=1, stride=64), k=k, num_classes=num_classes,
-                teacher_name='', teacher_checkpoint_hash='')
+                augmentation={}, repeats=dict(count=1, stride=64), views_per_example=0, k=k,
+                num_classes=num_classes, teacher_name='', teacher_checkpoint_hash='')
     self.store = store.LogitStore.create(path, meta, chunk_rows=CHUNK)
     self.writer = self.store.epoch_writer(0)
 

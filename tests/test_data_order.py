@@ -184,3 +184,22 @@ def test_an_epoch_shorter_than_a_batch_under_repeats_names_both_sizes():
   with pytest.raises(ValueError, match=r'has 10 examples \(9 positions under 3 repeats\), '
                                        'fewer than one global batch of 10'):
     order.steps_per_epoch(10, 10, order.Repeats(3, 4))
+
+
+@settings(deadline=None, max_examples=25)
+@given(seed=st.integers(0, 2 ** 31), views=st.integers(1, 12), cycle=st.integers(0, 50))
+def test_a_bounded_store_replays_each_view_once_a_cycle(seed, views, cycle):
+  """Student epochs c*M .. c*M + M - 1 replay stored epochs 0..M-1, each once, in an order
+  that depends on the seed and the cycle; without a bound an epoch is itself."""
+  epochs = range(cycle * views, (cycle + 1) * views)
+  replayed = [order.stored_epoch(seed, e, views) for e in epochs]
+  assert sorted(replayed) == list(range(views))
+  assert [order.stored_epoch(seed, e) for e in epochs] == list(epochs)
+
+
+def test_bounded_schedules_differ_by_cycle_and_seed():
+  schedule = lambda seed, cycle: [order.stored_epoch(seed, 10 * cycle + e, 10) for e in range(10)]
+  assert len({tuple(schedule(0, cycle)) for cycle in range(5)}) == 5
+  assert schedule(0, 0) != schedule(1, 0)
+  with pytest.raises(ValueError, match=r'views_per_example=-1 must be a whole number >= 0'):
+    order.stored_epoch(0, 0, -1)

@@ -29,7 +29,7 @@ def make_meta(**changes):
   meta = dict(dataset_name='synthetic', dataset_size=N, dataset_fingerprint='abc123', seed=7,
               augmentation=dict(mixup=0.8, rand_augment='rand-m9-mstd0.5-inc1',
                                 crop=dict(scale=(0.08, 1.0))),
-              repeats=dict(count=1, stride=64), k=K, num_classes=C,
+              repeats=dict(count=1, stride=64), views_per_example=0, k=K, num_classes=C,
               teacher_name='tiny_vit_21m_224', teacher_checkpoint_hash='f00d')
   meta.update(changes)
   return meta
@@ -231,20 +231,23 @@ def test_writer_refuses_foreign_positions_and_malformed_rows(tmp_path):
     second_half.write(1024, values[:4], indices[:4] + 1000, example_index[:4])
 
 
-def test_a_store_from_before_repeats_opens_as_a_plain_one(tmp_path, written):
-  """Manifests written before ``repeats`` existed lack it: the store still serves a
-  student without repeated augmentation, rows unchanged, and refuses one with."""
+def test_a_store_from_before_repeats_and_bounds_opens_as_a_plain_one(tmp_path, written):
+  """Manifests written before ``repeats`` and ``views_per_example`` existed lack them: the
+  store still serves a student without repeated augmentation or a bound, rows unchanged,
+  and refuses one with either."""
   logits, (values, _, _) = written
   shutil.copytree(logits.path, tmp_path / 'old')
   manifest_path = tmp_path / 'old' / 'manifest.json'
   manifest = json.loads(manifest_path.read_text())
-  del manifest['repeats']
+  del manifest['repeats'], manifest['views_per_example']
   manifest_path.write_text(json.dumps(manifest))
   old = store.LogitStore.open(str(tmp_path / 'old'))
   old.check_compatible(make_meta())
   np.testing.assert_array_equal(old.read(0, 0, N)[0].view(np.uint16), values.view(np.uint16))
   with pytest.raises(ValueError, match='repeats.count: store 1, student 3'):
     old.check_compatible(make_meta(repeats=dict(count=3, stride=64)))
+  with pytest.raises(ValueError, match='views_per_example: store 0, student 4'):
+    old.check_compatible(make_meta(views_per_example=4))
 
 
 def test_student_with_other_data_or_targets_is_refused_naming_each_field(tmp_path):

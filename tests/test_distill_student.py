@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tinyvit_jax.data import order
+from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
 from tinyvit_jax.distill import targets
@@ -96,6 +97,34 @@ def test_a_student_with_another_setup_is_refused_naming_the_field(saved, change,
   with pytest.raises(ValueError, match='does not match this student') as error:
     student.StoreTargets(saved, run.student_fields(**change))
   assert field in str(error.value)
+
+
+def test_a_bounded_store_is_its_first_epochs_replayed_by_the_schedule(saved, tmp_path):
+  """views_per_example=2: the save pass stores epochs 0 and 1, byte for byte those of a
+  per-epoch store; a student resumed at step 3 replays them whole in the keyed order
+  (every batch's rows line up, checked by the hook), and a student without the bound is
+  refused naming the field."""
+  bounded = str(tmp_path / 'bounded')
+  run.save(bounded, views=2)
+  for epoch in (0, 1):
+    folder = f'epoch_{epoch:05d}'
+    assert sorted(os.listdir(os.path.join(bounded, folder))) == sorted(
+        os.listdir(os.path.join(saved, folder)))
+    for name in os.listdir(os.path.join(saved, folder)):
+      with open(os.path.join(saved, folder, name), 'rb') as a, open(
+          os.path.join(bounded, folder, name), 'rb') as b:
+        assert a.read() == b.read()
+  assert store.LogitStore.open(bounded).manifest['views_per_example'] == 2
+  hook = student.StoreTargets(bounded, run.student_fields(views=2))
+  steps = pipeline.make_input_pipeline(run.source(), run.AUG, seed=run.SEED,
+                                       global_batch=64, host_hook=hook, start_step=3,
+                                       num_steps=9, views=2)
+  stored = [int(run.local_rows(batch['epoch'])[0]) for batch in steps.batches]
+  # 2 steps an epoch: steps 3..11 are student epochs 1, 2, 2, 3, 3, 4, 4, 5, 5.
+  assert stored == [order.stored_epoch(run.SEED, step // 2, 2) for step in range(3, 12)]
+  assert sorted(stored[1:5]) == [0, 0, 1, 1] and sorted(stored[5:9]) == [0, 0, 1, 1]
+  with pytest.raises(ValueError, match='views_per_example: store 2, student 0'):
+    student.StoreTargets(bounded, run.student_fields())
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'flip'])

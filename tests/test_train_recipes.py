@@ -144,6 +144,22 @@ def test_impossible_values_are_all_named_with_their_fix():
     assert problem in str(error.value)
 
 
+@pytest.mark.parametrize('distill, problem', [
+    (dict(views_per_example=2), 'views_per_example=2 bounds a logit store: it needs '
+                                'distill.from_store=True'),
+    (dict(views_per_example=31, kind='fpd', from_store=True, store='/s'),
+     'views_per_example=31 exceeds epochs=30'),
+    (dict(views_per_example=-1, kind='fpd', from_store=True, store='/s'),
+     'views_per_example=-1 must be a whole number'),
+])
+def test_a_bound_on_store_views_needs_a_store_and_fits_the_epochs(distill, problem):
+  config = config_lib.base_config()
+  config.update(epochs=30)
+  config.distill.update(distill)
+  with pytest.raises(config_lib.ConfigError, match=problem):
+    config_lib.check_config(config)
+
+
 @pytest.mark.slow
 def test_deit_hard_distillation_from_an_online_teacher_runs(tmp_path):
   """runlocal: a resnet18 teacher trains, exports, and teaches a distilled DeiT online."""

@@ -27,6 +27,13 @@ def sample_key(seed: int, epoch: int, index, repeat=0) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(key, index), repeat)
 
 
+def views_key(seed: int, cycle: int) -> jax.Array:
+  """Key of cycle ``cycle`` of a bounded store's schedule (``order.stored_epoch``): which
+  stored epoch each student epoch of the cycle replays. Its root is epoch 2^32 - 1's key,
+  an epoch no run reaches, so it shares no stream with any epoch's."""
+  return jax.random.fold_in(epoch_key(seed, 2 ** 32 - 1), cycle)
+
+
 def order_key(seed: int, epoch: int) -> jax.Array:
   """Key of the epoch's permutation, kept apart from every sample key."""
   return jax.random.fold_in(epoch_key(seed, epoch), jnp.uint32(0))

@@ -55,7 +55,9 @@ def _cpu():
 class _ProcessBatch:
   """Step -> this process's batch: the picklable function grain maps over steps.
 
-  Training reads the epoch's permuted order (with ``repeats``); evaluation
+  Training reads the epoch's permuted order (with ``repeats``; under a bounded store
+  of ``views``, the order of the epoch it replays, whose number ``epoch`` then holds);
+  evaluation
   (``train=False``) reads dataset order once, with keys of epoch 0, and pads and masks
   its last batch.
   """
@@ -67,6 +69,7 @@ class _ProcessBatch:
   process_count: int
   train: bool
   repeats: order.Repeats = order.Repeats()
+  views: int = 0
 
   def __call__(self, step: int) -> dict:
     n = len(self.source)
@@ -74,6 +77,7 @@ class _ProcessBatch:
       if self.train:
         epoch, batch = order.epoch_and_batch(
             step, order.steps_per_epoch(n, self.global_batch, self.repeats))
+        epoch = order.stored_epoch(self.seed, epoch, self.views)
         positions = order.process_positions(batch, self.global_batch, self.process_index,
                                             self.process_count)
         indices, repeats = order.epoch_examples(self.seed, epoch, n, positions, self.repeats)
@@ -170,20 +174,20 @@ def _iterate(batch: _ProcessBatch, start_step: int, num_steps: int | None, num_w
 def train_batches(source, *, seed: int, global_batch: int, transform: Transform = raw_image,
                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
                   num_steps: int | None = None, num_workers: int = 0,
-                  prefetch: int = 2, repeats: order.Repeats = order.Repeats()
-                  ) -> Iterator[dict]:
+                  prefetch: int = 2, repeats: order.Repeats = order.Repeats(),
+                  views: int = 0) -> Iterator[dict]:
   """This process's training batches from global step ``start_step`` on, epoch after epoch.
 
   Each epoch has ``epoch_length // global_batch`` steps (the incomplete tail is dropped,
-  see ``order``, which also explains ``repeats``). Stops after ``num_steps`` batches, or
-  never. Close the iterator (or let it go) to stop the workers.
+  see ``order``, which also explains ``repeats`` and ``views``). Stops after ``num_steps``
+  batches, or never. Close the iterator (or let it go) to stop the workers.
   """
   # Raise here, not in a worker, for an empty or small dataset, bad split or negative step.
   repeats = order.check_repeats(repeats)
   order.epoch_and_batch(start_step, order.steps_per_epoch(len(source), global_batch, repeats))
   order.process_positions(0, global_batch, process_index, process_count)  # checks the split
   batch = _ProcessBatch(source, transform, seed, global_batch, process_index, process_count,
-                        train=True, repeats=repeats)
+                        train=True, repeats=repeats, views=order.check_views(views))
   return _iterate(batch, start_step, num_steps, num_workers, prefetch)
 
 

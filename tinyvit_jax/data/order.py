@@ -25,6 +25,12 @@ function of positions alone, so it is the same for every batch size and device c
 The epoch's last, partial block shrinks its stride to fit. Stride 64 matches DeiT's 64
 images per GPU.
 
+Bounded stores (``views``, an FPD student's ``distill.views_per_example`` = M): the
+student's epoch ``e`` replays epoch ``stored_epoch(seed, e, M)`` of ``0..M-1`` whole:
+its order, its keys and so its views and Mixup pairs. Each cycle of M epochs replays
+each of the M in a keyed order, so every view is used equally often and the store holds
+M epochs of rows for any number of epochs trained.
+
 Mixup/CutMix pairs positions ``2j`` and ``2j+1``. A device's batch is a contiguous slice of
 the global batch, so a pair stays on one device exactly when the per-device batch is even
 (``check_mixup_batch``).
@@ -100,6 +106,26 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
   order = keys.numpy_generator(jax.random.key_data(keys.order_key(seed, epoch))).permutation(n)
   order.flags.writeable = False
   return order
+
+
+def check_views(views: int) -> int:
+  """A bounded store's ``views`` as an int, or a ValueError naming the setting."""
+  if views < 0 or views != int(views):
+    raise ValueError(f'distill.views_per_example={views} must be a whole number >= 0 (0: '
+                     'one view per epoch trained).')
+  return int(views)
+
+
+@functools.lru_cache(maxsize=64)
+def stored_epoch(seed: int, epoch: int, views: int = 0) -> int:
+  """The epoch whose order, keys and stored rows the student's ``epoch`` replays: itself
+  without a bound (``views`` 0), else entry ``epoch % views`` of cycle ``epoch // views``'s
+  keyed permutation of ``range(views)``."""
+  if not check_views(views):
+    return epoch
+  cycle, offset = divmod(epoch, views)
+  generator = keys.numpy_generator(jax.random.key_data(keys.views_key(seed, cycle)))
+  return int(generator.permutation(views)[offset])
 
 
 def steps_per_epoch(n: int, global_batch: int, repeats: Repeats = Repeats()) -> int:

@@ -56,10 +56,11 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
                         start_step: int = 0, num_steps: int | None = None,
                         num_workers: int = 0,
                         host_hook: Callable[[dict], dict] | None = None,
-                        repeats: order.Repeats = order.Repeats()) -> InputPipeline:
+                        repeats: order.Repeats = order.Repeats(),
+                        views: int = 0) -> InputPipeline:
   """The input of a training run from global step ``start_step`` on (a resume is just a
   later start step). ``aug_config``: ``augment.make_train_augment``'s settings;
-  ``repeats``: repeated augmentation (``order``).
+  ``repeats``: repeated augmentation; ``views``: a bounded store's (``order``).
 
   ``host_hook(batch) -> batch``, if given, sees each process-local numpy batch before it
   becomes a global array: FPD joins the stored teacher rows to the batch there
@@ -73,7 +74,8 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
   host_batches = loader.train_batches(
       source, seed=seed, global_batch=global_batch, transform=train_augment.host,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      start_step=start_step, num_steps=num_steps, num_workers=num_workers, repeats=repeats)
+      start_step=start_step, num_steps=num_steps, num_workers=num_workers, repeats=repeats,
+      views=views)
   if host_hook is not None:
     host_batches = map(host_hook, host_batches)
   batches = ({name: jax.make_array_from_process_local_data(sharding, value)

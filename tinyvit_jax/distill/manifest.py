@@ -11,11 +11,12 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data.sources import decode
 
 META_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed', 'augmentation',
-               'repeats', 'k', 'num_classes', 'teacher_name', 'teacher_checkpoint_hash')
+               'repeats', 'views_per_example', 'k', 'num_classes', 'teacher_name',
+               'teacher_checkpoint_hash')
 # What a student must share with the store for its rows to be the teacher's view of its
 # own images (the teacher itself may differ: any teacher's rows train any student).
 STUDENT_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed',
-                  'augmentation', 'repeats', 'k', 'num_classes')
+                  'augmentation', 'repeats', 'views_per_example', 'k', 'num_classes')
 
 
 def dataset_fingerprint(source, samples: int = 16) -> str:
@@ -48,12 +49,13 @@ def augmentation_fields(aug_config) -> dict:
 
 def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
                  num_classes: int | None = None, teacher=None,
-                 repeats: order.Repeats = order.Repeats()) -> dict:
+                 repeats: order.Repeats = order.Repeats(), views: int = 0) -> dict:
   """What a store records about its rows: the single owner of the manifest's metadata.
 
   With ``teacher`` (save pass): every ``META_FIELDS``, C being the teacher's class
   count. Without (student): the ``STUDENT_FIELDS`` to check against a store, C being
-  ``num_classes``, the student head's class count.
+  ``num_classes``, the student head's class count. ``views``: a bounded store's epochs
+  (``order.stored_epoch``), 0 for one per epoch trained.
   """
   if num_classes is None:
     if teacher is None:
@@ -62,7 +64,8 @@ def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
   fields = dict(dataset_name=dataset_name, dataset_size=len(source),
                 dataset_fingerprint=dataset_fingerprint(source), seed=int(seed),
                 augmentation=augmentation_fields(aug_config),
-                repeats=order.check_repeats(repeats)._asdict(), k=int(k),
+                repeats=order.check_repeats(repeats)._asdict(),
+                views_per_example=order.check_views(views), k=int(k),
                 num_classes=int(num_classes))
   if teacher is None:
     return fields

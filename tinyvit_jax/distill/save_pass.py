@@ -73,7 +73,7 @@ def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, ep
                 k: int, store_path: str, global_batch: int, mesh: Mesh | None = None,
                 num_workers: int = 0, progress: bool = True,
                 chunk_rows: int = store.DEFAULT_CHUNK_ROWS,
-                repeats: order.Repeats = order.Repeats()) -> store.LogitStore:
+                repeats: order.Repeats = order.Repeats(), views: int = 0) -> store.LogitStore:
   """Stores ``teacher``'s top-k rows of epochs ``0..epochs-1`` at ``store_path``.
 
   Creates the store, or resumes the one there (refused, naming each field, if it was
@@ -81,7 +81,9 @@ def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, ep
   ``global_batch`` is split over processes, and each process's share over its devices
   of ``mesh`` (default: all local ones); with Mixup/CutMix a device's share must be even.
   ``num_workers`` loader processes build the batches. Under repeated augmentation
-  (``repeats``) each view is a row of its own. Returns the store, complete.
+  (``repeats``) each view is a row of its own. A bounded store records its ``views``
+  (then ``epochs`` is ``views``: the student replays those, ``order.stored_epoch``).
+  Returns the store, complete.
   """
   if not 1 <= k <= teacher.num_classes:
     raise ValueError(f'top-k k={k} must be between 1 and the teacher\'s class count '
@@ -93,7 +95,7 @@ def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, ep
                            source_classes=source.num_classes)
   logits = _create_or_resume(store_path, manifest.store_fields(
       source, dataset_name=dataset_name, aug_config=aug_config, seed=seed, k=k,
-      teacher=teacher, repeats=repeats), chunk_rows)
+      teacher=teacher, repeats=repeats, views=views), chunk_rows)
   host = augment.make_train_augment(aug_config).host
   todo = {epoch: _missing_positions(logits, epoch, process_index, process_count)
           for epoch in range(epochs) if epoch not in logits.epochs_done}

@@ -1,5 +1,6 @@
-"""A run's FPD save stage: its teacher over every epoch of its augmented images, into its
-store, then checked against the teacher (``verify``) when the config asks.
+"""A run's FPD save stage: its teacher over every epoch of its augmented images (or, for a
+bounded store, over its ``distill.views_per_example`` first epochs), into its store, then
+checked against the teacher (``verify``) when the config asks.
 
   python -m tinyvit_jax.main --config=RECIPE --workdir=DIR --mode=save_logits
 """
@@ -18,12 +19,15 @@ def run(config, workdir: str) -> dict:
   teacher_lib.check_classes(teacher, config.num_classes)
   path = store.location(config.distill, workdir)
   source = sources.from_config(config.data, 'train')
+  views = config.distill.views_per_example
+  epochs = views or config.epochs  # a bounded store's views are its first epochs
   save_pass.save_logits(
       teacher, source, dataset_name=config.data.name or config.data.source,
-      aug_config=config.aug, seed=config.seed, epochs=config.epochs,
+      aug_config=config.aug, seed=config.seed, epochs=epochs,
       k=config.distill.k, store_path=path, global_batch=config.batch_size,
-      num_workers=config.data.num_workers, repeats=order.repeats_of(config.data))
-  result = dict(store=path, epochs=config.epochs)
+      num_workers=config.data.num_workers, repeats=order.repeats_of(config.data),
+      views=views)
+  result = dict(store=path, epochs=epochs)
   if config.distill.verify_rows:
     result.update(verify.verify(
         path, teacher, source, sample=config.distill.verify_rows, seed=config.seed,

@@ -1,5 +1,9 @@
 """The FPD logit store: a teacher's sparse top-k probabilities, one row per epoch position.
 
+A store holds the epochs a student trains (one view of every example per epoch), or, when
+bounded (``views_per_example`` M), epochs 0..M-1 only, which the student's epochs replay
+in a keyed order (``order.stored_epoch``): its size is then set by M, not the schedule.
+
 Layout::
 
   STORE/manifest.json                       what was stored, and which epochs are done
@@ -61,7 +65,8 @@ from tinyvit_jax.data import order
 from tinyvit_jax.distill.manifest import META_FIELDS, STUDENT_FIELDS
 
 FORMAT_VERSION = 1
-# Stores written before repeated augmentation existed lack ``repeats``: they are plain.
+# Stores written before repeated augmentation or bounded stores existed lack ``repeats``
+# or ``views_per_example``: they are plain, one epoch of rows per epoch trained.
 _PLAIN_REPEATS = order.Repeats()._asdict()
 DEFAULT_CHUNK_ROWS = 4096
 
@@ -445,6 +450,7 @@ def _read_manifest(path: str) -> dict:
     with open(os.path.join(path, _MANIFEST)) as f:
       manifest = json.load(f)
     manifest.setdefault('repeats', _PLAIN_REPEATS)
+    manifest.setdefault('views_per_example', 0)
     return manifest
   except FileNotFoundError:
     raise MissingStore(f'{path} holds no logit store ({_MANIFEST} is missing): run the save '

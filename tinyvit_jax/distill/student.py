@@ -135,7 +135,8 @@ def make_loss(config) -> Callable:
 
 
 class Student(NamedTuple):
-  """What a training step needs from distillation."""
+  """What a training run needs from distillation."""
+  views: int  # a bounded store's epochs, which the input replays (order.stored_epoch)
   host_hook: Callable | None  # joins stored rows to each host batch
   teacher: Callable | None  # online: (teacher_leaves, images) -> logits, in the step
   teacher_leaves: list | None
@@ -145,11 +146,12 @@ class Student(NamedTuple):
 def make(config, source, workdir: str, mesh) -> Student:
   """The config's student: its store hook or online teacher (or neither), and its loss."""
   distill, host_hook, teacher, leaves = config.distill, None, None, None
+  views = distill.views_per_example if distill.from_store else 0
   if distill.kind != 'none' and distill.from_store:
     host_hook = StoreTargets(store.location(distill, workdir), manifest.store_fields(
         source, dataset_name=config.data.name or config.data.source, aug_config=config.aug,
         seed=config.seed, k=distill.k, num_classes=config.num_classes,
-        repeats=order.repeats_of(config.data)))
+        repeats=order.repeats_of(config.data), views=views))
   elif distill.kind != 'none':
     teacher, leaves = teacher_lib.online(distill, config.aug, mesh, config.num_classes)
-  return Student(host_hook, teacher, leaves, make_loss(config))
+  return Student(views, host_hook, teacher, leaves, make_loss(config))

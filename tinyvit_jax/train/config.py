@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.teacher_device = 'cpu'
   c.distill.teacher_class_index = ''  # teacher class of each student class, one per line
   c.distill.store = ''  # logit store dir; default WORKDIR/logits
+  c.distill.views_per_example = 0  # M > 0: a store of M epochs, replayed (data/order.py)
   c.distill.k = 10
   c.distill.alpha = 0.5
   c.distill.tau = 1.0
@@ -207,6 +208,16 @@ def check_config(config) -> None:
                       'dir) to run online, or distill.from_store=True and a store.')
     elif online_problem := teacher.check_online(distill):
       problems.append(online_problem)
+  views = distill.views_per_example
+  if views != int(views) or views < 0:
+    problems.append(f'distill.views_per_example={views} must be a whole number >= 0.')
+  elif views and not (distill.kind != 'none' and distill.from_store):
+    problems.append(f'distill.views_per_example={views} bounds a logit store: it needs '
+                    "distill.from_store=True and a distill.kind other than 'none'.")
+  elif views > config.epochs:
+    problems.append(f'distill.views_per_example={views} exceeds epochs={config.epochs}: the '
+                    'store would hold views no epoch reads. Use at most epochs, or 0 (one '
+                    'view per epoch).')
   if not 1 <= config.distill.k <= config.num_classes:
     problems.append(f'distill.k={config.distill.k} must be between 1 and num_classes='
                     f'{config.num_classes}.')

@@ -142,7 +142,8 @@ class Run:
         self.source, config.aug, seed=config.seed, global_batch=config.batch_size,
         mesh=self.mesh, label_smoothing=config.label_smoothing, start_step=self.step,
         num_steps=self.total_steps - self.step, num_workers=config.data.num_workers,
-        host_hook=distill.host_hook, repeats=order.repeats_of(config.data))
+        host_hook=distill.host_hook, repeats=order.repeats_of(config.data),
+        views=distill.views)
 
     def inputs(batch):
       images, targets = data.device_augment(batch)
