@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+import topk_ablation  # benchmarks/, the script's folder
 from tinyvit_jax import compile_cache
 from tinyvit_jax import main as main_lib
 from tinyvit_jax.distill import manifest
@@ -118,13 +119,6 @@ def cut_store(source_path: str, path: str, k: int) -> None:
       target.mark_epoch_done(epoch)
 
 
-def store_bytes_per_row(path: str) -> float:
-  size = sum(os.path.getsize(os.path.join(folder, name))
-             for folder, _, names in os.walk(path) for name in names)
-  logits = store.LogitStore.open(path)
-  return size / (len(logits.epochs_done) * logits.rows_per_epoch)
-
-
 class Timer:
   """Wall and CPU seconds of each (run, part), kept in ``workdir/times.json``."""
 
@@ -182,7 +176,7 @@ def accuracy_table(top1: dict, setup: str, seeds, ks, workdir: str) -> list[dict
                mean=round(float(np.mean(per_seed)), 4),
                std=round(float(np.std(per_seed, ddof=1)), 4) if len(seeds) > 1 else None)
     if arm.startswith('fpd'):
-      row['bytes_per_row'] = round(store_bytes_per_row(
+      row['bytes_per_row'] = round(topk_ablation.store_bytes_per_row(
           os.path.join(workdir, run_name(setup, arm, seeds[0]), 'logits')), 1)
     rows.append(row)
   return rows

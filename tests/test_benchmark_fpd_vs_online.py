@@ -12,8 +12,10 @@ from tinyvit_jax.data import order
 from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import store
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
-import fpd_vs_online  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+
+import fpd_vs_online  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROWS = 100  # rows per epoch of the stand-in stores
 
@@ -40,7 +42,10 @@ def fake_stages(config, workdir, mode):
   del mode
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'stages.json')
-  done = json.load(open(path)) if os.path.exists(path) else {}
+  done = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      done = json.load(f)
   for stage in config.stages:
     if stage in done:
       continue
@@ -63,7 +68,8 @@ def fake_stages(config, workdir, mode):
           f.write(json.dumps(dict(step=step, loss=1.0, epoch=step / 5,
                                   images_per_second=rate)) + '\n')
     done[stage] = {}
-  json.dump(done, open(path, 'w'))
+  with open(path, 'w') as f:
+    json.dump(done, f)
   return dict(top1=(sum(map(ord, os.path.basename(workdir))) % 97) / 97 if 'eval' in done
               else None)
 
