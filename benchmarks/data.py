@@ -59,7 +59,7 @@ from tinyvit_jax.data import keys
 from tinyvit_jax.data import loader
 from tinyvit_jax.data.augment import host_mode
 from tinyvit_jax.data.augment import mix
-from tinyvit_jax.data.augment import randaugment_pil
+from tinyvit_jax.data.augment import pil_ops
 from tinyvit_jax.data.sources import image_folder
 
 ARMS = ('ours', 'timm', 'ours_host_side')
@@ -189,22 +189,15 @@ def breakdown(args, folder) -> dict:
   names = host.rand_augment['ops']
 
   def rand_augment():
-    out = []
-    for image, drawn in zip(crops, draws):
-      for layer, op in enumerate(drawn['ops']):
-        if op >= 0:
-          arguments = [argument[layer] for argument in drawn['arguments']]
-          image = randaugment_pil.apply_arguments(image, names[op], *arguments, host.fill)
-      out.append(np.asarray(image))
-    return out
+    return [np.asarray(pil_ops.rand_augment(image, drawn['ops'], drawn['arguments'], names,
+                                            host.fill))
+            for image, drawn in zip(crops, draws)]
 
   augmented = rand_augment()
 
   def pack_and_erase():
     for pixels, drawn in zip(augmented, draws):
-      packed = host_mode.pack(pixels)
-      if drawn['erase'].erase:
-        host_mode.erase_box(packed, drawn['erase'])
+      pil_ops.random_erase(host_mode.pack(pixels), drawn['erase'])
 
   examples = [host(r, k) for r, k in zip(records[:args.batch], key_data)]
   batch = {name: np.stack([example[name] for example in examples]) for name in ('image', 'key')}

@@ -6,7 +6,7 @@ import pytest
 
 from tinyvit_jax.data import augment
 from tinyvit_jax.data.augment import mix
-from tinyvit_jax.data.augment import randaugment
+from tinyvit_jax.data.augment import draws
 
 
 def test_odd_batch_with_mixing_names_the_batch():
@@ -27,11 +27,11 @@ def test_odd_batch_is_fine_without_mixing():
 
 
 def test_spec_parses_to_timms_settings():
-  assert randaugment.parse_spec('rand-m9-mstd0.5-inc1') == dict(
-      ops=randaugment.INCREASING_OPS, num_layers=2, prob=0.5, magnitude=9.0,
+  assert draws.parse_spec('rand-m9-mstd0.5-inc1') == dict(
+      ops=draws.INCREASING_OPS, num_layers=2, prob=0.5, magnitude=9.0,
       magnitude_std=0.5)
-  parsed = randaugment.parse_spec('rand-n3-p0.7-mstd101')
-  assert parsed == dict(ops=randaugment.OPS, num_layers=3, prob=0.7, magnitude=10.0,
+  parsed = draws.parse_spec('rand-n3-p0.7-mstd101')
+  assert parsed == dict(ops=draws.OPS, num_layers=3, prob=0.7, magnitude=10.0,
                         magnitude_std=float('inf'))
 
 
@@ -50,7 +50,7 @@ def test_bad_rand_augment_spec(spec, message):
 
 def test_unknown_op_is_named():
   with pytest.raises(ValueError, match=r"\['Cutout'\] are not known"):
-    randaugment.check_kwargs(ops=('Rotate', 'Cutout'))
+    draws.check_kwargs(ops=('Rotate', 'Cutout'))
 
 
 @pytest.mark.parametrize('setting, message', [

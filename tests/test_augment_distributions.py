@@ -15,10 +15,10 @@ import pytest
 from scipy import stats
 from timm.data import mixup
 
-from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import draws
+from tinyvit_jax.data.augment import jax_ops
 from tinyvit_jax.data.augment import host_crop
 from tinyvit_jax.data.augment import mix
-from tinyvit_jax.data.augment import randaugment
 
 KS_CRITICAL = math.sqrt(math.log(2 / 1e-6) / 2)
 
@@ -66,8 +66,8 @@ def test_crop_scale_ratio_and_flip():
 
 def test_erasing_rate_area_and_aspect():
   n, size = 4000, 32
-  erase = jax.jit(jax.vmap(lambda key: device_ops.random_erase(
-      jnp.full((size, size, 3), 100.0), key, 0.25)))
+  erase = jax.jit(jax.vmap(lambda key: jax_ops.random_erase(
+      jnp.full((size, size, 3), 100.0), draws.draw_erase(key, size, size, 0.25))))
   erased = np.asarray(erase(_keys(n))) != 100.0
   boxes = erased.any(axis=-1)
   hit = boxes.any(axis=(1, 2))
@@ -123,8 +123,8 @@ def test_cutmix_box_area_is_one_minus_lambda_as_timm(draw_pairs):
 def test_rand_augment_layer_draws():
   """Ops uniform over the 15, applied half the time, magnitude N(9, 0.5) clipped to
   [0, 10], sign flipped half the time."""
-  n, num_ops = 15000, len(randaugment.INCREASING_OPS)
-  op, magnitude, negate = jax.jit(jax.vmap(lambda key: randaugment.draw_layer(
+  n, num_ops = 15000, len(draws.INCREASING_OPS)
+  op, magnitude, negate = jax.jit(jax.vmap(lambda key: draws.draw_layer(
       key, num_ops, 0.5, 9.0, 0.5)))(_keys(n, 3))
   op, magnitude = np.asarray(op), np.asarray(magnitude)
   applied = op >= 0
@@ -141,7 +141,7 @@ def test_rand_augment_layer_draws():
 
 def test_uniform_magnitude_when_std_is_infinite():
   n = 4000
-  _, magnitude, _ = jax.jit(jax.vmap(lambda key: randaugment.draw_layer(
+  _, magnitude, _ = jax.jit(jax.vmap(lambda key: draws.draw_layer(
       key, 15, 1.0, 9.0, math.inf)))(_keys(n, 4))
   assert stats.kstest(np.asarray(magnitude), stats.uniform(0, 9).cdf).statistic < (
       KS_CRITICAL / math.sqrt(n))

@@ -19,11 +19,11 @@ from PIL import Image
 from tinyvit_jax import normalisation
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import keys
-from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import draws
 from tinyvit_jax.data.augment import host_crop
 from tinyvit_jax.data.augment import host_mode
-from tinyvit_jax.data.augment import randaugment
-from tinyvit_jax.data.augment import randaugment_pil
+from tinyvit_jax.data.augment import jax_ops
+from tinyvit_jax.data.augment import pil_ops
 from tinyvit_jax.data.sources import synthetic
 
 SIZE, COUNT = 48, 120
@@ -67,7 +67,7 @@ def test_host_erases_the_device_box_with_unit_noise():
   noise = []
   for image_host, image_device, plain, data in zip(on_host, on_device, unerased, key_data):
     erase_key = keys.augment_streams(jax.random.wrap_key_data(data))[2]
-    box = device_ops.draw_erase(erase_key, SIZE, SIZE, 1.0)
+    box = draws.draw_erase(erase_key, SIZE, SIZE, 1.0)
     inside = np.zeros((SIZE, SIZE), bool)
     inside[int(box.top):int(box.top + box.height), int(box.left):int(box.left + box.width)] = True
     assert bool(box.erase) and inside.any()
@@ -81,7 +81,7 @@ def test_host_erases_the_device_box_with_unit_noise():
 
 
 def test_packed_pixels_unpack_normalised_and_noise_as_itself():
-  """Every uint8 value through ``pack`` comes out within 1e-6 of ``device_ops.normalise``
+  """Every uint8 value through ``pack`` comes out within 1e-6 of ``jax_ops.normalise``
   (a multiply-add against two divisions: a few ulp); noise written into the float16 image
   comes out as its float16 value."""
   values = np.arange(256, dtype=np.uint8)
@@ -90,28 +90,27 @@ def test_packed_pixels_unpack_normalised_and_noise_as_itself():
   unpack = jax.jit(host_mode.unpack_normalised, static_argnums=(1, 2))
   mean, std = normalisation.IMAGENET_MEAN, normalisation.IMAGENET_STD
   np.testing.assert_allclose(unpack(packed, mean, std),
-                             jax.jit(device_ops.normalise)(image), rtol=0, atol=1e-6)
+                             jax.jit(jax_ops.normalise)(image), rtol=0, atol=1e-6)
   noise = np.random.default_rng(0).standard_normal((1, 256, 3)).astype(np.float32) * 3
   packed[:] = noise
   np.testing.assert_array_equal(unpack(packed, mean, std), noise.astype(np.float16))
 
 
-@pytest.mark.parametrize('ops', [randaugment.INCREASING_OPS, randaugment.OPS],
+@pytest.mark.parametrize('ops', [draws.INCREASING_OPS, draws.OPS],
                          ids=['inc1', 'inc0'])
 def test_each_pil_op_on_the_shared_arguments_matches_the_device_op(ops):
   """Every op through ``op_arguments``: PIL on the host against jax on the device, within
   the vs-timm tolerances (AutoContrast max 1 LSB, mean 0.03; the rest max 1, mean 0.01)."""
   image = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
   fill = (124, 116, 104)
-  arguments_of = jax.jit(lambda op, m, negate: randaugment.op_arguments(op, m, negate, ops,
-                                                                        32, 40))
-  apply = jax.jit(lambda image, op, arguments: randaugment.apply_arguments(
+  arguments_of = jax.jit(lambda op, m, negate: draws.op_arguments(op, m, negate, ops, 32, 40))
+  apply = jax.jit(lambda image, op, arguments: jax_ops.apply_arguments(
       image, op, arguments, ops, fill))
   for index, name in enumerate(ops):
     for magnitude, negate in ((3.3, False), (9.0, True), (10.0, False)):
       arguments = arguments_of(index, magnitude, negate)
-      host = randaugment_pil.apply_arguments(Image.fromarray(image), name,
-                                             *jax.device_get(arguments), fill)
+      host = pil_ops.apply_arguments(Image.fromarray(image), index,
+                                     jax.device_get(arguments), ops, fill)
       difference = np.abs(np.asarray(host, np.int32) - np.asarray(apply(image, index,
                                                                         arguments), np.int32))
       mean_limit = 0.03 if name == 'AutoContrast' else 0.01

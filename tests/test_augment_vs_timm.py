@@ -15,6 +15,7 @@ Posterize below 2.5; Pillow 13 raises, earlier Pillow gave black, as we do) and 
 jitter's random op order (torchvision draws it with torch's generator; each of its
 three ops is checked here instead).
 """
+import functools
 from unittest import mock
 
 import jax
@@ -27,9 +28,9 @@ from timm.data import auto_augment, transforms, transforms_factory
 from torchvision.transforms import functional as tv
 
 from tinyvit_jax import normalisation
-from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import draws
 from tinyvit_jax.data.augment import host_crop
-from tinyvit_jax.data.augment import randaugment
+from tinyvit_jax.data.augment import jax_ops
 from tinyvit_jax.data.augment import uint8_ops
 
 FILL = (124, 116, 104)  # timm's img_mean for the ImageNet mean
@@ -52,13 +53,19 @@ def _lsb_difference(ours, reference):
 
 @pytest.fixture(scope='module')
 def apply_ops():
-  """Jitted ``apply_op`` for each op set, compiled once."""
-  return {ops: jax.jit(lambda image, op, magnitude, negate, ops=ops: randaugment.apply_op(
-      image, op, magnitude, negate, ops, FILL)) for ops in (randaugment.INCREASING_OPS,
-                                                            randaugment.OPS)}
+  """Each op set's ops at a magnitude, jitted (compiled once): ``draws.op_arguments``
+  applied by ``jax_ops.apply_arguments``."""
+
+  def apply_op(image, op, magnitude, negate, ops):
+    h, w, _ = image.shape
+    arguments = draws.op_arguments(op, magnitude, negate, ops, h, w)
+    return jax_ops.apply_arguments(image, op, arguments, ops, FILL)
+
+  return {ops: jax.jit(functools.partial(apply_op, ops=ops))
+          for ops in (draws.INCREASING_OPS, draws.OPS)}
 
 
-@pytest.mark.parametrize('ops', [randaugment.INCREASING_OPS, randaugment.OPS],
+@pytest.mark.parametrize('ops', [draws.INCREASING_OPS, draws.OPS],
                          ids=['inc1', 'inc0'])
 def test_every_rand_augment_op_matches_timm(apply_ops, ops):
   exact = {'Equalize', 'Invert', 'PosterizeIncreasing', 'Posterize',
@@ -85,7 +92,7 @@ def test_every_rand_augment_op_matches_timm(apply_ops, ops):
 
 def test_no_op_leaves_the_image_bit_identical(apply_ops):
   for image in _test_images():
-    np.testing.assert_array_equal(apply_ops[randaugment.INCREASING_OPS](image, -1, 9.0, True),
+    np.testing.assert_array_equal(apply_ops[draws.INCREASING_OPS](image, -1, 9.0, True),
                                   image)
 
 
@@ -110,7 +117,7 @@ def test_normalise_matches_to_tensor_and_normalize():
   image = _test_images()[1]
   tensor = tv.normalize(tv.to_tensor(Image.fromarray(image)), normalisation.IMAGENET_MEAN,
                         normalisation.IMAGENET_STD)
-  np.testing.assert_allclose(device_ops.normalise(image), tensor.permute(1, 2, 0).numpy(),
+  np.testing.assert_allclose(jax_ops.normalise(image), tensor.permute(1, 2, 0).numpy(),
                              rtol=0, atol=1e-6)
 
 

@@ -14,8 +14,8 @@ Where each op runs, and why:
 
 Keys: everything about example ``i`` in epoch ``e`` comes from ``keys.sample_key(seed, e,
 i)``, whose data the loader gives the host transform and the host passes on as
-``batch['key']``. The host draws crop and flip from it (see ``host_crop``); the device
-splits it into (RandAugment, colour jitter, erasing, pair) keys. Pair ``j`` (positions
+``batch['key']``. The host draws crop and flip from it (see ``host_crop``); every other
+per-image draw comes from ``draws.sample_draws``, wherever the op runs. Pair ``j`` (positions
 2j and 2j+1) mixes with the pair key of position 2j. Each image is thus a pure function of
 (seed, e, i), and each mixed pair of its two examples, whatever the batch or device count.
 
@@ -32,9 +32,11 @@ whenever RandAugment is on, so those recipes never jitter: the default here is 0
 
 The package, by where its code runs:
 - ``host_crop``: the crop and flip (and eval's resize and centre crop), always on the host;
-- ``randaugment`` (on ``uint8_ops``, PIL's uint8 arithmetic in jax.numpy),
-  ``device_ops`` (colour jitter, erasing, normalising) and ``mix``: the device half;
-- ``host_mode`` (on ``randaugment_pil``, the same RandAugment draws applied with PIL):
+- ``draws``: a sample's draws for RandAugment, colour jitter and erasing, and the op
+  arguments they give; both backends apply them, under the same op names:
+- ``jax_ops`` (on ``uint8_ops``, PIL's uint8 arithmetic in jax.numpy) and ``mix``: the
+  device half;
+- ``pil_ops``, with ``host_mode`` (its loader transform and transport format):
   ``augment_on='host'``, every per-image op in the workers.
 """
 import functools
@@ -44,11 +46,11 @@ import jax
 
 from tinyvit_jax import normalisation
 from tinyvit_jax.data import keys
-from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import draws
 from tinyvit_jax.data.augment import host_crop
 from tinyvit_jax.data.augment import host_mode
+from tinyvit_jax.data.augment import jax_ops
 from tinyvit_jax.data.augment import mix
-from tinyvit_jax.data.augment import randaugment
 
 TRAIN_DEFAULTS = dict(
     image_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
@@ -80,19 +82,23 @@ class Augment(NamedTuple):
 def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean, std,
                  erase_prob, mixing):
   """The training device half; ``make_train_augment`` binds the keyword settings."""
-  streams = jax.vmap(keys.augment_streams)(jax.random.wrap_key_data(key_data))
+  settings = None if rand_augment is None else {
+      name: value for name, value in rand_augment.items() if name != 'fill'}
 
-  def one_image(image, rand_augment_key, jitter_key, erase_key):
-    if rand_augment is not None:
-      image = randaugment.rand_augment(image, rand_augment_key, **rand_augment)
-    if any(color_jitter):
-      image = device_ops.colour_jitter(image, jitter_key, *color_jitter)
-    image = device_ops.normalise(image, mean, std)
-    if erase_prob:
-      image = device_ops.random_erase(image, erase_key, erase_prob)
+  def one_image(image, key):
+    drawn = draws.sample_draws(key, image.shape[0], rand_augment=settings,
+                               color_jitter=color_jitter, erase_prob=erase_prob)
+    if 'ops' in drawn:
+      image = jax_ops.rand_augment(image, drawn['ops'], drawn['arguments'],
+                                   rand_augment['ops'], rand_augment['fill'])
+    if 'jitter' in drawn:
+      image = jax_ops.colour_jitter(image, drawn['jitter'])
+    image = jax_ops.normalise(image, mean, std)
+    if 'erase' in drawn:
+      image = jax_ops.random_erase(image, drawn['erase'])
     return image
 
-  images = jax.vmap(one_image)(images, *streams[:3])
+  images = jax.vmap(one_image)(images, jax.random.wrap_key_data(key_data))
   return mixed_images(images, key_data, targets, mixing=mixing)
 
 
@@ -132,7 +138,7 @@ def make_train_augment(config=None, **overrides) -> Augment:
   rand_augment = fill = None
   if cfg['rand_augment']:
     fill = tuple(min(255, round(255 * m)) for m in cfg['mean'])  # timm's img_mean
-    rand_augment = randaugment.parse_spec(cfg['rand_augment'])
+    rand_augment = draws.parse_spec(cfg['rand_augment'])
   mixing = None
   if cfg['mixup_alpha'] > 0 or cfg['cutmix_alpha'] > 0:
     mixing = dict(mixup_alpha=cfg['mixup_alpha'], cutmix_alpha=cfg['cutmix_alpha'],
@@ -158,7 +164,7 @@ def make_eval_augment(config=None, **overrides) -> Augment:
   if not 0 < cfg['crop_pct'] <= 1:
     raise ValueError(f'crop_pct={cfg["crop_pct"]} must be in (0, 1].')
   host = host_crop.EvalResizeCrop(cfg['image_size'], cfg['crop_pct'], cfg['interpolation'])
-  device = functools.partial(device_ops.normalise, mean=tuple(cfg['mean']),
+  device = functools.partial(jax_ops.normalise, mean=tuple(cfg['mean']),
                              std=tuple(cfg['std']))
   return Augment(host, device)
 

@@ -2,8 +2,8 @@
 
 RandomResizedCrop and the flip run here, with PIL, because they change the image size:
 after them every example has the same shape, so the batch stacks and the device half
-(``device_ops``, ``randaugment``, ``mix``) runs vmapped inside jit. Doing the crop on
-the host also sends a 224x224 uint8 crop to the device instead of the full image.
+(``jax_ops``, ``mix``) runs vmapped inside jit. Doing the crop on the host also sends a
+224x224 uint8 crop to the device instead of the full image.
 
 The workers need no accelerator and run no JAX: crop and flip parameters come from
 ``keys.numpy_generator`` of the sample key's data (which the loader hands each

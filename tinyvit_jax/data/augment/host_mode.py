@@ -5,14 +5,13 @@ fuses the bicubic warp into its consumers; random erasing ~6 ms: it draws noise 
 whole image, erased or not), while PIL runs timm's whole train transform in ~2.5 ms
 (benchmarks/RESULTS.md, "Data"). On an accelerator the device half is the better place.
 
-Same draws: the parameters come from the device's own functions (``keys.augment_streams``,
-``randaugment.layer_arguments``, ``device_ops.draw_jitter`` and ``draw_erase``), jitted
-on the worker's CPU into one uint32 vector (one transfer per image, not one per draw), so
-a host image is the device image up to PIL's float64 against our float32 rounding
-(``randaugment_pil``). The one exception is the erasing noise: drawn here for the box
-only, by numpy's Philox keyed by the box's noise key, it has the same N(0, 1) law as the
-device's but other values. FPD stores must therefore be replayed with the same
-``augment_on`` (it is part of the augmentation config).
+Same draws: the parameters come from the device's own ``draws.sample_draws``, jitted on
+the worker's CPU into one uint32 vector (one transfer per image, not one per draw), and
+``pil_ops`` applies them as ``jax_ops`` does on the device, so a host image is the device
+image up to PIL's float64 against our float32 rounding. The one exception is the erasing
+noise (``pil_ops.random_erase``): same N(0, 1) law, other values. FPD stores must
+therefore be replayed with the same ``augment_on`` (it is part of the augmentation
+config).
 
 Output: the augmented uint8 pixels and the erasing noise packed in one float16 image
 (``pack``): a pixel ``p`` is stored as ``PIXEL_OFFSET + p`` (float16 holds 1024..1279
@@ -28,16 +27,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import ImageEnhance
 
-from tinyvit_jax.data import keys
-from tinyvit_jax.data.augment import device_ops
+from tinyvit_jax.data.augment import draws as draws_lib
 from tinyvit_jax.data.augment import host_crop
-from tinyvit_jax.data.augment import randaugment
-from tinyvit_jax.data.augment import randaugment_pil
-
-# torchvision's ColorJitter ops on PIL, by index (device_ops's order).
-_JITTER_ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+from tinyvit_jax.data.augment import pil_ops
 
 PIXEL_OFFSET = 1024
 _PIXEL_BITS = np.uint16(0x6400)  # float16 bits of 1024: exponent 10, spacing 1 up to 2048
@@ -45,24 +38,15 @@ _PIXEL_BITS = np.uint16(0x6400)  # float16 bits of 1024: exponent 10, spacing 1 
 
 def draw_tree(key_data, *, size: int, rand_augment: tuple | None, color_jitter: tuple,
               erase_prob: float) -> dict:
-  """Every per-image parameter of one sample, from its key data (2,) uint32.
-
-  ``rand_augment``: the ``layer_arguments`` settings as sorted (name, value) items.
-  """
-  rand_augment_key, jitter_key, erase_key, _ = keys.augment_streams(
-      jax.random.wrap_key_data(key_data))
-  draws = {}
-  if rand_augment is not None:
-    layers = randaugment.layer_arguments(rand_augment_key, size, size, **dict(rand_augment))
-    draws['ops'] = jnp.stack([op for op, _ in layers])
-    draws['arguments'] = jax.tree.map(lambda *leaves: jnp.stack(leaves),
-                                      *[arguments for _, arguments in layers])
-  if any(color_jitter):
-    draws['jitter'] = device_ops.draw_jitter(jitter_key, *color_jitter)
-  if erase_prob:
-    box = device_ops.draw_erase(erase_key, size, size, erase_prob)
-    draws['erase'] = box._replace(noise_key=jax.random.key_data(box.noise_key))
-  return draws
+  """``draws.sample_draws`` of a sample's key data (2,) uint32, the erasing noise key as
+  its data. ``rand_augment``: the settings as sorted (name, value) items (hashable)."""
+  drawn = draws_lib.sample_draws(
+      jax.random.wrap_key_data(key_data), size, color_jitter=color_jitter,
+      erase_prob=erase_prob, rand_augment=None if rand_augment is None else dict(rand_augment))
+  if 'erase' in drawn:
+    drawn['erase'] = drawn['erase']._replace(noise_key=jax.random.key_data(
+        drawn['erase'].noise_key))
+  return drawn
 
 
 def _as_words(leaf):
@@ -113,7 +97,7 @@ def unpack_normalised(images, mean, std):
   their noise.
 
   Normalising is one multiply-add per value, ``p / (255 std) - mean / std``, within 1e-6 of
-  ``device_ops.normalise``'s ``(p / 255 - mean) / std``: XLA:CPU fuses the unpacking
+  ``jax_ops.normalise``'s ``(p / 255 - mean) / std``: XLA:CPU fuses the unpacking
   into each of Mixup's reads, where the two divisions doubled the device half's time.
   """
   values = images.astype(jnp.float32)
@@ -127,7 +111,7 @@ class TrainOnHost:
   """Loader transform ``(record, key_data) -> dict(image float16 (size, size, 3), key)``:
   crop and flip (``crop``), RandAugment, colour jitter and erasing; ``pack``'s layout.
 
-  ``rand_augment``: ``randaugment.parse_spec``'s settings or None; the rest as
+  ``rand_augment``: ``draws.parse_spec``'s settings or None; the rest as
   ``augment.make_train_augment``'s config.
   """
   crop: host_crop.TrainCrop
@@ -142,25 +126,11 @@ class TrainOnHost:
                  color_jitter=self.color_jitter, erase_prob=self.erase_prob)
     image = self.crop.crop(record['image'], key_data)
     if 'ops' in draws:
-      names = self.rand_augment['ops']
-      for layer, op in enumerate(draws['ops']):
-        if op >= 0:
-          arguments = [argument[layer] for argument in draws['arguments']]
-          image = randaugment_pil.apply_arguments(image, names[op], *arguments, self.fill)
+      image = pil_ops.rand_augment(image, draws['ops'], draws['arguments'],
+                                   self.rand_augment['ops'], self.fill)
     if 'jitter' in draws:
-      order, factors = draws['jitter']
-      for which in order:
-        image = _JITTER_ENHANCERS[which](image).enhance(float(factors[which]))
+      image = pil_ops.colour_jitter(image, draws['jitter'])
     packed = pack(np.asarray(image))
-    if 'erase' in draws and draws['erase'].erase:
-      erase_box(packed, draws['erase'])
+    if 'erase' in draws:
+      pil_ops.random_erase(packed, draws['erase'])
     return dict(image=packed, key=np.asarray(key_data, np.uint32))
-
-
-def erase_box(image: np.ndarray, box: device_ops.EraseBox):
-  """Writes N(0, 1) noise into ``box`` of ``image`` in place, drawn in float32 by
-  ``keys.numpy_generator`` of the box's noise key data."""
-  generator = keys.numpy_generator(box.noise_key)
-  top, left, height, width = int(box.top), int(box.left), int(box.height), int(box.width)
-  image[top:top + height, left:left + width] = generator.standard_normal(
-      (height, width, image.shape[2]), np.float32)

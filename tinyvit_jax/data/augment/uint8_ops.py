@@ -6,7 +6,7 @@ its rounding, so the device augmentation matches timm pixel for pixel, not merel
 distribution (tests/test_augment_vs_timm.py states the tolerances).
 
 Every op takes and returns uint8 ``(H, W, 3)`` and works on one image; batches vmap. Each
-op falls in one of three kinds, which ``randaugment`` relies on:
+op falls in one of three kinds, which ``jax_ops`` relies on:
 - a per-channel lookup table (``apply_lut``): invert, posterize, solarize, autocontrast,
   equalize;
 - a blend towards a degenerate image (``blend``): colour, contrast, brightness, sharpness;

@@ -1,19 +1,23 @@
-"""RandAugment with timm's op sets and magnitude rules, for one uint8 image and its key.
+"""Every random draw of a sample's per-image ops, and the op arguments they give.
 
-timm's ``rand-m9-mstd0.5-inc1``: each of ``num_layers`` (2) layers picks an op uniformly
-(with replacement), applies it with probability ``prob`` (0.5) at magnitude
+Both backends apply these same draws: ``jax_ops`` on the device, inside the jitted step,
+and ``pil_ops`` in the loader workers for CPU-only runs (``augment_on='host'``). So an
+image is the same function of its key whichever backend runs it, up to the two
+backends' rounding (``sample_draws`` is the one place a sample's draws are made).
+
+RandAugment, timm's ``rand-m9-mstd0.5-inc1``: each of ``num_layers`` (2) layers picks an
+op uniformly (with replacement), applies it with probability ``prob`` (0.5) at magnitude
 N(9, 0.5) clipped to [0, 10], and flips the sign of signed ops with probability 0.5.
-Affine ops resample bicubic (the DeiT/TinyViT recipes set it) and fill with the
-dataset mean in uint8 (timm's ``img_mean``).
+Every op is one of three kinds, each with one argument: a lookup table (an integer:
+bits, threshold, amount), a blend towards a degenerate image (a factor) or an affine warp
+(a PIL matrix); ``op_arguments`` gives a layer all three, identity values for the kinds
+its op is not. Affine ops resample bicubic (the DeiT/TinyViT recipes set it) and fill
+with the dataset mean in uint8 (timm's ``img_mean``).
 
-Why one layer runs every kind: under ``vmap`` a per-sample ``lax.switch`` computes all
-fifteen ops and selects one. But each op is a lookup table, a blend towards a degenerate
-image or an affine warp (see ``uint8_ops``), so a layer applies one of each: the chosen
-op's parameters for its kind, identity parameters (exact no-ops on uint8) for the other
-two. A batch then pays one warp, one lookup and one blend per layer.
-
-Random draws per layer come from ``jax.random.split(key, num_layers)``, and each layer
-key splits into (op, apply, magnitude, sign) keys.
+Keys: a sample key splits into (RandAugment, colour jitter, erasing, pair) streams
+(``keys.augment_streams``). The RandAugment stream splits into one key per layer, each
+into (op, apply, magnitude, sign); colour jitter's into (order, brightness, contrast,
+saturation); erasing's into (apply, area, aspect, top, left, noise).
 """
 import math
 from typing import NamedTuple
@@ -21,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tinyvit_jax.data import keys
 from tinyvit_jax.data.augment import uint8_ops
 
 MAX_LEVEL = 10.0  # timm's _LEVEL_DENOM: magnitudes are clipped to [0, 10].
@@ -58,20 +63,17 @@ def _solarize_threshold(m):
   return jnp.minimum(256, jnp.trunc(_divide(m * 256, 10)).astype(jnp.int32))
 
 
-# Lookup-table ops: name -> (magnitude -> integer argument, (image, argument) -> (3, 256)
-# table). The argument is what the PIL op takes (bits, threshold, amount; 0 when none).
-_LUT_OPS = {
-    'AutoContrast': (lambda m: 0, lambda image, arg: uint8_ops.autocontrast_lut(image)),
-    'Equalize': (lambda m: 0, lambda image, arg: uint8_ops.equalize_lut(image)),
-    'Invert': (lambda m: 0, lambda image, arg: uint8_ops.invert_lut()),
-    'Posterize': (_posterize_bits, lambda image, bits: uint8_ops.posterize_lut(bits)),
-    'PosterizeIncreasing': (lambda m: 4 - _posterize_bits(m),
-                            lambda image, bits: uint8_ops.posterize_lut(bits)),
-    'Solarize': (_solarize_threshold, lambda image, arg: uint8_ops.solarize_lut(arg)),
-    'SolarizeIncreasing': (lambda m: 256 - _solarize_threshold(m),
-                           lambda image, arg: uint8_ops.solarize_lut(arg)),
-    'SolarizeAdd': (lambda m: jnp.minimum(128, jnp.trunc(m * 11).astype(jnp.int32)),
-                    lambda image, arg: uint8_ops.solarize_add_lut(arg)),
+# Lookup-table ops: name -> (magnitude -> the integer argument PIL's op takes: bits,
+# threshold, amount; 0 when none).
+LUT_ARGUMENTS = {
+    'AutoContrast': lambda m: 0,
+    'Equalize': lambda m: 0,
+    'Invert': lambda m: 0,
+    'Posterize': _posterize_bits,
+    'PosterizeIncreasing': lambda m: 4 - _posterize_bits(m),
+    'Solarize': _solarize_threshold,
+    'SolarizeIncreasing': lambda m: 256 - _solarize_threshold(m),
+    'SolarizeAdd': lambda m: jnp.minimum(128, jnp.trunc(m * 11).astype(jnp.int32)),
 }
 
 
@@ -87,21 +89,21 @@ def _enhance_increasing_factor(m, signed_m):
   return jnp.maximum(jnp.float32(0.1), _divide(100 + signed_m * 9, 100))
 
 
-# Blend ops: name -> (degenerate image of the input, (m, signed m) -> factor).
-_BLEND_OPS = {
-    'Color': (uint8_ops.colour_degenerate, _enhance_factor),
-    'ColorIncreasing': (uint8_ops.colour_degenerate, _enhance_increasing_factor),
-    'Contrast': (uint8_ops.contrast_degenerate, _enhance_factor),
-    'ContrastIncreasing': (uint8_ops.contrast_degenerate, _enhance_increasing_factor),
-    'Brightness': (uint8_ops.brightness_degenerate, _enhance_factor),
-    'BrightnessIncreasing': (uint8_ops.brightness_degenerate, _enhance_increasing_factor),
-    'Sharpness': (uint8_ops.smooth, _enhance_factor),
-    'SharpnessIncreasing': (uint8_ops.smooth, _enhance_increasing_factor),
+# Blend ops: name -> ((m, signed m) -> factor).
+BLEND_FACTORS = {
+    'Color': _enhance_factor,
+    'ColorIncreasing': _enhance_increasing_factor,
+    'Contrast': _enhance_factor,
+    'ContrastIncreasing': _enhance_increasing_factor,
+    'Brightness': _enhance_factor,
+    'BrightnessIncreasing': _enhance_increasing_factor,
+    'Sharpness': _enhance_factor,
+    'SharpnessIncreasing': _enhance_increasing_factor,
 }
 
 # Warp ops: (signed m, height, width) -> PIL affine matrix, as timm builds them: rotate
 # by 3m degrees, shear by 0.03m, translate by 0.045m of the side (translate_pct 0.45).
-_WARP_OPS = {
+WARP_MATRICES = {
     'Rotate': lambda signed_m, h, w: uint8_ops.rotate_matrix(signed_m * 3, h, w),
     'ShearX': lambda signed_m, h, w: (1.0, _divide(signed_m * 3, 100), 0.0, 0.0, 1.0, 0.0),
     'ShearY': lambda signed_m, h, w: (1.0, 0.0, 0.0, _divide(signed_m * 3, 100), 1.0, 0.0),
@@ -111,15 +113,14 @@ _WARP_OPS = {
                                              0.0, 1.0, _divide(signed_m * 45 * h, 1000)),
 }
 
-KNOWN_OPS = frozenset(_LUT_OPS) | frozenset(_BLEND_OPS) | frozenset(_WARP_OPS)
+KNOWN_OPS = frozenset(LUT_ARGUMENTS) | frozenset(BLEND_FACTORS) | frozenset(WARP_MATRICES)
 
 
 class OpArguments(NamedTuple):
   """What a layer's op takes, one field per kind; the kinds it is not take identity values.
 
   ``lut``: the lookup-table op's integer argument; ``factor``: the blend factor (1: none);
-  ``matrix``: the affine matrix (identity: none). ``randaugment_pil`` applies the same
-  arguments with PIL, so host and device share this one mapping from magnitudes.
+  ``matrix``: the affine matrix (identity: none).
   """
   lut: jax.Array
   factor: jax.Array
@@ -138,39 +139,14 @@ def op_arguments(op, magnitude, negate, ops, height: int, width: int) -> OpArgum
   matrix = jnp.asarray(uint8_ops.IDENTITY_MATRIX, jnp.float32)
   for index, name in enumerate(ops):
     is_chosen = op == index
-    if name in _LUT_OPS:
-      lut = jnp.where(is_chosen, _LUT_OPS[name][0](magnitude), lut)
-    elif name in _BLEND_OPS:
-      factor = jnp.where(is_chosen, _BLEND_OPS[name][1](magnitude, signed), factor)
+    if name in LUT_ARGUMENTS:
+      lut = jnp.where(is_chosen, LUT_ARGUMENTS[name](magnitude), lut)
+    elif name in BLEND_FACTORS:
+      factor = jnp.where(is_chosen, BLEND_FACTORS[name](magnitude, signed), factor)
     else:
-      matrix = jnp.where(is_chosen, jnp.stack(_WARP_OPS[name](signed, height, width)), matrix)
+      matrix = jnp.where(is_chosen, jnp.stack(WARP_MATRICES[name](signed, height, width)),
+                         matrix)
   return OpArguments(lut, factor, matrix)
-
-
-def apply_op(image, op, magnitude, negate, ops, fill):
-  """Op ``ops[op]`` at ``magnitude`` (0 to 10) on a uint8 HWC image; ``op`` = -1: none.
-
-  See ``op_arguments``; ``fill`` (uint8 RGB, static) is what warps leave outside the image.
-  """
-  h, w, _ = image.shape
-  return apply_arguments(image, op, op_arguments(op, magnitude, negate, ops, h, w), ops, fill)
-
-
-def apply_arguments(image, op, arguments: OpArguments, ops, fill):
-  """Op ``ops[op]`` (-1: none) with its ``op_arguments`` on a uint8 HWC image."""
-  chosen = [(op == index, name) for index, name in enumerate(ops)]
-  lut = uint8_ops.identity_lut()
-  for is_chosen, name in chosen:
-    if name in _LUT_OPS:
-      lut = jnp.where(is_chosen, _LUT_OPS[name][1](image, arguments.lut), lut)
-  image = uint8_ops.apply_lut(image, lut)
-
-  degenerate = image
-  for is_chosen, name in chosen:
-    if name in _BLEND_OPS:
-      degenerate = jnp.where(is_chosen, _BLEND_OPS[name][0](image), degenerate)
-  image = uint8_ops.blend(degenerate, image, arguments.factor)
-  return uint8_ops.affine(image, arguments.matrix, fill)
 
 
 def draw_layer(key, num_ops: int, prob: float, magnitude: float, magnitude_std: float):
@@ -197,19 +173,85 @@ def layer_arguments(key, height: int, width: int, *, ops=INCREASING_OPS, num_lay
   return layers
 
 
-def rand_augment(image, key, *, ops=INCREASING_OPS, fill=(124, 116, 104), **settings):
-  """RandAugment on one uint8 HWC image; every draw comes from ``key``.
+def draw_jitter(key, brightness: float, contrast: float, saturation: float):
+  """(order of the three ops (3,), factors (3,)) of torchvision's ColorJitter.
 
-  ``settings``: ``layer_arguments``' num_layers, prob, magnitude, magnitude_std.
+  Each factor is uniform in [max(0, 1 - s), 1 + s]; torchvision permutes the three enhance
+  ops, so the order is random too. A strength of 0 gives factor 1, an exact no-op. Key
+  split: (order, brightness, contrast, saturation).
   """
-  h, w, _ = image.shape
-  for op, arguments in layer_arguments(key, h, w, ops=ops, **settings):
-    image = apply_arguments(image, op, arguments, ops, fill)
-  return image
+  order_key, *factor_keys = jax.random.split(key, 4)
+  factors = jnp.stack([
+      jax.random.uniform(k, (), jnp.float32, max(0.0, 1.0 - s), 1.0 + s)
+      for k, s in zip(factor_keys, (brightness, contrast, saturation))])
+  return jax.random.permutation(order_key, 3), factors
+
+
+ERASE_ATTEMPTS = 10
+
+
+class EraseBox(NamedTuple):
+  """Where erasing writes noise: rows [top, top + height), columns [left, left + width),
+  if ``erase``; ``noise_key`` draws the noise."""
+  erase: jax.Array
+  top: jax.Array
+  left: jax.Array
+  height: jax.Array
+  width: jax.Array
+  noise_key: jax.Array
+
+
+def draw_erase(key, height: int, width: int, prob: float, min_area: float = 0.02,
+               max_area: float = 1 / 3, min_aspect: float = 0.3) -> EraseBox:
+  """timm's RandomErasing box, one per image: with probability ``prob``, a box of area
+  fraction uniform in [min_area, max_area] and log-uniform aspect in
+  [min_aspect, 1 / min_aspect]. The first of ten attempts whose box fits strictly inside
+  is used, as timm; all ten are drawn at once so the shapes stay static. Key split:
+  (apply, area, aspect, top, left, noise).
+  """
+  apply_key, area_key, aspect_key, top_key, left_key, noise_key = jax.random.split(key, 6)
+  area = (jax.random.uniform(area_key, (ERASE_ATTEMPTS,), jnp.float32, min_area, max_area)
+          * height * width)
+  log_aspect = jax.random.uniform(aspect_key, (ERASE_ATTEMPTS,), jnp.float32,
+                                  math.log(min_aspect), -math.log(min_aspect))
+  aspect = jnp.exp(log_aspect)
+  box_h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  box_w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  fits = (box_w < width) & (box_h < height)
+  first = jnp.argmax(fits)
+  box_h, box_w = box_h[first], box_w[first]
+  top = jnp.floor(jax.random.uniform(top_key) * (height - box_h + 1)).astype(jnp.int32)
+  left = jnp.floor(jax.random.uniform(left_key) * (width - box_w + 1)).astype(jnp.int32)
+  erase = fits.any() & (jax.random.uniform(apply_key) < prob)
+  return EraseBox(erase, top, left, box_h, box_w, noise_key)
+
+
+def sample_draws(key, size: int, *, rand_augment: dict | None, color_jitter: tuple,
+                 erase_prob: float) -> dict:
+  """Every per-image draw of one sample on a size x size crop, from its sample key.
+
+  ``rand_augment``: ``layer_arguments``' settings (``parse_spec``'s) or None;
+  ``color_jitter``: (brightness, contrast, saturation) strengths. Returns what is on:
+  ``'ops'`` (layers,) and ``'arguments'`` (``OpArguments`` stacked over layers),
+  ``'jitter'`` (``draw_jitter``), ``'erase'`` (an ``EraseBox``).
+  """
+  rand_augment_key, jitter_key, erase_key, _ = keys.augment_streams(key)
+  draws = {}
+  if rand_augment is not None:
+    layers = layer_arguments(rand_augment_key, size, size, **rand_augment)
+    draws['ops'] = jnp.stack([op for op, _ in layers])
+    draws['arguments'] = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                                      *[arguments for _, arguments in layers])
+  if any(color_jitter):
+    draws['jitter'] = draw_jitter(jitter_key, *color_jitter)
+  if erase_prob:
+    draws['erase'] = draw_erase(erase_key, size, size, erase_prob)
+  return draws
 
 
 def parse_spec(spec: str) -> dict:
-  """timm's RandAugment string, e.g. 'rand-m9-mstd0.5-inc1', as ``rand_augment`` kwargs.
+  """timm's RandAugment string, e.g. 'rand-m9-mstd0.5-inc1', as ``layer_arguments``'
+  settings.
 
   Sections: m (magnitude), n (layers), p (op probability), mstd (magnitude std; 'inf'
   or > 100 draws uniformly from [0, m]), inc (1: the increasing op set). Missing
