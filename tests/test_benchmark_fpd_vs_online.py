@@ -53,8 +53,9 @@ def fake_stages(config, workdir, mode):
       spend(0.06)
       logits = store.LogitStore.create(store.location(config.distill, workdir), dict(
           dataset_name='digits', dataset_size=ROWS, dataset_fingerprint='f', seed=config.seed,
-          augmentation={}, repeats=order.Repeats()._asdict(), k=config.distill.k,
-          num_classes=10, teacher_name='t', teacher_checkpoint_hash='h'), chunk_rows=64)
+          augmentation={}, repeats=order.Repeats()._asdict(), views_per_example=0,
+          k=config.distill.k, num_classes=10, teacher_name='t', teacher_checkpoint_hash='h'),
+          chunk_rows=64)
       for epoch in range(config.epochs):
         values, indices = made_up_rows.teacher_like_topk(ROWS, config.distill.k, 10, epoch)
         with logits.epoch_writer(epoch) as writer:
