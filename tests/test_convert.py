@@ -217,14 +217,25 @@ def test_cli_non_checkpoint_is_one_error_line(content, tmp_path, capsys):
   assert str(path) in lines[0] and not (tmp_path / 'o').exists()
 
 
-def test_cli_records_the_input_normalisation(tmp_path):
-  timm_model = create_timm_model('deit_tiny_patch16_224', seed=4)
-  torch.save(timm_model.state_dict(), tmp_path / 'in.pth')
+def test_cli_at_another_size_resamples_and_records_the_normalisation(tmp_path):
+  """--img-size 32 from 224 weights: timm's resampled pos_embed, the size in model.json,
+  and the name's mean/std in its metadata."""
+  from timm.models.vision_transformer import checkpoint_filter_fn
+  sd = create_timm_model('deit_tiny_patch16_224', seed=4).state_dict()
+  torch.save(sd, tmp_path / 'in.pth')
   out = tmp_path / 'ours'
   assert convert.run(['--model', 'deit_tiny_patch16_224', '--from', str(tmp_path / 'in.pth'),
-                      '--out', str(out)]) == 0
-  metadata = model_checkpoint.read_model_json(str(out))['metadata']
-  assert metadata == dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+                      '--out', str(out), '--img-size', '32']) == 0
+  meta = model_checkpoint.read_model_json(str(out))
+  assert meta['kwargs'] == dict(num_classes=1000, img_size=32)
+  assert meta['metadata'] == dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+  timm_model = create_timm_model('deit_tiny_patch16_224', img_size=32)
+  timm_model.load_state_dict(checkpoint_filter_fn(sd, timm_model), strict=True)
+  restored = model_checkpoint.restore_model(str(out))
+  restored.eval()
+  images = _images(32)
+  assert_logits_close(jit_forward(restored, images), timm_logits(timm_model.eval(), images))
 
 
 @pytest.mark.slow

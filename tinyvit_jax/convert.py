@@ -121,8 +121,11 @@ def _fit_pos_embed(model: nnx.Module, sd: dict) -> dict:
   if (not isinstance(model, VisionTransformer) or pos is None or pos.ndim != 3
       or pos.shape[2] != model.pos_embed.shape[2] or pos.shape[1] == model.pos_embed.shape[1]):
     return sd
-  return {**sd, 'pos_embed': resample_abs_pos_embed(pos, model.grid_size,
-                                                    model.num_prefix_tokens)}
+  try:
+    pos = resample_abs_pos_embed(pos, model.grid_size, model.num_prefix_tokens)
+  except ValueError:  # no square grid after the model's prefix: the mismatch report says so
+    return sd
+  return {**sd, 'pos_embed': pos}
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -323,6 +326,9 @@ def _parse_args(argv):
   p.add_argument('--to-timm', help='write a timm-named .safetensors instead')
   p.add_argument('--num-classes', type=int, default=None,
                  help='classifier size; default: read from the checkpoint head')
+  p.add_argument('--img-size', type=int, default=None,
+                 help="input size to build the model at; default: the name's. A ViT's "
+                 'pos_embed is resampled to it')
   args = p.parse_args(argv)
   if bool(args.out) == bool(args.to_timm):
     p.error('give exactly one of --out (timm/Cream -> ours) or --to-timm (ours -> timm)')
@@ -347,10 +353,13 @@ def run(argv=None) -> int:
       return 0
     sd = read_state_dict(args.src)
     num_classes = args.num_classes or _head_classes(sd) or 1000
-    model = create_model(args.model, num_classes=num_classes)
+    kwargs = dict(num_classes=num_classes)
+    if args.img_size:
+      kwargs['img_size'] = args.img_size
+    model = create_model(args.model, **kwargs)
     load_timm_state_dict(model, sd)
     info = model_info(args.model)  # a teacher carries the input normalisation it needs
-    model_checkpoint.save_model(args.out, model, args.model, num_classes=num_classes,
+    model_checkpoint.save_model(args.out, model, args.model, **kwargs,
                                 metadata=dict(mean=list(info.mean), std=list(info.std)))
     print(f'Wrote {args.model} ({num_classes} classes, inputs normalised with mean '
           f'{info.mean} and std {info.std}) to {args.out}')
