@@ -206,7 +206,7 @@ def test_bare_openai_clip_tower_loads_with_proj_as_head():
 
 
 @pytest.mark.parametrize('content', [np.random.RandomState(0).bytes(4096),
-                                     b'model: not a checkpoint\n'])
+                                     b'model: not a checkpoint\n'], ids=['bytes', 'text'])
 def test_cli_non_checkpoint_is_one_error_line(content, tmp_path, capsys):
   path = tmp_path / 'weights.pth'
   path.write_bytes(content)
