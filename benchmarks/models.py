@@ -76,6 +76,9 @@ def parse_args(argv=None):
   parser.add_argument('--no-compile', action='store_true', help='skip timm + torch.compile')
   parser.add_argument('--no-timm', action='store_true',
                       help='ours only (a TPU, where torch has no device to run on)')
+  parser.add_argument('--modes', default=','.join(MODES),
+                      help='comma-separated, of forward,train; without train, no step overhead '
+                      '(a ViT-B train step takes minutes of a 2-core run)')
   parser.add_argument('--conv-impl', default='auto', choices=('auto', 'xla', 'shifts'))
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='compute dtype: ours via dtype=, timm via torch.autocast')
@@ -87,6 +90,9 @@ def parse_args(argv=None):
     args.batch, args.img_size, args.rounds, args.warmup = 4, 64, 2, 1
     args.min_seconds, args.no_compile = 0.2, True
   args.models = args.models.split(',')
+  args.modes = args.modes.split(',')
+  if not args.modes or not set(args.modes) <= set(MODES):
+    parser.error(f'--modes {",".join(args.modes)}: expected some of {",".join(MODES)}')
   args.no_timm = args.no_timm or torch is None
   return args
 
@@ -289,7 +295,7 @@ def benchmark_model(name, args) -> list[dict]:
   if 'timm_compile' in impls:
     calls['timm_compile'] = timm_calls(name, args, img_size, images, labels, compiled=True)
 
-  cells = {(impl, mode): {} for impl in impls for mode in MODES}
+  cells = {(impl, mode): {} for impl in impls for mode in args.modes}
   for (impl, mode), cell in cells.items():
     try:
       timeout = args.compile_timeout if impl == 'timm_compile' else None
@@ -308,7 +314,7 @@ def benchmark_model(name, args) -> list[dict]:
   rates = {key: [] for key, cell in cells.items() if 'error' not in cell}
   for r in range(args.rounds):
     for impl in impls:
-      for mode in MODES:
+      for mode in args.modes:
         if (impl, mode) in rates:
           rates[impl, mode].append(images_per_second(calls[impl][mode], args.batch,
                                                      args.min_seconds))
@@ -316,7 +322,7 @@ def benchmark_model(name, args) -> list[dict]:
         f'{impl}/{mode} {v[-1]:.1f}' for (impl, mode), v in rates.items()), flush=True)
 
   rows = []
-  for mode in MODES:
+  for mode in args.modes:
     row = dict(model=name, mode=mode, batch=args.batch, img_size=img_size)
     for impl in impls:
       cell = cells[impl, mode]
@@ -401,15 +407,16 @@ def main(argv=None):
         f'compile={"off" if args.no_compile else f"timeout {args.compile_timeout:.0f} s"}',
         flush=True)
   rows = [row for name in args.models for row in benchmark_model(name, args)]
-  overhead = measure_step_overhead(args.models[0], args)
+  overhead = measure_step_overhead(args.models[0], args) if 'train' in args.modes else None
   env['load_average_end'] = os.getloadavg()
   print()
   print(format_table(rows))
-  print(f'\nPer-step overhead ({overhead["model"]}, batch 1, {OVERHEAD_IMG_SIZE}x'
-        f'{OVERHEAD_IMG_SIZE}, {overhead["state_arrays"]} state arrays): '
-        f'no-op step {overhead["noop_step_ms"]:.2f} ms with the (params, rest, opt_state) '
-        f'pytrees, {overhead["noop_step_flat_ms"]:.2f} ms as a flat list; '
-        f'real train step {overhead["train_step_ms"]:.2f} ms.')
+  if overhead:
+    print(f'\nPer-step overhead ({overhead["model"]}, batch 1, {OVERHEAD_IMG_SIZE}x'
+          f'{OVERHEAD_IMG_SIZE}, {overhead["state_arrays"]} state arrays): '
+          f'no-op step {overhead["noop_step_ms"]:.2f} ms with the (params, rest, opt_state) '
+          f'pytrees, {overhead["noop_step_flat_ms"]:.2f} ms as a flat list; '
+          f'real train step {overhead["train_step_ms"]:.2f} ms.')
   config = {k: v for k, v in vars(args).items() if k != 'json'}
   os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
   with open(args.json, 'w') as f:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from timm_reference import assert_logits_close, create_timm_model, jit_forward, timm_logits
+from cream_clip import CfgNode, cream_clip
+from timm_reference import (assert_logits_close, create_timm_model, jit_forward, perturb,
+                            timm_logits)
 from tinyvit_jax import convert, model_checkpoint
 from tinyvit_jax.models import create_model
 
@@ -165,3 +167,94 @@ def test_a_failed_save_leaves_nothing_that_looks_complete(tmp_path, monkeypatch)
     model_checkpoint.save_model(str(tmp_path / 'ckpt'), model, 'deit_tiny_patch16_224',
                                 img_size=32, num_classes=3)
   assert list(tmp_path.iterdir()) == []
+
+
+def _small_cream_clip(seed=0):
+  """Cream's CLIP teacher at width 128 (2 heads), 2 blocks, 3x3 patches of 14, proj to 48."""
+  model = cream_clip(width=128, layers=2, img_size=42, embed_dim=48, num_classes=10, seed=seed)
+  perturb(model, seed)
+  return model
+
+
+_SMALL_CLIP = dict(embed_dim=128, depth=2, num_heads=2, img_size=42)
+
+
+def test_cream_clip_training_checkpoint_loads_and_matches(tmp_path):
+  """Cream's save_checkpoint keeps a yacs CfgNode under 'config' beside 'model': the
+  weights are read without unpickling it, and give Cream's logits."""
+  cream = _small_cream_clip()
+  path = tmp_path / 'ckpt_epoch_89.pth'
+  config = CfgNode({'MODEL': CfgNode({'TYPE': 'clip_vit_large14_224'})})
+  torch.save({'model': cream.state_dict(), 'config': config, 'epoch': 89}, path)
+
+  ours = create_model('clip_vit_large14_224', proj_dim=48, num_classes=10, **_SMALL_CLIP)
+  convert.load_timm_state_dict(ours, convert.read_state_dict(str(path)))
+  ours.eval()
+  images = _images(42)
+  assert_logits_close(jit_forward(ours, images), timm_logits(cream, images))
+
+
+def test_bare_openai_clip_tower_loads_with_proj_as_head():
+  """Without Cream's head, proj becomes timm's head (zero bias), as timm loads CLIP."""
+  tower = _small_cream_clip(seed=2).visual
+  sd = {f'visual.{k}': v for k, v in tower.state_dict().items()}
+  ours = create_model('vit_large_patch14_clip_quickgelu_224', num_classes=48, **_SMALL_CLIP)
+  convert.load_timm_state_dict(ours, convert.openai_clip_to_timm(sd))
+  ours.eval()
+  images = _images(42)
+  assert_logits_close(jit_forward(ours, images), timm_logits(tower, images))
+
+
+@pytest.mark.parametrize('content', [np.random.RandomState(0).bytes(4096),
+                                     b'model: not a checkpoint\n'], ids=['bytes', 'text'])
+def test_cli_non_checkpoint_is_one_error_line(content, tmp_path, capsys):
+  path = tmp_path / 'weights.pth'
+  path.write_bytes(content)
+  code = convert.run(['--model', 'deit_tiny_patch16_224', '--from', str(path),
+                      '--out', str(tmp_path / 'o')])
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(lines) == 1 and lines[0].startswith('error: ')
+  assert str(path) in lines[0] and not (tmp_path / 'o').exists()
+
+
+def test_cli_at_another_size_resamples_and_records_the_normalisation(tmp_path):
+  """--img-size 32 from 224 weights: timm's resampled pos_embed, the size in model.json,
+  and the name's mean/std in its metadata."""
+  from timm.models.vision_transformer import checkpoint_filter_fn
+  sd = create_timm_model('deit_tiny_patch16_224', seed=4).state_dict()
+  torch.save(sd, tmp_path / 'in.pth')
+  out = tmp_path / 'ours'
+  assert convert.run(['--model', 'deit_tiny_patch16_224', '--from', str(tmp_path / 'in.pth'),
+                      '--out', str(out), '--img-size', '32']) == 0
+  meta = model_checkpoint.read_model_json(str(out))
+  assert meta['kwargs'] == dict(num_classes=1000, img_size=32)
+  assert meta['metadata'] == dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+  timm_model = create_timm_model('deit_tiny_patch16_224', img_size=32)
+  timm_model.load_state_dict(checkpoint_filter_fn(sd, timm_model), strict=True)
+  restored = model_checkpoint.restore_model(str(out))
+  restored.eval()
+  images = _images(32)
+  assert_logits_close(jit_forward(restored, images), timm_logits(timm_model.eval(), images))
+
+
+@pytest.mark.slow
+def test_cli_converts_the_papers_clip_teacher(tmp_path):
+  """Cream's clip_vit_large14_224 at full size, 21,841 classes, as Cream saves it (with its
+  config) -> the CLI -> our checkpoint: Cream's logits at batch 1, CLIP's mean/std kept."""
+  cream = cream_clip()
+  perturb(cream, 0)
+  path = tmp_path / 'clip_vit_large14_22k.pth'
+  torch.save({'model': cream.state_dict(), 'config': CfgNode({'DATA': CfgNode()})}, path)
+  out = tmp_path / 'teacher'
+  result = _cli('--model', 'clip_vit_large14_224', '--from', str(path), '--out', str(out))
+  assert result.returncode == 0, result.stderr
+  assert '21841 classes' in result.stdout
+
+  meta = model_checkpoint.read_model_json(str(out))
+  assert meta['metadata']['mean'] == [0.48145466, 0.4578275, 0.40821073]
+  assert meta['metadata']['std'] == [0.26862954, 0.26130258, 0.27577711]
+  teacher = model_checkpoint.restore_model(str(out))
+  teacher.eval()
+  images = _images(batch=1)
+  assert_logits_close(jit_forward(teacher, images), timm_logits(cream, images))

@@ -14,6 +14,9 @@ _SLOW = {'tiny_vit_21m_384', 'tiny_vit_21m_512', 'deit_base_patch16_224',
 # The convnets' parity (eval and train, weights exported back) is
 # tests/test_models_convnets.py's, at 72 px: odd maps, where a 224 input adds nothing.
 _CONVNETS = ('resnet', 'regnet')
+# The ViT/CLIP teachers' parity is tests/test_models_vit.py's, one option per test at small
+# widths: at full size each is minutes on 2 cores.
+_VITS = ('vit_', 'clip_vit_')
 
 
 def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
@@ -41,7 +44,7 @@ def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
 
 @pytest.mark.parametrize('name', [
     pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in list_models()
-    if not n.startswith(_CONVNETS)])
+    if not n.startswith(_CONVNETS + _VITS)])
 def test_parity_with_timm(name):
   check_parity(name)
 

@@ -3,7 +3,9 @@
 Our module names equal timm's, so a state path maps onto a timm key by renaming its
 leaf (``kernel`` -> ``weight``, ``scale`` -> ``weight``, ``mean`` -> ``running_mean``, ...)
 and transposing kernels (Linear ``(in, out)`` <-> ``(out, in)``, conv HWIO <-> OIHW).
-Cream TinyViT checkpoints are renamed to timm's names first (``cream_to_timm``).
+Cream TinyViT checkpoints and OpenAI CLIP visual towers (Cream's CLIP teacher among
+them) are renamed to timm's names first (``cream_to_timm``, ``openai_clip_to_timm``). A
+ViT checkpoint of another image size gets its ``pos_embed`` resampled, as timm does.
 
 CLI::
 
@@ -12,6 +14,7 @@ CLI::
 """
 import argparse
 import os
+import pickle
 import re
 import sys
 
@@ -20,7 +23,8 @@ from flax import nnx
 
 from tinyvit_jax import compile_cache
 from tinyvit_jax import model_checkpoint
-from tinyvit_jax.models import WEIGHTS, create_model
+from tinyvit_jax.models import WEIGHTS, create_model, model_info
+from tinyvit_jax.models.vision_transformer import VisionTransformer, resample_abs_pos_embed
 
 _LEAF_TO_TIMM = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
                  'var': 'running_var'}
@@ -80,6 +84,7 @@ def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
   Every missing, unexpected or wrongly shaped key is reported in one error.
   """
   sd = {k: _as_numpy(v) for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
+  sd = _fit_pos_embed(model, sd)
   state = nnx.state(model, WEIGHTS)
   flat = dict(nnx.to_flat_state(state))
   missing, wrong_shape, hint, updates = [], [], '', {}
@@ -107,6 +112,20 @@ def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
   for path, value in updates.items():
     flat[path][...] = value
   return model
+
+
+def _fit_pos_embed(model: nnx.Module, sd: dict) -> dict:
+  """A ViT checkpoint trained at another image size, with its pos_embed resampled to the
+  model's grid (timm's checkpoint_filter_fn does the same when it loads one)."""
+  pos = sd.get('pos_embed')
+  if (not isinstance(model, VisionTransformer) or pos is None or pos.ndim != 3
+      or pos.shape[2] != model.pos_embed.shape[2] or pos.shape[1] == model.pos_embed.shape[1]):
+    return sd
+  try:
+    pos = resample_abs_pos_embed(pos, model.grid_size, model.num_prefix_tokens)
+  except ValueError:  # no square grid after the model's prefix: the mismatch report says so
+    return sd
+  return {**sd, 'pos_embed': pos}
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -147,10 +166,58 @@ def is_cream_state_dict(state_dict: dict) -> bool:
   return any(k.startswith(('layers.', 'patch_embed.seq.', 'norm_head.')) for k in state_dict)
 
 
+# OpenAI CLIP's visual tower -> timm (timm's _convert_openai_clip), applied in order.
+_OPENAI_CLIP_TO_TIMM = [
+    ('conv1.', 'patch_embed.proj.'),
+    ('positional_embedding', 'pos_embed'),
+    ('class_embedding', 'cls_token'),
+    ('transformer.resblocks.', 'blocks.'),
+    ('ln_pre.', 'norm_pre.'),
+    ('ln_post.', 'norm.'),
+    ('ln_1.', 'norm1.'),
+    ('ln_2.', 'norm2.'),
+    ('attn.in_proj_', 'attn.qkv.'),
+    ('attn.out_proj.', 'attn.proj.'),
+    ('mlp.c_fc.', 'mlp.fc1.'),
+    ('mlp.c_proj.', 'mlp.fc2.'),
+]
+
+
+def openai_clip_to_timm(state_dict: dict) -> dict:
+  """Renames an OpenAI CLIP state_dict's ``visual.`` tower to timm's ViT keys (the text
+  tower is left out). Its bias-free ``proj`` (width, out), used as ``x @ proj``, becomes
+  a Linear: ``proj.weight`` when a ``head`` follows it (Cream's CLIP teacher), else
+  ``head.weight`` with a zero bias, as timm loads a bare CLIP tower."""
+  out = {}
+  for key, value in state_dict.items():
+    if key.startswith('visual.'):
+      key = key[len('visual.'):]
+      for old, new in _OPENAI_CLIP_TO_TIMM:
+        key = key.replace(old, new)
+      if key in ('cls_token', 'pos_embed'):  # (width,) and (tokens, width): timm's batched
+        value = value.reshape((1,) * (3 - value.ndim) + tuple(value.shape))
+      out[key] = value
+    elif key.startswith('head.'):
+      out[key] = value
+  if 'proj' in out:
+    proj = _as_numpy(out.pop('proj')).T
+    if 'head.weight' in out:
+      out['proj.weight'] = proj
+    else:
+      out['head.weight'], out['head.bias'] = proj, np.zeros(proj.shape[0], proj.dtype)
+  return out
+
+
+def is_openai_clip_state_dict(state_dict: dict) -> bool:
+  return 'visual.class_embedding' in state_dict
+
+
 def read_state_dict(path: str) -> dict:
   """Reads a .safetensors file or a torch checkpoint (its ``model`` / ``state_dict``
-  entry if present), with Cream names converted to timm's."""
+  entry if present), with Cream and OpenAI CLIP names converted to timm's."""
   sd = load_state_dict_file(path)
+  if is_openai_clip_state_dict(sd):
+    return openai_clip_to_timm(sd)
   return cream_to_timm(sd) if is_cream_state_dict(sd) else sd
 
 
@@ -178,7 +245,13 @@ def load_state_dict_file(path: str, *, as_torch: bool = False) -> dict:
         from safetensors.numpy import load_file
       sd = load_file(path)
     else:
-      sd = torch.load(path, map_location='cpu', weights_only=True)
+      try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)
+      except pickle.UnpicklingError:
+        # weights_only refuses every class torch does not vet, e.g. the yacs CfgNode that
+        # Cream's checkpoints keep under 'config': read again, those classes made inert.
+        sd = torch.load(path, map_location='cpu', weights_only=False,
+                        pickle_module=_InertPickle)
   except Exception as error:  # torch and safetensors raise many types for a file not theirs
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
     raise model_checkpoint.CheckpointError(
@@ -190,6 +263,49 @@ def load_state_dict_file(path: str, *, as_torch: bool = False) -> dict:
     raise model_checkpoint.CheckpointError(
         f'{path}: holds a {type(sd).__name__}, not a state_dict of named tensors; {expected}.')
   return sd
+
+
+class _Inert:
+  """Stands in for any class a checkpoint pickles beside its tensors: it is built from
+  whatever the pickle gives it and keeps nothing, so no code of the file's runs."""
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+
+  def __setstate__(self, state):
+    del state
+
+  def __setitem__(self, key, value):  # a dict subclass's items (yacs' CfgNode)
+    del key, value
+
+  def append(self, value):  # a list subclass's items
+    del value
+
+  def extend(self, values):
+    del values
+
+
+# The globals a torch.save'd state_dict needs (torch resolves its storage types itself).
+_TENSOR_GLOBALS = {('collections', 'OrderedDict'), ('torch._utils', '_rebuild_tensor_v2'),
+                   ('torch._utils', '_rebuild_parameter')}
+
+
+class _InertUnpickler(pickle.Unpickler):
+  """Unpickles tensors and plain containers; every other global becomes ``_Inert``."""
+
+  def find_class(self, module, name):
+    if (module, name) in _TENSOR_GLOBALS:
+      return super().find_class(module, name)
+    return _Inert
+
+
+class _InertPickle:
+  """The ``pickle_module`` torch.load takes: ``_InertUnpickler`` in place of pickle's."""
+  Unpickler = _InertUnpickler
+
+  @staticmethod
+  def load(file, **kwargs):
+    return _InertUnpickler(file, **kwargs).load()
 
 
 def write_timm_safetensors(model: nnx.Module, path: str) -> None:
@@ -210,6 +326,9 @@ def _parse_args(argv):
   p.add_argument('--to-timm', help='write a timm-named .safetensors instead')
   p.add_argument('--num-classes', type=int, default=None,
                  help='classifier size; default: read from the checkpoint head')
+  p.add_argument('--img-size', type=int, default=None,
+                 help="input size to build the model at; default: the name's. A ViT's "
+                 'pos_embed is resampled to it')
   args = p.parse_args(argv)
   if bool(args.out) == bool(args.to_timm):
     p.error('give exactly one of --out (timm/Cream -> ours) or --to-timm (ours -> timm)')
@@ -234,10 +353,16 @@ def run(argv=None) -> int:
       return 0
     sd = read_state_dict(args.src)
     num_classes = args.num_classes or _head_classes(sd) or 1000
-    model = create_model(args.model, num_classes=num_classes)
+    kwargs = dict(num_classes=num_classes)
+    if args.img_size:
+      kwargs['img_size'] = args.img_size
+    model = create_model(args.model, **kwargs)
     load_timm_state_dict(model, sd)
-    model_checkpoint.save_model(args.out, model, args.model, num_classes=num_classes)
-    print(f'Wrote {args.model} ({num_classes} classes) to {args.out}')
+    info = model_info(args.model)  # a teacher carries the input normalisation it needs
+    model_checkpoint.save_model(args.out, model, args.model, **kwargs,
+                                metadata=dict(mean=list(info.mean), std=list(info.std)))
+    print(f'Wrote {args.model} ({num_classes} classes, inputs normalised with mean '
+          f'{info.mean} and std {info.std}) to {args.out}')
     return 0
   except (FileExistsError, ValueError) as e:  # ValueError: StateDictMismatch, CheckpointError
     print(f'error: {e}', file=sys.stderr)

@@ -25,6 +25,11 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
+def quick_gelu(x):
+  """OpenAI CLIP's activation, x * sigmoid(1.702 x): its weights were trained with it."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
 def linear(din: int, dout: int, *, rngs: nnx.Rngs, dtype=None, use_bias: bool = True):
   """A Linear initialised as in timm/DeiT: truncated normal(0.02) weight, zero bias."""
   return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal_02,
