@@ -228,7 +228,8 @@ def test_cli_at_another_size_resamples_and_records_the_normalisation(tmp_path):
                       '--out', str(out), '--img-size', '32']) == 0
   meta = model_checkpoint.read_model_json(str(out))
   assert meta['kwargs'] == dict(num_classes=1000, img_size=32)
-  assert meta['metadata'] == dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+  assert meta['metadata'] == dict(preprocess=dict(
+      image_size=32, crop_pct=0.875, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]))
 
   timm_model = create_timm_model('deit_tiny_patch16_224', img_size=32)
   timm_model.load_state_dict(checkpoint_filter_fn(sd, timm_model), strict=True)
@@ -252,8 +253,8 @@ def test_cli_converts_the_papers_clip_teacher(tmp_path):
   assert '21841 classes' in result.stdout
 
   meta = model_checkpoint.read_model_json(str(out))
-  assert meta['metadata']['mean'] == [0.48145466, 0.4578275, 0.40821073]
-  assert meta['metadata']['std'] == [0.26862954, 0.26130258, 0.27577711]
+  assert meta['metadata']['preprocess']['mean'] == [0.48145466, 0.4578275, 0.40821073]
+  assert meta['metadata']['preprocess']['std'] == [0.26862954, 0.26130258, 0.27577711]
   teacher = model_checkpoint.restore_model(str(out))
   teacher.eval()
   images = _images(batch=1)

@@ -23,7 +23,7 @@ from flax import nnx
 
 from tinyvit_jax import compile_cache
 from tinyvit_jax import model_checkpoint
-from tinyvit_jax.models import WEIGHTS, create_model, model_info
+from tinyvit_jax.models import WEIGHTS, create_model
 from tinyvit_jax.models.vision_transformer import VisionTransformer, resample_abs_pos_embed
 
 _LEAF_TO_TIMM = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
@@ -358,11 +358,12 @@ def run(argv=None) -> int:
       kwargs['img_size'] = args.img_size
     model = create_model(args.model, **kwargs)
     load_timm_state_dict(model, sd)
-    info = model_info(args.model)  # a teacher carries the input normalisation it needs
+    # A teacher carries the input normalisation it needs (model_checkpoint.preprocess).
+    preprocess = model_checkpoint.registered_preprocess(args.model, kwargs)
     model_checkpoint.save_model(args.out, model, args.model, **kwargs,
-                                metadata=dict(mean=list(info.mean), std=list(info.std)))
+                                metadata=dict(preprocess=preprocess))
     print(f'Wrote {args.model} ({num_classes} classes, inputs normalised with mean '
-          f'{info.mean} and std {info.std}) to {args.out}')
+          f'{preprocess["mean"]} and std {preprocess["std"]}) to {args.out}')
     return 0
   except (FileExistsError, ValueError) as e:  # ValueError: StateDictMismatch, CheckpointError
     print(f'error: {e}', file=sys.stderr)

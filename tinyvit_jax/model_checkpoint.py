@@ -84,14 +84,17 @@ def read_model_json(directory: str) -> dict:
 
 def preprocess(meta: dict) -> dict:
   """The eval preprocessing a checkpoint's model expects (image size, crop, mean, std):
-  the one its ``model.json`` records (an export's), else its registered model's. A
-  teacher re-normalises the student's views with its mean and std."""
-  recorded = meta.get('metadata', {}).get('preprocess')
-  if recorded:
-    return recorded
-  info = model_info(meta['model'])
-  return dict(image_size=meta['kwargs'].get('img_size', info.input_size),
-              crop_pct=info.crop_pct, mean=info.mean, std=info.std)
+  the one its ``model.json`` records (an export's, a conversion's), else its registered
+  model's. A teacher re-normalises the student's views with its mean and std."""
+  return (meta.get('metadata', {}).get('preprocess')
+          or registered_preprocess(meta['model'], meta['kwargs']))
+
+
+def registered_preprocess(name: str, kwargs: dict) -> dict:
+  """The registry's eval preprocessing of model ``name`` built with ``kwargs``."""
+  info = model_info(name)
+  return dict(image_size=kwargs.get('img_size', info.input_size), crop_pct=info.crop_pct,
+              mean=list(info.mean), std=list(info.std))
 
 
 def restore_model(directory: str, *, rngs: nnx.Rngs | None = None, **overrides) -> nnx.Module:
