@@ -103,15 +103,17 @@ def recipe(setup: str, seeds, teacher_epochs: int, student_epochs: int | None = 
   return config
 
 
-def cut_store(source_path: str, path: str, k: int) -> None:
-  """Writes at ``path`` the store at ``source_path`` with each row cut to its first k."""
+def cut_store(source_path: str, path: str, k: int, views: int = 0) -> None:
+  """Writes at ``path`` the store at ``source_path`` with each row cut to its first k; with
+  ``views``, a bounded store of its first ``views`` epochs (``distill.views_per_example``)."""
   source = store.LogitStore.open(source_path)
   if os.path.exists(os.path.join(path, 'manifest.json')):
     target = store.LogitStore.open(path)
   else:
-    meta = dict({field: source.manifest[field] for field in manifest.META_FIELDS}, k=k)
+    meta = dict({field: source.manifest[field] for field in manifest.META_FIELDS}, k=k,
+                views_per_example=views)
     target = store.LogitStore.create(path, meta, source.chunk_rows)
-  for epoch in source.epochs_done:
+  for epoch in source.epochs_done[:views or None]:
     if epoch not in target.epochs_done:
       values, indices, example = source.read(epoch, 0, source.rows_per_epoch)
       with target.epoch_writer(epoch) as writer:
