@@ -133,3 +133,24 @@ def test_a_teacher_that_cannot_run_online_is_refused_by_name(change, message):
   with pytest.raises(ValueError) as error:  # by the base config's missing data dirs alone
     config_lib.check_config(config)
   assert 'distill' not in str(error.value) and 'data_dir is empty' in str(error.value)
+
+
+@pytest.mark.parametrize('lines, message', [
+    (None, 'has 7 classes and the student 10'),
+    ('6\n0\n3\n', 'has 3 lines; the student has 10 classes'),
+    ('x\n', 'every line must be one integer'),
+])
+def test_a_teacher_of_other_classes_is_one_line_from_main(saved, tmp_path, lines, message):
+  """What main prints as one ``error:`` line (its USER_ERRORS), not a traceback."""
+  from tinyvit_jax import main
+  root, _ = saved
+  extra = {}
+  if lines is not None:
+    (tmp_path / 'classes.txt').write_text(lines)
+    extra = dict(teacher_class_index=str(tmp_path / 'classes.txt'))
+  distill = distill_config(str(root / 'imagenet'), **extra)
+  for load in (lambda: teacher.make_teacher(distill, num_classes=10),
+               lambda: teacher.online(distill, None, pipeline.data_mesh(jax.devices()), 10)):
+    with pytest.raises(main.USER_ERRORS, match=message) as error:
+      load()
+    assert '\n' not in str(error.value)

@@ -31,9 +31,11 @@ from ml_collections import config_flags
 from tinyvit_jax import compile_cache
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax.data.sources import class_index
 from tinyvit_jax.data.sources import decode
 from tinyvit_jax.distill import save_stage
 from tinyvit_jax.distill import store
+from tinyvit_jax.distill import teacher
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
@@ -60,7 +62,8 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 # What a run refuses, or stops on, with a message that says it all: one line, no traceback.
 USER_ERRORS = (config_lib.ConfigError, model_checkpoint.CheckpointError, full_disk.DiskFull,
                workdir_lock.Locked, store.CorruptChunkError, store.IncompatibleStore,
-               store.MissingStore, trainer.NonFiniteLoss, decode.UndecodableImage)
+               store.MissingStore, trainer.NonFiniteLoss, decode.UndecodableImage,
+               class_index.ClassIndexError, teacher.TeacherMismatch)
 SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
 
 

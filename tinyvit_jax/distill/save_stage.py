@@ -15,8 +15,7 @@ from tinyvit_jax.distill import verify
 
 def run(config, workdir: str) -> dict:
   """Saves (or resumes saving) the run's store; returns where, and verify's figures."""
-  teacher = teacher_lib.make_teacher(config.distill, config.aug)
-  teacher_lib.check_classes(teacher, config.num_classes)
+  teacher = teacher_lib.make_teacher(config.distill, config.aug, config.num_classes)
   path = store.location(config.distill, workdir)
   source = sources.from_config(config.data, 'train')
   views = config.distill.views_per_example

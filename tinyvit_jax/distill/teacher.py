@@ -35,6 +35,10 @@ from tinyvit_jax.models import WEIGHTS
 ADAPTERS = ('ours', 'timm', 'torch')
 
 
+class TeacherMismatch(ValueError):
+  """A teacher whose classes are not the student's; ``main`` prints it as one line."""
+
+
 class Teacher(NamedTuple):
   name: str
   checkpoint_hash: str
@@ -42,9 +46,10 @@ class Teacher(NamedTuple):
   probabilities: Callable
 
 
-def make_teacher(distill, aug=None) -> Teacher:
+def make_teacher(distill, aug=None, num_classes: int | None = None) -> Teacher:
   """The teacher a config's ``distill`` section names (keys below), over ``aug``'s
-  normalisation (``aug.mean``/``aug.std``, default ImageNet's).
+  normalisation (``aug.mean``/``aug.std``, default ImageNet's), for a student of
+  ``num_classes`` classes if given (checked).
 
   ``teacher_adapter``: 'ours' (``teacher``: our checkpoint dir), 'timm' (``teacher``: a
   state_dict file of the timm model ``teacher_model``) or 'torch' (``teacher``: a
@@ -75,7 +80,11 @@ def make_teacher(distill, aug=None) -> Teacher:
   else:
     raise ValueError(f'distill.teacher_adapter={adapter!r}; expected one of {ADAPTERS}.')
   class_index = distill.get('teacher_class_index', '')
-  return map_classes(teacher, class_index) if class_index else teacher
+  if class_index:
+    teacher = map_classes(teacher, class_index, num_classes)
+  if num_classes is not None:
+    check_classes(teacher, num_classes)
+  return teacher
 
 
 def check_online(distill) -> str | None:
@@ -202,7 +211,7 @@ def check_classes(teacher: Teacher, num_classes: int) -> None:
 
 def _check_class_count(name: str, teacher_classes: int, num_classes: int) -> None:
   if teacher_classes != num_classes:
-    raise ValueError(
+    raise TeacherMismatch(
         f'The teacher {name} has {teacher_classes} classes and the student {num_classes}: '
         'its outputs cannot be the student\'s targets. Give a class-index file '
         '(distill.teacher_class_index: line c = the teacher class of student class c), '

@@ -9,6 +9,15 @@ import os
 import numpy as np
 
 
+class ClassIndexError(ValueError):
+  """A class-index file that is not the mapping its run needs; ``main`` prints it as one
+  line."""
+
+
+class MissingClassIndex(ClassIndexError, FileNotFoundError):
+  """No class-index file where the config names one."""
+
+
 def read_class_index(path: str, num_classes: int | None, source_classes: int, *,
                      target: str = 'student', source: str = 'teacher',
                      unique: bool = True) -> np.ndarray:
@@ -19,25 +28,26 @@ def read_class_index(path: str, num_classes: int | None, source_classes: int, *,
   may well start two classes).
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Class-index file {os.path.abspath(path)!r} does not exist.')
+    raise MissingClassIndex(f'Class-index file {os.path.abspath(path)!r} does not exist.')
   with open(path) as f:
     lines = [line.strip() for line in f if line.strip()]
   try:
     mapping = np.asarray([int(line) for line in lines], np.int64)
   except ValueError as error:
-    raise ValueError(f'{path}: every line must be one integer class index ({error}).') from None
+    raise ClassIndexError(f'{path}: every line must be one integer class index ({error}).'
+                          ) from None
   if num_classes is not None and len(mapping) != num_classes:
-    raise ValueError(f'{path} has {len(mapping)} lines; the {target} has {num_classes} '
-                     'classes, one line each.')
+    raise ClassIndexError(f'{path} has {len(mapping)} lines; the {target} has {num_classes} '
+                          'classes, one line each.')
   bad = np.flatnonzero((mapping < 0) | (mapping >= source_classes))
   if len(bad):
-    raise ValueError(f'{path}: line {bad[0] + 1} holds {mapping[bad[0]]}, outside the '
-                     f'{source}\'s {source_classes} classes.')
+    raise ClassIndexError(f'{path}: line {bad[0] + 1} holds {mapping[bad[0]]}, outside the '
+                          f'{source}\'s {source_classes} classes.')
   values, counts = np.unique(mapping, return_counts=True)
   if unique and (counts > 1).any():
     twice = values[counts > 1][0]
-    raise ValueError(f'{path}: {source} class {twice} is on lines '
-                     f'{(np.flatnonzero(mapping == twice) + 1).tolist()}; a {source} class '
-                     f'can stand for one {target} class only (its probability would count '
-                     'twice).')
+    raise ClassIndexError(f'{path}: {source} class {twice} is on lines '
+                          f'{(np.flatnonzero(mapping == twice) + 1).tolist()}; a {source} '
+                          f'class can stand for one {target} class only (its probability '
+                          'would count twice).')
   return mapping
