@@ -1,21 +1,30 @@
 """One way to load a teacher: our checkpoint as the save pass's teacher and as the online
 teacher of a student's step, each in its own normalisation, read through a class-index
-file; a teacher that cannot run online is refused by name before any work starts."""
+file; a teacher that cannot run online is refused by name before any work starts; in
+bfloat16 it says so in its name, and sharded over devices it gives the same rows."""
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import save_pass_run as run
 from flax import nnx
 
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import losses
+from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
 from tinyvit_jax.distill import teacher
 from tinyvit_jax.models import WEIGHTS, create_model
 from tinyvit_jax.train import config as config_lib
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 NAME, KWARGS = 'deit_tiny_distilled_patch16_224', dict(num_classes=7, img_size=32)
 CLIP = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
 HALF = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -154,3 +163,40 @@ def test_a_teacher_of_other_classes_is_one_line_from_main(saved, tmp_path, lines
     with pytest.raises(main.USER_ERRORS, match=message) as error:
       load()
     assert '\n' not in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_sharded_teacher_gives_the_replicated_ones_probabilities(tmp_path):
+  """On 8 devices: every weight split over them, the same rows to float32 reassociation;
+  'auto' shards only weights above ``SHARD_ABOVE`` of one device's memory."""
+  result = subprocess.run(
+      [sys.executable, os.path.join(HERE, 'helpers', 'sharded_teacher_run.py'),
+       str(tmp_path / 'vit')], capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.path.dirname(HERE),
+               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  assert result.returncode == 0, result.stderr[-4000:]
+  found = json.loads(result.stdout.strip().splitlines()[-1])
+  assert found['devices'] == 8 and found['sharded'] and found['max_abs_diff'] < 1e-6
+  assert found['qkv_shape'] == [32, 96] and found['qkv_spec'] == ['None', 'data']
+  assert found['qkv_shard_shape'] == [32, 12] and found['replicated_leaves'] == 0
+  assert found['auto_sharded_when_weights_are'] == dict(above=True, below=False)
+
+
+def test_a_bfloat16_teacher_is_named_so_and_its_store_is_not_resumed_in_float32(saved,
+                                                                                tmp_path):
+  """bfloat16 compute, float32 softmax: close to the float32 rows, but other rows, so its
+  name records the dtype and a store saved with one is refused to the other."""
+  root, _ = saved
+  plain = teacher.make_teacher(distill_config(str(root / 'clip')))
+  half = teacher.make_teacher(distill_config(str(root / 'clip'), teacher_dtype='bfloat16'))
+  assert (plain.name, half.name) == (NAME, f'{NAME}@bfloat16')
+  assert plain.checkpoint_hash == half.checkpoint_hash  # the same weights
+  views = images_in(HALF)[1]
+  probs = half.probabilities(views)
+  assert probs.dtype == jnp.float32
+  np.testing.assert_allclose(probs, plain.probabilities(views), atol=2e-2)
+  path = str(tmp_path / 'store')  # as a float32 save pass leaves it, without its rows
+  store.LogitStore.create(path, run.student_fields(teacher=plain, num_classes=None))
+  with pytest.raises(store.IncompatibleStore, match=f"teacher_name: store '{NAME}', this "
+                     f"save '{NAME}@bfloat16'"):
+    run.save(path, teacher=half)

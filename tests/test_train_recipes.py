@@ -55,7 +55,7 @@ def test_recipe_builds_a_valid_config(name, arg, runlocal):
                                             ('tpu', 'bfloat16')])
 def test_imagenet_recipes_compute_in_bfloat16_on_accelerators_only(name, backend, dtype,
                                                                    monkeypatch):
-  monkeypatch.setattr(config_lib.jax, 'default_backend', lambda: backend)
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   for run in runs_of(load_recipe(name).get_config()):
     assert run.dtype == 'auto' and config_lib.compute_dtype(run) == dtype
 
@@ -68,12 +68,12 @@ def test_the_trainer_builds_the_model_in_the_resolved_dtype(monkeypatch):
     return nnx.eval_shape(lambda x: trainer.build_model(config)(x), images).dtype
 
   assert logits_dtype() == jnp.float32  # this CPU
-  monkeypatch.setattr(config_lib.jax, 'default_backend', lambda: 'gpu')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert logits_dtype() == jnp.bfloat16
 
 
 def test_quickstart_computes_in_float32_everywhere(monkeypatch):
-  monkeypatch.setattr(config_lib.jax, 'default_backend', lambda: 'gpu')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   for run in runs_of(load_recipe('quickstart').get_config()):
     assert config_lib.compute_dtype(run) == 'float32'
 

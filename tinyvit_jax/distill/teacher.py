@@ -14,6 +14,12 @@ augmentation gives them (a jax array, possibly sharded over several devices). A 
 trained with other statistics (CLIP's) re-normalises them first, as one per-channel
 affine map. ``checkpoint_hash`` names the weights in the store's manifest, so a resumed
 save pass refuses to mix two teachers' rows.
+
+On an accelerator a large teacher (the paper's CLIP ViT-L/14) computes in bfloat16
+(``distill.teacher_dtype``; its name then ends in ``@bfloat16``, so a store is never
+resumed in another dtype), its weights replicated on every device, or sharded over them
+when replicated they would take more than ``SHARD_ABOVE`` of one device's memory
+(``distill.teacher_sharding``; ``place_weights`` says where the line falls).
 """
 import hashlib
 import os
@@ -23,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -33,6 +40,14 @@ from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.models import WEIGHTS
 
 ADAPTERS = ('ours', 'timm', 'torch')
+DTYPES = ('float32', 'bfloat16', 'auto')
+SHARDINGS = ('auto', 'replicated', 'sharded')
+# Weights go sharded above this share of one device's memory: the rest is for the
+# batch's activations, the augmentation and XLA's buffers. Weights are float32 (a
+# bfloat16 teacher casts them at each matmul), so on a 16 GB chip the line is ~4 GB, about
+# 1B parameters: ViT-L/14 (304M, 1.2 GB) and ViT-H/14 (632M, 2.5 GB) stay replicated,
+# ViT-g/14 (1.0B) is sharded; on an 80 GB or larger device none of these is.
+SHARD_ABOVE = 0.25
 
 
 class TeacherMismatch(ValueError):
@@ -56,14 +71,16 @@ def make_teacher(distill, aug=None, num_classes: int | None = None) -> Teacher:
   state_dict file or '', ``teacher_model``: 'package.module:factory', ``teacher_mean``
   and ``teacher_std``: its normalisation). ``teacher_kwargs`` go to the constructor,
   ``teacher_num_classes`` (0: the checkpoint's) is the head size, ``teacher_device`` the
-  torch device, and ``teacher_class_index`` an optional class-index file.
+  torch device, and ``teacher_class_index`` an optional class-index file. For 'ours',
+  ``teacher_dtype`` is its compute dtype and ``teacher_sharding`` where its weights sit.
   """
   adapter = distill.get('teacher_adapter', 'ours')
   kwargs = dict(distill.get('teacher_kwargs', None) or {})
   inputs = student_normalisation(aug)
   if adapter == 'ours':
     teacher = from_checkpoint(distill.teacher, input_mean=inputs[0], input_std=inputs[1],
-                              **kwargs)
+                              dtype=distill.get('teacher_dtype', 'float32'),
+                              sharding=distill.get('teacher_sharding', 'auto'), **kwargs)
   elif adapter in ('timm', 'torch'):
     from tinyvit_jax.distill import torch_teacher  # it builds on this module: import late
     torch_args = dict(device=distill.get('teacher_device', 'cpu'), input_mean=inputs[0],
@@ -107,6 +124,7 @@ def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
   if problem:
     raise ValueError(problem)
   model, normalise = _restore(distill.teacher, *student_normalisation(aug),
+                              **_dtype_override(distill.get('teacher_dtype', 'float32')),
                               **dict(distill.get('teacher_kwargs', None) or {}))
   graphdef, weights = nnx.split(model)
   leaves, treedef = jax.tree.flatten(weights)
@@ -118,10 +136,53 @@ def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
 
   def teacher(leaves, images):
     logits = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(normalise(images))
+    logits = logits.astype(jnp.float32)  # a bfloat16 teacher's targets, in float32
     return logits if mapping is None else jnp.take(logits, mapping, axis=-1)
 
   replicated = NamedSharding(mesh, P())
   return teacher, [jax.device_put(leaf, replicated) for leaf in leaves]
+
+
+def compute_dtype(dtype) -> str:
+  """``dtype`` ('float32', 'bfloat16' or a numpy/jax dtype) by name, 'auto' resolved:
+  bfloat16 on a GPU or TPU, float32 on a CPU, whose runs and figures stay float32. The
+  one rule for students (``config.dtype``) and teachers (``distill.teacher_dtype``)."""
+  if isinstance(dtype, str) and dtype == 'auto':
+    return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  if isinstance(dtype, str) and dtype not in DTYPES:
+    raise ValueError(f'dtype={dtype!r}; expected one of {DTYPES}.')
+  return jnp.dtype(dtype).name
+
+
+def device_memory(device) -> int | None:
+  """Bytes one device can hold, where its backend says (GPU and TPU; not a CPU)."""
+  return (device.memory_stats() or {}).get('bytes_limit')
+
+
+def place_weights(state, mesh: Mesh, sharding: str = 'auto'):
+  """``(state on mesh's devices, sharded?)``: replicated, or each weight split along its
+  largest dimension the device count divides (the others replicated), GSPMD gathering
+  them in the jitted forward. 'auto' shards when the replicated weights would take more
+  than ``SHARD_ABOVE`` of one device's memory (``memory_stats()['bytes_limit']``; a CPU
+  keeps no such figure, so there it replicates)."""
+  if sharding not in SHARDINGS:
+    raise ValueError(f'distill.teacher_sharding={sharding!r}; expected one of {SHARDINGS}.')
+  if sharding == 'auto':
+    limit = device_memory(mesh.devices.flat[0])
+    size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    sharding = 'sharded' if limit and size > SHARD_ABOVE * limit else 'replicated'
+  count = mesh.size
+  if sharding == 'replicated' or count == 1:
+    return jax.device_put(state, NamedSharding(mesh, P())), False
+
+  def spec(leaf) -> NamedSharding:
+    dims = [d for d in np.argsort(leaf.shape, kind='stable')[::-1] if leaf.shape[d] % count == 0]
+    if not dims:
+      return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P(*['data' if d == dims[0] else None
+                                   for d in range(leaf.ndim)]))
+
+  return jax.device_put(state, jax.tree.map(spec, state)), True
 
 
 def student_normalisation(aug) -> tuple[tuple, tuple]:
@@ -159,19 +220,24 @@ def weights_hash(state) -> str:
 
 
 def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
-                    input_std=normalisation.IMAGENET_STD, **overrides) -> Teacher:
+                    input_std=normalisation.IMAGENET_STD, dtype='float32',
+                    sharding: str = 'auto', **overrides) -> Teacher:
   """The teacher held in one of our model checkpoints, in eval mode, jitted.
 
   ``input_mean``/``input_std``: the student's normalisation; the teacher's own is its
-  checkpoint's (``model_checkpoint.preprocess``). ``overrides`` go
-  to ``model_checkpoint.restore_model`` (e.g. ``dtype=jnp.bfloat16`` to compute in
-  bfloat16; the softmax is taken in float32 either way). A distilled DeiT gives the mean
-  of its two heads, as at inference.
+  checkpoint's (``model_checkpoint.preprocess``). ``dtype``: the compute dtype
+  (``compute_dtype``'s names; the weights stay as saved, the softmax is taken in float32
+  either way); any but float32 is appended to the name, as its rows differ.
+  ``sharding``: ``place_weights``'s, over this process's devices. ``overrides`` go to
+  ``model_checkpoint.restore_model``. A distilled DeiT gives the mean of its two heads,
+  as at inference.
   """
-  model, normalise = _restore(directory, input_mean, input_std, **overrides)
+  dtype = compute_dtype(dtype)
+  model, normalise = _restore(directory, input_mean, input_std, **_dtype_override(dtype),
+                              **overrides)
   graphdef, state = nnx.split(model)
   # Restored weights sit on one device; the save pass spreads images over all local ones.
-  state = jax.device_put(state, NamedSharding(pipeline.data_mesh(jax.local_devices()), P()))
+  state, _ = place_weights(state, pipeline.data_mesh(jax.local_devices()), sharding)
 
   @jax.jit
   def forward(state, images):  # weights as an argument: as constants they would be compiled in
@@ -179,6 +245,7 @@ def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
     return jax.nn.softmax(logits.astype(np.float32), axis=-1)
 
   name = model_checkpoint.read_model_json(directory)['model']
+  name = name if dtype == 'float32' else f'{name}@{dtype}'
   return Teacher(name, weights_hash(nnx.to_pure_dict(nnx.state(model, WEIGHTS))),
                  model.num_classes, lambda images: forward(state, images))
 
@@ -216,6 +283,13 @@ def _check_class_count(name: str, teacher_classes: int, num_classes: int) -> Non
         'its outputs cannot be the student\'s targets. Give a class-index file '
         '(distill.teacher_class_index: line c = the teacher class of student class c), '
         'or a teacher over the student\'s classes.')
+
+
+def _dtype_override(dtype) -> dict:
+  """``restore_model``'s argument for compute dtype ``dtype``: none for float32, which
+  is how the models are built by default."""
+  dtype = compute_dtype(dtype)
+  return {} if dtype == 'float32' else dict(dtype=jnp.dtype(dtype))
 
 
 def _restore(directory: str, input_mean, input_std, **overrides):

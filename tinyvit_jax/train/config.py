@@ -9,7 +9,6 @@ import importlib.util
 import os
 import re
 
-import jax
 import ml_collections
 
 from tinyvit_jax.data import augment
@@ -18,7 +17,7 @@ from tinyvit_jax.distill import teacher
 
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
-DTYPES = ('float32', 'bfloat16', 'auto')
+DTYPES = teacher.DTYPES
 # The key that says where a data source's files are (data/sources); the other sources
 # (digits, synthetic) need none.
 DATA_PATH_KEYS = {'tfds': 'data_dir', 'array_record': 'directory', 'folder': 'root'}
@@ -33,9 +32,7 @@ class ConfigError(ValueError):
 def compute_dtype(config) -> str:
   """``config.dtype`` with 'auto' resolved: bfloat16 on a GPU or TPU, as the papers trained
   with mixed precision, and float32 on a CPU, whose runs and figures stay float32."""
-  if config.dtype != 'auto':
-    return config.dtype
-  return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  return teacher.compute_dtype(config.dtype)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -90,6 +87,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.teacher_mean = ()  # 'torch': the module's input normalisation
   c.distill.teacher_std = ()
   c.distill.teacher_device = 'cpu'
+  # 'ours' only: compute dtype ('auto': bfloat16 on GPU/TPU), and weights 'replicated',
+  # 'sharded' over the devices, or 'auto': sharded if too big for one (distill/teacher.py).
+  c.distill.teacher_dtype = 'float32'
+  c.distill.teacher_sharding = 'auto'
   c.distill.teacher_class_index = ''  # teacher class of each student class, one per line
   c.distill.store = ''  # logit store dir; default WORKDIR/logits
   c.distill.views_per_example = 0  # M > 0: a store of M epochs, replayed (data/order.py)
@@ -240,8 +241,12 @@ def check_config(config) -> None:
       check_local_path(_get(config, key), key)
     except ValueError as error:
       problems.append(str(error))
-  if config.dtype not in DTYPES:
-    problems.append(f'dtype={config.dtype!r}; expected one of {DTYPES}.')
+  for key, value, allowed in (('dtype', config.dtype, DTYPES),
+                              ('distill.teacher_dtype', distill.teacher_dtype, DTYPES),
+                              ('distill.teacher_sharding', distill.teacher_sharding,
+                               teacher.SHARDINGS)):
+    if value not in allowed:
+      problems.append(f'{key}={value!r}; expected one of {allowed}.')
   key = DATA_PATH_KEYS.get(config.data.source)
   for split in SPLIT_FOLDERS if key else ():
     if not config.data[split].get(key):

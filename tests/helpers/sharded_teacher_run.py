@@ -1,0 +1,55 @@
+"""A small CLIP-normalised ViT teacher, replicated and sharded over this process's
+devices (run with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``): prints, as
+JSON, how far apart their probabilities are, how the weights were placed, and whether
+'auto' shards weights just above and just below the line (a device memory faked).
+
+  python tests/helpers/sharded_teacher_run.py DIR
+"""
+import json
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+from tinyvit_jax import model_checkpoint
+from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.models import create_model
+
+NAME = 'vit_base_patch16_clip_224'
+KWARGS = dict(num_classes=16, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+
+
+def save(directory: str) -> None:
+  model = create_model(NAME, rngs=nnx.Rngs(0), **KWARGS)
+  model_checkpoint.save_model(directory, model, NAME, **KWARGS)
+
+
+def main(directory: str) -> None:
+  save(directory)
+  images = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
+  found = {}
+  for sharding in ('replicated', 'sharded'):
+    made = teacher_lib.from_checkpoint(directory, sharding=sharding)
+    found[sharding] = np.asarray(made.probabilities(images))
+  mesh = teacher_lib.pipeline.data_mesh(jax.local_devices())
+  state = nnx.split(model_checkpoint.restore_model(directory))[1]
+  placed, sharded = teacher_lib.place_weights(state, mesh, 'sharded')
+  qkv = placed['blocks'][0]['attn']['qkv']['kernel']
+  size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+  auto = {}
+  for name, limit in (('above', size / teacher_lib.SHARD_ABOVE - 8),
+                      ('below', size / teacher_lib.SHARD_ABOVE + 8)):
+    teacher_lib.device_memory = lambda device, limit=limit: limit  # a device of this size
+    auto[name] = teacher_lib.place_weights(state, mesh, 'auto')[1]
+  print(json.dumps(dict(
+      devices=mesh.size, max_abs_diff=float(np.abs(found['sharded'] - found['replicated']).max()),
+      sharded=sharded, auto_sharded_when_weights_are=auto,
+      qkv_shape=list(qkv.shape), qkv_spec=[str(s) for s in qkv.sharding.spec],
+      qkv_shard_shape=list(qkv.addressable_shards[0].data.shape),
+      replicated_leaves=sum(leaf.sharding.is_fully_replicated
+                            for leaf in jax.tree.leaves(placed)))))
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])
