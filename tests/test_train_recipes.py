@@ -1,6 +1,7 @@
 """Every recipe builds a valid config, full size and ``:runlocal``, once given what it
 reads (data, a teacher); ``--data_dir`` points each source at its files; one DeiT recipe
-runs."""
+runs, and the FPD recipe's runlocal (ViT teacher, save pass, student)."""
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
+from tinyvit_jax import normalisation
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import trainer
 
@@ -170,6 +172,26 @@ def test_deit_hard_distillation_from_an_online_teacher_runs(tmp_path):
   assert result.returncode == 0, result.stderr[-4000:]
   assert 'deit_tiny_distilled_patch16_224' in result.stdout and 'hard' in result.stdout
   assert os.path.isdir(tmp_path / 'student' / 'export')
+
+
+@pytest.mark.slow
+def test_fpd_runlocal_saves_a_vit_teachers_store_and_trains_its_student(tmp_path):
+  """runlocal: a CLIP-normalised ViT, exported untrained, stores its top-k of the
+  student's views; the TinyViT-5M student trains from that store (2 steps)."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'tinyvit_jax.main',
+       '--config=configs/fpd_21k.py:variant=5m,runlocal', f'--workdir={tmp_path}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS='cpu', TQDM_DISABLE='1'))
+  assert result.returncode == 0, result.stderr[-4000:]
+  teacher = json.loads((tmp_path / 'teacher' / 'export' / 'model.json').read_text())
+  assert teacher['metadata']['preprocess']['mean'] == list(normalisation.OPENAI_CLIP_MEAN)
+  manifest = json.loads((tmp_path / 'student' / 'logits' / 'manifest.json').read_text())
+  assert (manifest['teacher_name'], manifest['epochs_done']) == ('vit_base_patch16_clip_224',
+                                                                [0])
+  stages = json.loads((tmp_path / 'student' / 'stages.json').read_text())
+  assert stages['save_logits']['top1_agreement'] == 1.0 and stages['train']['steps'] == 2
+  assert 'tiny_vit_5m_224' in result.stdout and os.path.isdir(tmp_path / 'student' / 'export')
 
 
 def test_a_wrong_recipe_path_is_named():
