@@ -27,6 +27,9 @@ time, and is stopped at its own time limit or the deadline, whichever comes firs
   save_pass     (b) the FPD save pass of TinyViT-21M over images held in memory, device
                 augmentation included, against the same teacher's plain inference
                 (``benchmarks/fpd.py`` (b), ``--augment_on device``).
+  save_pass:vit_large_patch14_clip_224  the same with the paper's kind of teacher, CLIP
+                ViT-L/14 at 224 in ``--dtype`` compute, its weights replicated (1.2 GB in
+                float32; ``benchmarks/fpd.py`` (e)); ``--quick``: a 2-block ViT of width 32.
   loader        (e) the input pipeline on real JPEGs (375x500, decode, crop, flip;
                 ``augment_on='device'``), one worker per host core, against the
                 images/s of the student's step with augmentation from ``augment``; and
@@ -59,7 +62,8 @@ TARGETS = dict(train_over_compile=1.2, save_over_inference=0.95, store_overhead=
                augment_share=0.10, loader_over_step=1.0)
 # name, seconds it may take on an accelerator, its compiles included.
 ARMS = (('step:tiny_vit_5m_224', 240), ('student', 100), ('augment', 100),
-        ('save_pass', 120), ('loader', 60), ('attention', 120),
+        ('save_pass', 120), ('save_pass:vit_large_patch14_clip_224', 150),
+        ('loader', 60), ('attention', 120),
         ('step:deit_small_distilled_patch16_224', 150),
         ('step:tiny_vit_21m_224', 200))
 QUICK_STEP_MODEL = 'deit_tiny_distilled_patch16_224'
@@ -136,7 +140,8 @@ def _fpd_args(args, parts: str):
       '--dtype', args.dtype, '--augment_on', 'device', '--workers', str(args.workers),
       '--teacher', 'tiny_vit_21m_224', '--save_size', '224',
       '--save_images', str(args.batch * 24), '--student_size', '224',
-      '--student_steps', '12'])
+      '--student_steps', '12', '--vit_size', '224', '--vit_images', str(args.batch * 24),
+      '--vit_batch', str(args.batch)])
 
 
 def student_arm(args) -> dict:
@@ -146,11 +151,16 @@ def student_arm(args) -> dict:
     return fpd.student_step(fargs, work)
 
 
-def save_pass_arm(args) -> dict:
-  """(b)"""
-  fpd, fargs = _fpd_args(args, 'b')
+def save_pass_arm(args, teacher: str = '') -> dict:
+  """(b); with a ``teacher`` named, fpd.py's (e) with that ViT (under --quick, fpd's tiny
+  one)."""
+  fpd, fargs = _fpd_args(args, 'e' if teacher else 'b')
   with tempfile.TemporaryDirectory() as work:
-    return fpd.save_pass_speed(fargs, work)
+    if not teacher:
+      return fpd.save_pass_speed(fargs, work)
+    if not args.quick:
+      fargs.vit_teacher = teacher
+    return fpd.vit_save_pass(fargs, work)
 
 
 def augment_arm(args) -> dict:
@@ -293,9 +303,13 @@ def run_arm(args) -> None:
   from tinyvit_jax import compile_cache  # pylint: disable=import-outside-toplevel
   compile_cache.enable()
   name, _, model = args.arm.partition(':')
-  measure = dict(student=student_arm, augment=augment_arm, save_pass=save_pass_arm,
-                 loader=loader_arm, attention=attention_arm)
-  write_result(args, step_arm(args, model) if name == 'step' else measure[name](args))
+  measure = dict(student=student_arm, augment=augment_arm, loader=loader_arm,
+                 attention=attention_arm)
+  if name in ('step', 'save_pass'):
+    result = (step_arm if name == 'step' else save_pass_arm)(args, model)
+  else:
+    result = measure[name](args)
+  write_result(args, result)
 
 
 def write_result(args, result: dict) -> None:
@@ -424,8 +438,9 @@ def format_report(report: dict) -> str:
                    f'{_rate(result["plain"]["img_per_s"])} | share '
                    f'{result["share_of_step"]:.1%} | <= {TARGETS["augment_share"]:.0%} '
                    f'| {peak} |')
-    elif name == 'save_pass':
-      lines.append(f'| save pass img/s | {_rate(result["save"])} | inference '
+    elif name.startswith('save_pass'):
+      teacher = f', {result["config"]["teacher"]}' if ':' in name else ''
+      lines.append(f'| save pass{teacher} img/s | {_rate(result["save"])} | inference '
                    f'{_rate(result["inference"])} | {result["save_over_inference"]:.2f}x | '
                    f'>= {TARGETS["save_over_inference"]}x | {peak} |')
     elif name == 'attention':

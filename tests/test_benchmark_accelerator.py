@@ -10,6 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
 
 import accelerator  # pylint: disable=g-import-not-at-top,wrong-import-position
+import fpd  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.mark.slow
@@ -18,8 +19,8 @@ def test_quick_runs_every_arm_and_reports_it(tmp_path):
                   '--quick', '--out', str(tmp_path)], check=True, cwd=REPO, timeout=1200)
   report = json.loads((tmp_path / 'accelerator.json').read_text())
   arms = report['arms']
-  assert list(arms) == ['step:tiny_vit_5m_224', 'student', 'augment', 'save_pass', 'loader',
-                        'attention']
+  assert list(arms) == ['step:tiny_vit_5m_224', 'student', 'augment', 'save_pass',
+                        'save_pass:vit_large_patch14_clip_224', 'loader', 'attention']
   assert {name: arm['status'] for name, arm in arms.items()} == dict.fromkeys(arms, 'ok')
   for arm in arms.values():  # (f): CPU devices keep no memory statistics
     assert arm['backend'] == 'cpu' and arm['memory'] == dict(jax_peak_bytes=None,
@@ -43,6 +44,11 @@ def test_quick_runs_every_arm_and_reports_it(tmp_path):
   assert save['config']['aug']['augment_on'] == 'device'
   assert save['save_over_inference'] == pytest.approx(
       save['save']['median'] / save['inference']['median'])
+  vit = arms['save_pass:vit_large_patch14_clip_224']['result']  # --quick: a tiny ViT
+  assert (vit['config']['teacher'], vit['config']['teacher_kwargs']) == (
+      'vit_base_patch16_clip_224', fpd.QUICK_VIT)
+  assert vit['save_over_inference'] == pytest.approx(
+      vit['save']['median'] / vit['inference']['median'])
   loader = arms['loader']['result']
   assert set(loader) == {'full_decode', 'draft', 'config'}
   assert loader['config']['augment_on'] == 'device'
@@ -58,6 +64,7 @@ def test_quick_runs_every_arm_and_reports_it(tmp_path):
       'median']
   for line in (f'| {accelerator.QUICK_STEP_MODEL} train img/s |', '| store-fed step, ms |',
                f'share {augment["share_of_step"]:.1%}', f'{save["save_over_inference"]:.2f}x',
+               f'| save pass, vit_base_patch16_clip_224 img/s | {accelerator._rate(vit["save"])}',
                f'| {ratio:.2f}x | >= 1.0x |', 'train, attention einsum img/s'):
     assert line in table
 
