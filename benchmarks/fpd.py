@@ -1,6 +1,6 @@
 """FPD figures in one run: store size, save-pass speed, store-fed student step, read rate.
 
-  python benchmarks/fpd.py                 # ~7 minutes on 2 shared cores
+  python benchmarks/fpd.py                 # ~6 minutes on 2 shared cores, (e) 1 of them
   python benchmarks/fpd.py --quick         # smoke test: tiny sizes, 2 rounds
 
 (a) Bytes per sample-epoch of our store (every file: chunks, headers, manifest) at k=10
@@ -22,9 +22,9 @@
     rows' transfer, ``student_targets`` (dense rebuild) and soft cross-entropy, against the
     same step on integer labels with cross-entropy; both on the same images, already on
     the device. Target overhead <= 5%.
-(e) (b) with a ViT teacher (``--vit_teacher``, default CLIP ViT-B/16, the paper's kind of
-    teacher in its own normalisation), at 112 px on a CPU: at 224 it runs ~2 img/s here.
-    The accelerator suite runs it with ViT-L/14 at 224.
+(e) (b) with a ViT teacher (``--vit_teacher``, default CLIP ViT-B/16 at 224, the paper's
+    kind of teacher in its own normalisation; ~10 img/s on 2 cores). The accelerator suite
+    runs it with ViT-L/14.
 (d) Store reads at k=10 in batches of 1,024 sequential rows: ``LogitStore.read`` alone
     and through the student's hook (``StoreTargets``, which also checks each row's
     example index); target >= 1M rows/s.
@@ -90,7 +90,7 @@ def parse_args(argv=None):
   parser.add_argument('--read_rows', type=int, default=262144, help='(d) rows')
   parser.add_argument('--vit_teacher', default='vit_base_patch16_clip_224',
                       help='(e) the ViT teacher')
-  parser.add_argument('--vit_size', type=int, default=112, help='(e) image size')
+  parser.add_argument('--vit_size', type=int, default=224, help='(e) image size')
   parser.add_argument('--vit_images', type=int, default=64, help='(e) images per round')
   parser.add_argument('--vit_batch', type=int, default=16, help='(e) batch')
   parser.add_argument('--parts', default='abcde', help='which figures to measure')

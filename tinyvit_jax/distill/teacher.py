@@ -44,9 +44,9 @@ DTYPES = ('float32', 'bfloat16', 'auto')
 SHARDINGS = ('auto', 'replicated', 'sharded')
 # Weights go sharded above this share of one device's memory: the rest is for the
 # batch's activations, the augmentation and XLA's buffers. Weights are float32 (a
-# bfloat16 teacher casts them at each matmul), so on a 16 GB chip the line is ~4 GB, about
-# 1B parameters: ViT-L/14 (304M, 1.2 GB) and ViT-H/14 (632M, 2.5 GB) stay replicated,
-# ViT-g/14 (1.0B) is sharded; on an 80 GB or larger device none of these is.
+# bfloat16 teacher casts them at each matmul), so on a 16 GiB device the line is ~4 GiB,
+# ~1B parameters: ViT-L/14 (304M), ViT-H/14 (632M) and, just, ViT-g/14 (1.01B) stay
+# replicated, ViT-G/14 (1.8B) is sharded; on a TPU v2's 8 GiB cores ViT-H/14 is too.
 SHARD_ABOVE = 0.25
 
 
