@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from tinyvit_jax import normalisation
+from tinyvit_jax.distill import teacher
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import trainer
 
@@ -60,6 +61,15 @@ def test_imagenet_recipes_compute_in_bfloat16_on_accelerators_only(name, backend
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   for run in runs_of(load_recipe(name).get_config()):
     assert run.dtype == 'auto' and config_lib.compute_dtype(run) == dtype
+
+
+@pytest.mark.parametrize('backend, dtype', [('cpu', 'float32'), ('gpu', 'bfloat16')])
+def test_the_fpd_recipes_teacher_computes_in_bfloat16_on_accelerators_only(backend, dtype,
+                                                                          monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  fpd = load_recipe('fpd_21k').get_config()
+  assert teacher.compute_dtype(fpd.distill.teacher_dtype) == dtype
+  assert config_lib.base_config().distill.teacher_dtype == 'float32'  # other recipes
 
 
 def test_the_trainer_builds_the_model_in_the_resolved_dtype(monkeypatch):
@@ -134,12 +144,14 @@ def test_impossible_values_are_all_named_with_their_fix():
   config.update(epochs=0, dtype='float16')
   config.data.update(num_repeats=0)
   config.optim.ema_decay = 1.0
-  config.distill.store = 'gs://bucket/store'
+  config.distill.update(store='gs://bucket/store', teacher_dtype='float16',
+                        teacher_sharding='fsdp')
   with pytest.raises(config_lib.ConfigError) as error:
     config_lib.check_config(config)
   for problem in ('epochs=0 must be a positive integer', "dtype='float16'",
                   'data.num_repeats=0 must be a whole number >= 1',
                   'optim.ema_decay=1.0 must be in [0, 1)',
+                  "distill.teacher_dtype='float16'", "distill.teacher_sharding='fsdp'",
                   "distill.store='gs://bucket/store': paths go through local file APIs, so "
                   'mount the bucket on every host (gcsfuse --implicit-dirs bucket '
                   '/mnt/gcs/bucket) and give /mnt/gcs/bucket/store'):

@@ -19,7 +19,7 @@ On an accelerator a large teacher (the paper's CLIP ViT-L/14) computes in bfloat
 (``distill.teacher_dtype``; its name then ends in ``@bfloat16``, so a store is never
 resumed in another dtype), its weights replicated on every device, or sharded over them
 when replicated they would take more than ``SHARD_ABOVE`` of one device's memory
-(``distill.teacher_sharding``; ``place_weights`` says where the line falls).
+(``distill.teacher_sharding``; ``SHARD_ABOVE`` says where the line falls).
 """
 import hashlib
 import os
@@ -147,7 +147,7 @@ def compute_dtype(dtype) -> str:
   """``dtype`` ('float32', 'bfloat16' or a numpy/jax dtype) by name, 'auto' resolved:
   bfloat16 on a GPU or TPU, float32 on a CPU, whose runs and figures stay float32. The
   one rule for students (``config.dtype``) and teachers (``distill.teacher_dtype``)."""
-  if isinstance(dtype, str) and dtype == 'auto':
+  if dtype == 'auto':
     return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
   if isinstance(dtype, str) and dtype not in DTYPES:
     raise ValueError(f'dtype={dtype!r}; expected one of {DTYPES}.')
