@@ -111,17 +111,7 @@ class Run:
     """top-1, top-5 and loss on the eval split, with the EMA params when there are any;
     with a teacher, the student's top-1 agreement with it and KL(teacher || student)."""
     config = self.config
-    if self._eval is None:  # built once: a new jitted function would recompile each epoch
-      eval_augment = augment.make_eval_augment(config.eval_aug)
-      source = sources.from_config(config.data, 'eval')
-      teacher_probs = (teacher_eval.probabilities(config, source, self.workdir)
-                       if teacher_eval.knows_teacher(config) else None)
-      self._eval = (source, eval_augment.host,
-                    step_lib.make_eval_step(self.state, self.mesh,
-                                            normalise=eval_augment.device,
-                                            use_ema=config.optim.ema_decay > 0),
-                    teacher_probs)
-    source, transform, evaluate, teacher_probs = self._eval
+    source, transform, evaluate, teacher_probs = self._evaluation()
     sharding = NamedSharding(self.mesh, P('data'))
     totals = None
     for batch in loader.eval_batches(source, global_batch=config.eval_batch_size,
@@ -143,10 +133,28 @@ class Run:
                     teacher_kl=totals['teacher_kl'] / count)
     return result
 
+  def _evaluation(self) -> tuple:
+    """(eval source, host transform, jitted eval step, the teacher's eval probabilities
+    or None), built once: a new jitted function would recompile each epoch."""
+    if self._eval is None:
+      config = self.config
+      eval_augment = augment.make_eval_augment(config.eval_aug)
+      source = sources.from_config(config.data, 'eval')
+      teacher_probs = (teacher_eval.probabilities(config, source, self.workdir)
+                       if teacher_eval.knows_teacher(config) else None)
+      self._eval = (source, eval_augment.host,
+                    step_lib.make_eval_step(self.state, self.mesh,
+                                            normalise=eval_augment.device,
+                                            use_ema=config.optim.ema_decay > 0),
+                    teacher_probs)
+    return self._eval
+
   def train(self) -> dict:
     config, workdir = self.config, self.workdir
     if self.step >= self.total_steps:
       return dict(steps=self.step, resumed_from=self.step)
+    if teacher_eval.knows_teacher(config):
+      self._evaluation()  # a teacher that cannot load stops the run now, not an epoch in
     writer = metrics.MetricsWriter(workdir, is_main=jax.process_index() == 0)
     writer.truncate_after(self.step)
     distill = student.make(config, self.source, workdir, self.mesh)
