@@ -159,7 +159,8 @@ def test_the_curves_are_the_logged_series_and_the_png_draws_them(tmp_path):
   for step, loss in losses.items():
     writer.write(step, loss=loss, epoch=step / 10)
     if step % 10 == 0:
-      writer.write(step, eval_top1=step / 50, eval_top5=step / 45, eval_loss=1.0 / step)
+      writer.write(step, eval_top1=step / 50, eval_top5=step / 45, eval_loss=1.0 / step,
+                   eval_teacher_agreement=step / 42, eval_teacher_kl=0.5 / step)
   writer.close()
   series = metrics.curves(metrics.read_metrics(workdir))
   kept = [step for step in losses if step != 17]
@@ -167,15 +168,19 @@ def test_the_curves_are_the_logged_series_and_the_png_draws_them(tmp_path):
   assert series['eval loss'] == ([10, 20, 30, 40], pytest.approx([0.1, 0.05, 1 / 30, 0.025]))
   assert series['top-1'] == ([10, 20, 30, 40], pytest.approx([0.2, 0.4, 0.6, 0.8]))
   assert series['top-5'][0] == [10, 20, 30, 40]
+  assert series['teacher agreement'] == ([10, 20, 30, 40], pytest.approx(
+      [10 / 42, 20 / 42, 30 / 42, 40 / 42]))
+  assert series['teacher KL'] == ([10, 20, 30, 40], pytest.approx([0.05, 0.025, 1 / 60, 0.0125]))
 
   from PIL import Image
   with Image.open(metrics.plot_curves(workdir, str(tmp_path / 'curves.png'))) as image:
     assert image.format == 'PNG' and image.size == (1000, 400)
     pixels = np.asarray(image.convert('RGB'))
-  # Each panel draws two series, in matplotlib's first two colours (C0 blue, C1 orange):
-  # train and eval loss on the left, top-1 and top-5 on the right.
+  # Each panel draws three series, in matplotlib's first three colours (C0 blue, C1
+  # orange, C2 green): train and eval loss and teacher KL on the left, top-1, top-5 and
+  # teacher agreement on the right.
   for panel in (pixels[:, :500], pixels[:, 500:]):
-    for colour in ((31, 119, 180), (255, 127, 14)):
+    for colour in ((31, 119, 180), (255, 127, 14), (44, 160, 44)):
       assert np.any(np.all(np.abs(panel.astype(int) - colour) < 30, axis=-1)), colour
 
 
@@ -185,8 +190,8 @@ def test_curves_of_a_run_without_eval_rows(tmp_path):
   writer.write(1, loss=1.0)
   writer.close()
   series = metrics.curves(metrics.read_metrics(workdir))
-  assert series == {'train loss': ([1], [1.0]), 'eval loss': ([], []), 'top-1': ([], []),
-                    'top-5': ([], [])}
+  assert series == {'train loss': ([1], [1.0]), 'eval loss': ([], []), 'teacher KL': ([], []),
+                    'top-1': ([], []), 'top-5': ([], []), 'teacher agreement': ([], [])}
   assert os.path.exists(metrics.plot_curves(workdir, str(tmp_path / 'c.png')))
 
 

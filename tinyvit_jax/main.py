@@ -105,7 +105,7 @@ def check_recipe(config, workdir: str, data_dir: str | None = None) -> dict:
 
 def run_stages(config, workdir: str, mode: str | None) -> dict:
   """Runs one run's stages, holding its workdir's lock; returns its summary (model,
-  accuracy, speed)."""
+  accuracy, agreement with its teacher if it has one, speed)."""
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock.hold(workdir):
     return _run_stages(config, workdir, mode)
@@ -144,8 +144,11 @@ def _run_stages(config, workdir: str, mode: str | None) -> dict:
     done[stage] = result
     if jax.process_index() == 0:
       _write_json(record_path, done)
+  evaluated = done.get('eval', {})
+  agreement = {key: evaluated[key] for key in ('teacher_agreement', 'teacher_kl')
+               if key in evaluated}  # only a run with a teacher has them
   return dict(model=config.model.display_name or config.model.name, distill=config.distill.kind,
-              top1=done.get('eval', {}).get('top1'), top5=done.get('eval', {}).get('top5'),
+              top1=evaluated.get('top1'), top5=evaluated.get('top5'), **agreement,
               train_images_per_second=done.get('train', {}).get('images_per_second'))
 
 

@@ -114,8 +114,9 @@ class MetricsWriter:
     return self._tb
 
 
-CURVES = {'train loss': 'loss', 'eval loss': 'eval_loss', 'top-1': 'eval_top1',
-          'top-5': 'eval_top5'}  # what ``plot_curves`` draws: label -> metric
+CURVES = {'train loss': 'loss', 'eval loss': 'eval_loss', 'teacher KL': 'eval_teacher_kl',
+          'top-1': 'eval_top1', 'top-5': 'eval_top5',
+          'teacher agreement': 'eval_teacher_agreement'}  # what ``plot_curves`` draws
 
 
 def curves(rows: list) -> dict:
@@ -129,7 +130,8 @@ def curves(rows: list) -> dict:
 
 
 def plot_curves(workdir: str, out_png: str) -> str:
-  """Train and eval loss, and eval top-1/top-5, against the step, from ``metrics.jsonl``."""
+  """Train and eval loss, and eval top-1/top-5, against the step, from ``metrics.jsonl``;
+  with a teacher, KL(teacher || student) beside the losses and agreement beside top-1."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -138,7 +140,8 @@ def plot_curves(workdir: str, out_png: str) -> str:
   FigureCanvasAgg(fig)
   loss_ax, acc_ax = fig.subplots(1, 2)
   for label, ax, style in (('train loss', loss_ax, '-'), ('eval loss', loss_ax, 'o-'),
-                           ('top-1', acc_ax, 'o-'), ('top-5', acc_ax, 'o-')):
+                           ('teacher KL', loss_ax, 'o-'), ('top-1', acc_ax, 'o-'),
+                           ('top-5', acc_ax, 'o-'), ('teacher agreement', acc_ax, 'o-')):
     if series[label][0]:
       ax.plot(*series[label], style, label=label)
   loss_ax.set(xlabel='step', ylabel='loss', title='loss')

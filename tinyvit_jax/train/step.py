@@ -108,14 +108,18 @@ def make_train_step(state: TrainState, tx: optax.GradientTransformation, mesh, *
 def make_eval_step(state: TrainState, mesh, *, normalise: Callable,
                    use_ema: bool = False) -> Callable:
   """``evaluate(leaves, batch) -> sums`` of loss, top-1 and top-5 hits and examples,
-  weighted by the batch's ``mask`` (the padded tail of the last batch counts zero)."""
+  weighted by the batch's ``mask`` (the padded tail of the last batch counts zero); with
+  the teacher's probabilities as ``batch['teacher_probs']``, ``teacher_sums`` too."""
 
   def evaluate(leaves, batch):
     tree = jax.tree.unflatten(state.treedef, leaves)
     params = tree['ema'] if use_ema and tree['ema'] is not None else tree['params']
     model = nnx.merge(state.eval_graphdef, params, tree['rest'])
     logits = model(normalise(batch['image'])).astype(jnp.float32)
-    return topk_sums(logits, batch['label'], batch['mask'])
+    sums = topk_sums(logits, batch['label'], batch['mask'])
+    if 'teacher_probs' in batch:
+      sums.update(teacher_sums(logits, batch['teacher_probs'], batch['mask']))
+    return sums
 
   return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))
 
@@ -130,3 +134,14 @@ def topk_sums(logits, labels, mask) -> dict:
   return dict(loss=jnp.sum(loss * weight), top1=jnp.sum(hits[:, 0] * weight),
               top5=jnp.sum(hits.any(axis=-1) * weight), count=jnp.sum(weight))
 
+
+
+def teacher_sums(logits, teacher_probs, mask) -> dict:
+  """Summed top-1 agreement with the teacher and KL(teacher || student) in nats over the
+  unmasked rows; classes the teacher gives 0 add 0 (not 0 * log 0, nor 0 * -inf)."""
+  weight = mask.astype(jnp.float32)
+  agree = jnp.argmax(teacher_probs, axis=-1) == jnp.argmax(logits, axis=-1)
+  positive = teacher_probs > 0
+  log_ratio = jnp.log(jnp.where(positive, teacher_probs, 1.0)) - jax.nn.log_softmax(logits)
+  kl = jnp.sum(jnp.where(positive, teacher_probs * log_ratio, 0.0), axis=-1)
+  return dict(teacher_agreement=jnp.sum(agree * weight), teacher_kl=jnp.sum(kl * weight))

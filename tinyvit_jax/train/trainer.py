@@ -38,6 +38,7 @@ from tinyvit_jax.train import metrics
 from tinyvit_jax.train import optim
 from tinyvit_jax.train import pretrained
 from tinyvit_jax.train import step as step_lib
+from tinyvit_jax.train import teacher_eval
 
 
 # Reads that stop a run with its state intact, so the steps before them are saved.
@@ -107,34 +108,53 @@ class Run:
       self.state.leaves = self.checkpoints.restore(self.step, self.state.leaves, self.mesh)
 
   def evaluate(self) -> dict:
-    """top-1, top-5 and loss on the eval split, with the EMA params when there are any."""
+    """top-1, top-5 and loss on the eval split, with the EMA params when there are any;
+    with a teacher, the student's top-1 agreement with it and KL(teacher || student)."""
     config = self.config
-    if self._eval is None:  # built once: a new jitted function would recompile each epoch
-      eval_augment = augment.make_eval_augment(config.eval_aug)
-      self._eval = (sources.from_config(config.data, 'eval'), eval_augment.host,
-                    step_lib.make_eval_step(self.state, self.mesh,
-                                            normalise=eval_augment.device,
-                                            use_ema=config.optim.ema_decay > 0))
-    source, transform, evaluate = self._eval
+    source, transform, evaluate, teacher_probs = self._evaluation()
     sharding = NamedSharding(self.mesh, P('data'))
     totals = None
     for batch in loader.eval_batches(source, global_batch=config.eval_batch_size,
                                      transform=transform,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
+      if teacher_probs is not None:  # the rows of this batch's examples, padding included
+        batch = dict(batch, teacher_probs=teacher_probs[batch['index']])
       batch = {name: jax.make_array_from_process_local_data(sharding, batch[name])
-               for name in ('image', 'label', 'mask')}
+               for name in ('image', 'label', 'mask', 'teacher_probs') if name in batch}
       sums = evaluate(self.state.leaves, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(float, totals)
     count = totals['count']
-    return dict(top1=totals['top1'] / count, top5=totals['top5'] / count,
-                loss=totals['loss'] / count, examples=int(count))
+    result = dict(top1=totals['top1'] / count, top5=totals['top5'] / count,
+                  loss=totals['loss'] / count, examples=int(count))
+    if teacher_probs is not None:
+      result.update(teacher_agreement=totals['teacher_agreement'] / count,
+                    teacher_kl=totals['teacher_kl'] / count)
+    return result
+
+  def _evaluation(self) -> tuple:
+    """(eval source, host transform, jitted eval step, the teacher's eval probabilities
+    or None), built once: a new jitted function would recompile each epoch."""
+    if self._eval is None:
+      config = self.config
+      eval_augment = augment.make_eval_augment(config.eval_aug)
+      source = sources.from_config(config.data, 'eval')
+      teacher_probs = (teacher_eval.probabilities(config, source, self.workdir)
+                       if teacher_eval.knows_teacher(config) else None)
+      self._eval = (source, eval_augment.host,
+                    step_lib.make_eval_step(self.state, self.mesh,
+                                            normalise=eval_augment.device,
+                                            use_ema=config.optim.ema_decay > 0),
+                    teacher_probs)
+    return self._eval
 
   def train(self) -> dict:
     config, workdir = self.config, self.workdir
     if self.step >= self.total_steps:
       return dict(steps=self.step, resumed_from=self.step)
+    if teacher_eval.knows_teacher(config):
+      self._evaluation()  # a teacher that cannot load stops the run now, not an epoch in
     writer = metrics.MetricsWriter(workdir, is_main=jax.process_index() == 0)
     writer.truncate_after(self.step)
     distill = student.make(config, self.source, workdir, self.mesh)
