@@ -38,8 +38,8 @@ def probabilities(config, source, workdir: str) -> np.ndarray:
   """(N, C) float32: the teacher's probabilities of the eval ``source``, read from the
   workdir's file when it was made for this teacher and split, else computed (every
   process computes all N, as its eval batches may hold any row; process 0 writes)."""
-  teacher = teacher_lib.make_teacher(config.distill, config.aug)  # its hash names the file
-  teacher_lib.check_classes(teacher, config.num_classes)
+  # Its hash names the file.
+  teacher = teacher_lib.make_teacher(config.distill, config.aug, config.num_classes)
   mean, std = teacher_lib.student_normalisation(config.aug)
   preprocess = dict(config.eval_aug, mean=mean, std=std)
   made_for = json.loads(json.dumps(dict(
