@@ -175,18 +175,6 @@ def test_a_bound_on_store_views_needs_a_store_and_fits_the_epochs(distill, probl
 
 
 @pytest.mark.slow
-def test_deit_hard_distillation_from_an_online_teacher_runs(tmp_path):
-  """runlocal: a resnet18 teacher trains, exports, and teaches a distilled DeiT online."""
-  result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', '--config=configs/deit.py:distill=hard,runlocal',
-       f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=900,
-      env=dict(os.environ, JAX_PLATFORMS='cpu', TQDM_DISABLE='1'))
-  assert result.returncode == 0, result.stderr[-4000:]
-  assert 'deit_tiny_distilled_patch16_224' in result.stdout and 'hard' in result.stdout
-  assert os.path.isdir(tmp_path / 'student' / 'export')
-
-
-@pytest.mark.slow
 def test_fpd_runlocal_saves_a_vit_teachers_store_and_trains_its_student(tmp_path):
   """runlocal: a CLIP-normalised ViT, exported untrained, stores its top-k of the
   student's views; the TinyViT-5M student trains from that store (2 steps)."""

@@ -62,8 +62,8 @@ class _FakeTeacher:
   def __init__(self):
     self.calls, self.hash = 0, 'a' * 64
 
-  def make(self, distill, aug):
-    assert distill.teacher == 'fake'
+  def make(self, distill, aug, num_classes):
+    assert distill.teacher == 'fake' and num_classes == 4
     return teacher_lib.Teacher('fake', self.hash, 4, self.probabilities)
 
   def probabilities(self, images):
@@ -107,5 +107,7 @@ def test_teacher_eval_is_computed_once_and_recomputed_for_another_teacher_or_spl
 
 def test_a_run_without_distillation_has_no_teacher_to_agree_with():
   config = _config()
-  config.distill.kind = 'none'
+  config.distill.eval_teacher = False  # a distilled run that turns the report off
+  assert not teacher_eval.knows_teacher(config)
+  config.distill.update(eval_teacher=True, kind='none')
   assert not teacher_eval.knows_teacher(config)

@@ -97,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.k = 10
   c.distill.alpha = 0.5
   c.distill.tau = 1.0
+  c.distill.eval_teacher = True  # eval reports agreement and KL with a named teacher
   c.distill.verify_rows = 0  # re-run the teacher on this many stored rows after saving
   c.distill.verify_min_top1 = 0.99  # ... and fail below this top-1 agreement
   c.distill.verify_max_mean_abs_diff = 1e-3  # ... or above this mean |p_stored - p|

@@ -30,8 +30,11 @@ FILE = 'teacher_eval.npz'
 
 
 def knows_teacher(config) -> bool:
-  """Whether the run distils from a teacher it names, and so reports agreement with it."""
-  return bool(config.distill.teacher) and config.distill.kind != 'none'
+  """Whether the run distils from a teacher it names, and so reports agreement with it
+  (unless ``distill.eval_teacher`` is off: a teacher too large to run beside the
+  student at eval, or a test that has no use for the figures)."""
+  return (bool(config.distill.teacher) and config.distill.kind != 'none'
+          and config.distill.eval_teacher)
 
 
 def probabilities(config, source, workdir: str) -> np.ndarray:
