@@ -27,7 +27,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-import fpd_vs_online  # benchmarks/, the script's folder
+import fpd  # benchmarks/, the script's folder
+import fpd_vs_online
 from tinyvit_jax import compile_cache
 from tinyvit_jax import main as main_lib
 from tinyvit_jax.distill import store
@@ -63,11 +64,6 @@ def recipe(seeds, teacher_epochs: int, views=VIEWS) -> ml_collections.ConfigDict
   return config
 
 
-def store_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(folder, name))
-             for folder, _, names in os.walk(path) for name in names)
-
-
 def run_all(config, workdir: str) -> dict:
   """Runs every run (a bounded one on its cut of its seed's per-epoch store); returns
   {run: top-1}."""
@@ -90,7 +86,7 @@ def table(top1: dict, seeds, workdir: str, views=VIEWS) -> list[dict]:
     path = os.path.join(workdir, f'{arm}_seed{seeds[0]}', 'logits')
     rows.append(dict(
         arm=arm, stored_epochs=len(store.LogitStore.open(path).epochs_done),
-        store_bytes=store_bytes(path),
+        store_bytes=fpd.store_bytes(path),
         **{f'seed{s}': round(v, 4) for s, v in zip(seeds, per_seed)},
         mean=round(float(np.mean(per_seed)), 4),
         std=round(float(np.std(per_seed, ddof=1)), 4) if len(seeds) > 1 else None))

@@ -18,6 +18,7 @@ import os
 import ml_collections
 from absl import flags
 
+import fpd  # benchmarks/, the script's folder
 from tinyvit_jax import main as main_lib
 from tinyvit_jax.distill import store
 from tinyvit_jax.train import config as config_lib
@@ -51,10 +52,8 @@ def recipe(teacher_epochs: int, student_epochs: int) -> ml_collections.ConfigDic
 
 
 def store_bytes_per_row(path: str) -> float:
-  size = sum(os.path.getsize(os.path.join(folder, name))
-             for folder, _, names in os.walk(path) for name in names)
   logits = store.LogitStore.open(path)
-  return size / (len(logits.epochs_done) * logits.rows_per_epoch)
+  return fpd.store_bytes(path) / (len(logits.epochs_done) * logits.rows_per_epoch)
 
 
 def main():
