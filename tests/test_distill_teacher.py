@@ -15,6 +15,7 @@ import pytest
 import save_pass_run as run
 from flax import nnx
 
+from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import losses
@@ -150,8 +151,7 @@ def test_a_teacher_that_cannot_run_online_is_refused_by_name(change, message):
     ('x\n', 'every line must be one integer'),
 ])
 def test_a_teacher_of_other_classes_is_one_line_from_main(saved, tmp_path, lines, message):
-  """What main prints as one ``error:`` line (its USER_ERRORS), not a traceback."""
-  from tinyvit_jax import main
+  """What main prints as one ``error:`` line (a ``UserError``), not a traceback."""
   root, _ = saved
   extra = {}
   if lines is not None:
@@ -160,7 +160,7 @@ def test_a_teacher_of_other_classes_is_one_line_from_main(saved, tmp_path, lines
   distill = distill_config(str(root / 'imagenet'), **extra)
   for load in (lambda: teacher.make_teacher(distill, num_classes=10),
                lambda: teacher.online(distill, None, pipeline.data_mesh(jax.devices()), 10)):
-    with pytest.raises(main.USER_ERRORS, match=message) as error:
+    with pytest.raises(errors.UserError, match=message) as error:
       load()
     assert '\n' not in str(error.value)
 

@@ -85,7 +85,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
                     '--config.checkpoint_every_steps=1', check=False)
   assert result.returncode != 0
   assert 'The loss is' in result.stderr and 'last good checkpoint is step' in result.stderr
-  assert 'Traceback' not in result.stderr  # one line: main.USER_ERRORS
+  assert 'Traceback' not in result.stderr  # one line: a UserError
   losses = step_losses(tmp_path)
   good = [s for s, loss in losses.items() if np.isfinite(loss)]
   assert checkpoint_steps(tmp_path) and max(checkpoint_steps(tmp_path)) == max(good)

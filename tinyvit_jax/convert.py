@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from tinyvit_jax import compile_cache
+from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.models import WEIGHTS, create_model
 from tinyvit_jax.models.vision_transformer import VisionTransformer, resample_abs_pos_embed
@@ -32,7 +33,7 @@ _LEAF_TO_TIMM = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
 _IGNORED_SUFFIXES = ('num_batches_tracked', 'attention_bias_idxs')
 
 
-class StateDictMismatch(ValueError):
+class StateDictMismatch(errors.UserError, ValueError):
   """A checkpoint whose keys or shapes do not fit the model; lists every offender."""
 
 

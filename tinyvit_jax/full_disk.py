@@ -10,10 +10,12 @@ import logging
 import os
 import shutil
 
+from tinyvit_jax import errors
+
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskFull(OSError):
+class DiskFull(errors.UserError, OSError):
   """A write found no space left; the message names the path, the free space and the fix."""
 
   def __init__(self, path: str, then: str = 'rerun'):

@@ -29,13 +29,10 @@ from absl import logging
 from ml_collections import config_flags
 
 from tinyvit_jax import compile_cache
+from tinyvit_jax import errors
 from tinyvit_jax import full_disk
-from tinyvit_jax import model_checkpoint
-from tinyvit_jax.data.sources import class_index
-from tinyvit_jax.data.sources import decode
 from tinyvit_jax.distill import save_stage
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import teacher
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
@@ -59,11 +56,6 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     'heartbeat_timeout', 100, 'With --distributed: seconds without heartbeats after which a '
     'process counts as dead, and JAX stops every other process (rather than let it hang).')
 
-# What a run refuses, or stops on, with a message that says it all: one line, no traceback.
-USER_ERRORS = (config_lib.ConfigError, model_checkpoint.CheckpointError, full_disk.DiskFull,
-               workdir_lock.Locked, store.CorruptChunkError, store.IncompatibleStore,
-               store.MissingStore, trainer.NonFiniteLoss, decode.UndecodableImage,
-               class_index.ClassIndexError, teacher.TeacherMismatch)
 SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
 
 
@@ -195,7 +187,7 @@ def main(argv):
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
     run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
-  except USER_ERRORS as error:
+  except errors.UserError as error:  # one line, no traceback
     sys.exit(f'error: {error}')
 
 

@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from tinyvit_jax import errors
 from tinyvit_jax.models import WEIGHTS, create_model, model_info
 
 FORMAT_VERSION = 1
@@ -25,7 +26,7 @@ _HOW_TO_MAKE = ('expected a directory written by `python -m tinyvit_jax.convert 
                 "--from FILE --out DIR` or by a run's export stage")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError, ValueError):
   """A path that is not the checkpoint or weights file its reader expects; the CLIs and
   ``main`` print it as one line."""
 

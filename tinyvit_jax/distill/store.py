@@ -60,6 +60,7 @@ import zlib
 
 import numpy as np
 
+from tinyvit_jax import errors
 from tinyvit_jax import full_disk
 from tinyvit_jax.data import order
 from tinyvit_jax.distill.manifest import META_FIELDS, STUDENT_FIELDS
@@ -80,17 +81,17 @@ _EXAMPLE_DTYPE = np.dtype('<u4')
 _ZLIB_LEVEL = 1  # level 6 saves 1-2% more at a quarter of the write speed
 
 
-class IncompatibleStore(ValueError):
+class IncompatibleStore(errors.UserError, ValueError):
   """A store this run cannot use: saved for other data, order, augmentation, k, C or
   teacher (reading it would train on rows of other images), in another format version,
   or with a manifest that does not parse."""
 
 
-class MissingStore(FileNotFoundError):
+class MissingStore(errors.UserError, FileNotFoundError):
   """No store where the run reads one."""
 
 
-class CorruptChunkError(IOError):
+class CorruptChunkError(errors.UserError, IOError):
   """A chunk of a done epoch is missing, truncated or does not match its checksum."""
 
 

@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
 from tinyvit_jax.data import pipeline
@@ -50,7 +51,7 @@ SHARDINGS = ('auto', 'replicated', 'sharded')
 SHARD_ABOVE = 0.25
 
 
-class TeacherMismatch(ValueError):
+class TeacherMismatch(errors.UserError, ValueError):
   """A teacher whose classes are not the student's; ``main`` prints it as one line."""
 
 

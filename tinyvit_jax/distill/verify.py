@@ -19,6 +19,7 @@ import sys
 import jax
 import numpy as np
 
+from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
@@ -30,7 +31,7 @@ from tinyvit_jax.distill import store
 from tinyvit_jax.distill import teacher as teacher_lib
 
 
-class VerificationError(ValueError):
+class VerificationError(errors.UserError, ValueError):
   """The store disagrees with its teacher beyond the thresholds."""
 
 

@@ -22,10 +22,11 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tinyvit_jax import errors
 from tinyvit_jax import full_disk
 
 
-class WorkdirMismatch(ValueError):
+class WorkdirMismatch(errors.UserError, ValueError):
   """The workdir holds a run of another model."""
 
 

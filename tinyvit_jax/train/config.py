@@ -11,6 +11,7 @@ import re
 
 import ml_collections
 
+from tinyvit_jax import errors
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import order
 from tinyvit_jax.distill import teacher
@@ -25,7 +26,7 @@ DATA_PATH_KEYS = {'tfds': 'data_dir', 'array_record': 'directory', 'folder': 'ro
 SPLIT_FOLDERS = {'train': 'train', 'eval': 'val'}
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config the run cannot start with; ``main`` prints it as one line, no traceback."""
 
 

@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tinyvit_jax import errors
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
@@ -45,7 +46,7 @@ from tinyvit_jax.train import teacher_eval
 BAD_READS = (store.CorruptChunkError, decode.UndecodableImage)
 
 
-class NonFiniteLoss(FloatingPointError):
+class NonFiniteLoss(errors.UserError, FloatingPointError):
   """The loss became NaN or infinite; the run stopped without saving."""
 
 

@@ -30,12 +30,14 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from tinyvit_jax import errors
+
 LOCK = 'run.lock'
 HEARTBEAT_S = 60
 STALE_S = 600  # ten missed heartbeats: a run that slow is dead or hung
 
 
-class Locked(RuntimeError):
+class Locked(errors.UserError, RuntimeError):
   """Another live run holds the directory."""
 
 

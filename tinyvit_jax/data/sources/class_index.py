@@ -8,8 +8,10 @@ import os
 
 import numpy as np
 
+from tinyvit_jax import errors
 
-class ClassIndexError(ValueError):
+
+class ClassIndexError(errors.UserError, ValueError):
   """A class-index file that is not the mapping its run needs; ``main`` prints it as one
   line."""
 

@@ -6,13 +6,15 @@ import io
 import numpy as np
 from PIL import Image
 
+from tinyvit_jax import errors
+
 # What PIL raises for bytes it cannot turn into pixels: unknown format (an OSError),
 # truncated data (OSError on load), malformed headers (SyntaxError, ValueError) and
 # images past PIL's pixel limit.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-class UndecodableImage(ValueError):
+class UndecodableImage(errors.UserError, ValueError):
   """An image that does not decode. A source or transform raises it with PIL's reason;
   ``located`` turns it into the one-line refusal naming the file, the example and the
   fix. The save pass and the student read through the same loader, so they refuse the
