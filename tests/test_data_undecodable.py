@@ -121,11 +121,10 @@ def test_main_stops_in_one_line_after_its_last_checkpoint_and_resumes_once_repai
   run = functools.partial(workdirs.run_main, workdir,
                           '--config.checkpoint_every_steps=2',
                           config=f'tests/helpers/train_config.py:{root}')
-  result = run(check=False)
-  assert result.returncode != 0 and 'Traceback' not in result.stderr
-  line = result.stderr.strip().splitlines()[-1]
+  line = workdirs.error_line(run(check=False))
   assert line.startswith(f'error: Image {path!r} (example {bad}, epoch 0) does not decode: ')
-  assert line.endswith(f'a rerun resumes from step 3 in {workdir}/checkpoints.')
+  assert line.endswith('The run stopped before the step that needs it; rerun: it resumes from '
+                       f'step 3 in {workdir}/checkpoints.')
   assert workdirs.checkpoint_steps(workdir) == [2, 3]  # step 3 saved on the stop
   with open(path, 'wb') as f:
     f.write(good)

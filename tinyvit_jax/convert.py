@@ -235,9 +235,10 @@ def load_state_dict_file(path: str, *, as_torch: bool = False) -> dict:
   if not path.endswith('.safetensors'):
     try:
       import torch
-    except ImportError as e:
-      raise ImportError(f'Reading {path!r} needs torch (pip install torch), or convert it '
-                        'to .safetensors first.') from e
+    except ImportError:
+      raise model_checkpoint.CheckpointError(
+          f'{path}: reading it needs torch (pip install torch), or convert it to '
+          '.safetensors first.') from None
   try:
     if path.endswith('.safetensors'):
       if as_torch:
@@ -366,9 +367,8 @@ def run(argv=None) -> int:
     print(f'Wrote {args.model} ({num_classes} classes, inputs normalised with mean '
           f'{preprocess["mean"]} and std {preprocess["std"]}) to {args.out}')
     return 0
-  except (FileExistsError, ValueError) as e:  # ValueError: StateDictMismatch, CheckpointError
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except errors.UserError as error:
+    return errors.refuse(error, status=2)
 
 
 if __name__ == '__main__':

@@ -12,6 +12,9 @@ when it distils from a logit store that is not complete), ``train``, ``eval`` an
 goes on from the first unfinished one (``train`` itself resumes from its last
 checkpoint). A run holds its workdir's lock (``train/workdir_lock.py``): a second run of
 the same workdir is refused. ``--mode=STAGE`` runs one stage of every run, done or not.
+Each finished stage records the config that made it; a rerun under a config that differs in
+anything the stage reads is refused before any stage starts, unless ``--mode`` redoes that
+stage or ``--redo_changed`` every changed one (``train/stage_records.py``).
 ``--check`` runs the checks a run starts with (the recipe, every override, every run's
 config) and exits, touching no device, data or workdir (nor its lock): the launchers run
 it before they start machines.
@@ -36,6 +39,7 @@ from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
+from tinyvit_jax.train import stage_records
 from tinyvit_jax.train import trainer
 from tinyvit_jax.train import workdir_lock
 
@@ -43,6 +47,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'A recipe: configs/<na
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logits and logs go.')
 _MODE = flags.DEFINE_enum('mode', None, config_lib.STAGES, 'Run only this stage.')
+_REDO = flags.DEFINE_bool(
+    stage_records.REDO_FLAG[2:], False, 'Redo every stage whose config changed, and the '
+    'stages after it; a redone train starts over, its old checkpoints moved to '
+    'WORKDIR/previous/N.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Call jax.distributed.initialize() first (TPU pods, SLURM).')
 _DATA_DIR = flags.DEFINE_string(
@@ -60,12 +68,15 @@ SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to r
 
 
 def run_recipe(config, workdir: str, mode: str | None = None,
-               data_dir: str | None = None) -> list[dict]:
+               data_dir: str | None = None, redo: bool = False) -> list[dict]:
   """Runs every run of the recipe; returns one summary row per run."""
+  runs = check_recipe(config, workdir, data_dir)
+  redone = stage_records.plan(runs, workdir, mode, redo)
   rows = []
-  for name, run_config in check_recipe(config, workdir, data_dir).items():
+  for name, run_config in runs.items():
     rows.append(dict(run=name or run_config.model.name,
-                     **run_stages(run_config, os.path.join(workdir, name), mode)))
+                     **run_stages(run_config, os.path.join(workdir, name), mode,
+                                  redo=redone[name], recipe_workdir=workdir)))
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, 'summary.json'), rows)
     print(metrics.summary_table(rows), flush=True)
@@ -95,17 +106,20 @@ def check_recipe(config, workdir: str, data_dir: str | None = None) -> dict:
   return runs
 
 
-def run_stages(config, workdir: str, mode: str | None) -> dict:
-  """Runs one run's stages, holding its workdir's lock; returns its summary (model,
-  accuracy, agreement with its teacher if it has one, speed)."""
+def run_stages(config, workdir: str, mode: str | None, *, redo=(),
+               recipe_workdir: str | None = None) -> dict:
+  """Runs one run's stages, holding its workdir's lock, redoing ``redo`` (what
+  ``stage_records.plan`` chose); returns its summary (model, accuracy, agreement with its
+  teacher if it has one, speed)."""
   os.makedirs(workdir, exist_ok=True)
   with workdir_lock.hold(workdir):
-    return _run_stages(config, workdir, mode)
+    return _run_stages(config, workdir, mode, redo, recipe_workdir or workdir)
 
 
-def _run_stages(config, workdir: str, mode: str | None) -> dict:
-  record_path = os.path.join(workdir, 'stages.json')
-  done = _read_json(record_path)
+def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: str) -> dict:
+  record_path = os.path.join(workdir, stage_records.FILE)
+  done = (stage_records.set_aside(config, workdir, redo) if redo
+          else stage_records.read(workdir))
   run = None
   for stage in [mode] if mode else config.stages:
     if stage in done and not mode:
@@ -122,6 +136,10 @@ def _run_stages(config, workdir: str, mode: str | None) -> dict:
     else:
       run = run or trainer.Run(config, workdir)
       if stage == 'train':
+        done.setdefault(stage_records.UNFINISHED, {})['train'] = stage_records.record(
+            config, 'train', recipe_workdir)  # what the checkpoints are made by
+        if jax.process_index() == 0:
+          _write_json(record_path, done)
         result = run.train()
         if result.get('stopped_by_sigterm'):
           logging.warning('SIGTERM: checkpointed step %d in %s; rerun to resume.',
@@ -133,7 +151,9 @@ def _run_stages(config, workdir: str, mode: str | None) -> dict:
         result = dict(directory=trainer.export(config, workdir, run))
         if jax.process_index() == 0:
           metrics.plot_curves(workdir, os.path.join(workdir, 'curves.png'))
-    done[stage] = result
+    done[stage] = dict(result, **{
+        stage_records.INPUTS: stage_records.record(config, stage, recipe_workdir)})
+    done.get(stage_records.UNFINISHED, {}).pop(stage, None)
     if jax.process_index() == 0:
       _write_json(record_path, done)
   evaluated = done.get('eval', {})
@@ -153,13 +173,6 @@ def _resolve_workdir(config, workdir: str):
   return config
 
 
-def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
 def _write_json(path: str, value) -> None:
   """Atomically: a full disk leaves the old file, and no temporary one."""
   with full_disk.writing(path, partial=path + '.tmp'):
@@ -170,7 +183,8 @@ def _write_json(path: str, value) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}; flags are --name=value (see --help).')
+    sys.exit(errors.refuse(f'unexpected arguments {argv[1:]}; flags are --name=value (see '
+                           '--help).'))
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
   for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
@@ -186,9 +200,9 @@ def main(argv):
     compile_cache.enable()
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
-    run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
+    run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value, _REDO.value)
   except errors.UserError as error:  # one line, no traceback
-    sys.exit(f'error: {error}')
+    sys.exit(errors.refuse(error))
 
 
 def initialize_distributed(heartbeat_timeout: int = 100) -> None:
@@ -215,11 +229,11 @@ def _check_overrides(argv) -> None:
   try:
     recipe = config_lib.load_recipe(path)
   except FileNotFoundError as error:
-    sys.exit(f'error: --config={config_arg}: {error}')
+    sys.exit(errors.refuse(f'--config={config_arg}: {error}'))
   try:
     config = recipe.get_config(*([arg] if arg else []))
   except ValueError as error:
-    sys.exit(f'error: --config={config_arg}: {error}')
+    sys.exit(errors.refuse(f'--config={config_arg}: {error}'))
   config_lib.check_override_keys(config, keys)
 
 
@@ -228,15 +242,15 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as error:
-    sys.exit(f'error: {error}')
+    sys.exit(errors.refuse(error))
 
 
 def run(argv=None):
   argv = sys.argv if argv is None else argv
   try:
     _check_overrides(argv)
-  except ValueError as error:
-    sys.exit(f'error: {error}')
+  except errors.UserError as error:
+    sys.exit(errors.refuse(error))
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main, argv, flags_parser=_parse_flags)
 

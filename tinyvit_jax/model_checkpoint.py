@@ -31,6 +31,10 @@ class CheckpointError(errors.UserError, ValueError):
   ``main`` print it as one line."""
 
 
+class CheckpointExists(errors.UserError, FileExistsError):
+  """The directory a checkpoint is to be written to exists already."""
+
+
 def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool = False,
                metadata: dict | None = None, **kwargs) -> None:
   """Saves ``model`` (created as ``create_model(name, **kwargs)``) to ``directory``.
@@ -44,7 +48,7 @@ def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool 
     raise ValueError(f'Constructor arguments {sorted(bad)} cannot be stored in model.json; '
                      'pass plain numbers, strings or lists.')
   if os.path.exists(directory) and not overwrite:
-    raise FileExistsError(f'{directory} exists; choose another --out or remove it.')
+    raise CheckpointExists(f'{directory} exists; choose another --out or remove it.')
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.tmp-', dir=parent)

@@ -15,8 +15,10 @@ from flax import nnx
 from PIL import Image
 
 from tinyvit_jax import compile_cache
+from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
+from tinyvit_jax.data.sources import decode
 
 
 def load(directory: str):
@@ -37,7 +39,7 @@ def predict(directory: str, paths: list[str], top: int = 5) -> list[list[tuple[s
       with Image.open(path) as image:
         rgb = np.asarray(image.convert('RGB'))
     except (OSError, ValueError) as error:
-      raise ValueError(f'{path}: not a readable image ({error}).') from None
+      raise decode.UndecodableImage(f'{path}: not a readable image ({error}).') from None
     images.append(eval_augment.host(dict(image=rgb), None)['image'])
   forward = nnx.jit(lambda model, x: jax.nn.softmax(model(eval_augment.device(x))))
   probabilities = np.asarray(forward(model, np.stack(images)))  # one compile, not one per op
@@ -53,9 +55,8 @@ def run(argv=None) -> int:
   compile_cache.enable()
   try:
     results = predict(args.checkpoint, args.images)
-  except (FileNotFoundError, ValueError) as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 1
+  except errors.UserError as error:
+    return errors.refuse(error)
   for path, pairs in zip(args.images, results):
     print(path)
     for label, probability in pairs:

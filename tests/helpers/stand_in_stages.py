@@ -20,10 +20,10 @@ def spend(seconds: float) -> None:
     pass
 
 
-def fake_stages(config, workdir, mode):
+def fake_stages(config, workdir, mode, *, redo=(), recipe_workdir=None):
   """main.run_stages without a model: a made-up store, a metrics log, a top-1 from the
   run's name; each stage spends a little CPU time, more for the arms that cost more."""
-  del mode
+  del mode, redo, recipe_workdir
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'stages.json')
   done = {}

@@ -7,7 +7,9 @@ import time
 
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 
+from tinyvit_jax import main
 from tinyvit_jax.train import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -68,3 +70,33 @@ def store_files(path: str) -> dict:
       with open(os.path.join(folder, name), 'rb') as f:
         files[os.path.relpath(os.path.join(folder, name), path)] = f.read()
   return files
+
+
+def error_line(result) -> str:
+  """The one ``error:`` line a refused or stopped run ends with; fails on a success, a
+  traceback or a second ``error:`` line."""
+  assert result.returncode not in (0, None), 'the run did not fail'
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1] == lines[0], result.stderr[-3000:]
+  return lines[0]
+
+
+def main_in_process(capfd, *argv) -> subprocess.CompletedProcess:
+  """``main.run`` in this process, as a fresh one would run it (every flag unparsed first),
+  with pytest's ``capfd`` (absl logs to the stderr it found at import): for refusals and
+  runs whose stages are all done, which compile nothing. Returns what a subprocess would."""
+  flags.FLAGS.unparse_flags()
+  for name in [name for name in flags.FLAGS if name.startswith('config.')]:
+    delattr(flags.FLAGS, name)  # the last run's overrides, which parsing defines anew
+  saved, sys.argv = sys.argv, ['tinyvit_jax.main', *argv]  # config_flags reads sys.argv
+  try:
+    main.run(sys.argv)
+    code = 0
+  except SystemExit as stop:  # app.run ends every run with sys.exit
+    code = stop.code or 0
+  finally:
+    sys.argv = saved
+  captured = capfd.readouterr()
+  return subprocess.CompletedProcess(argv, code, captured.out, captured.err)

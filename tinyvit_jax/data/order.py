@@ -41,7 +41,12 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from tinyvit_jax import errors
 from tinyvit_jax.data import keys
+
+
+class OrderError(errors.UserError, ValueError):
+  """A batch, dataset or repeat setting no order can be made with: one line naming it."""
 
 
 class Repeats(NamedTuple):
@@ -60,10 +65,10 @@ def check_repeats(repeats: Repeats) -> Repeats:
   """``repeats`` as ints, or a ValueError naming the bad field."""
   count, stride = int(repeats.count), int(repeats.stride)
   if count < 1 or count != repeats.count:
-    raise ValueError(f'num_repeats={repeats.count} must be a whole number >= 1 (1: no '
+    raise OrderError(f'num_repeats={repeats.count} must be a whole number >= 1 (1: no '
                      'repeated augmentation; DeiT uses 3).')
   if stride < 1 or stride != repeats.stride:
-    raise ValueError(f'repeat_stride={repeats.stride} must be a whole number >= 1; make it '
+    raise OrderError(f'repeat_stride={repeats.stride} must be a whole number >= 1; make it '
                      'at least the per-device batch so that views land on different devices.')
   return Repeats(count, stride)
 
@@ -111,7 +116,7 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
 def check_views(views: int) -> int:
   """A bounded store's ``views`` as an int, or a ValueError naming the setting."""
   if views < 0 or views != int(views):
-    raise ValueError(f'distill.views_per_example={views} must be a whole number >= 0 (0: '
+    raise OrderError(f'distill.views_per_example={views} must be a whole number >= 0 (0: '
                      'one view per epoch trained).')
   return int(views)
 
@@ -133,10 +138,10 @@ def steps_per_epoch(n: int, global_batch: int, repeats: Repeats = Repeats()) -> 
   incomplete last global batch is dropped."""
   length = epoch_length(n, repeats)
   if global_batch < 1:
-    raise ValueError(f'global batch {global_batch} must be at least 1.')
+    raise OrderError(f'global batch {global_batch} must be at least 1.')
   if length < global_batch:
     held = '' if length == n else f' ({length} positions under {repeats.count} repeats)'
-    raise ValueError(f'The dataset has {n} examples{held}, fewer than one global batch of '
+    raise OrderError(f'The dataset has {n} examples{held}, fewer than one global batch of '
                      f'{global_batch}, so a training epoch would have no step. '
                      'Lower the batch size or use more data.')
   return length // global_batch
@@ -152,7 +157,7 @@ def epoch_and_batch(step: int, steps_in_epoch: int) -> tuple[int, int]:
 def process_batch_size(global_batch: int, process_count: int) -> int:
   """Examples each process loads per step; the global batch must split evenly."""
   if global_batch % process_count:
-    raise ValueError(f'global batch {global_batch} does not split over {process_count} '
+    raise OrderError(f'global batch {global_batch} does not split over {process_count} '
                      f'processes; make it a multiple of {process_count}.')
   return global_batch // process_count
 
@@ -187,7 +192,7 @@ def eval_positions(batch: int, n: int, global_batch: int, process_index: int,
 def device_batch_size(global_batch: int, num_devices: int) -> int:
   """Examples each device augments per step; the global batch must split evenly."""
   if global_batch % num_devices:
-    raise ValueError(f'global batch {global_batch} does not split over {num_devices} '
+    raise OrderError(f'global batch {global_batch} does not split over {num_devices} '
                      f'devices; make it a multiple of {num_devices}.')
   return global_batch // num_devices
 
@@ -196,7 +201,7 @@ def check_mixup_batch(global_batch: int, num_devices: int) -> int:
   """Per-device batch; raises unless it is whole and even, as Mixup pairs need."""
   per_device = device_batch_size(global_batch, num_devices)
   if per_device % 2:
-    raise ValueError(f'Mixup/CutMix pairs positions 2j and 2j+1 on one device, so the '
+    raise OrderError(f'Mixup/CutMix pairs positions 2j and 2j+1 on one device, so the '
                      f'per-device batch must be even, but global batch {global_batch} over '
                      f'{num_devices} devices gives {per_device}. Use a global batch that is '
                      f'a multiple of {2 * num_devices}, or turn Mixup and CutMix off.')
@@ -205,4 +210,4 @@ def check_mixup_batch(global_batch: int, num_devices: int) -> int:
 
 def _check_not_empty(n: int):
   if n < 1:
-    raise ValueError('The dataset is empty (0 examples); check its path and split.')
+    raise OrderError('The dataset is empty (0 examples); check its path and split.')

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from tinyvit_jax import errors
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
@@ -118,9 +119,9 @@ def main(argv):
   recipe = config_flags.get_config_filename(_FLAGS['config'])
   try:
     config = pick_run(_CONFIG.value, _RUN.value)
-  except config_lib.ConfigError as error:
-    sys.exit(f'error: {recipe}: {error}')
-  images, indices, targets, repeats = augmented_examples(config, _EPOCH.value, _COUNT.value)
+    images, indices, targets, repeats = augmented_examples(config, _EPOCH.value, _COUNT.value)
+  except errors.UserError as error:
+    sys.exit(errors.refuse(f'{recipe}: {error}'))
   captions = [f'{i}' if not r else f'{i} r{r}' for i, r in zip(indices, repeats)]
   grid(to_pixels(images, config.aug), captions).save(_OUT.value)
   if _NPY.value:

@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tinyvit_jax import errors
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
@@ -156,6 +157,10 @@ def _missing_positions(logits: store.LogitStore, epoch: int, process_index: int,
                                    logits.chunk_positions(c).stop) for c in chunks])
 
 
+class NonFiniteTeacher(errors.UserError, FloatingPointError):
+  """The teacher's rows of a batch are not finite; nothing of the batch was written."""
+
+
 def _write_rows(writer, epoch: int, progress: '_Progress', host_batch: dict, result) -> None:
   """Writes a batch's real rows, contiguous run by run; refuses non-finite teacher rows."""
   values, indices, finite = jax.device_get(result)
@@ -163,7 +168,7 @@ def _write_rows(writer, epoch: int, progress: '_Progress', host_batch: dict, res
   positions, example = host_batch['position'][:real], host_batch['index'][:real]
   if not finite[:real].all():
     bad = np.flatnonzero(~finite[:real])[0]
-    raise FloatingPointError(
+    raise NonFiniteTeacher(
         f'epoch {epoch}: the teacher returned non-finite probabilities in the batch of '
         f'positions {positions[0]}..{positions[-1]} (first at position {positions[bad]}, '
         f'example {example[bad]}). Nothing of this batch was written; the chunks committed '

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tinyvit_jax import convert
+from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
 from tinyvit_jax.distill import teacher as teacher_lib
@@ -89,21 +90,25 @@ def from_torch_module(import_path: str, checkpoint_path: str | None = None, *,
                            std=std, input_mean=input_mean, input_std=input_std)
 
 
+class UnresolvedTeacher(errors.UserError, ImportError):
+  """``distill.teacher_model`` names no importable factory."""
+
+
 def resolve(import_path: str):
   """``'package.module:attribute'`` -> the attribute, or an error naming what is missing."""
   module_name, colon, attribute = import_path.partition(':')
   if not colon or not module_name or not attribute:
-    raise ValueError(f'Teacher import path {import_path!r} must look like '
-                     "'package.module:factory'.")
+    raise UnresolvedTeacher(f'Teacher import path {import_path!r} must look like '
+                            "'package.module:factory'.")
   try:
     module = importlib.import_module(module_name)
   except ImportError as error:
-    raise ImportError(f'Teacher import path {import_path!r} does not resolve: module '
-                      f'{module_name!r} cannot be imported ({error}). Is its package '
-                      'installed, or on PYTHONPATH?') from error
+    raise UnresolvedTeacher(f'Teacher import path {import_path!r} does not resolve: module '
+                            f'{module_name!r} cannot be imported ({error}). Is its package '
+                            'installed, or on PYTHONPATH?') from error
   if not hasattr(module, attribute):
-    raise ImportError(f'Teacher import path {import_path!r} does not resolve: module '
-                      f'{module_name!r} ({module.__file__}) has no {attribute!r}.')
+    raise UnresolvedTeacher(f'Teacher import path {import_path!r} does not resolve: module '
+                            f'{module_name!r} ({module.__file__}) has no {attribute!r}.')
   return getattr(module, attribute)
 
 

@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from tinyvit_jax import errors
-from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
@@ -47,7 +46,7 @@ def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0
   damaged = logits.damaged_chunks()
   if damaged:
     raise VerificationError(f'The logit store at {store_path} has {len(damaged)} unusable '
-                            'chunks:\n  ' + '\n  '.join(damaged))
+                            'chunks: ' + '; '.join(damaged))
   meta = logits.manifest
   logits.check_compatible(manifest.store_fields(
       source, dataset_name=meta['dataset_name'], aug_config=meta['augmentation'],
@@ -128,13 +127,13 @@ def main(argv=None):
   parser.add_argument('--min_top1_agreement', type=float, default=0.99)
   parser.add_argument('--max_mean_abs_diff', type=float, default=1e-3)
   args = parser.parse_args(argv)
-  source = sources.make_source(args.dataset, **dict(_argument(a) for a in args.dataset_arg))
   try:
+    source = sources.make_source(args.dataset, **dict(_argument(a) for a in args.dataset_arg))
     verify(args.store, teacher_lib.from_checkpoint(args.teacher), source, sample=args.sample,
            seed=args.seed, batch=args.batch, min_top1_agreement=args.min_top1_agreement,
            max_mean_abs_diff=args.max_mean_abs_diff)
-  except (VerificationError, model_checkpoint.CheckpointError) as error:
-    sys.exit(f'error: {error}')
+  except errors.UserError as error:
+    sys.exit(errors.refuse(error))
 
 
 def _argument(text: str) -> tuple:

@@ -41,8 +41,8 @@ def check_workdir_identity(workdir: str, identity: dict) -> None:
                    if stored.get(key) != identity.get(key)]
     if differences:
       raise WorkdirMismatch(
-          f'{workdir} holds a run of another model, refusing to resume or overwrite it:\n  '
-          + '\n  '.join(differences) + '\nUse another --workdir, or delete this one.')
+          f'{workdir} holds a run of another model, refusing to resume or overwrite it: '
+          + '; '.join(differences) + '. Use another --workdir, or delete this one.')
     return
   path.parent.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
@@ -96,9 +96,12 @@ class Checkpoints:
   def close(self) -> None:
     self.manager.close()
 
+  def resume_hint(self) -> str:
+    """Where a rerun of a stopped run goes on: the one wording of every such stop."""
+    return f'rerun: it resumes from step {self.latest_step() or 0} in {self.directory}'
+
   def _writing(self):
-    return full_disk.writing(
-        self.directory, lambda: f'rerun: it resumes from step {self.latest_step() or 0}')
+    return full_disk.writing(self.directory, self.resume_hint)
 
 
 def _is_key(x) -> bool:

@@ -24,6 +24,28 @@ DTYPES = teacher.DTYPES
 DATA_PATH_KEYS = {'tfds': 'data_dir', 'array_record': 'directory', 'folder': 'root'}
 # Under a --data_dir, the folder of each split of a source that holds one split per folder.
 SPLIT_FOLDERS = {'train': 'train', 'eval': 'val'}
+# Keys that change nothing a stage returns: a finished stage made with other values of them
+# is neither redone nor refused (train/stage_records.py). Cadences (logs, evals, checkpoints
+# and how many are kept), the eval batch, loader workers, what is written on the side,
+# where a teacher runs and how its weights are laid out, the store's check after the save
+# pass, the summary's name. Progress bars are not config (TQDM_DISABLE). A data path
+# (DATA_PATH_KEYS) counts only when the data it names has another fingerprint.
+NO_RESULT_KEYS = ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+                  'eval_every_epochs', 'eval_batch_size', 'data.num_workers', 'record_examples',
+                  'stages', 'model.display_name', 'distill.teacher_device',
+                  'distill.teacher_sharding', 'distill.verify_rows', 'distill.verify_min_top1',
+                  'distill.verify_max_mean_abs_diff')
+# The keys (or sections) a stage does not read, beyond NO_RESULT_KEYS: a logit store does
+# not depend on the student that learns from it, nor trained weights on how eval looks at
+# them. Each stage reads what the stages before it read, so a changed input of train
+# changes eval's and export's inputs too.
+NOT_READ_BY = {
+    'save_logits': ('model', 'init', 'optim', 'dtype', 'label_smoothing', 'eval_aug',
+                    'distill.alpha', 'distill.tau', 'distill.eval_teacher'),
+    'train': ('eval_aug', 'distill.eval_teacher'),
+    'eval': (),
+    'export': ('distill.eval_teacher',),
+}
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -160,7 +182,7 @@ def fill_data_dir(config, data_dir: str) -> list[str]:
       if not config.data[split].get(key):
         config.data[split][key] = (data_dir if config.data.source == 'tfds'
                                    else os.path.join(data_dir, folder))
-  return [f'data.{split}.{key}' for split in SPLIT_FOLDERS]
+  return data_path_keys(config)
 
 
 def parse_arg(arg: str, **defaults) -> dict:
@@ -261,7 +283,21 @@ def check_config(config) -> None:
   if unknown:
     problems.append(f'stages={tuple(config.stages)} has unknown {unknown}; known: {STAGES}.')
   if problems:
-    raise ConfigError('Impossible config:\n  ' + '\n  '.join(problems))
+    raise ConfigError('Impossible config: ' + ' '.join(problems))
+
+
+def stage_inputs(config, stage: str) -> dict:
+  """Every key ``stage`` reads -> its value (JSON-plain): the config less ``NO_RESULT_KEYS``
+  and ``NOT_READ_BY[stage]``; data paths included (their data's fingerprint decides)."""
+  skipped = NO_RESULT_KEYS + NOT_READ_BY[stage]
+  return {key: _plain(value) for key, value in _flat_items(config)
+          if not any(key == s or key.startswith(s + '.') for s in skipped)}
+
+
+def data_path_keys(config) -> list[str]:
+  """The keys that say where the run's data files are; none for digits or synthetic."""
+  key = DATA_PATH_KEYS.get(config.data.source)
+  return [f'data.{split}.{key}' for split in SPLIT_FOLDERS] if key else []
 
 
 def check_local_path(value, name: str) -> None:
@@ -294,8 +330,8 @@ def check_override_keys(config, keys) -> None:
           full for near in difflib.get_close_matches(key, within_run, n=1, cutoff=0.6)
           for full in within_run[near]]
       hint = f' Did you mean {", ".join(close)}?' if close else ''
-      raise ValueError(f'Unknown config key {key!r}.{hint} Every key, with its '
-                       'default, is in tinyvit_jax/train/config.py.')
+      raise ConfigError(f'Unknown config key {key!r}.{hint} Every key, with its '
+                        'default, is in tinyvit_jax/train/config.py.')
 
 
 def _flat_keys(config, prefix=''):
@@ -304,6 +340,18 @@ def _flat_keys(config, prefix=''):
     if isinstance(value, ml_collections.ConfigDict):
       yield from _flat_keys(value, name + '.')
     yield name
+
+
+def _flat_items(config, prefix=''):
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _flat_items(value, prefix + key + '.')
+    else:
+      yield prefix + key, value
+
+
+def _plain(value):
+  return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def _get(config, dotted: str):

@@ -67,6 +67,6 @@ def load_into(model: nnx.Module, directory: str, *, head: str = 'keep') -> None:
     variable.value = value.astype(variable.value.dtype)
   if problems:
     raise model_checkpoint.CheckpointError(
-        f'Cannot start {type(model).__name__} from {directory} ({meta["model"]}):\n  '
-        + '\n  '.join(problems))
+        f'Cannot start {type(model).__name__} from {directory} ({meta["model"]}): '
+        + ' '.join(problems))
   nnx.update(model, ours)

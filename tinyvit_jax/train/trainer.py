@@ -210,20 +210,15 @@ class Run:
         stop.restore()
         self.checkpoints.wait()
         writer.close()
-    except full_disk.DiskFull as error:  # the saves are done: say where a rerun goes on
-      raise full_disk.DiskFull(error.path, 'rerun: it resumes from step '
-                               f'{self.checkpoints.latest_step() or 0}') from None
-    except store.CorruptChunkError as error:
-      raise store.CorruptChunkError(
-          f'{error} The student stopped before the step that needs it: the last '
-          f'checkpoint, step {self.checkpoints.latest_step()} in {self.checkpoints.directory}, '
-          'is where a rerun resumes. Repair the store (README, "When things go wrong") '
-          'first.') from None
-    except decode.UndecodableImage as error:
-      raise decode.UndecodableImage(
-          f'{error} The run stopped before the step that reads it; a rerun resumes from '
-          f'step {self.checkpoints.latest_step() or 0} in {self.checkpoints.directory}.'
-      ) from None
+    except (full_disk.DiskFull, *BAD_READS) as error:
+      # The saves are done: say where a rerun goes on, and what to do first.
+      hint = self.checkpoints.resume_hint()
+      if isinstance(error, full_disk.DiskFull):
+        raise full_disk.DiskFull(error.path, hint) from None
+      repair = ('repair the store (README, "When things go wrong"), then '
+                if isinstance(error, store.CorruptChunkError) else '')
+      raise type(error)(f'{error} The run stopped before the step that needs it; '
+                        f'{repair}{hint}.') from None
     seconds = time.time() - started
     return dict(steps=self.step, resumed_from=first, stopped_by_sigterm=stop.requested,
                 images_per_second=(self.step - first) * config.batch_size / max(seconds, 1e-9))

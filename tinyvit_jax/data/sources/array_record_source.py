@@ -15,6 +15,7 @@ import struct
 import grain
 
 from tinyvit_jax.data.sources import decode
+from tinyvit_jax.data.sources import missing
 
 FORMAT_VERSION = 1
 METADATA_FILE = 'metadata.json'
@@ -36,15 +37,15 @@ def decode_record(record: bytes) -> tuple[int, str, bytes]:
 def read_metadata(directory: str) -> dict:
   path = os.path.join(directory, METADATA_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(
+    raise missing.NoData(
         f'{path} is missing, so {directory!r} is not a complete prepared dataset. Run '
         f'`python -m tinyvit_jax.data.sources.prepare --folder ROOT --out {directory}` '
         '(it resumes an interrupted conversion).')
   with open(path) as f:
     metadata = json.load(f)
   if metadata.get('format_version') != FORMAT_VERSION:
-    raise ValueError(f'{path} has format_version {metadata.get("format_version")}, this '
-                     f'reader reads {FORMAT_VERSION}; prepare the folder again.')
+    raise missing.UnusableData(f'{path} has format_version {metadata.get("format_version")}, '
+                               f'this reader reads {FORMAT_VERSION}; prepare the folder again.')
   return metadata
 
 
@@ -60,8 +61,8 @@ class ArrayRecordSource:
     self.class_names = metadata['class_names']
     self.num_classes = len(self.class_names)
     if not metadata['num_records']:
-      raise ValueError(f'The prepared dataset {directory!r} is empty: all '
-                       f'{metadata["num_skipped"]} images were skipped as undecodable.')
+      raise missing.UnusableData(f'The prepared dataset {directory!r} is empty: all '
+                                 f'{metadata["num_skipped"]} images were skipped as undecodable.')
     self.directory = directory
     self._shards = [shard['file'] for shard in metadata['shards']]
     self._shard_starts = list(itertools.accumulate(

@@ -8,6 +8,7 @@ and any stored teacher logits rely on. For large folders, convert once with
 import os
 
 from tinyvit_jax.data.sources import decode
+from tinyvit_jax.data.sources import missing
 
 # Files taken as images (case-insensitive), as torchvision's ImageFolder does; anything
 # else in a class folder (notes, .DS_Store) is not an example.
@@ -17,8 +18,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.
 def list_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
   """(class names, [(path relative to root, label)]) in the deterministic order."""
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'Image folder {root!r} does not exist or is not a directory; '
-                            'expected the layout ROOT/<class>/<image file>.')
+    raise missing.NoData(f'Image folder {root!r} does not exist or is not a directory; '
+                         'expected the layout ROOT/<class>/<image file>.')
   classes = sorted(entry.name for entry in os.scandir(root)
                    if entry.is_dir() and not entry.name.startswith('.'))
   files = []
@@ -27,9 +28,9 @@ def list_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
       if file.lower().endswith(IMAGE_EXTENSIONS):
         files.append((os.path.join(name, file), label))
   if not files:
-    raise ValueError(f'Image folder {root!r} holds no images: expected ROOT/<class>/<file> '
-                     f'with extensions {", ".join(IMAGE_EXTENSIONS)}; found '
-                     f'{len(classes)} class folders.')
+    raise missing.UnusableData(
+        f'Image folder {root!r} holds no images: expected ROOT/<class>/<file> with extensions '
+        f'{", ".join(IMAGE_EXTENSIONS)}; found {len(classes)} class folders.')
   return classes, files
 
 

@@ -25,6 +25,7 @@ import sys
 from array_record.python import array_record_module
 from tqdm import tqdm
 
+from tinyvit_jax import errors
 from tinyvit_jax.data.sources import array_record_source
 from tinyvit_jax.data.sources import decode
 from tinyvit_jax.data.sources import image_folder
@@ -96,10 +97,14 @@ def _finished_shard(path: str, files: list) -> dict | None:
   return summary if summary['files'] == [list(file) for file in files] else None
 
 
+class PrepareError(errors.UserError, ValueError):
+  """A conversion refused: its arguments, or an --out of another conversion."""
+
+
 def prepare(folder: str, out: str, shard_size: int = 1000) -> dict:
   """Converts (or finishes converting) ``folder`` into ``out``; returns the metadata."""
   if shard_size < 1:
-    raise ValueError(f'--shard-size {shard_size} must be at least 1.')
+    raise PrepareError(f'--shard-size {shard_size} must be at least 1.')
   class_names, files = image_folder.list_image_folder(folder)
   chunks = [files[start:start + shard_size] for start in range(0, len(files), shard_size)]
   names = [f'shard-{i:05d}-of-{len(chunks):05d}.array_record' for i in range(len(chunks))]
@@ -107,8 +112,8 @@ def prepare(folder: str, out: str, shard_size: int = 1000) -> dict:
   foreign = sorted(set(map(os.path.basename, glob.glob(os.path.join(out, 'shard-*.array_record'))))
                    - set(names))
   if foreign:
-    raise ValueError(f'{out!r} holds shards of another conversion ({foreign[0]}, ...); '
-                     'use a new --out, or delete them to convert again.')
+    raise PrepareError(f'{out!r} holds shards of another conversion ({foreign[0]}, ...); '
+                       'use a new --out, or delete them to convert again.')
   for stale in glob.glob(os.path.join(out, 'shard-*.tmp')):
     os.remove(stale)
   metadata_path = os.path.join(out, array_record_source.METADATA_FILE)
@@ -164,9 +169,8 @@ def run(argv=None) -> int:
       bad = check(args.folder)
     else:
       metadata = prepare(args.folder, args.out, args.shard_size)
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  except errors.UserError as error:
+    return errors.refuse(error, status=2)
   if args.check:
     print(f'{len(bad)} undecodable images in {args.folder}.')
     return 1 if bad else 0

@@ -10,12 +10,13 @@ import os
 import numpy as np
 
 from tinyvit_jax.data.sources import decode
+from tinyvit_jax.data.sources import missing
 
 
-def _not_prepared(name: str, split: str, data_dir: str, reason: str) -> FileNotFoundError:
-  return FileNotFoundError(
+def _not_prepared(name: str, split: str, data_dir: str, reason: str) -> missing.NoData:
+  return missing.NoData(
       f'tfds dataset {name!r} (split {split!r}) is not prepared in array_record format in '
-      f'data_dir {data_dir!r}: {reason}\n'
+      f'data_dir {data_dir!r}: {reason} '
       f'Prepare it on a machine with TensorFlow: `tfds build {name} --data_dir {data_dir} '
       f'--file_format array_record` (add --manual_dir DIR for datasets you download by '
       f'hand, such as imagenet2012). For your own images, use an image folder: `python -m '
