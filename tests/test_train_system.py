@@ -143,8 +143,8 @@ def test_unknown_config_key_names_the_nearest(tmp_path, capfd):
   result = main_in_process(capfd, '--config=tests/helpers/train_config.py',
                            f'--workdir={tmp_path}', '--config.optim.lrr=1')
   assert error_line(result) == (
-      "error: Unknown config key 'optim.lrr'. Did you mean optim.lr, optim.min_lr? Every key, "
-      'with its default, is in tinyvit_jax/train/config.py.')
+      "error: Unknown config key 'optim.lrr'. Did you mean optim.lr, optim.min_lr, optim? Every "
+      'key, with its default, is in tinyvit_jax/train/config.py.')
 
 
 @pytest.mark.slow

@@ -75,7 +75,7 @@ def run_recipe(config, workdir: str, mode: str | None = None,
   rows = []
   for name, run_config in runs.items():
     rows.append(dict(run=name or run_config.model.name,
-                     **run_stages(run_config, os.path.join(workdir, name), mode,
+                     **run_stages(run_config, stage_records.run_workdir(workdir, name), mode,
                                   redo=redone[name], recipe_workdir=workdir)))
   if jax.process_index() == 0:
     _write_json(os.path.join(workdir, 'summary.json'), rows)

@@ -31,7 +31,8 @@ from tinyvit_jax.distill import teacher as teacher_lib
 
 
 class VerificationError(errors.UserError, ValueError):
-  """The store disagrees with its teacher beyond the thresholds."""
+  """The store cannot be checked against this teacher, or disagrees with it beyond the
+  thresholds."""
 
 
 def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0,
@@ -52,10 +53,10 @@ def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0
       source, dataset_name=meta['dataset_name'], aug_config=meta['augmentation'],
       seed=meta['seed'], k=logits.k, num_classes=logits.num_classes))
   if teacher.num_classes != logits.num_classes:
-    raise ValueError(f'The teacher has {teacher.num_classes} classes, the store '
-                     f'{logits.num_classes}: it cannot be the teacher of this store.')
+    raise VerificationError(f'The teacher has {teacher.num_classes} classes, the store '
+                            f'{logits.num_classes}: it cannot be the teacher of this store.')
   if not logits.epochs_done:
-    raise ValueError(f'{store_path} has no complete epoch to verify.')
+    raise VerificationError(f'{store_path} has no complete epoch to verify.')
   if (teacher.name, teacher.checkpoint_hash) != (meta['teacher_name'],
                                                  meta['teacher_checkpoint_hash']):
     log(f'note: the store was saved by {meta["teacher_name"]} '

@@ -263,6 +263,11 @@ def check_config(config) -> None:
     order.check_repeats(order.repeats_of(config.data))
   except ValueError as error:
     problems.append(f'data.{error}')
+  for key, make in (('aug', augment.make_train_augment), ('eval_aug', augment.make_eval_augment)):
+    try:
+      make(config[key])
+    except ValueError as error:
+      problems.append(f'{key}: {error}')
   for key in _flat_keys(config):
     try:
       check_local_path(_get(config, key), key)

@@ -100,7 +100,7 @@ def plan(runs: dict, recipe_workdir: str, mode: str | None, redo: bool) -> dict:
   """
   redone, refusals = {}, []
   for name, config in runs.items():
-    workdir = os.path.join(recipe_workdir, name) if name else recipe_workdir
+    workdir = run_workdir(recipe_workdir, name)
     changed = stale(config, workdir, recipe_workdir)
     if mode:
       before = [s for s in changed if config_lib.STAGES.index(s) < config_lib.STAGES.index(mode)]
@@ -123,6 +123,11 @@ def plan(runs: dict, recipe_workdir: str, mode: str | None, redo: bool) -> dict:
     more = f' ({len(refusals) - 1} more runs too.)' if len(refusals) > 1 else ''
     raise ConfigChanged(refusals[0] + more)
   return redone
+
+
+def run_workdir(recipe_workdir: str, name: str) -> str:
+  """A run's workdir: ``WORKDIR/<name>``, or the recipe's own for a recipe of one run."""
+  return os.path.join(recipe_workdir, name) if name else recipe_workdir
 
 
 def set_aside(config, workdir: str, stages) -> dict:
