@@ -136,8 +136,8 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
     else:
       run = run or trainer.Run(config, workdir)
       if stage == 'train':
-        done.setdefault(stage_records.UNFINISHED, {})['train'] = stage_records.record(
-            config, 'train', recipe_workdir)  # what the checkpoints are made by
+        done[stage_records.UNFINISHED] = dict(train=stage_records.record(
+            config, 'train', recipe_workdir))  # what the checkpoints are made by
         if jax.process_index() == 0:
           _write_json(record_path, done)
         result = run.train()
@@ -153,7 +153,8 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
           metrics.plot_curves(workdir, os.path.join(workdir, 'curves.png'))
     done[stage] = dict(result, **{
         stage_records.INPUTS: stage_records.record(config, stage, recipe_workdir)})
-    done.get(stage_records.UNFINISHED, {}).pop(stage, None)
+    if stage == 'train':
+      done.pop(stage_records.UNFINISHED, None)  # its checkpoints are the finished stage's
     if jax.process_index() == 0:
       _write_json(record_path, done)
   evaluated = done.get('eval', {})
