@@ -53,10 +53,9 @@ def test_a_changed_config_is_refused_by_name_before_any_work(quickstart, tmp_pat
                                                              override, run, stage, change):
   copy = records_of(quickstart, tmp_path)
   line = error_line(quickstart_in(copy, capfd, override))
-  starts_over = (f' (train starts over; its old outputs move to {copy}/{run}/previous/)'
-                 if stage == 'train' else '')
   assert line == (f'error: {copy}/{run}: stage {stage} was made by another config '
-                  f'({change}). {REDO.format(stage=stage)}{starts_over}.')
+                  f'({change}). {REDO.format(stage=stage)} (train starts over; its old '
+                  f'outputs move to {copy}/{run}/previous/).')
   assert sorted(os.listdir(copy)) == sorted(RUNS)  # no summary: no run started
   assert all(os.listdir(copy / name) == ['stages.json'] for name in RUNS)  # nor a lock
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
+from absl import logging
 
 from tinyvit_jax import main
 from tinyvit_jax.train import metrics
@@ -84,13 +85,14 @@ def error_line(result) -> str:
 
 
 def main_in_process(capfd, *argv) -> subprocess.CompletedProcess:
-  """``main.run`` in this process, as a fresh one would run it (every flag unparsed first),
-  with pytest's ``capfd`` (absl logs to the stderr it found at import): for refusals and
-  runs whose stages are all done, which compile nothing. Returns what a subprocess would."""
+  """``main.run`` in this process, as a fresh one would run it (every flag unparsed first,
+  absl's log into this test's stderr), with pytest's ``capfd``: for refusals and runs
+  whose stages are all done, which train nothing. Returns what a subprocess would."""
   flags.FLAGS.unparse_flags()
   for name in [name for name in flags.FLAGS if name.startswith('config.')]:
     delattr(flags.FLAGS, name)  # the last run's overrides, which parsing defines anew
   saved, sys.argv = sys.argv, ['tinyvit_jax.main', *argv]  # config_flags reads sys.argv
+  logging.get_absl_handler().python_handler.stream = sys.stderr  # this test's, not the first's
   try:
     main.run(sys.argv)
     code = 0
