@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
+from tinyvit_jax import target
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.models import WEIGHTS
@@ -146,35 +147,32 @@ def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
 
 def compute_dtype(dtype) -> str:
   """``dtype`` ('float32', 'bfloat16' or a numpy/jax dtype) by name, 'auto' resolved:
-  bfloat16 on a GPU or TPU, float32 on a CPU, whose runs and figures stay float32. The
-  one rule for students (``config.dtype``) and teachers (``distill.teacher_dtype``)."""
+  bfloat16 for a GPU or TPU, float32 for a CPU, whose runs and figures stay float32 (the
+  platform compiled for, ``tinyvit_jax.target``). The one rule for students
+  (``config.dtype``) and teachers (``distill.teacher_dtype``)."""
   if dtype == 'auto':
-    return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+    return 'float32' if target.current().platform == 'cpu' else 'bfloat16'
   if isinstance(dtype, str) and dtype not in DTYPES:
     raise ValueError(f'dtype={dtype!r}; expected one of {DTYPES}.')
   return jnp.dtype(dtype).name
-
-
-def device_memory(device) -> int | None:
-  """Bytes one device can hold, where its backend says (GPU and TPU; not a CPU)."""
-  return (device.memory_stats() or {}).get('bytes_limit')
 
 
 def place_weights(state, mesh: Mesh, sharding: str = 'auto'):
   """``(state on mesh's devices, sharded?)``: replicated, or each weight split along its
   largest dimension the device count divides (the others replicated), GSPMD gathering
   them in the jitted forward. 'auto' shards when the replicated weights would take more
-  than ``SHARD_ABOVE`` of one device's memory (``memory_stats()['bytes_limit']``; a CPU
-  keeps no such figure, so there it replicates)."""
+  than ``SHARD_ABOVE`` of one device's memory (the target's, ``tinyvit_jax.target``: a
+  CPU keeps no such figure, so there it replicates). ``state`` may be abstract
+  (``jax.ShapeDtypeStruct``s, for a plan): it then comes back abstract, with shardings."""
   if sharding not in SHARDINGS:
     raise ValueError(f'distill.teacher_sharding={sharding!r}; expected one of {SHARDINGS}.')
   if sharding == 'auto':
-    limit = device_memory(mesh.devices.flat[0])
-    size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    limit = target.current().device_memory
+    size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
     sharding = 'sharded' if limit and size > SHARD_ABOVE * limit else 'replicated'
   count = mesh.size
   if sharding == 'replicated' or count == 1:
-    return jax.device_put(state, NamedSharding(mesh, P())), False
+    return target.place(state, NamedSharding(mesh, P())), False
 
   def spec(leaf) -> NamedSharding:
     dims = [d for d in np.argsort(leaf.shape, kind='stable')[::-1] if leaf.shape[d] % count == 0]
@@ -183,7 +181,7 @@ def place_weights(state, mesh: Mesh, sharding: str = 'auto'):
     return NamedSharding(mesh, P(*['data' if d == dims[0] else None
                                    for d in range(leaf.ndim)]))
 
-  return jax.device_put(state, jax.tree.map(spec, state)), True
+  return target.place(state, jax.tree.map(spec, state)), True
 
 
 def student_normalisation(aug) -> tuple[tuple, tuple]:
