@@ -40,6 +40,7 @@ from tinyvit_jax import target
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.models import WEIGHTS
+from tinyvit_jax.models import create_model
 
 ADAPTERS = ('ours', 'timm', 'torch')
 DTYPES = ('float32', 'bfloat16', 'auto')
@@ -117,17 +118,22 @@ def check_online(distill) -> str | None:
   return None
 
 
-def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
+def online(distill, aug, mesh, num_classes: int,
+           meta: dict | None = None) -> tuple[Callable, list]:
   """``(teacher(leaves, images) -> logits, leaves)``: ``make_teacher``'s teacher for the
   jitted step, its weights replicated over ``mesh``. With a class-index file the logits
   are gathered at the student's ``num_classes`` classes, so their softmax is
-  renormalised over them."""
+  renormalised over them. Given the checkpoint's ``meta`` (its model.json, a plan's),
+  nothing is read and the leaves are abstract."""
   problem = check_online(distill)
   if problem:
     raise ValueError(problem)
-  model, normalise = _restore(distill.teacher, *student_normalisation(aug),
-                              **_dtype_override(distill.get('teacher_dtype', 'float32')),
-                              **dict(distill.get('teacher_kwargs', None) or {}))
+  if meta is None:
+    model, normalise = _restore(distill.teacher, *student_normalisation(aug),
+                                **_dtype_override(distill.get('teacher_dtype', 'float32')),
+                                **dict(distill.get('teacher_kwargs', None) or {}))
+  else:
+    model, normalise = abstract_model(distill, aug, meta)
   graphdef, weights = nnx.split(model)
   leaves, treedef = jax.tree.flatten(weights)
   class_index = distill.get('teacher_class_index', '')
@@ -141,8 +147,16 @@ def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
     logits = logits.astype(jnp.float32)  # a bfloat16 teacher's targets, in float32
     return logits if mapping is None else jnp.take(logits, mapping, axis=-1)
 
-  replicated = NamedSharding(mesh, P())
-  return teacher, [jax.device_put(leaf, replicated) for leaf in leaves]
+  return teacher, target.place(leaves, NamedSharding(mesh, P()))
+
+
+def abstract_model(distill, aug, meta: dict) -> tuple:
+  """``(model, normalise)`` of the teacher a checkpoint's ``meta`` (its model.json)
+  describes, as ``from_checkpoint`` builds it (dtype, kwargs, normalisation), shapes
+  only: what a plan compiles, reading no weights."""
+  return _restore(distill.teacher, *student_normalisation(aug), meta=meta,
+                  **_dtype_override(distill.get('teacher_dtype', 'float32')),
+                  **dict(distill.get('teacher_kwargs', None) or {}))
 
 
 def compute_dtype(dtype) -> str:
@@ -234,19 +248,27 @@ def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
   dtype = compute_dtype(dtype)
   model, normalise = _restore(directory, input_mean, input_std, **_dtype_override(dtype),
                               **overrides)
-  graphdef, state = nnx.split(model)
   # Restored weights sit on one device; the save pass spreads images over all local ones.
-  state, _ = place_weights(state, pipeline.data_mesh(jax.local_devices()), sharding)
+  forward, state = probabilities_fn(model, normalise,
+                                    pipeline.data_mesh(jax.local_devices()), sharding)
+  name = model_checkpoint.read_model_json(directory)['model']
+  name = name if dtype == 'float32' else f'{name}@{dtype}'
+  return Teacher(name, weights_hash(nnx.to_pure_dict(nnx.state(model, WEIGHTS))),
+                 model.num_classes, lambda images: forward(state, images))
+
+
+def probabilities_fn(model, normalise, mesh: Mesh, sharding: str = 'auto'):
+  """``(forward(state, images) -> probabilities, state)``, jitted, the state placed over
+  ``mesh`` by ``place_weights`` (abstract for an abstract model)."""
+  graphdef, state = nnx.split(model)
+  state, _ = place_weights(state, mesh, sharding)
 
   @jax.jit
   def forward(state, images):  # weights as an argument: as constants they would be compiled in
     logits = nnx.merge(graphdef, state)(normalise(images))
     return jax.nn.softmax(logits.astype(np.float32), axis=-1)
 
-  name = model_checkpoint.read_model_json(directory)['model']
-  name = name if dtype == 'float32' else f'{name}@{dtype}'
-  return Teacher(name, weights_hash(nnx.to_pure_dict(nnx.state(model, WEIGHTS))),
-                 model.num_classes, lambda images: forward(state, images))
+  return forward, state
 
 
 def map_classes(teacher: Teacher, class_index: str, num_classes: int | None = None) -> Teacher:
@@ -291,17 +313,22 @@ def _dtype_override(dtype) -> dict:
   return {} if dtype == 'float32' else dict(dtype=jnp.dtype(dtype))
 
 
-def _restore(directory: str, input_mean, input_std, **overrides):
+def _restore(directory: str, input_mean, input_std, meta: dict | None = None, **overrides):
   """Our checkpoint's model in eval mode, and the map from the student's normalisation to
-  the teacher's own."""
-  if not os.path.exists(directory):
+  the teacher's own; given its ``meta`` (model.json's contents), the model that describes,
+  shapes only (``nnx.eval_shape``), reading nothing."""
+  if meta is not None:
+    model = nnx.eval_shape(lambda: create_model(meta['model'], **{**meta['kwargs'],
+                                                                   **overrides}))
+  elif not os.path.exists(directory):
     raise model_checkpoint.CheckpointError(
         f'Teacher checkpoint {os.path.abspath(directory)!r} does not exist. Create one '
         'from timm or official weights with `python -m tinyvit_jax.convert --model NAME '
         '--from WEIGHTS --out DIR`, or from a model of ours with '
         '`tinyvit_jax.model_checkpoint.save_model(DIR, model, NAME, **kwargs)`.')
-  meta = model_checkpoint.read_model_json(directory)
-  model = model_checkpoint.restore_model(directory, **overrides)
+  else:
+    meta = model_checkpoint.read_model_json(directory)
+    model = model_checkpoint.restore_model(directory, **overrides)
   model.eval()
   own = model_checkpoint.preprocess(meta)
   return model, renormalise(input_mean, input_std, own['mean'], own['std'])
