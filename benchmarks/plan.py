@@ -79,12 +79,40 @@ def plan_row(recipe, arg, slice_, stage, teacher, root) -> dict:
               wall_seconds=time.time() - started)
 
 
+def markdown(paths) -> str:
+  """The rows of ``paths`` as a Markdown table, in ``_rows``' order."""
+  rows = {}
+  for path in paths:
+    with open(path) as f:
+      rows.update({row['name']: row for row in json.load(f)['rows']})
+  lines = ['| recipe | stage | slice | B/chip | fits | HBM GiB/chip (of) | modelled img/s | '
+           'modelled MFU | modelled days | host cores | compile s |', '|' + '---|' * 11]
+  for name, *_ in _rows():
+    if name not in rows:
+      continue
+    r = rows[name]
+    fmt = lambda key, spec: format(r[key], spec) if r.get(key) is not None else '-'
+    days = f'{r["schedule_hours"] / 24:.2f}' if r.get('schedule_hours') is not None else '-'
+    lines.append(
+        f'| {r.get("recipe", name)} | {r.get("stage", "-")} | {r.get("accelerator", "-")} | '
+        f'{r.get("batch_per_chip", "-")} | {r.get("status")} | '
+        f'{fmt("total_gib", ".2f")} ({fmt("capacity_gib", ".0f")}) | '
+        f'{fmt("images_per_second", ",.0f")} | {fmt("mfu", ".2f")} | {days} | '
+        f'{fmt("host_cores_needed", ".0f")} | {fmt("compile_seconds", ".0f")} |')
+  return '\n'.join(lines)
+
+
 def main_(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', default='benchmarks/out/plan_tpu.json')
   parser.add_argument('--only', default='')
   parser.add_argument('--list', action='store_true')
+  parser.add_argument('--markdown', nargs='*', metavar='JSON',
+                      help='print these files\' rows as the README\'s table, and stop')
   args = parser.parse_args(argv)
+  if args.markdown is not None:
+    print(markdown(args.markdown or [args.out]))
+    return
   wanted = [row for row in _rows() if args.only in row[0]]
   if args.list:
     print('\n'.join(row[0] for row in wanted))

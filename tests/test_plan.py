@@ -133,3 +133,29 @@ def test_an_unknown_accelerator_is_refused_in_one_line_naming_the_known_ones():
   with pytest.raises(chips.UnknownAccelerator) as error:
     plan.plan_recipe({}, '/nowhere', 'v5litepod-3')
   assert '\n' not in str(error.value) and 'v5litepod-1/4/8/16' in str(error.value)
+
+
+@pytest.mark.parametrize('planned_batch, compiles, found', [
+    (8, 4, 64),  # fits: 16, 32, 64, then 128 does not
+    (8, 7, 104),  # ... then bisected: 96, 112 (no), 104
+    (512, 4, 96),  # does not fit: 256, 128 (no), 64, then 96
+    (2048, 3, None),  # three halvings do not reach a batch that fits
+])
+def test_the_largest_batch_search_doubles_or_halves_then_bisects(monkeypatch, planned_batch,
+                                                                 compiles, found):
+  """On a chip where 105 images fit, compiles stubbed: the search's own logic."""
+  tried = []
+
+  def plan_stage(global_batch, slice_):
+    del slice_
+    tried.append(global_batch // 4)
+    return dict(status='fits' if global_batch // 4 <= 105 else 'does not fit')
+
+  monkeypatch.setattr(plan, 'plan_stage', plan_stage)
+  config = config_lib.base_config()
+  config.batch_size = 4 * planned_batch
+  row = dict(batch_per_chip=planned_batch,
+             status='fits' if planned_batch <= 105 else 'does not fit')
+  assert plan.largest_batch(lambda c: c.batch_size, config, row, chips.parse(SLICE),
+                            compiles) == found
+  assert len(tried) == compiles and len(set(tried)) == len(tried)

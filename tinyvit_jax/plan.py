@@ -84,7 +84,8 @@ def plan_recipe(runs: dict, workdir: str, accelerator: str, *, mode: str | None 
   slice_ = chips.parse(accelerator)
   devices = chips.devices(slice_)
   rows = []
-  compiling_for = target_lib.Target(slice_.platform, device_memory=slice_.hbm_bytes)
+  compiling_for = target_lib.Target(slice_.platform, cuda=slice_.platform == 'gpu',
+                                    device_memory=slice_.hbm_bytes)  # GPUs planned: NVIDIA's
   with target_lib.compiling_for(compiling_for):
     for name, config in runs.items():
       run = name or config.model.name
@@ -105,7 +106,7 @@ def plan_recipe(runs: dict, workdir: str, accelerator: str, *, mode: str | None 
         row.update(plan_stage(build(config), slice_))
         row.update(_schedule(stage, config, row, slice_))
         if fit_batch and stage in ('save_logits', 'train') and 'step_seconds' in row:
-          row['largest_batch_per_chip'] = _largest_batch(build, config, row, slice_)
+          row['largest_batch_per_chip'] = largest_batch(build, config, row, slice_)
         rows.append(row)
   return rows
 
@@ -319,26 +320,34 @@ def _schedule(stage: str, config, row: dict, slice_: chips.Target) -> dict:
   return out
 
 
-def _largest_batch(build, config, row: dict, slice_: chips.Target,
-                   compiles: int = 4) -> int | None:
-  """The largest per-chip batch found to fit, doubling from a batch that fits or halving
-  from one that does not, in at most ``compiles`` compiles (each can take minutes)."""
+def largest_batch(build, config, row: dict, slice_: chips.Target,
+                  compiles: int = 4) -> int | None:
+  """The largest per-chip batch found to fit in at most ``compiles`` more compiles (each
+  can take minutes): doubling from the planned batch if it fits, halving if not, then
+  bisecting (in multiples of 8 above 8) between the largest that fits and the smallest
+  that does not. ``build(config)`` gives the stage for a config."""
   per_chip = row['batch_per_chip']
-  fits = per_chip if row['status'] == 'fits' else None
   devices = config.batch_size // per_chip
+  fits, fails = (per_chip, None) if row['status'] == 'fits' else (None, per_chip)
   for _ in range(compiles):
-    trial = per_chip * 2 if fits else per_chip // 2
+    if fits is None:
+      trial = fails // 2
+    elif fails is None:
+      trial = fits * 2
+    else:
+      trial = (fits + fails) // 2
+      trial = trial // 8 * 8 if trial > 8 else trial
+      if trial <= fits:
+        break
     if trial < 1:
       break
     trial_config = config.copy_and_resolve_references()
     with trial_config.unlocked():
       trial_config.batch_size = trial * devices
-    status = plan_stage(build(trial_config), slice_)['status']
-    per_chip = trial
-    if status == 'fits':
-      fits = max(fits or 0, trial)
-    elif fits:
-      break
+    if plan_stage(build(trial_config), slice_)['status'] == 'fits':
+      fits = trial
+    else:
+      fails = trial
   return fits
 
 
