@@ -14,7 +14,9 @@ checkpoint). A run holds its workdir's lock (``train/workdir_lock.py``): a secon
 the same workdir is refused. ``--mode=STAGE`` runs one stage of every run, done or not.
 ``--check`` runs the checks a run starts with (the recipe, every override, every run's
 config) and exits, touching no device, data or workdir (nor its lock): the launchers run
-it before they start machines.
+it before they start machines. ``--plan=SLICE`` compiles every run's stages for a TPU
+slice this machine does not have and prints whether each fits (``plan.py``), touching no
+device, data or workdir either.
 """
 import contextlib
 import json

@@ -23,6 +23,7 @@ chip-hours; the img/s each host must feed beside the input pipeline's img/s per 
 MEASURED on this project's CPU host (``benchmarks/out/data.json``).
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -48,6 +49,7 @@ from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.models import macs
+from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import step as step_lib
 from tinyvit_jax.train import teacher_eval
@@ -101,11 +103,16 @@ def plan_recipe(runs: dict, workdir: str, accelerator: str, *, mode: str | None 
               f'distill.teacher_adapter={config.distill.teacher_adapter!r}: a torch '
               'teacher runs outside XLA')))
           continue
-        build = lambda config, stage=stage: build_stage(stage, config, runs, workdir, devices,
-                                                   slice_)
-        row.update(plan_stage(build(config), slice_))
+        build = functools.partial(build_stage, stage, runs=runs, workdir=workdir,
+                                  devices=devices, slice_=slice_)
+        try:
+          built = build(config)
+        except ValueError as error:  # e.g. a batch the slice's devices do not split
+          rows.append(dict(row, status='does not compile', error=str(error)))
+          continue
+        row.update(plan_stage(built, slice_))
         row.update(_schedule(stage, config, row, slice_))
-        if fit_batch and stage in ('save_logits', 'train') and 'step_seconds' in row:
+        if fit_batch and stage != 'eval' and row['status'] != 'does not compile':
           row['largest_batch_per_chip'] = largest_batch(build, config, row, slice_)
         rows.append(row)
   return rows
@@ -167,7 +174,7 @@ def _abstract(shapes: dict, sharding) -> dict:
           for name, s in shapes.items()}
 
 
-def build_stage(stage: str, config, runs: dict, workdir: str, devices: list,
+def build_stage(stage: str, config, *, runs: dict, workdir: str, devices: list,
                 slice_: chips.Target) -> Stage:
   """Run ``config``'s ``stage`` ('save_logits', 'train' or 'eval') as main jits it, over
   ``devices`` of ``slice_``, its arguments abstract; ``runs`` and ``workdir`` locate a
@@ -198,11 +205,16 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
   shapes = loader.batch_shapes(train_augment.host, batch, config.aug.image_size)
   host_batch = _abstract({n: shapes[n] for n in ('image', 'key', 'label')},
                          NamedSharding(mesh, P('data')))
+  knobs = ['a smaller --config.batch_size for the save pass alone (--mode=save_logits: '
+           'its rows do not depend on the batch)']
+  if teacher_lib.compute_dtype(distill.teacher_dtype) == 'float32':
+    knobs.append('--config.distill.teacher_dtype=bfloat16')
+  if (distill.teacher_sharding != 'sharded'
+      and _bytes_per_device(state) > slice_.hbm_bytes / 10):  # weights worth splitting
+    knobs.append('--config.distill.teacher_sharding=sharded')
   return Stage(jax.jit(step), (state, host_batch), state, host_batch, config.batch_size,
                len(host) * slice_.hosts,
-               2 * macs.count_macs(model, config.aug.image_size),
-               '--config.distill.teacher_dtype=bfloat16, '
-               '--config.distill.teacher_sharding=sharded, a smaller --config.batch_size')
+               2 * macs.count_macs(model, config.aug.image_size), ', '.join(knobs))
 
 
 def _student_stage(stage, config, runs, workdir, devices) -> Stage:
@@ -250,10 +262,13 @@ def _student_stage(stage, config, runs, workdir, devices) -> Stage:
       state, tx, mesh, inputs=trainer.train_inputs(device_augment),
       loss_fn=student.make_loss(config), ema_decay=config.optim.ema_decay, teacher=teacher)
   batch = _abstract(batch, data)
+  knobs = ['a smaller --config.batch_size with a larger --config.optim.grad_accum_steps '
+           '(the same images per update)', 'a slice of more chips']
+  if config_lib.compute_dtype(config) == 'float32':
+    knobs.insert(1, '--config.dtype=bfloat16')
   return Stage(train_step, (state.leaves, batch, teacher_leaves),
                (state.leaves, teacher_leaves), batch, config.batch_size, len(devices), flops,
-               'a smaller --config.batch_size with a larger --config.optim.grad_accum_steps '
-               '(the same batch per update), --config.dtype=bfloat16, a larger slice')
+               ', '.join(knobs))
 
 
 def _teacher_meta(distill, runs: dict, workdir: str) -> dict:
@@ -344,7 +359,11 @@ def largest_batch(build, config, row: dict, slice_: chips.Target,
     trial_config = config.copy_and_resolve_references()
     with trial_config.unlocked():
       trial_config.batch_size = trial * devices
-    if plan_stage(build(trial_config), slice_)['status'] == 'fits':
+    try:
+      stage = build(trial_config)
+    except ValueError:  # a batch the devices cannot take (odd, under Mixup): stop here
+      break
+    if plan_stage(stage, slice_)['status'] == 'fits':
       fits = trial
     else:
       fails = trial
