@@ -192,7 +192,7 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
   mesh = pipeline.data_mesh(host)
   batch = order.process_batch_size(config.batch_size, slice_.hosts)
   meta = _teacher_meta(distill, runs, workdir)
-  model, normalise = teacher_lib.abstract_model(distill, config.aug, meta)
+  model, normalise = teacher_lib.model_of(distill, config.aug, meta)
   forward, state = teacher_lib.probabilities_fn(model, normalise, mesh,
                                                 distill.teacher_sharding)
   inputs = save_pass.teacher_inputs(config.aug, mesh, batch, config.num_classes)
@@ -256,7 +256,7 @@ def _student_stage(stage, config, runs, workdir, devices) -> Stage:
     meta = _teacher_meta(distill, runs, workdir)
     teacher, teacher_leaves = teacher_lib.online(distill, config.aug, mesh,
                                                  config.num_classes, meta=meta)
-    teacher_model, _ = teacher_lib.abstract_model(distill, config.aug, meta)
+    teacher_model, _ = teacher_lib.model_of(distill, config.aug, meta)
     flops += 2 * macs.count_macs(teacher_model, config.aug.image_size)
   train_step = step_lib.make_train_step(
       state, tx, mesh, inputs=trainer.train_inputs(device_augment),
