@@ -149,8 +149,10 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops, accessed = float(cost.get('flops', 0)), float(cost.get('bytes accessed', 0))
-  seconds = max(flops / slice_.peak_flops, accessed / slice_.hbm_bandwidth)
-  row.update(xla_gflop_per_image=flops / per_chip / 1e9,
+  compute, memory_bound = flops / slice_.peak_flops, accessed / slice_.hbm_bandwidth
+  seconds = max(compute, memory_bound)
+  row.update(compute_seconds=compute, memory_seconds=memory_bound,
+             xla_gflop_per_image=flops / per_chip / 1e9,
              model_gflop_per_image=stage.model_flops / 1e9,
              step_seconds=seconds, images_per_second=stage.batch / seconds,
              mfu=stage.model_flops * per_chip / seconds / slice_.peak_flops)
@@ -316,10 +318,10 @@ def _schedule(stage: str, config, row: dict, slice_: chips.Target) -> dict:
   if stage in ('save_logits', 'train'):
     per_host = row['images_per_second'] / slice_.hosts
     rate, measured = _pipeline_rate(config.aug)
-    out.update(host_images_per_second=per_host)
+    out.update(host_images_per_second=per_host, pipeline_per_core=rate,
+               pipeline_measured_by=measured)
     if rate:
-      out.update(host_cores_needed=per_host / rate, pipeline_per_core=rate,
-                 pipeline_measured_by=measured)
+      out['host_cores_needed'] = per_host / rate
   if stage == 'eval':
     examples, calls = eval_examples, config.epochs // config.eval_every_epochs
     batch = config.eval_batch_size
