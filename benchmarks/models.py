@@ -109,10 +109,17 @@ def limit_threads(threads: int):
 
 
 def environment(args) -> dict:
-  cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-              if line.startswith('model name')), platform.processor())
+  """Where the figures came from. ``isa`` is the widest vector set the CPU has: XLA:CPU's
+  and oneDNN's kernels differ by it, and so do the ratios (README, "Benchmarks")."""
+  with open('/proc/cpuinfo') as f:
+    info = {key.strip(): value.strip() for key, value in
+            (line.split(':', 1) for line in f if ':' in line)}
+  cpu = info.get('model name', platform.processor())
+  flags = info.get('flags', '').split()
   return dict(
-      device=str(jax.devices()[0]), cpu=cpu, cpus_pinned=sorted(os.sched_getaffinity(0)),
+      device=str(jax.devices()[0]), cpu=cpu,
+      isa=next((name for name in ('avx512f', 'avx2', 'avx') if name in flags), 'none'),
+      cpus_pinned=sorted(os.sched_getaffinity(0)),
       jax_threads=len(os.sched_getaffinity(0)),
       torch_threads=torch.get_num_threads() if torch else None,
       load_average=os.getloadavg(), python=platform.python_version(),

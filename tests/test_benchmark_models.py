@@ -18,6 +18,7 @@ def test_quick_run_writes_positive_figures(tmp_path):
   report = json.loads(out.read_text())
 
   assert report['environment']['jax_threads'] == report['environment']['torch_threads'] == 1
+  assert report['environment']['isa'] in ('avx512f', 'avx2', 'avx', 'none')  # names the machine
   assert report['config']['batch'] == 4 and report['config']['img_size'] == 64
   assert [(r['model'], r['mode']) for r in report['results']] == [
       ('deit_tiny_distilled_patch16_224', 'forward'),

@@ -486,6 +486,28 @@ def test_notebook_is_stored_without_outputs():
   assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+def test_notebook_installs_the_checkout_it_is_opened_from(tmp_path, monkeypatch):
+  """Its install cell finds the checkout above launch/ (where Jupyter starts it) or a clone
+  directly under the folder it starts in (Colab's /content); elsewhere it says what to do."""
+  nbformat = pytest.importorskip('nbformat')
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  install = next(cell.source for cell in notebook.cells if cell.get('id') == 'install')
+  (tmp_path / 'content').mkdir()
+  (tmp_path / 'content' / 'clone').symlink_to(ROOT)
+  (tmp_path / 'elsewhere').mkdir()
+  for start, checkout in ((os.path.join(ROOT, 'launch'), os.path.realpath(ROOT)),
+                          (tmp_path / 'content', str(tmp_path / 'content' / 'clone'))):
+    monkeypatch.chdir(start)
+    namespace = dict(os=os, sys=sys, UNDER_CI=True)
+    exec(install, namespace)
+    assert namespace['CHECKOUT'] == checkout and os.getcwd() == os.path.realpath(checkout)
+  monkeypatch.chdir(tmp_path / 'elsewhere')
+  with pytest.raises(RuntimeError, match='No tinyvit_jax checkout in or above .*elsewhere, '
+                     'nor directly under it. This notebook installs the checkout it is '
+                     'opened from'):
+    exec(install, dict(os=os, sys=sys, UNDER_CI=True))
+
+
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom(quickstart, monkeypatch):
   """Its quickstart cell reruns the suite's finished quickstart: the table, nothing retrained."""
@@ -498,12 +520,14 @@ def test_notebook_runs_top_to_bottom(quickstart, monkeypatch):
   before = _modified(workdir)
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
-                                  resources={'metadata': {'path': ROOT}})
+                                  resources={'metadata': {'path': os.path.join(ROOT,
+                                                                               'launch')}})
   try:
     client.execute()
   except nbclient.exceptions.CellExecutionError as error:
     pytest.fail(f'{_printed_text(notebook)[-4000:]}\n{error.ename}: {error.evalue}')
   printed = _printed_text(notebook)
+  assert f'tinyvit_jax checkout: {os.path.realpath(ROOT)}' in printed  # found from launch/
   assert 'No TPU: JAX runs on cpu' in printed
   assert 'ok: configs/in1k.py:variant=5m checked' in printed  # the GCS cell's flags, sized
   assert 'student_fpd' in printed and 'top1' in printed  # the quickstart's table

@@ -143,8 +143,8 @@ def test_impossible_values_are_all_named_with_their_fix():
   config.update(epochs=0, dtype='float16')
   config.data.update(num_repeats=0)
   config.optim.ema_decay = 1.0
-  config.distill.update(store='gs://bucket/store', teacher_dtype='float16',
-                        teacher_sharding='fsdp')
+  config.distill.update(kind='fpd', from_store=True, store='gs://bucket/store',
+                        teacher_dtype='float16', teacher_sharding='fsdp')
   with pytest.raises(config_lib.ConfigError) as error:
     config_lib.check_config(config)
   for problem in ('epochs=0 must be a positive integer', "dtype='float16'",
@@ -158,8 +158,8 @@ def test_impossible_values_are_all_named_with_their_fix():
 
 
 @pytest.mark.parametrize('distill, problem', [
-    (dict(views_per_example=2), 'views_per_example=2 bounds a logit store: it needs '
-                                'distill.from_store=True'),
+    (dict(views_per_example=2, kind='soft', teacher='/t'),
+     'views_per_example=2 bounds a logit store: it needs distill.from_store=True'),
     (dict(views_per_example=31, kind='fpd', from_store=True, store='/s'),
      'views_per_example=31 exceeds epochs=30'),
     (dict(views_per_example=-1, kind='fpd', from_store=True, store='/s'),
@@ -171,6 +171,24 @@ def test_a_bound_on_store_views_needs_a_store_and_fits_the_epochs(distill, probl
   config.distill.update(distill)
   with pytest.raises(config_lib.ConfigError, match=problem):
     config_lib.check_config(config)
+
+
+def test_distill_fields_are_checked_only_when_the_run_distils():
+  """A 4-class run from the base config: distill.k=10 (and the other distill.* defaults
+  or leftovers) mean nothing without distillation; from a store, k is refused."""
+  config = config_lib.base_config()
+  config.update(num_classes=4)
+  config.data.update(source='digits', train=dict(split='train'), eval=dict(split='test'))
+  config.distill.update(views_per_example=2, teacher_sharding='fsdp', store='gs://b/s')
+  config_lib.check_config(config)
+  config.distill.update(kind='fpd', teacher='/t', views_per_example=0,
+                        teacher_sharding='auto', store='')
+  config_lib.check_config(config)  # online: no store, so no top-k
+  config.distill.from_store = True
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.check_config(config)
+  assert str(error.value) == ('Impossible config:\n  distill.k=10 must be between 1 and '
+                              'num_classes=4.')
 
 
 @pytest.mark.slow

@@ -224,31 +224,11 @@ def shrink_for_runlocal(config, *, image_size: int = 64, num_examples: int = 256
 def check_config(config) -> None:
   """Raises ``ValueError`` naming the key, the value and the fix for impossible values."""
   problems = []
-  if config.distill.kind not in DISTILL_KINDS:
-    problems.append(f'distill.kind={config.distill.kind!r}; expected one of {DISTILL_KINDS}.')
   distill = config.distill
-  if distill.kind != 'none' and distill.from_store and not (distill.teacher or distill.store):
-    problems.append(f'distill.kind={distill.kind!r} needs distill.teacher (a checkpoint '
-                    'to save its store with) or distill.store (a complete logit store).')
-  if distill.kind != 'none' and not distill.from_store:
-    if not distill.teacher:
-      problems.append(f'distill.kind={distill.kind!r} needs distill.teacher (a checkpoint '
-                      'dir) to run online, or distill.from_store=True and a store.')
-    elif online_problem := teacher.check_online(distill):
-      problems.append(online_problem)
-  views = distill.views_per_example
-  if views != int(views) or views < 0:
-    problems.append(f'distill.views_per_example={views} must be a whole number >= 0.')
-  elif views and not (distill.kind != 'none' and distill.from_store):
-    problems.append(f'distill.views_per_example={views} bounds a logit store: it needs '
-                    "distill.from_store=True and a distill.kind other than 'none'.")
-  elif views > config.epochs:
-    problems.append(f'distill.views_per_example={views} exceeds epochs={config.epochs}: the '
-                    'store would hold views no epoch reads. Use at most epochs, or 0 (one '
-                    'view per epoch).')
-  if not 1 <= config.distill.k <= config.num_classes:
-    problems.append(f'distill.k={config.distill.k} must be between 1 and num_classes='
-                    f'{config.num_classes}.')
+  if distill.kind not in DISTILL_KINDS:
+    problems.append(f'distill.kind={distill.kind!r}; expected one of {DISTILL_KINDS}.')
+  elif distill.kind != 'none':
+    problems += _distill_problems(config)
   for key in ('batch_size', 'eval_batch_size', 'epochs', 'optim.grad_accum_steps',
               'checkpoint_every_steps', 'log_every_steps', 'eval_every_epochs',
               'keep_checkpoints', 'num_classes'):
@@ -269,16 +249,14 @@ def check_config(config) -> None:
     except ValueError as error:
       problems.append(f'{key}: {error}')
   for key in _flat_keys(config):
+    if distill.kind == 'none' and key.startswith('distill.'):
+      continue
     try:
       check_local_path(_get(config, key), key)
     except ValueError as error:
       problems.append(str(error))
-  for key, value, allowed in (('dtype', config.dtype, DTYPES),
-                              ('distill.teacher_dtype', distill.teacher_dtype, DTYPES),
-                              ('distill.teacher_sharding', distill.teacher_sharding,
-                               teacher.SHARDINGS)):
-    if value not in allowed:
-      problems.append(f'{key}={value!r}; expected one of {allowed}.')
+  if config.dtype not in DTYPES:
+    problems.append(f'dtype={config.dtype!r}; expected one of {DTYPES}.')
   key = DATA_PATH_KEYS.get(config.data.source)
   for split in SPLIT_FOLDERS if key else ():
     if not config.data[split].get(key):
@@ -303,6 +281,41 @@ def data_path_keys(config) -> list[str]:
   """The keys that say where the run's data files are; none for digits or synthetic."""
   key = DATA_PATH_KEYS.get(config.data.source)
   return [f'data.{split}.{key}' for split in SPLIT_FOLDERS] if key else []
+
+def _distill_problems(config) -> list[str]:
+  """The checks of ``distill.*``, for a run that distils: without distillation none of
+  those fields is read, so a default such as ``k=10`` never refuses a 4-class run."""
+  problems = []
+  distill = config.distill
+  if distill.from_store and not (distill.teacher or distill.store):
+    problems.append(f'distill.kind={distill.kind!r} needs distill.teacher (a checkpoint '
+                    'to save its store with) or distill.store (a complete logit store).')
+  if not distill.from_store:
+    if not distill.teacher:
+      problems.append(f'distill.kind={distill.kind!r} needs distill.teacher (a checkpoint '
+                      'dir) to run online, or distill.from_store=True and a store.')
+    elif online_problem := teacher.check_online(distill):
+      problems.append(online_problem)
+  views = distill.views_per_example
+  if views != int(views) or views < 0:
+    problems.append(f'distill.views_per_example={views} must be a whole number >= 0.')
+  elif views and not distill.from_store:
+    problems.append(f'distill.views_per_example={views} bounds a logit store: it needs '
+                    'distill.from_store=True.')
+  elif views > config.epochs:
+    problems.append(f'distill.views_per_example={views} exceeds epochs={config.epochs}: the '
+                    'store would hold views no epoch reads. Use at most epochs, or 0 (one '
+                    'view per epoch).')
+  if distill.from_store and not 1 <= distill.k <= config.num_classes:  # the store's top-k
+    problems.append(f'distill.k={distill.k} must be between 1 and num_classes='
+                    f'{config.num_classes}.')
+  for key, value, allowed in (('distill.teacher_dtype', distill.teacher_dtype, DTYPES),
+                              ('distill.teacher_sharding', distill.teacher_sharding,
+                               teacher.SHARDINGS)):
+    if value not in allowed:
+      problems.append(f'{key}={value!r}; expected one of {allowed}.')
+  return problems
+
 
 
 def check_local_path(value, name: str) -> None:
