@@ -1,5 +1,6 @@
 """ViT parity with timm, one option per test, at small widths (a few tokens, 2 blocks):
-random timm weights, perturbed -> our converter -> our model, eval mode, float32."""
+random timm weights, perturbed -> our converter -> our model, eval mode, float32; and
+every registered ViT's real architecture and preprocessing against timm's."""
 from unittest import mock
 
 import numpy as np
@@ -133,8 +134,9 @@ def _registry_depth(name: str) -> int:
 def test_registry_is_timms_model_and_pretrained_config(name):
   """Every registered ViT and DeiT at its real size against timm's, built on torch's meta
   device (no weights allocated) and ours as shapes only (nnx.eval_shape): widths, depth,
-  every block's head count, MLP ratio, norm eps, activation, norms, tokens, patch and
-  image size; then input size, crop and normalisation against its pretrained config."""
+  head count (timm's the same in every block), MLP ratio, norm eps, activation, norms,
+  biases, LayerScale, tokens, pooling, patch and image size; then input size, crop and
+  normalisation against its pretrained config."""
   import timm
   timm_name = _TIMM_384.get(name, name)
   tag = _TAGS.get(name)

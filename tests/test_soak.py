@@ -57,6 +57,7 @@ def made_up_store(config, path: str) -> None:
 
 
 def disk_bytes(directory: str) -> int:
+  """The bytes of every file under ``directory``."""
   total = 0
   for folder, _, names in os.walk(directory):
     for name in names:
@@ -109,7 +110,7 @@ class Sampler(threading.Thread):
 
 
 @pytest.mark.slow
-def test_a_long_run_holds_its_memory_files_and_shared_memory(tmp_path):
+def test_a_long_run_holds_its_memory_files_shared_memory_and_disk(tmp_path):
   config = quickstart.student_config(runlocal=True)
   config.distill.update(kind='fpd', from_store=True, k=3, store=str(tmp_path / 'logits'))
   config.update(epochs=EPOCHS, batch_size=BATCH, checkpoint_every_steps=200,
