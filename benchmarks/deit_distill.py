@@ -69,24 +69,31 @@ def recipe(seeds, teacher_epochs: int, student_epochs: int) -> ml_collections.Co
   return config
 
 
-def head_accuracies(export_dir: str, config) -> dict:
-  """Held-out top-1 of a distilled DeiT's class head, distillation head and their mean."""
+def head_accuracies(export_dir: str, teacher_dir: str, config) -> tuple[dict, dict]:
+  """Held-out top-1 of a distilled DeiT's class head, distillation head and their mean;
+  and the share of images on which each head's top-1 is the teacher's (the distillation
+  head learns the teacher's argmax, the class head the labels: the two must differ)."""
   model, eval_augment, _ = predict.load(export_dir)
+  teacher, teacher_augment, _ = predict.load(teacher_dir)
 
   @jax.jit
   def heads(images):
     tokens = model.forward_features(eval_augment.device(images))
     cls_logits, dist_logits = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
-    return cls_logits, dist_logits, (cls_logits + dist_logits) / 2
+    return (cls_logits, dist_logits, (cls_logits + dist_logits) / 2,
+            teacher(teacher_augment.device(images)))
 
-  correct, count = np.zeros(3), 0
+  correct, agree, count = np.zeros(3), np.zeros(3), 0
   for batch in loader.eval_batches(sources.from_config(config.data, 'eval'),
                                    transform=eval_augment.host,
                                    global_batch=config.eval_batch_size):
     predicted = np.argmax(np.stack(heads(batch['image'])), axis=-1)
+    predicted, taught = predicted[:3], predicted[3]
     correct += ((predicted == batch['label']) & batch['mask']).sum(axis=1)
+    agree += ((predicted == taught) & batch['mask']).sum(axis=1)
     count += batch['mask'].sum()
-  return dict(zip(('cls', 'dist', 'avg'), (correct / count).tolist()))
+  names = ('cls', 'dist', 'avg')
+  return dict(zip(names, (correct / count).tolist())), dict(zip(names, (agree / count).tolist()))
 
 
 def table(rows: dict, seeds) -> list:
@@ -113,22 +120,27 @@ def main():
   seeds = [int(s) for s in args.seeds.split(',')]
   config = recipe(seeds, args.teacher_epochs, args.student_epochs)
   summary = {row['run']: row for row in main_lib.run_recipe(config, args.workdir)}
-  rows = {}
+  rows, agreement = {}, {}
   for setting in STUDENTS:
     for seed in seeds:
       name = f'{setting}_seed{seed}'
       if setting != 'hard_dist':
         rows.setdefault(setting, {})[seed] = summary[name]['top1']
         continue
-      heads = head_accuracies(os.path.join(args.workdir, name, 'export'), config.runs[name])
+      heads, agreement[seed] = head_accuracies(os.path.join(args.workdir, name, 'export'),
+                                               os.path.join(args.workdir, 'teacher', 'export'),
+                                               config.runs[name])
       # The trainer's own eval averages the heads too: the two must agree.
       assert abs(heads['avg'] - summary[name]['top1']) < 1e-6, (heads, summary[name])
       for head, top1 in heads.items():
         rows.setdefault(f'hard_dist ({head})', {})[seed] = top1
   result = dict(teacher_top1=summary['teacher']['top1'], seeds=seeds,
                 teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
-                rows=table(rows, seeds))
+                rows=table(rows, seeds), hard_dist_teacher_agreement=agreement)
   print(f'teacher (resnet18, half width): top-1 {result["teacher_top1"]:.4f}')
+  for seed, shares in agreement.items():
+    print(f'hard_dist seed {seed}: top-1 agreement with the teacher, class head '
+          f'{shares["cls"]:.4f}, distillation head {shares["dist"]:.4f}')
   print(metrics.summary_table(result['rows']), flush=True)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, 'w') as f:

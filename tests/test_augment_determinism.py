@@ -35,8 +35,12 @@ def batch(train):
   return images, key_data, targets
 
 
-def test_same_key_same_bits(train, batch):
-  first, second = train[1](*batch), train[1](*batch)
+def test_same_key_same_bits_from_a_pipeline_built_and_traced_anew(train, batch):
+  """Another pipeline object from the same settings, traced and jitted on its own: not
+  the first one's cached executable run twice."""
+  again = augment.make_train_augment(image_size=SIZE, color_jitter=0.4)
+  assert again is not train[0]
+  first, second = train[1](*batch), jax.jit(lambda *args: again.device(*args))(*batch)
   for a, b in zip(first, second):
     np.testing.assert_array_equal(a, b)
 

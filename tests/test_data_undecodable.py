@@ -129,4 +129,5 @@ def test_main_stops_in_one_line_after_its_last_checkpoint_and_resumes_once_repai
   with open(path, 'wb') as f:
     f.write(good)
   run()
+  assert workdirs.resumed_from(workdir) == 3
   assert sorted(workdirs.step_losses(workdir)) == [1, 2, 3, 4, 5]

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import official_targets
 from tinyvit_jax.data.augment.mix import smooth_one_hot
 from tinyvit_jax.distill import losses
-from tinyvit_jax.distill.targets import tempered_targets
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.distill import student
 
@@ -79,8 +79,9 @@ def _topk_rows(teacher, k):
 @settings(max_examples=40, deadline=None)
 @given(_cases, st.sampled_from([1, 5, 39]))
 def test_stored_topk_loss_matches_the_official_formula_on_the_rebuilt_teacher(case, k):
-  """The official loss with the teacher's tempered log-probabilities rebuilt from the
-  top-k (``tau * log q`` as its logits, so that ``log_softmax(t / tau) = log q``)."""
+  """The official loss with the teacher's tempered probabilities q rebuilt from the top-k
+  by the official formula in float64 numpy (``tau * log q`` as its logits, so that
+  ``log_softmax(t / tau) = log q``)."""
   cls_out, dist_out, labels, teacher = _draw(case)
   c = case['classes']
   k = min(k, c - 1)  # a non-empty tail keeps log q finite
@@ -88,7 +89,7 @@ def test_stored_topk_loss_matches_the_official_formula_on_the_rebuilt_teacher(ca
   outputs = (cls_out, dist_out) if case['two_heads'] else cls_out
   ours = losses.deit_loss_from_topk(outputs, labels, values, indices, kind=case['kind'],
                                     alpha=case['alpha'], tau=case['tau'])
-  rebuilt = np.asarray(tempered_targets(values, indices, c, case['tau']))
+  rebuilt = official_targets.tempered(values, indices, c, case['tau'])
   assume(np.all(rebuilt > 0))  # float32 rounding can leave the tail nothing
   rebuilt = case['tau'] * np.log(rebuilt)
   assert np.all(np.argmax(rebuilt, axis=-1) == indices[:, 0])

@@ -21,9 +21,9 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
-from tinyvit_jax.distill import targets
 from tinyvit_jax.distill import verify
 
+import official_targets
 import save_pass_run as run
 
 HERE = os.path.dirname(__file__)
@@ -158,11 +158,13 @@ def test_student_targets_are_the_rebuilds_of_the_stored_rows(seed, k, tau):
   values = np.take_along_axis(probs, indices.astype(int), axis=1).astype(np.float16)
   batch = dict(teacher_values=jnp.asarray(values), teacher_indices=jnp.asarray(indices))
   rebuild = jax.jit(student.student_targets, static_argnames=('num_classes', 'mode'))
-  np.testing.assert_array_equal(rebuild(batch, 12), targets.dense_targets(values, indices, 12))
-  # A few float32 ulps: jit fuses the power and the normalising sum unlike eager numpy
-  # (1.2e-6 seen at tau 0.52); a wrong tau or rebuild is off by percents.
-  np.testing.assert_allclose(rebuild(batch, 12, mode='soft', tau=tau),
-                             targets.tempered_targets(values, indices, 12, tau), rtol=4e-6)
+  # float32 sums against float64 ones: a few ulps; a wrong tau or rebuild is off by percents.
+  np.testing.assert_allclose(rebuild(batch, 12), official_targets.dense(values, indices, 12),
+                             rtol=1e-5, atol=k * 2 ** -24)
+  rows = (official_targets.tail_mass(values) >= 1e-2) | (k == 12)  # see test_distill_targets
+  np.testing.assert_allclose(np.asarray(rebuild(batch, 12, mode='soft', tau=tau))[rows],
+                             official_targets.tempered(values, indices, 12, tau)[rows],
+                             rtol=2e-3)
   hard = np.asarray(rebuild(batch, 12, mode='hard'))
   np.testing.assert_array_equal(hard.argmax(axis=1), probs.argmax(axis=1))
   np.testing.assert_array_equal(hard.sum(axis=1), 1)

@@ -2,8 +2,10 @@
 teacher of a student's step, each in its own normalisation, read through a class-index
 file; a teacher that cannot run online is refused by name before any work starts; in
 bfloat16 it says so in its name, and sharded over devices it gives the same rows."""
+import collections
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -182,18 +184,36 @@ def test_a_sharded_teacher_gives_the_replicated_ones_probabilities(tmp_path):
   assert found['auto_sharded_when_weights_are'] == dict(above=True, below=False)
 
 
-def test_a_bfloat16_teacher_is_named_so_and_its_store_is_not_resumed_in_float32(saved,
-                                                                                tmp_path):
-  """bfloat16 compute, float32 softmax: close to the float32 rows, but other rows, so its
-  name records the dtype and a store saved with one is refused to the other."""
+def dot_dtypes(lowered) -> collections.Counter:
+  """How many of a lowered program's matmuls (StableHLO dot_general) give each dtype."""
+  return collections.Counter(re.findall(r'stablehlo\.dot_general .*-> tensor<(?:\d+x)*(\w+)>',
+                                        lowered.as_text()))
+
+
+def test_a_bfloat16_teacher_computes_in_bfloat16_and_says_so(saved, tmp_path):
+  """Its compiled forward multiplies in bfloat16 (the blocks' 4 matmuls of 12 at least;
+  the float32 one has none), in the save pass and online; its float32 softmax gives other
+  rows, close to the float32 ones, so its name records the dtype and a store saved with
+  one is refused to the other."""
   root, _ = saved
   plain = teacher.make_teacher(distill_config(str(root / 'clip')))
   half = teacher.make_teacher(distill_config(str(root / 'clip'), teacher_dtype='bfloat16'))
   assert (plain.name, half.name) == (NAME, f'{NAME}@bfloat16')
   assert plain.checkpoint_hash == half.checkpoint_hash  # the same weights
   views = images_in(HALF)[1]
+  lowered = {made: dot_dtypes(jax.jit(made.probabilities).lower(views)) for made in (plain, half)}
+  mesh = pipeline.data_mesh(jax.devices())
+  for dtype in ('float32', 'bfloat16'):
+    forward, leaves = teacher.online(distill_config(str(root / 'clip'), teacher_dtype=dtype),
+                                     HALF, mesh, 7)
+    lowered[dtype] = dot_dtypes(jax.jit(forward).lower(leaves, views))
+  for dtypes in (lowered[plain], lowered['float32']):
+    assert dtypes['f32'] >= 12 * 4 and dtypes['bf16'] == 0, dtypes
+  for dtypes in (lowered[half], lowered['bfloat16']):
+    assert dtypes['bf16'] >= 12 * 4, dtypes
   probs = half.probabilities(views)
   assert probs.dtype == jnp.float32
+  assert np.abs(probs - plain.probabilities(views)).max() > 1e-4  # rounded otherwise
   np.testing.assert_allclose(probs, plain.probabilities(views), atol=2e-2)
   path = str(tmp_path / 'store')  # as a float32 save pass leaves it, without its rows
   store.LogitStore.create(path, run.student_fields(teacher=plain, num_classes=None))

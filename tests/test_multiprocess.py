@@ -26,7 +26,7 @@ from flax import nnx
 
 from configs import quickstart
 from workdirs import REPO, STEPS, checkpoint_steps, environment, examples_seen, step_losses
-from workdirs import store_files
+from workdirs import resumed_from, store_files
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import metrics
@@ -158,8 +158,10 @@ def two_processes(teacher, tmp_path_factory):
   assert 'another task died' in process_log(workdir, survivor), (
       process_log(workdir, survivor)[-3000:])
   assert max(checkpoint_steps(workdir)) < STEPS, f'killed after step {kill_after}'
+  last_saved = max(checkpoint_steps(workdir))
 
   finish(start_processes(workdir, *overrides), workdir)
+  assert resumed_from(workdir) == last_saved >= stopped_at
   return workdir
 
 

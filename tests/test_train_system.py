@@ -15,8 +15,8 @@ import pytest
 
 import train_config
 from workdirs import REPO, STEPS, checkpoint_steps, environment, examples_seen
-from workdirs import error_line, final_state, main_command, main_in_process, run_main
-from workdirs import step_losses, wait_for_steps
+from workdirs import error_line, final_state, main_command, main_in_process, resumed_from
+from workdirs import run_main, step_losses, wait_for_steps
 from tinyvit_jax import main
 from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
@@ -76,7 +76,10 @@ def test_sigterm_then_sigkill_at_an_unplanned_step_each_resume_exactly(straight_
   assert min(s for s in step_losses(tmp_path) if s > stopped_at) == stopped_at + 1
   assert max(checkpoint_steps(tmp_path)) < STEPS, f'killed after step {kill_after}'
   assert os.path.exists(tmp_path / workdir_lock.LOCK)  # a SIGKILL leaves it behind
+  last_saved = max(checkpoint_steps(tmp_path))
   assert 'taking over the lock of a dead run' in run_main(tmp_path).stderr
+  assert resumed_from(tmp_path) == last_saved >= stopped_at
+  assert resumed_from(straight_run) == 0
   assert_same_run(straight_run, tmp_path)
 
 
@@ -134,6 +137,7 @@ def test_full_disk_stops_with_one_line_and_the_rerun_resumes_exactly(straight_ru
   assert max(step_losses(workdir)) > saved
   small_disk.free_up()
   run_main(workdir)
+  assert resumed_from(workdir) == saved
   assert not [name for name in os.listdir(os.path.join(workdir, 'checkpoints'))
               if 'tmp' in name]
   assert_same_run(straight_run, workdir)

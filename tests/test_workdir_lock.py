@@ -1,13 +1,15 @@
 """The workdir lock: a live holder refuses a second run by name; a dead one (killed, its
 pid reused, silent on another host) is taken over with a warning; one lock per
-multi-process run. (A real run's refusal and a SIGKILLed run's takeover are in
-``test_train_system``.)"""
+multi-process run, process 0's answer broadcast to the others; a live holder's heartbeat.
+(A real run's refusal and a SIGKILLed run's takeover are in ``test_train_system``.)"""
 import json
 import os
+import socket
 import subprocess
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from tinyvit_jax.train import workdir_lock
@@ -75,3 +77,56 @@ def test_only_process_0_of_a_run_takes_the_lock(tmp_path, monkeypatch):
   os.remove(tmp_path / workdir_lock.LOCK)
   with workdir_lock.hold(str(tmp_path)):
     assert not os.path.exists(tmp_path / workdir_lock.LOCK)
+
+
+def test_the_holders_heartbeat_keeps_another_host_from_taking_its_lock(tmp_path, monkeypatch):
+  """The holder refreshes the lock's mtime every HEARTBEAT_S, so a lock that has been held
+  for longer than STALE_S is still refused to another host; without the heartbeat that
+  host would take it over from a live run."""
+  monkeypatch.setattr(workdir_lock, 'HEARTBEAT_S', 0.02)
+  monkeypatch.setattr(workdir_lock, 'STALE_S', 60)
+  path = tmp_path / workdir_lock.LOCK
+  with workdir_lock.hold(str(tmp_path)):
+    silent = time.time() - 2 * workdir_lock.STALE_S  # as if the holder had been silent
+    os.utime(path, (silent, silent))
+    deadline = time.time() + 10
+    while os.path.getmtime(path) < time.time() - workdir_lock.STALE_S:
+      assert time.time() < deadline, 'the holder never refreshed its lock'
+      time.sleep(0.01)
+    here = socket.gethostname()
+    monkeypatch.setattr(socket, 'gethostname', lambda: 'other-vm')  # the other host
+    with pytest.raises(workdir_lock.Locked, match=f'in use by another run .* on {here}, '):
+      with workdir_lock.hold(str(tmp_path)):
+        pass
+    monkeypatch.setattr(socket, 'gethostname', lambda: here)
+  assert not path.exists()
+
+
+@pytest.mark.parametrize('free', [True, False])
+def test_process_0s_answer_reaches_every_process(tmp_path, monkeypatch, free):
+  """Two processes of one run, each calling hold(): process 0 takes the real lock and
+  broadcasts whether it got it; process 1 goes on, or stops with the refusal named."""
+  sent = []
+
+  def process(index: int):
+    monkeypatch.setattr(jax, 'process_index', lambda: index)
+    monkeypatch.setattr(jax, 'process_count', lambda: 2)
+    broadcast = (lambda value: sent.append(int(value)) or value) if index == 0 else (
+        lambda value: np.int32(sent[-1]))  # process 1 receives what process 0 sent
+    monkeypatch.setattr(workdir_lock.multihost_utils, 'broadcast_one_to_all', broadcast)
+    return workdir_lock.hold(str(tmp_path))
+
+  if not free:
+    write_lock(tmp_path, host='other-vm')  # a live run elsewhere
+    with pytest.raises(workdir_lock.Locked, match='in use by another run'), process(0):
+      pass
+    assert sent == [0]
+    with pytest.raises(workdir_lock.Locked, match=f'workdir {tmp_path}: process 0 was '
+                                                  'refused its lock'), process(1):
+      pass
+    return
+  with process(0):
+    assert sent == [1] and os.path.exists(tmp_path / workdir_lock.LOCK)
+    with process(1):  # neither refused nor taking a lock of its own
+      pass
+  assert not os.path.exists(tmp_path / workdir_lock.LOCK)

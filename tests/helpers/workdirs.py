@@ -1,5 +1,6 @@
 """``python -m tinyvit_jax.main`` in subprocesses, and what its runs leave in a workdir or
 a store: the helpers of the tests that run the whole system."""
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,13 @@ def run_main(workdir, *overrides, devices: int = 1, check: bool = True,
 
 def step_losses(workdir) -> dict:
   return {row['step']: row['loss'] for row in metrics.read_metrics(workdir) if 'loss' in row}
+
+
+def resumed_from(workdir) -> int:
+  """The step the run that finished ``train`` started from (0: from scratch), as it
+  recorded in stages.json."""
+  with open(os.path.join(workdir, 'stages.json')) as f:
+    return json.load(f)['train']['resumed_from']
 
 
 def examples_seen(workdir) -> list:
