@@ -7,9 +7,16 @@ visual towers (Cream's CLIP teacher among them) are renamed to timm's names firs
 CLI::
 
   python -m tinyvit_jax.convert --model tiny_vit_5m_224 --from ckpt.pth --out DIR
-  python -m tinyvit_jax.convert --model tiny_vit_5m_224 --from DIR --to-timm out.safetensors
+  python -m tinyvit_jax.convert --from hf-hub:timm/tiny_vit_5m_224.dist_in22k --out DIR
+  python -m tinyvit_jax.convert --from DIR --to-timm out.safetensors
+  python -m tinyvit_jax.convert --from WORKDIR/export --to-timm FOLDER [--push ORG/NAME]
+
+``--to-timm FOLDER`` (any name not ending in .safetensors) writes a Hub repo in timm's
+layout (``models.hub.write_folder``), with a model card from the run's ``summary.json``
+where there is one; ``--push`` uploads it.
 """
 import argparse
+import json
 import os
 import pickle
 import re
@@ -19,7 +26,7 @@ import numpy as np
 
 from tinyvit_jax import compile_cache
 from tinyvit_jax import model_checkpoint
-from tinyvit_jax.models import create_model
+from tinyvit_jax.models import create_model, hub
 from tinyvit_jax.models.timm_weights import as_numpy, load_timm_state_dict, write_timm_safetensors
 
 # Cream (microsoft/Cream, TinyViT) -> timm key renaming, applied in order.
@@ -198,11 +205,18 @@ class _InertPickle:
 def _parse_args(argv):
   p = argparse.ArgumentParser(prog='python -m tinyvit_jax.convert', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--model', required=True, help='registered model name, e.g. tiny_vit_5m_224')
+  p.add_argument('--model', help='registered model name of a --from FILE, e.g. tiny_vit_5m_224')
   p.add_argument('--from', dest='src', required=True,
-                 help='timm/Cream .pth/.safetensors file, or (with --to-timm) our checkpoint dir')
+                 help='timm/Cream .pth/.safetensors file, an hf-hub:ORG/NAME[@REV] repo, or '
+                 '(with --to-timm) our checkpoint dir')
   p.add_argument('--out', help='output directory for our (orbax) model checkpoint')
-  p.add_argument('--to-timm', help='write a timm-named .safetensors instead')
+  p.add_argument('--to-timm', help='write a timm-named .safetensors file, or a Hub folder '
+                 'in timm\'s layout, instead')
+  p.add_argument('--push', metavar='ORG/NAME', help='with --to-timm FOLDER: upload it to this '
+                 'Hub model repo (huggingface_hub\'s token: `hf auth login` or HF_TOKEN)')
+  p.add_argument('--allow-pickle', action='store_true',
+                 help='read an hf-hub repo that has only a pickled pytorch_model.bin '
+                 '(torch.load(weights_only=True))')
   p.add_argument('--num-classes', type=int, default=None,
                  help='classifier size; default: read from the checkpoint head')
   p.add_argument('--img-size', type=int, default=None,
@@ -211,6 +225,10 @@ def _parse_args(argv):
   args = p.parse_args(argv)
   if bool(args.out) == bool(args.to_timm):
     p.error('give exactly one of --out (timm/Cream -> ours) or --to-timm (ours -> timm)')
+  if args.out and not args.model and not hub.is_hub_name(args.src):
+    p.error('--from FILE needs --model NAME (an hf-hub: repo names its own)')
+  if args.push and (not args.to_timm or args.to_timm.endswith('.safetensors')):
+    p.error('--push uploads a --to-timm FOLDER')
   return args
 
 
@@ -221,30 +239,68 @@ def _head_classes(sd: dict) -> int | None:
   return None
 
 
+def model_card(directory: str, meta: dict) -> str:
+  """A Hub model card for the checkpoint ``directory``: its model, and where the run's
+  ``summary.json`` (beside the export, or one level up) has it, the recipe's figures."""
+  lines = ['---', 'library_name: timm', 'tags: [image-classification, timm, tinyvit_jax]',
+           '---', f'# {meta["model"]}', '',
+           'Trained with tinyvit_jax; `timm.create_model("hf-hub:ORG/NAME", pretrained=True)` '
+           'loads it.', '']
+  run_dir = os.path.dirname(os.path.abspath(directory))
+  for path, run in ((os.path.join(run_dir, 'summary.json'), ''),
+                    (os.path.join(os.path.dirname(run_dir), 'summary.json'),
+                     os.path.basename(run_dir))):
+    if os.path.isfile(path):
+      with open(path) as f:
+        rows = [row for row in json.load(f) if row.get('run') in (run, meta['model'])]
+      if rows:
+        lines += ['| ' + ' | '.join(rows[0]) + ' |', '|' + '---|' * len(rows[0]),
+                  '| ' + ' | '.join(str(value) for value in rows[0].values()) + ' |', '']
+        break
+  preprocess = meta.get('metadata', {}).get('preprocess')
+  if preprocess:
+    lines.append(f'Eval preprocessing: {json.dumps(preprocess)}')
+  return '\n'.join(lines) + '\n'
+
+
 def run(argv=None) -> int:
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   compile_cache.enable()
+  # Only a Hub repo can hold a pickle that needs asking for.
+  source = dict(allow_pickle=True) if args.allow_pickle and hub.is_hub_name(args.src) else {}
   try:
     if args.to_timm:
-      model = model_checkpoint.restore_model(args.src)
-      write_timm_safetensors(model, args.to_timm)
+      model = model_checkpoint.restore_model(args.src, **source)
+      if args.to_timm.endswith('.safetensors'):
+        write_timm_safetensors(model, args.to_timm)
+      else:
+        meta = model_checkpoint.read_model_json(args.src)
+        hub.write_folder(model, meta['model'], meta['kwargs'], args.to_timm,
+                         metadata=meta.get('metadata'), card=model_card(args.src, meta))
       print(f'Wrote timm weights of {args.src} to {args.to_timm}')
+      if args.push:
+        print(f'Uploaded {args.to_timm} to {args.push}: {hub.push_folder(args.to_timm, args.push)}')
       return 0
-    sd = read_state_dict(args.src)
-    num_classes = args.num_classes or _head_classes(sd) or 1000
-    kwargs = dict(num_classes=num_classes)
-    if args.img_size:
-      kwargs['img_size'] = args.img_size
-    model = create_model(args.model, **kwargs)
-    load_timm_state_dict(model, sd)
-    # A teacher carries the input normalisation it needs (model_checkpoint.preprocess).
-    preprocess = model_checkpoint.registered_preprocess(args.model, kwargs)
-    model_checkpoint.save_model(args.out, model, args.model, **kwargs,
-                                metadata=dict(preprocess=preprocess))
-    print(f'Wrote {args.model} ({num_classes} classes, inputs normalised with mean '
-          f'{preprocess["mean"]} and std {preprocess["std"]}) to {args.out}')
+    if hub.is_hub_name(args.src):
+      meta = model_checkpoint.read_model_json(args.src)
+      model = model_checkpoint.restore_model(args.src, **source)
+      name, kwargs, metadata = meta['model'], meta['kwargs'], meta['metadata']
+    else:
+      sd = read_state_dict(args.src)
+      name = args.model
+      kwargs = dict(num_classes=args.num_classes or _head_classes(sd) or 1000)
+      if args.img_size:
+        kwargs['img_size'] = args.img_size
+      model = create_model(name, **kwargs)
+      load_timm_state_dict(model, sd)
+      # A teacher carries the input normalisation it needs (model_checkpoint.preprocess).
+      metadata = dict(preprocess=model_checkpoint.registered_preprocess(name, kwargs))
+    model_checkpoint.save_model(args.out, model, name, **kwargs, metadata=metadata)
+    print(f'Wrote {name} ({kwargs["num_classes"]} classes, inputs normalised with mean '
+          f'{metadata["preprocess"]["mean"]} and std {metadata["preprocess"]["std"]}) to '
+          f'{args.out}')
     return 0
-  except (FileExistsError, ValueError) as e:  # ValueError: StateDictMismatch, CheckpointError
+  except (FileExistsError, ValueError) as e:  # ValueError: every UserError here, HubError too
     print(f'error: {e}', file=sys.stderr)
     return 2
 

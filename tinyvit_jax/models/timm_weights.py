@@ -22,7 +22,12 @@ _IGNORED_SUFFIXES = ('num_batches_tracked', 'attention_bias_idxs')
 
 
 class StateDictMismatch(errors.UserError, ValueError):
-  """A checkpoint whose keys or shapes do not fit the model; lists every offender."""
+  """A checkpoint whose keys or shapes do not fit the model; lists every offender
+  (``offenders``: each as 'missing KEY', 'unexpected KEY' or 'KEY: expected ..., found ...')."""
+
+  def __init__(self, message: str, offenders: list[str]):
+    super().__init__(message)
+    self.offenders = offenders
 
 
 def _to_timm_array(leaf: str, value: np.ndarray) -> np.ndarray:
@@ -97,7 +102,8 @@ def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
       if items:
         lines.append(f'  {len(items)} {title}:')
         lines += [f'    {item}' for item in items]
-    raise StateDictMismatch('\n'.join(lines))
+    raise StateDictMismatch('\n'.join(lines), [f'missing {key}' for key in missing]
+                            + [f'unexpected {key}' for key in unexpected] + wrong_shape)
   for path, value in updates.items():
     flat[path][...] = value
   return model
