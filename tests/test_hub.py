@@ -23,7 +23,7 @@ from timm_reference import assert_logits_close, jit_forward, perturb, timm_logit
 from tinyvit_jax import convert, model_checkpoint, predict
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.errors import UserError
-from tinyvit_jax.models import create_model, hub, list_models
+from tinyvit_jax.models import create_model, hub, list_models, registry
 from tinyvit_jax.train import pretrained
 
 _TINY_VIT = dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_heads=[1, 2, 3, 4])
@@ -79,20 +79,41 @@ def _images(size, batch=2, seed=1):
   return np.random.RandomState(seed).randn(batch, size, size, 3).astype(np.float32)
 
 
-def test_pretrained_by_timm_name_matches_timm(cache, tmp_path):
-  """``ARCH.TAG`` -> timm/ARCH.TAG; its model_args, classes and preprocessing are the repo's."""
+def test_pretrained_by_timm_name_matches_timm_and_timm_loads_it_back(cache, tmp_path):
+  """``ARCH.TAG`` -> timm/ARCH.TAG; its model_args, classes and preprocessing are the repo's.
+  Written back (``convert --to-timm FOLDER``, the class names with it), timm reads the
+  folder from a Hub cache and computes what we compute."""
   source = _timm_repo(cache, tmp_path, 'timm/tiny_vit_5m_224.dist_in22k', 'tiny_vit_5m_224',
-                      num_classes=7, **_TINY_VIT)
+                      num_classes=4, **_TINY_VIT)
   ours = create_model('tiny_vit_5m_224.dist_in22k', pretrained=True)
   ours.eval()
-  assert ours.num_classes == 7
-  images = _images(64)
-  assert_logits_close(jit_forward(ours, images), timm_logits(source, images))
-  assert create_model('tiny_vit_5m_224', pretrained=True).num_classes == 7  # default tag
+  assert ours.num_classes == 4
+  images = _images(48)
+  logits = jit_forward(ours, images)
+  assert_logits_close(logits, timm_logits(source, images))
+  assert create_model('tiny_vit_5m_224', pretrained=True).num_classes == 4  # default tag
   meta = model_checkpoint.read_model_json('hf-hub:timm/tiny_vit_5m_224.dist_in22k')
   assert model_checkpoint.preprocess(meta) == dict(
       image_size=224, crop_pct=0.95, interpolation='bicubic',
       mean=list(timm.data.IMAGENET_DEFAULT_MEAN), std=list(timm.data.IMAGENET_DEFAULT_STD))
+  theirs = _timm_reads_our_folder(cache, tmp_path, ours, 'tiny_vit_5m_224', _TINY_VIT)
+  assert_logits_close(logits, timm_logits(theirs, images))
+
+
+def _timm_reads_our_folder(cache, tmp_path, model, arch, kwargs):
+  """``model`` saved as our checkpoint with class names, exported by ``convert --to-timm
+  FOLDER``, and loaded by timm from a Hub cache holding that folder."""
+  checkpoint = tmp_path / 'ours'
+  labels = [f'class {c}' for c in range(model.num_classes)]
+  model_checkpoint.save_model(str(checkpoint), model, arch, num_classes=model.num_classes,
+                              **kwargs, metadata=dict(labels=labels))
+  folder = tmp_path / 'export'
+  assert convert.run(['--from', str(checkpoint), '--to-timm', str(folder)]) == 0
+  _publish(cache, 'me/exported', folder)
+  theirs = timm.create_model('hf-hub:me/exported', pretrained=True)
+  theirs.eval()
+  assert theirs.pretrained_cfg['label_names'] == labels
+  return theirs
 
 
 def test_default_tags_and_repos_are_timms():
@@ -146,23 +167,23 @@ def test_finetune_init_from_the_official_21k_name(cache, tmp_path):
                       num_classes=9, **_TINY_VIT)
   index = tmp_path / 'classes.txt'
   index.write_text('4\n0\n8\n')
-  model = create_model('tiny_vit_5m_224', num_classes=3, **_TINY_VIT)
+  # Every weight comes from the checkpoint, so the student's own random init is skipped.
+  model = registry.create_unfilled('tiny_vit_5m_224', num_classes=3, **_TINY_VIT)
   pretrained.load_into(model, 'hf-hub:timm/tiny_vit_5m_224.dist_in22k', head=str(index))
   np.testing.assert_array_equal(np.asarray(model.head.fc.kernel[...]),
                                 source.head.fc.weight.detach().numpy()[[4, 0, 8]].T)
 
 
-def test_convert_and_predict_take_hub_names(cache, tmp_path, capsys):
-  _timm_repo(cache, tmp_path, 'timm/tiny_vit_5m_224.dist_in22k', 'tiny_vit_5m_224',
-             num_classes=7, **_TINY_VIT)
+def test_convert_and_predict_take_hub_names(cache, tmp_path):
+  _timm_repo(cache, tmp_path, 'someone/deit', 'deit_tiny_distilled_patch16_224',
+             num_classes=5, **_DEIT)
   out = tmp_path / 'converted'
-  assert convert.run(['--from', 'hf-hub:timm/tiny_vit_5m_224.dist_in22k', '--out',
-                      str(out)]) == 0
-  assert model_checkpoint.read_model_json(str(out))['model'] == 'tiny_vit_5m_224'
+  assert convert.run(['--from', 'hf-hub:someone/deit', '--out', str(out)]) == 0
+  assert model_checkpoint.read_model_json(str(out))['model'] == 'deit_tiny_distilled_patch16_224'
   image = tmp_path / 'x.png'
   from PIL import Image
-  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
-  by_name = predict.predict('hf-hub:timm/tiny_vit_5m_224.dist_in22k', [str(image)])
+  Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 40, 3), np.uint8)).save(image)
+  by_name = predict.predict('hf-hub:someone/deit', [str(image)])
   assert by_name == predict.predict(str(out), [str(image)])
 
 
@@ -220,24 +241,12 @@ def test_errors_are_one_line(cache, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('arch,kwargs,size', [
-    ('tiny_vit_5m_224', _TINY_VIT, 64),
     ('deit_tiny_distilled_patch16_224', _DEIT, 32),
     ('vit_base_patch16_clip_quickgelu_224', _CLIP, 28),
 ])
 def test_timm_loads_the_folder_we_write(arch, kwargs, size, cache, tmp_path):
-  """``convert --to-timm FOLDER``: timm reads it from a Hub cache (config.json and
-  model.safetensors) and computes what we compute."""
   model = create_model(arch, num_classes=4, **kwargs)
-  checkpoint = tmp_path / 'ours'
-  labels = ['cat', 'dog', 'eel', 'fox']
-  model_checkpoint.save_model(str(checkpoint), model, arch, num_classes=4, **kwargs,
-                              metadata=dict(labels=labels))
-  folder = tmp_path / 'export'
-  assert convert.run(['--from', str(checkpoint), '--to-timm', str(folder)]) == 0
-  _publish(cache, 'me/exported', folder)
-  theirs = timm.create_model('hf-hub:me/exported', pretrained=True)
-  theirs.eval()
-  assert theirs.pretrained_cfg['label_names'] == labels
+  theirs = _timm_reads_our_folder(cache, tmp_path, model, arch, kwargs)
   model.eval()
   images = _images(size)
   assert_logits_close(jit_forward(model, images), timm_logits(theirs, images))

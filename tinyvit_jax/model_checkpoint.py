@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from tinyvit_jax import errors
-from tinyvit_jax.models import WEIGHTS, create_model, hub, model_info
+from tinyvit_jax.models import WEIGHTS, hub, model_info, registry
 
 FORMAT_VERSION = 1
 _JSON_TYPES = (int, float, str, bool, list, tuple, type(None))
@@ -110,7 +110,8 @@ def restore_model(directory: str, *, rngs: nnx.Rngs | None = None, **overrides) 
   directory = os.path.abspath(directory)
   meta = read_model_json(directory)
   try:
-    model = create_model(meta['model'], rngs=rngs, **{**meta['kwargs'], **overrides})
+    model = registry.create_unfilled(meta['model'], rngs=rngs,
+                                     **{**meta['kwargs'], **overrides})
   except (TypeError, ValueError) as error:  # an unknown model name or argument
     raise CheckpointError(f'{directory}/model.json: {error}; expected a registered model '
                           'and its arguments.') from None

@@ -131,7 +131,8 @@ def load_model(name: str, *, rngs: nnx.Rngs | None = None, allow_pickle: bool = 
   meta = model_json(name)
   repo, revision = meta['metadata']['hub']['repo'], meta['metadata']['hub']['revision']
   try:
-    model = registry.create_model(meta['model'], rngs=rngs, **{**meta['kwargs'], **overrides})
+    model = registry.create_unfilled(meta['model'], rngs=rngs,
+                                     **{**meta['kwargs'], **overrides})
   except TypeError as error:  # a model_args entry our constructor does not take
     raise HubError(f'{repo}@{revision}/{CONFIG}: model_args {meta["kwargs"]} do not build our '
                    f'{meta["model"]} ({error}).') from None

@@ -8,6 +8,7 @@ ViT checkpoint of another image size gets its ``pos_embed`` resampled, as timm d
 """
 import os
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -73,7 +74,8 @@ def _head_hint(model, name: str, expected: tuple, found: tuple) -> str:
 
 
 def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
-  """Loads a timm-named state_dict (numpy or torch tensors) into ``model`` in place.
+  """Loads a timm-named state_dict (numpy or torch tensors) into ``model`` in place; its
+  weights may be abstract (``nnx.eval_shape``), as the checkpoint sets them all.
 
   Every missing, unexpected or wrongly shaped key is reported in one error.
   """
@@ -88,12 +90,13 @@ def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
     if key not in sd:
       missing.append(key)
       continue
-    expected = _to_timm_array(leaf, np.zeros(flat[path][...].shape, np.int8)).shape
+    target = flat[path].get_value()  # an array, or a shape where only traced
+    expected = _to_timm_array(leaf, np.zeros(target.shape, np.int8)).shape
     if sd[key].shape != expected:
       wrong_shape.append(f'{key}: expected {expected}, found {sd[key].shape}')
       hint = hint or _head_hint(model, key, expected, sd[key].shape)
       continue
-    updates[path] = _from_timm_array(leaf, sd[key]).astype(flat[path][...].dtype)
+    updates[path] = _from_timm_array(leaf, sd[key]).astype(target.dtype)
   unexpected = sorted(set(sd) - expected_keys)
   if missing or unexpected or wrong_shape:
     lines = [f'State dict does not fit {type(model).__name__}:{hint}']
@@ -105,7 +108,7 @@ def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
     raise StateDictMismatch('\n'.join(lines), [f'missing {key}' for key in missing]
                             + [f'unexpected {key}' for key in unexpected] + wrong_shape)
   for path, value in updates.items():
-    flat[path][...] = value
+    flat[path].set_value(jax.numpy.asarray(value))
   return model
 
 
