@@ -12,6 +12,8 @@ import os
 
 import httpx2
 import huggingface_hub
+import jax
+import ml_collections
 import numpy as np
 import pytest
 import timm
@@ -21,6 +23,7 @@ from timm.models._hub import save_for_hf
 
 from timm_reference import assert_logits_close, jit_forward, perturb, timm_logits
 from tinyvit_jax import convert, model_checkpoint, predict
+from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.errors import UserError
 from tinyvit_jax.models import create_model, hub, list_models, registry
@@ -145,7 +148,8 @@ def test_distilled_deit_from_hf_hub_name_at_a_revision(cache, tmp_path):
 
 def test_clip_teacher_from_the_hub_carries_its_normalisation(cache, tmp_path):
   """A Hub teacher's outputs on views normalised the student's way (ImageNet's) are the
-  timm model's on the same pixels normalised its own way (CLIP's), as for converted ones."""
+  timm model's on the same pixels normalised its own way (CLIP's), as for converted ones:
+  in the save pass and online."""
   source = _timm_repo(cache, tmp_path, 'timm/vit_base_patch16_clip_224.openai',
                       'vit_base_patch16_clip_quickgelu_224', num_classes=6, **_CLIP)
   name = 'hf-hub:timm/vit_base_patch16_clip_224.openai'
@@ -159,6 +163,11 @@ def test_clip_teacher_from_the_hub_carries_its_normalisation(cache, tmp_path):
                            -1).numpy()
   np.testing.assert_allclose(np.asarray(teacher.probabilities(student_view.astype(np.float32))),
                              expected, atol=2e-5)
+  online, leaves = teacher_lib.online(ml_collections.ConfigDict(dict(teacher=name)), None,
+                                      pipeline.data_mesh(jax.local_devices()), 6)
+  np.testing.assert_allclose(
+      np.asarray(jax.nn.softmax(online(leaves, student_view.astype(np.float32)))), expected,
+      atol=2e-5)
 
 
 def test_finetune_init_from_the_official_21k_name(cache, tmp_path):
