@@ -59,7 +59,8 @@ def _publish(cache, repo: str, folder, *, missing=()) -> str:
     data = open(os.path.join(folder, name), 'rb').read()
     blob = base / 'blobs' / hashlib.sha256(data).hexdigest()
     blob.write_bytes(data)
-    os.symlink(os.path.relpath(blob, base / 'snapshots' / commit), base / 'snapshots' / commit / name)
+    snapshot = base / 'snapshots' / commit
+    os.symlink(os.path.relpath(blob, snapshot), snapshot / name)
   for name in missing:
     (base / '.no_exist' / commit / name).touch()
   (base / 'refs' / 'main').write_text(commit)
@@ -217,23 +218,27 @@ def _one_line_error(call, *patterns):
   return message
 
 
-def test_errors_are_one_line(cache, tmp_path, monkeypatch):
+def test_errors_are_one_line(cache, tmp_path, monkeypatch, capsys):
   _timm_repo(cache, tmp_path, 'someone/deit', 'deit_tiny_distilled_patch16_224',
              num_classes=5, **_DEIT)
-  _one_line_error(lambda: create_model('hf-hub:someone/absent@v2', pretrained=True),
-                  'someone/absent@v2', 'HF_HUB_OFFLINE=1', 'hf download someone/absent')
+  offline = _one_line_error(lambda: create_model('hf-hub:someone/absent@v2', pretrained=True),
+                            'someone/absent@v2', 'HF_HUB_OFFLINE=1', 'hf download someone/absent')
+  assert convert.run(['--from', 'hf-hub:someone/absent@v2', '--out', str(tmp_path / 'x')]) == 2
+  assert capsys.readouterr().err == f'error: {offline}\n'
   _one_line_error(lambda: create_model('tiny_vit_5m_22.in1k', pretrained=True),
                   'tiny_vit_5m_224')
   config = json.loads(open(tmp_path / 'someone_deit' / 'config.json').read())
   unregistered = tmp_path / 'unregistered'
   unregistered.mkdir()
-  (unregistered / 'config.json').write_text(json.dumps({**config, 'architecture': 'deit_tiny_patch16_22'}))
+  (unregistered / 'config.json').write_text(
+      json.dumps({**config, 'architecture': 'deit_tiny_patch16_22'}))
   _publish(cache, 'someone/unregistered', unregistered)
   _one_line_error(lambda: create_model('hf-hub:someone/unregistered', pretrained=True),
                   "'deit_tiny_patch16_22' is not registered", 'deit_tiny_patch16_224')
   unfit = tmp_path / 'unfit'
   unfit.mkdir()
-  (unfit / 'config.json').write_text(json.dumps({**config, 'architecture': 'deit_tiny_patch16_224'}))
+  (unfit / 'config.json').write_text(
+      json.dumps({**config, 'architecture': 'deit_tiny_patch16_224'}))
   os.link(tmp_path / 'someone_deit' / 'model.safetensors', unfit / 'model.safetensors')
   _publish(cache, 'someone/unfit', unfit)
   _one_line_error(lambda: create_model('hf-hub:someone/unfit', pretrained=True),
@@ -271,9 +276,12 @@ def test_push_uploads_the_folder(tmp_path, monkeypatch):
   checkpoint = tmp_path / 'ours'
   model_checkpoint.save_model(str(checkpoint), model, 'deit_tiny_patch16_224', num_classes=3,
                               **_DEIT)
+  (tmp_path / 'summary.json').write_text(json.dumps([dict(run='', top1=0.625)]))
   folder = tmp_path / 'export'
   assert convert.run(['--from', str(checkpoint), '--to-timm', str(folder), '--push',
                       'me/student']) == 0
+  card = (folder / 'README.md').read_text()
+  assert '| 0.625 |' in card and 'hf-hub:me/student' in card
   assert calls[0] == ('create', 'me/student')
   assert calls[1][1]['repo_id'] == 'me/student'
   assert calls[1][1]['folder_path'] == str(folder)

@@ -1,6 +1,6 @@
 """Weights both ways between our models and timm / official (Cream) PyTorch checkpoints.
 
-The mapping itself is ``models.timm_weights``'. Cream TinyViT checkpoints and OpenAI CLIP
+The mapping itself is ``models.timm_weights``. Cream TinyViT checkpoints and OpenAI CLIP
 visual towers (Cream's CLIP teacher among them) are renamed to timm's names first
 (``cream_to_timm``, ``openai_clip_to_timm``).
 
@@ -239,12 +239,12 @@ def _head_classes(sd: dict) -> int | None:
   return None
 
 
-def model_card(directory: str, meta: dict) -> str:
+def model_card(directory: str, meta: dict, repo: str = 'ORG/NAME') -> str:
   """A Hub model card for the checkpoint ``directory``: its model, and where the run's
   ``summary.json`` (beside the export, or one level up) has it, the recipe's figures."""
   lines = ['---', 'library_name: timm', 'tags: [image-classification, timm, tinyvit_jax]',
            '---', f'# {meta["model"]}', '',
-           'Trained with tinyvit_jax; `timm.create_model("hf-hub:ORG/NAME", pretrained=True)` '
+           f'Trained with tinyvit_jax; `timm.create_model("hf-hub:{repo}", pretrained=True)` '
            'loads it.', '']
   run_dir = os.path.dirname(os.path.abspath(directory))
   for path, run in ((os.path.join(run_dir, 'summary.json'), ''),
@@ -276,10 +276,12 @@ def run(argv=None) -> int:
       else:
         meta = model_checkpoint.read_model_json(args.src)
         hub.write_folder(model, meta['model'], meta['kwargs'], args.to_timm,
-                         metadata=meta.get('metadata'), card=model_card(args.src, meta))
+                         metadata=meta.get('metadata'),
+                         card=model_card(args.src, meta, args.push or 'ORG/NAME'))
       print(f'Wrote timm weights of {args.src} to {args.to_timm}')
       if args.push:
-        print(f'Uploaded {args.to_timm} to {args.push}: {hub.push_folder(args.to_timm, args.push)}')
+        url = hub.push_folder(args.to_timm, args.push)
+        print(f'Uploaded {args.to_timm} to {args.push}: {url}')
       return 0
     if hub.is_hub_name(args.src):
       meta = model_checkpoint.read_model_json(args.src)

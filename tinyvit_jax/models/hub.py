@@ -94,9 +94,12 @@ def model_json(name: str) -> dict:
   except ValueError as error:
     raise HubError(f'{repo}@{revision}: architecture {arch!r} is not registered here. '
                    f'{str(error).split(". ", 1)[-1]}') from None
+  if not isinstance(config.get('num_classes'), int):
+    raise HubError(f'{repo}@{revision}/{CONFIG}: no "num_classes"; not a model in timm\'s '
+                   'Hub layout.')
   cfg = config.get('pretrained_cfg', {})
   kwargs = dict(_our_args(arch, config.get('model_args') or {}),
-                num_classes=int(config['num_classes']))
+                num_classes=config['num_classes'])
   info = registry.model_info(arch)
   preprocess = dict(image_size=int(cfg.get('input_size', (3, info.input_size))[-1]),
                     crop_pct=float(cfg.get('crop_pct', info.crop_pct)),
