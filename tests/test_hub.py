@@ -12,6 +12,7 @@ import os
 
 import httpx2
 import huggingface_hub
+import hypothesis
 import jax
 import ml_collections
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 import timm
 import torch
 from huggingface_hub import errors as hub_errors
+from hypothesis import strategies as st
 from timm.models._hub import save_for_hf
 
 from timm_reference import assert_logits_close, jit_forward, perturb, timm_logits
@@ -135,6 +137,17 @@ def test_default_tags_and_repos_are_timms():
       repo, revision, resolved = hub.resolve(f'{arch}.{tag}')
       assert (repo, revision, resolved) == (
           timm.models.get_pretrained_cfg(f'{arch}.{tag}').hf_hub_id, 'main', arch)
+
+
+@hypothesis.settings(max_examples=50, deadline=None)
+@hypothesis.given(org=st.from_regex(r'[A-Za-z0-9][\w.-]{0,20}', fullmatch=True),
+                  name=st.from_regex(r'[A-Za-z0-9][\w.-]{0,40}', fullmatch=True),
+                  revision=st.one_of(st.none(), st.from_regex(r'[\w.-]{1,40}', fullmatch=True)))
+def test_hub_names_parse(org, name, revision):
+  full = f'hf-hub:{org}/{name}' + (f'@{revision}' if revision else '')
+  assert hub.resolve(full) == (f'{org}/{name}', revision or 'main', None)
+  with pytest.raises(hub.HubError, match='expected hf-hub:ORG/NAME'):
+    hub.resolve(f'hf-hub:{org}')
 
 
 def test_distilled_deit_from_hf_hub_name_at_a_revision(cache, tmp_path):

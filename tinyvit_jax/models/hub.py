@@ -90,7 +90,7 @@ def model_json(name: str) -> dict:
     config = json.load(f)
   arch = arch or config.get('architecture', '')
   try:
-    registry.model_info(arch)
+    info = registry.model_info(arch)
   except ValueError as error:
     raise HubError(f'{repo}@{revision}: architecture {arch!r} is not registered here. '
                    f'{str(error).split(". ", 1)[-1]}') from None
@@ -100,7 +100,6 @@ def model_json(name: str) -> dict:
   cfg = config.get('pretrained_cfg', {})
   kwargs = dict(_our_args(arch, config.get('model_args') or {}),
                 num_classes=config['num_classes'])
-  info = registry.model_info(arch)
   preprocess = dict(image_size=int(cfg.get('input_size', (3, info.input_size))[-1]),
                     crop_pct=float(cfg.get('crop_pct', info.crop_pct)),
                     interpolation=cfg.get('interpolation', 'bicubic'),
@@ -109,7 +108,7 @@ def model_json(name: str) -> dict:
   labels = config.get('label_names')
   if isinstance(labels, list) and len(labels) == kwargs['num_classes']:
     metadata['labels'] = labels
-  return dict(format=1, model=arch, kwargs=kwargs, metadata=metadata)
+  return dict(model=arch, kwargs=kwargs, metadata=metadata)
 
 
 def _our_args(arch: str, model_args: dict) -> dict:
