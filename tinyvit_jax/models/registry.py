@@ -60,7 +60,7 @@ def create_unfilled(name: str, *, rngs: nnx.Rngs | None = None, **kwargs) -> nnx
   """``create_model(name, **kwargs)`` for a checkpoint to fill: its weights abstract (shapes
   only), its other state (drop path's RNG streams) as ``create_model`` makes it. One trace
   and one small compile, where an eager random init of weights about to be replaced
-  compiles a program per weight shape (a minute for a small TinyViT on two busy cores)."""
+  compiles a program per weight shape."""
   rngs = rngs if rngs is not None else nnx.Rngs(0)
   build = lambda: create_model(name, rngs=nnx.clone(rngs), **kwargs)  # noqa: E731
   model = nnx.eval_shape(build)
