@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from flax import nnx
 from huggingface_hub import errors as hub_errors
 from hypothesis import strategies as st
 from timm.models._hub import save_for_hf
@@ -215,6 +216,8 @@ def test_pickled_weights_are_refused_unless_asked(cache, tmp_path):
                       num_classes=5, safe=False, **_DEIT)
   with pytest.raises(hub.HubError, match='allow_pickle=True'):
     create_model('hf-hub:someone/old', pretrained=True)
+  # timm's way: without pretrained, the repo's architecture and no weights read (shapes only)
+  assert nnx.eval_shape(lambda: create_model('hf-hub:someone/old')).head.kernel.shape == (48, 5)
   ours = create_model('hf-hub:someone/old', pretrained=True, allow_pickle=True)
   ours.eval()
   images = _images(32)
