@@ -186,7 +186,7 @@ def _download(repo: str, filename: str, revision: str, *, missing_ok: bool = Fal
     raise HubError(f'{where} has no {filename}: not a model repo in timm\'s layout.') from None
   except hub_errors.LocalEntryNotFoundError:
     cached = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision)
-    if missing_ok and cached is huggingface_hub.file_download._CACHED_NO_EXIST:
+    if missing_ok and cached is huggingface_hub._CACHED_NO_EXIST:
       return None  # the cache recorded that the repo lacks it
     reason = ('HF_HUB_OFFLINE=1 forbids downloading it' if huggingface_hub.is_offline_mode()
               else 'the Hub could not be reached')
