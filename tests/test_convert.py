@@ -11,6 +11,7 @@ from cream_clip import CfgNode, cream_clip
 from timm_reference import (assert_logits_close, create_timm_model, jit_forward, perturb,
                             timm_logits)
 from tinyvit_jax import convert, model_checkpoint
+from tinyvit_jax.models import timm_weights
 from tinyvit_jax.models import create_model
 
 _NAMES = ['tiny_vit_5m_224', 'deit_tiny_distilled_patch16_224']
@@ -22,7 +23,7 @@ def _images(size=224, batch=2, seed=1):
 
 def _ours_from_timm(name, timm_model, **kwargs):
   model = create_model(name, **kwargs)
-  convert.load_timm_state_dict(model, timm_model.state_dict())
+  timm_weights.load_timm_state_dict(model, timm_model.state_dict())
   model.eval()
   return model
 
@@ -33,7 +34,7 @@ def test_round_trip_through_timm_safetensors(name, tmp_path):
   source = create_timm_model(name, seed=3)
   ours = _ours_from_timm(name, source)
   path = str(tmp_path / 'w.safetensors')
-  convert.write_timm_safetensors(ours, path)
+  timm_weights.write_timm_safetensors(ours, path)
 
   from safetensors.torch import load_file
   fresh = create_timm_model(name, seed=99)
@@ -71,7 +72,7 @@ def test_cream_checkpoint_loads_and_matches(tmp_path):
   torch.save({'model': cream_sd, 'epoch': 299}, path)
 
   ours = create_model('tiny_vit_5m_224')
-  convert.load_timm_state_dict(ours, convert.read_state_dict(str(path)))
+  timm_weights.load_timm_state_dict(ours, convert.read_state_dict(str(path)))
   ours.eval()
   timm_model.eval()
   images = _images()
@@ -84,8 +85,8 @@ def test_mismatch_lists_every_key_with_shapes():
   del sd['head.norm.bias']
   sd['stages.9.extra.weight'] = torch.zeros(3)
   sd['stages.2.blocks.0.attn.attention_biases'] = torch.zeros(5, 49)
-  with pytest.raises(convert.StateDictMismatch) as err:
-    convert.load_timm_state_dict(create_model('tiny_vit_5m_224'), sd)
+  with pytest.raises(timm_weights.StateDictMismatch) as err:
+    timm_weights.load_timm_state_dict(create_model('tiny_vit_5m_224'), sd)
   msg = str(err.value)
   assert '2 missing' in msg and 'stages.1.blocks.0.attn.qkv.weight' in msg
   assert 'head.norm.bias' in msg
@@ -95,8 +96,8 @@ def test_mismatch_lists_every_key_with_shapes():
 
 def test_head_size_mismatch_names_the_flag():
   sd = create_timm_model('tiny_vit_5m_224', num_classes=21841).state_dict()
-  with pytest.raises(convert.StateDictMismatch, match='pass --num-classes 21841'):
-    convert.load_timm_state_dict(create_model('tiny_vit_5m_224'), sd)
+  with pytest.raises(timm_weights.StateDictMismatch, match='pass --num-classes 21841'):
+    timm_weights.load_timm_state_dict(create_model('tiny_vit_5m_224'), sd)
 
 
 def test_21k_head_loads_into_a_21k_model():
@@ -188,7 +189,7 @@ def test_cream_clip_training_checkpoint_loads_and_matches(tmp_path):
   torch.save({'model': cream.state_dict(), 'config': config, 'epoch': 89}, path)
 
   ours = create_model('clip_vit_large14_224', proj_dim=48, num_classes=10, **_SMALL_CLIP)
-  convert.load_timm_state_dict(ours, convert.read_state_dict(str(path)))
+  timm_weights.load_timm_state_dict(ours, convert.read_state_dict(str(path)))
   ours.eval()
   images = _images(42)
   assert_logits_close(jit_forward(ours, images), timm_logits(cream, images))
@@ -199,7 +200,7 @@ def test_bare_openai_clip_tower_loads_with_proj_as_head():
   tower = _small_cream_clip(seed=2).visual
   sd = {f'visual.{k}': v for k, v in tower.state_dict().items()}
   ours = create_model('vit_large_patch14_clip_quickgelu_224', num_classes=48, **_SMALL_CLIP)
-  convert.load_timm_state_dict(ours, convert.openai_clip_to_timm(sd))
+  timm_weights.load_timm_state_dict(ours, convert.openai_clip_to_timm(sd))
   ours.eval()
   images = _images(42)
   assert_logits_close(jit_forward(ours, images), timm_logits(tower, images))
@@ -248,7 +249,7 @@ def test_the_papers_clip_teacher_converts_at_full_size():
   cream = cream_clip()
   perturb(cream, 0)
   ours = create_model('clip_vit_large14_224', num_classes=21841)
-  convert.load_timm_state_dict(ours, convert.openai_clip_to_timm(cream.state_dict()))
+  timm_weights.load_timm_state_dict(ours, convert.openai_clip_to_timm(cream.state_dict()))
   ours.eval()
   images = _images(batch=1)
   assert_logits_close(jit_forward(ours, images), timm_logits(cream, images))

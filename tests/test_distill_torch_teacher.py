@@ -15,7 +15,7 @@ import timm
 import torch
 from flax import nnx
 
-from tinyvit_jax import convert
+from tinyvit_jax.models import timm_weights
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import store
@@ -86,12 +86,12 @@ def test_timm_store_holds_the_timm_models_top_k_on_our_augmented_views(tmp_path)
 
 def test_jax_conversion_of_the_same_weights_writes_the_same_store(tmp_path):
   """A tiny DeiT at 32 px through the timm adapter, and the same weights converted into
-  our model (``convert.load_timm_state_dict``) through ``teacher.from_checkpoint``: equal
+  our model (``timm_weights.load_timm_state_dict``) through ``teacher.from_checkpoint``: equal
   top-k indices and values within float16 rounding, at every position."""
   name, kwargs = 'deit_tiny_patch16_224', dict(img_size=32)
   timm_model, checkpoint = saved_timm_model(tmp_path, name, **kwargs)
   ours = create_model(name, num_classes=run.CLASSES, rngs=nnx.Rngs(0), **kwargs)
-  convert.load_timm_state_dict(ours, timm_model.state_dict())
+  timm_weights.load_timm_state_dict(ours, timm_model.state_dict())
   model_checkpoint.save_model(str(tmp_path / 'ours'), ours, name, num_classes=run.CLASSES,
                               **kwargs)
   run.save(str(tmp_path / 'timm'), teacher=torch_teacher.from_timm(name, checkpoint, **kwargs),

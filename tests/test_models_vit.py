@@ -9,8 +9,8 @@ import torch
 from flax import nnx
 
 from timm_reference import assert_logits_close, create_timm_model, jit_forward, timm_logits
-from tinyvit_jax import convert
-from tinyvit_jax.models import create_model, deit, list_models, model_info, vision_transformer
+from tinyvit_jax.models import create_model, deit, list_models, model_info, timm_weights
+from tinyvit_jax.models import vision_transformer
 
 _SMALL = dict(embed_dim=32, depth=2, num_heads=2, num_classes=10)
 
@@ -21,7 +21,7 @@ def _images(size, batch=2, seed=1):
 
 def _ours(name, sd, **kwargs):
   model = create_model(name, **_SMALL, **kwargs)
-  convert.load_timm_state_dict(model, sd)
+  timm_weights.load_timm_state_dict(model, sd)
   model.eval()
   return model
 
@@ -68,7 +68,7 @@ def test_round_trip_through_timm_safetensors(tmp_path):
   ours = _ours(name, create_timm_model(name, seed=3, **_SMALL, **options).state_dict(),
                **options)
   path = str(tmp_path / 'vit.safetensors')
-  convert.write_timm_safetensors(ours, path)
+  timm_weights.write_timm_safetensors(ours, path)
   fresh = create_timm_model(name, seed=99, **_SMALL, **options)
   fresh.load_state_dict(load_file(path), strict=True)
   images = _images(28)

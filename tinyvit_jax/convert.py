@@ -1,140 +1,34 @@
 """Weights both ways between our models and timm / official (Cream) PyTorch checkpoints.
 
-Our module names equal timm's, so a state path maps onto a timm key by renaming its
-leaf (``kernel`` -> ``weight``, ``scale`` -> ``weight``, ``mean`` -> ``running_mean``, ...)
-and transposing kernels (Linear ``(in, out)`` <-> ``(out, in)``, conv HWIO <-> OIHW).
-Cream TinyViT checkpoints and OpenAI CLIP visual towers (Cream's CLIP teacher among
-them) are renamed to timm's names first (``cream_to_timm``, ``openai_clip_to_timm``). A
-ViT checkpoint of another image size gets its ``pos_embed`` resampled, as timm does.
+The mapping itself is ``models.timm_weights``. Cream TinyViT checkpoints and OpenAI CLIP
+visual towers (Cream's CLIP teacher among them) are renamed to timm's names first
+(``cream_to_timm``, ``openai_clip_to_timm``).
 
 CLI::
 
   python -m tinyvit_jax.convert --model tiny_vit_5m_224 --from ckpt.pth --out DIR
-  python -m tinyvit_jax.convert --model tiny_vit_5m_224 --from DIR --to-timm out.safetensors
+  python -m tinyvit_jax.convert --from hf-hub:timm/tiny_vit_5m_224.dist_in22k --out DIR
+  python -m tinyvit_jax.convert --from DIR --to-timm out.safetensors
+  python -m tinyvit_jax.convert --from WORKDIR/export --to-timm FOLDER [--push ORG/NAME]
+
+``--to-timm FOLDER`` (any name not ending in .safetensors) writes a Hub repo in timm's
+layout (``models.hub.write_folder``), with a model card from the run's ``summary.json``
+where there is one; ``--push`` uploads it.
 """
 import argparse
+import json
 import os
 import pickle
 import re
 import sys
 
 import numpy as np
-from flax import nnx
 
 from tinyvit_jax import compile_cache
 from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
-from tinyvit_jax.models import WEIGHTS, create_model
-from tinyvit_jax.models.vision_transformer import VisionTransformer, resample_abs_pos_embed
-
-_LEAF_TO_TIMM = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
-                 'var': 'running_var'}
-# Keys timm/Cream carry that hold no weights of ours.
-_IGNORED_SUFFIXES = ('num_batches_tracked', 'attention_bias_idxs')
-
-
-class StateDictMismatch(errors.UserError, ValueError):
-  """A checkpoint whose keys or shapes do not fit the model; lists every offender."""
-
-
-def _to_timm_array(leaf: str, value: np.ndarray) -> np.ndarray:
-  if leaf == 'kernel' and value.ndim == 2:
-    return value.T
-  if leaf == 'kernel' and value.ndim == 4:
-    return value.transpose(3, 2, 0, 1)  # HWIO -> OIHW (depthwise (k,k,1,C) -> (C,1,k,k))
-  return value
-
-
-def _from_timm_array(leaf: str, value: np.ndarray) -> np.ndarray:
-  if leaf == 'kernel' and value.ndim == 2:
-    return value.T
-  if leaf == 'kernel' and value.ndim == 4:
-    return value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-  return value
-
-
-def _timm_layout(model: nnx.Module):
-  """Yields (timm_key, state_path, leaf) for every weight the model holds."""
-  state = nnx.state(model, WEIGHTS)
-  for path, _ in nnx.to_flat_state(state):
-    leaf = str(path[-1])
-    yield '.'.join(map(str, path[:-1] + (_LEAF_TO_TIMM.get(leaf, leaf),))), path, leaf
-
-
-def to_timm_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-  """Our weights under timm's keys and layouts, float32, with BN's num_batches_tracked."""
-  state = dict(nnx.to_flat_state(nnx.state(model, WEIGHTS)))
-  out = {}
-  for key, path, leaf in _timm_layout(model):
-    out[key] = np.ascontiguousarray(_to_timm_array(leaf, np.asarray(state[path][...])))
-    if leaf == 'var':
-      out[key.rsplit('.', 1)[0] + '.num_batches_tracked'] = np.zeros((), np.int64)
-  return out
-
-
-def _head_hint(model, name: str, expected: tuple, found: tuple) -> str:
-  if name in ('head.fc.weight', 'head.weight', 'head_dist.weight') and expected[1:] == found[1:]:
-    return (f' The checkpoint has a {found[0]}-class head and the model {expected[0]}: '
-            f'pass --num-classes {found[0]} (num_classes={found[0]}).')
-  return ''
-
-
-def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
-  """Loads a timm-named state_dict (numpy or torch tensors) into ``model`` in place.
-
-  Every missing, unexpected or wrongly shaped key is reported in one error.
-  """
-  sd = {k: _as_numpy(v) for k, v in state_dict.items() if not k.endswith(_IGNORED_SUFFIXES)}
-  sd = _fit_pos_embed(model, sd)
-  state = nnx.state(model, WEIGHTS)
-  flat = dict(nnx.to_flat_state(state))
-  missing, wrong_shape, hint, updates = [], [], '', {}
-  expected_keys = set()
-  for key, path, leaf in _timm_layout(model):
-    expected_keys.add(key)
-    if key not in sd:
-      missing.append(key)
-      continue
-    expected = _to_timm_array(leaf, np.zeros(flat[path][...].shape, np.int8)).shape
-    if sd[key].shape != expected:
-      wrong_shape.append(f'{key}: expected {expected}, found {sd[key].shape}')
-      hint = hint or _head_hint(model, key, expected, sd[key].shape)
-      continue
-    updates[path] = _from_timm_array(leaf, sd[key]).astype(flat[path][...].dtype)
-  unexpected = sorted(set(sd) - expected_keys)
-  if missing or unexpected or wrong_shape:
-    lines = [f'State dict does not fit {type(model).__name__}:{hint}']
-    for title, items in (('missing', missing), ('unexpected', unexpected),
-                         ('wrong shape', wrong_shape)):
-      if items:
-        lines.append(f'  {len(items)} {title}:')
-        lines += [f'    {item}' for item in items]
-    raise StateDictMismatch('\n'.join(lines))
-  for path, value in updates.items():
-    flat[path][...] = value
-  return model
-
-
-def _fit_pos_embed(model: nnx.Module, sd: dict) -> dict:
-  """A ViT checkpoint trained at another image size, with its pos_embed resampled to the
-  model's grid (timm's checkpoint_filter_fn does the same when it loads one)."""
-  pos = sd.get('pos_embed')
-  if (not isinstance(model, VisionTransformer) or pos is None or pos.ndim != 3
-      or pos.shape[2] != model.pos_embed.shape[2] or pos.shape[1] == model.pos_embed.shape[1]):
-    return sd
-  try:
-    pos = resample_abs_pos_embed(pos, model.grid_size, model.num_prefix_tokens)
-  except ValueError:  # no square grid after the model's prefix: the mismatch report says so
-    return sd
-  return {**sd, 'pos_embed': pos}
-
-
-def _as_numpy(value) -> np.ndarray:
-  if hasattr(value, 'detach'):  # torch.Tensor, without importing torch
-    value = value.detach().cpu().float().numpy() if value.is_floating_point() \
-        else value.detach().cpu().numpy()
-  return np.asarray(value)
-
+from tinyvit_jax.models import create_model, hub
+from tinyvit_jax.models.timm_weights import as_numpy, load_timm_state_dict, write_timm_safetensors
 
 # Cream (microsoft/Cream, TinyViT) -> timm key renaming, applied in order.
 _CREAM_TO_TIMM = [
@@ -201,7 +95,7 @@ def openai_clip_to_timm(state_dict: dict) -> dict:
     elif key.startswith('head.'):
       out[key] = value
   if 'proj' in out:
-    proj = _as_numpy(out.pop('proj')).T
+    proj = as_numpy(out.pop('proj')).T
     if 'head.weight' in out:
       out['proj.weight'] = proj
     else:
@@ -310,22 +204,21 @@ class _InertPickle:
     return _InertUnpickler(file, **kwargs).load()
 
 
-def write_timm_safetensors(model: nnx.Module, path: str) -> None:
-  """Writes timm-named weights atomically: a killed write leaves no file at ``path``."""
-  from safetensors.numpy import save_file
-  tmp = f'{path}.tmp-{os.getpid()}'
-  save_file(to_timm_state_dict(model), tmp)
-  os.replace(tmp, path)
-
-
 def _parse_args(argv):
   p = argparse.ArgumentParser(prog='python -m tinyvit_jax.convert', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--model', required=True, help='registered model name, e.g. tiny_vit_5m_224')
+  p.add_argument('--model', help='registered model name of a --from FILE, e.g. tiny_vit_5m_224')
   p.add_argument('--from', dest='src', required=True,
-                 help='timm/Cream .pth/.safetensors file, or (with --to-timm) our checkpoint dir')
+                 help='timm/Cream .pth/.safetensors file, an hf-hub:ORG/NAME[@REV] repo, or '
+                 '(with --to-timm) our checkpoint dir')
   p.add_argument('--out', help='output directory for our (orbax) model checkpoint')
-  p.add_argument('--to-timm', help='write a timm-named .safetensors instead')
+  p.add_argument('--to-timm', help='write a timm-named .safetensors file, or a Hub folder '
+                 'in timm\'s layout, instead')
+  p.add_argument('--push', metavar='ORG/NAME', help='with --to-timm FOLDER: upload it to this '
+                 'Hub model repo (huggingface_hub\'s token: `hf auth login` or HF_TOKEN)')
+  p.add_argument('--allow-pickle', action='store_true',
+                 help='read an hf-hub repo that has only a pickled pytorch_model.bin '
+                 '(torch.load(weights_only=True))')
   p.add_argument('--num-classes', type=int, default=None,
                  help='classifier size; default: read from the checkpoint head')
   p.add_argument('--img-size', type=int, default=None,
@@ -334,6 +227,10 @@ def _parse_args(argv):
   args = p.parse_args(argv)
   if bool(args.out) == bool(args.to_timm):
     p.error('give exactly one of --out (timm/Cream -> ours) or --to-timm (ours -> timm)')
+  if args.out and not args.model and not hub.is_hub_name(args.src):
+    p.error('--from FILE needs --model NAME (an hf-hub: repo names its own)')
+  if args.push and (not args.to_timm or args.to_timm.endswith('.safetensors')):
+    p.error('--push uploads a --to-timm FOLDER')
   return args
 
 
@@ -344,28 +241,68 @@ def _head_classes(sd: dict) -> int | None:
   return None
 
 
+def model_card(directory: str, meta: dict, repo: str = 'ORG/NAME') -> str:
+  """A Hub model card for the checkpoint ``directory``: its model, and where the run's
+  ``summary.json`` (beside the export, or one level up) has it, the recipe's figures."""
+  lines = ['---', 'library_name: timm', 'tags: [image-classification, timm, tinyvit_jax]',
+           '---', f'# {meta["model"]}', '',
+           f'Trained with tinyvit_jax; `timm.create_model("hf-hub:{repo}", pretrained=True)` '
+           'loads it.', '']
+  run_dir = os.path.dirname(os.path.abspath(directory))
+  for path, run in ((os.path.join(run_dir, 'summary.json'), ''),
+                    (os.path.join(os.path.dirname(run_dir), 'summary.json'),
+                     os.path.basename(run_dir))):
+    if os.path.isfile(path):
+      with open(path) as f:
+        rows = [row for row in json.load(f) if row.get('run') in (run, meta['model'])]
+      if rows:
+        lines += ['| ' + ' | '.join(rows[0]) + ' |', '|' + '---|' * len(rows[0]),
+                  '| ' + ' | '.join(str(value) for value in rows[0].values()) + ' |', '']
+        break
+  preprocess = meta.get('metadata', {}).get('preprocess')
+  if preprocess:
+    lines.append(f'Eval preprocessing: {json.dumps(preprocess)}')
+  return '\n'.join(lines) + '\n'
+
+
 def run(argv=None) -> int:
   args = _parse_args(sys.argv[1:] if argv is None else argv)
   compile_cache.enable()
+  # Only a Hub repo can hold a pickle that needs asking for.
+  source = dict(allow_pickle=True) if args.allow_pickle and hub.is_hub_name(args.src) else {}
   try:
     if args.to_timm:
-      model = model_checkpoint.restore_model(args.src)
-      write_timm_safetensors(model, args.to_timm)
+      model = model_checkpoint.restore_model(args.src, **source)
+      if args.to_timm.endswith('.safetensors'):
+        write_timm_safetensors(model, args.to_timm)
+      else:
+        meta = model_checkpoint.read_model_json(args.src)
+        hub.write_folder(model, meta['model'], meta['kwargs'], args.to_timm,
+                         metadata=meta.get('metadata'),
+                         card=model_card(args.src, meta, args.push or 'ORG/NAME'))
       print(f'Wrote timm weights of {args.src} to {args.to_timm}')
+      if args.push:
+        url = hub.push_folder(args.to_timm, args.push)
+        print(f'Uploaded {args.to_timm} to {args.push}: {url}')
       return 0
-    sd = read_state_dict(args.src)
-    num_classes = args.num_classes or _head_classes(sd) or 1000
-    kwargs = dict(num_classes=num_classes)
-    if args.img_size:
-      kwargs['img_size'] = args.img_size
-    model = create_model(args.model, **kwargs)
-    load_timm_state_dict(model, sd)
-    # A teacher carries the input normalisation it needs (model_checkpoint.preprocess).
-    preprocess = model_checkpoint.registered_preprocess(args.model, kwargs)
-    model_checkpoint.save_model(args.out, model, args.model, **kwargs,
-                                metadata=dict(preprocess=preprocess))
-    print(f'Wrote {args.model} ({num_classes} classes, inputs normalised with mean '
-          f'{preprocess["mean"]} and std {preprocess["std"]}) to {args.out}')
+    if hub.is_hub_name(args.src):
+      meta = model_checkpoint.read_model_json(args.src)
+      model = model_checkpoint.restore_model(args.src, **source)
+      name, kwargs, metadata = meta['model'], meta['kwargs'], meta['metadata']
+    else:
+      sd = read_state_dict(args.src)
+      name = args.model
+      kwargs = dict(num_classes=args.num_classes or _head_classes(sd) or 1000)
+      if args.img_size:
+        kwargs['img_size'] = args.img_size
+      model = create_model(name, **kwargs)
+      load_timm_state_dict(model, sd)
+      # A teacher carries the input normalisation it needs (model_checkpoint.preprocess).
+      metadata = dict(preprocess=model_checkpoint.registered_preprocess(name, kwargs))
+    model_checkpoint.save_model(args.out, model, name, **kwargs, metadata=metadata)
+    print(f'Wrote {name} ({kwargs["num_classes"]} classes, inputs normalised with mean '
+          f'{metadata["preprocess"]["mean"]} and std {metadata["preprocess"]["std"]}) to '
+          f'{args.out}')
     return 0
   except errors.UserError as error:
     return errors.refuse(error, status=2)

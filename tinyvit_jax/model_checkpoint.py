@@ -6,7 +6,9 @@ Layout of a checkpoint directory::
   DIR/state/       orbax PyTree checkpoint of the Params and BatchStats
 
 The directory is assembled under a temporary name and renamed into place, so a save
-killed half-way never leaves a ``DIR`` that looks complete.
+killed half-way never leaves a ``DIR`` that looks complete. Where a directory is read, an
+``hf-hub:ORG/NAME[@REV]`` name may stand instead: timm's weights from the Hugging Face
+Hub, with what ``model.json`` would record of them (``models.hub``).
 """
 import json
 import os
@@ -18,7 +20,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from tinyvit_jax import errors
-from tinyvit_jax.models import WEIGHTS, create_model, model_info
+from tinyvit_jax.models import WEIGHTS, hub, model_info, registry
 
 FORMAT_VERSION = 1
 _JSON_TYPES = (int, float, str, bool, list, tuple, type(None))
@@ -68,6 +70,8 @@ def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool 
 
 
 def read_model_json(directory: str) -> dict:
+  if hub.is_hub_name(directory):
+    return hub.model_json(directory)
   path = os.path.join(os.path.abspath(directory), 'model.json')
   if not os.path.isfile(path):
     state = ('does not exist' if not os.path.exists(directory) else
@@ -105,10 +109,13 @@ def registered_preprocess(name: str, kwargs: dict) -> dict:
 def restore_model(directory: str, *, rngs: nnx.Rngs | None = None, **overrides) -> nnx.Module:
   """Creates the saved model and loads its weights. ``overrides`` (e.g. ``dtype``,
   ``drop_path_rate``) change how it runs, not what it holds."""
+  if hub.is_hub_name(directory):
+    return hub.load_model(directory, rngs=rngs, **overrides)
   directory = os.path.abspath(directory)
   meta = read_model_json(directory)
   try:
-    model = create_model(meta['model'], rngs=rngs, **{**meta['kwargs'], **overrides})
+    model = registry.create_unfilled(meta['model'], rngs=rngs,
+                                     **{**meta['kwargs'], **overrides})
   except (TypeError, ValueError) as error:  # an unknown model name or argument
     raise CheckpointError(f'{directory}/model.json: {error}; expected a registered model '
                           'and its arguments.') from None

@@ -2,11 +2,12 @@
 
 ``make_teacher(distill, aug)`` builds the record a save pass needs from a config's
 ``distill`` section: a name, a checkpoint hash, a class count and probabilities. Any
-model can be one: our checkpoints here (``from_checkpoint``), timm and torch modules in
-``torch_teacher``, each read through a class-index file when the student's classes are
-not the teacher's. ``online(distill, aug, mesh)`` is the same teacher run inside the
-student's jitted step (DeiT's online distillation, or the loss FPD approximates), which
-only a JAX model can be: a torch teacher is refused there by ``check_online``.
+model can be one: our checkpoints and Hub names (``hf-hub:ORG/NAME``) here
+(``from_checkpoint``), timm and torch modules in ``torch_teacher``, each read through a
+class-index file when the student's classes are not the teacher's. ``online(distill, aug,
+mesh)`` is the same teacher run inside the student's jitted step (DeiT's online
+distillation, or the loss FPD approximates), which only a JAX model can be: a torch
+teacher is refused there by ``check_online``.
 
 ``probabilities(images) -> (B, C) float32``: the softmax of the teacher's logits on
 augmented float32 NHWC images, normalised with the student's mean and std as the device
@@ -39,7 +40,7 @@ from tinyvit_jax import normalisation
 from tinyvit_jax import target
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import class_index as class_index_lib
-from tinyvit_jax.models import WEIGHTS
+from tinyvit_jax.models import WEIGHTS, hub
 from tinyvit_jax.models import create_model
 
 ADAPTERS = ('ours', 'timm', 'torch')
@@ -315,7 +316,7 @@ def _restore(directory: str, input_mean, input_std, meta: dict | None = None, **
   if meta is not None:
     model = nnx.eval_shape(lambda: create_model(meta['model'], **{**meta['kwargs'],
                                                                    **overrides}))
-  elif not os.path.exists(directory):
+  elif not hub.is_hub_name(directory) and not os.path.exists(directory):
     raise model_checkpoint.CheckpointError(
         f'Teacher checkpoint {os.path.abspath(directory)!r} does not exist. Create one '
         'from timm or official weights with `python -m tinyvit_jax.convert --model NAME '

@@ -3,7 +3,10 @@ import dataclasses
 import difflib
 from typing import Callable
 
+import jax
 from flax import nnx
+
+from tinyvit_jax.models.layers import WEIGHTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,3 +54,15 @@ def create_model(name: str, *, num_classes: int = 1000, rngs: nnx.Rngs | None = 
     raise ValueError(f'num_classes={num_classes}; it must be at least 1.')
   rngs = rngs if rngs is not None else nnx.Rngs(0)
   return model_info(name).constructor(num_classes=num_classes, rngs=rngs, **overrides)
+
+
+def create_unfilled(name: str, *, rngs: nnx.Rngs | None = None, **kwargs) -> nnx.Module:
+  """``create_model(name, **kwargs)`` for a checkpoint to fill: its weights abstract (shapes
+  only), its other state (drop path's RNG streams) as ``create_model`` makes it. One trace
+  and one small compile, where an eager random init of weights about to be replaced
+  compiles a program per weight shape."""
+  rngs = rngs if rngs is not None else nnx.Rngs(0)
+  build = lambda: create_model(name, rngs=nnx.clone(rngs), **kwargs)  # noqa: E731
+  model = nnx.eval_shape(build)
+  nnx.update(model, jax.jit(lambda: nnx.state(build(), nnx.Not(WEIGHTS)))())
+  return model

@@ -102,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill = ml_collections.ConfigDict()
   c.distill.kind = 'none'  # 'fpd': soft CE on the teacher, no labels; 'soft'/'hard': DeiT
   c.distill.from_store = False  # teacher rows from a logit store (else the teacher online)
-  c.distill.teacher = ''  # 'ours': a checkpoint dir; 'timm'/'torch': a state_dict file
+  c.distill.teacher = ''  # 'ours': a checkpoint dir or hf-hub:ORG/NAME; 'timm'/'torch': a file
   c.distill.teacher_adapter = 'ours'  # or 'timm', 'torch' (distill/teacher.py)
   c.distill.teacher_model = ''  # timm name, or 'package.module:factory' for 'torch'
   c.distill.teacher_kwargs = ml_collections.ConfigDict()
@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.verify_max_mean_abs_diff = 1e-3  # ... or above this mean |p_stored - p|
 
   c.init = ml_collections.ConfigDict()
-  c.init.checkpoint = ''  # start from these weights (our checkpoint dir)
+  c.init.checkpoint = ''  # start from these weights (our checkpoint dir, or hf-hub:ORG/NAME)
   c.init.head = 'keep'  # 'keep', 'reinit', or a class-index file mapping the head's rows
 
   c.checkpoint_every_steps = 1000

@@ -1,8 +1,9 @@
 """Starting a run from another run's weights: fine-tuning, including 21k -> 1k heads.
 
 The checkpoint is one of ours (``model.json`` + ``state/``; convert timm or official
-weights with ``python -m tinyvit_jax.convert``). Every weight is copied by its path. The
-classifier is what may differ, and ``head`` says what to do with it:
+weights with ``python -m tinyvit_jax.convert``) or a Hub name (``hf-hub:ORG/NAME``, e.g.
+the official 21k students). Every weight is copied by its path. The classifier is what
+may differ, and ``head`` says what to do with it:
 
 - ``'keep'``: copy it too; its class count must match the model's.
 - ``'reinit'``: leave the model's freshly initialised classifier (e.g. 21,841 -> 1,000
@@ -19,7 +20,7 @@ from flax import nnx
 
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data.sources import class_index
-from tinyvit_jax.models import WEIGHTS
+from tinyvit_jax.models import WEIGHTS, hub
 
 # Top-level modules holding a classifier (TinyViT's head.fc, DeiT's head and head_dist,
 # the convnets' fc).
@@ -28,7 +29,7 @@ _CLASSIFIERS = ('head', 'head_dist', 'fc')
 
 def load_into(model: nnx.Module, directory: str, *, head: str = 'keep') -> None:
   """Copies the checkpoint's weights into ``model`` in place (see the module doc)."""
-  if not os.path.exists(directory):
+  if not hub.is_hub_name(directory) and not os.path.exists(directory):
     raise model_checkpoint.CheckpointError(
         f'init.checkpoint {directory!r} does not exist. Give a directory written by a run\'s '
         'export stage or by python -m tinyvit_jax.convert --model NAME --from FILE --out DIR.')
