@@ -167,8 +167,9 @@ def test_a_teacher_of_other_classes_is_one_line_from_main(saved, tmp_path, lines
 
 @pytest.mark.slow
 def test_a_sharded_teacher_gives_the_replicated_ones_probabilities(tmp_path):
-  """On 8 devices: every weight split over them, the same rows to float32 reassociation;
-  'auto' shards only weights above ``SHARD_ABOVE`` of one device's memory."""
+  """On 8 devices: every weight split over them, the same rows to float32 reassociation,
+  in the save pass and online (in a jitted step, as the student's); 'auto' shards only
+  weights above ``SHARD_ABOVE`` of one device's memory."""
   result = subprocess.run(
       [sys.executable, os.path.join(HERE, 'helpers', 'sharded_teacher_run.py'),
        str(tmp_path / 'vit')], capture_output=True, text=True, timeout=300,
@@ -180,6 +181,10 @@ def test_a_sharded_teacher_gives_the_replicated_ones_probabilities(tmp_path):
   assert found['qkv_shape'] == [32, 96] and found['qkv_spec'] == ['None', 'data']
   assert found['qkv_shard_shape'] == [32, 12] and found['replicated_leaves'] == 0
   assert found['auto_sharded_when_weights_are'] == dict(above=True, below=False)
+  # Online, in a jitted step: the same placement rule, the leaves carrying it in.
+  replicated, leaves = found['online_replicated_leaves']['replicated']
+  assert replicated == leaves and found['online_replicated_leaves']['sharded'] == [0, leaves]
+  assert found['online_max_abs_diff'] < 1e-6 and found['online_vs_save_pass'] < 1e-6
 
 
 def test_a_bfloat16_teacher_is_named_so_and_its_store_is_not_resumed_in_float32(saved,

@@ -118,9 +118,10 @@ def check_online(distill) -> str | None:
 
 def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
   """``(teacher(leaves, images) -> logits, leaves)``: ``make_teacher``'s teacher for the
-  jitted step, its weights replicated over ``mesh``. With a class-index file the logits
-  are gathered at the student's ``num_classes`` classes, so their softmax is
-  renormalised over them."""
+  jitted step, its weights placed over ``mesh`` as the save pass places them
+  (``place_weights``, ``distill.teacher_sharding``): the leaves carry their shardings into
+  the step. With a class-index file the logits are gathered at the student's
+  ``num_classes`` classes, so their softmax is renormalised over them."""
   problem = check_online(distill)
   if problem:
     raise ValueError(problem)
@@ -128,6 +129,7 @@ def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
                               **_dtype_override(distill.get('teacher_dtype', 'float32')),
                               **dict(distill.get('teacher_kwargs', None) or {}))
   graphdef, weights = nnx.split(model)
+  weights, _ = place_weights(weights, mesh, distill.get('teacher_sharding', 'auto'))
   leaves, treedef = jax.tree.flatten(weights)
   class_index = distill.get('teacher_class_index', '')
   mapping = (class_index_lib.read_class_index(class_index, num_classes, model.num_classes)
@@ -140,8 +142,7 @@ def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
     logits = logits.astype(jnp.float32)  # a bfloat16 teacher's targets, in float32
     return logits if mapping is None else jnp.take(logits, mapping, axis=-1)
 
-  replicated = NamedSharding(mesh, P())
-  return teacher, [jax.device_put(leaf, replicated) for leaf in leaves]
+  return teacher, leaves
 
 
 def compute_dtype(dtype) -> str:
