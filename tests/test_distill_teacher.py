@@ -63,7 +63,7 @@ def test_checkpoint_teacher_is_the_model_in_eval_mode(saved):
   expected = nnx.jit(lambda m, x: jax.nn.softmax(m(x)))(model, images)
   np.testing.assert_allclose(loaded.probabilities(images), expected, atol=1e-6)
   assert (loaded.name, loaded.num_classes) == (NAME, 7)
-  hash_of = lambda m: teacher.weights_hash(nnx.to_pure_dict(nnx.state(m, WEIGHTS)))
+  hash_of = lambda m: model_checkpoint.weights_hash(nnx.to_pure_dict(nnx.state(m, WEIGHTS)))
   assert loaded.checkpoint_hash == hash_of(model)
   assert hash_of(create_model(NAME, rngs=nnx.Rngs(4), **KWARGS)) != loaded.checkpoint_hash
 

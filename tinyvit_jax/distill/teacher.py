@@ -206,21 +206,6 @@ def renormalise(input_mean, input_std, mean, std) -> Callable:
   return lambda images: images * scale + shift
 
 
-def weights_hash(state) -> str:
-  """sha256 over every weight, by name, dtype, shape and bytes, in name order.
-
-  A hash of the values rather than of the checkpoint's files, whose bytes depend on the
-  writer (orbax's layout and metadata), so the same weights hash the same however saved.
-  """
-  digest = hashlib.sha256()
-  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-  for path, leaf in sorted((jax.tree_util.keystr(path), leaf) for path, leaf in leaves):
-    array = np.ascontiguousarray(jax.device_get(leaf))
-    digest.update(f'{path}:{array.dtype.str}:{array.shape};'.encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
-
-
 def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
                     input_std=normalisation.IMAGENET_STD, dtype='float32',
                     sharding: str = 'auto', **overrides) -> Teacher:
@@ -248,8 +233,9 @@ def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
 
   name = model_checkpoint.read_model_json(directory)['model']
   name = name if dtype == 'float32' else f'{name}@{dtype}'
-  return Teacher(name, weights_hash(nnx.to_pure_dict(nnx.state(model, WEIGHTS))),
-                 model.num_classes, lambda images: forward(state, images))
+  weights = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
+  return Teacher(name, model_checkpoint.weights_hash(weights), model.num_classes,
+                 lambda images: forward(state, images))
 
 
 def map_classes(teacher: Teacher, class_index: str, num_classes: int | None = None) -> Teacher:
