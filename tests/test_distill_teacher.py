@@ -65,7 +65,7 @@ def test_checkpoint_teacher_is_the_model_in_eval_mode(saved):
   expected = nnx.jit(lambda m, x: jax.nn.softmax(m(x)))(model, images)
   np.testing.assert_allclose(loaded.probabilities(images), expected, atol=1e-6)
   assert (loaded.name, loaded.num_classes) == (NAME, 7)
-  hash_of = lambda m: teacher.weights_hash(nnx.to_pure_dict(nnx.state(m, WEIGHTS)))
+  hash_of = lambda m: model_checkpoint.weights_hash(nnx.to_pure_dict(nnx.state(m, WEIGHTS)))
   assert loaded.checkpoint_hash == hash_of(model)
   assert hash_of(create_model(NAME, rngs=nnx.Rngs(4), **KWARGS)) != loaded.checkpoint_hash
 
@@ -169,8 +169,9 @@ def test_a_teacher_of_other_classes_is_one_line_from_main(saved, tmp_path, lines
 
 @pytest.mark.slow
 def test_a_sharded_teacher_gives_the_replicated_ones_probabilities(tmp_path):
-  """On 8 devices: every weight split over them, the same rows to float32 reassociation;
-  'auto' shards only weights above ``SHARD_ABOVE`` of one device's memory."""
+  """On 8 devices: every weight split over them, the same rows to float32 reassociation,
+  in the save pass and online (in a jitted step, as the student's); 'auto' shards only
+  weights above ``SHARD_ABOVE`` of one device's memory."""
   result = subprocess.run(
       [sys.executable, os.path.join(HERE, 'helpers', 'sharded_teacher_run.py'),
        str(tmp_path / 'vit')], capture_output=True, text=True, timeout=300,
@@ -182,6 +183,10 @@ def test_a_sharded_teacher_gives_the_replicated_ones_probabilities(tmp_path):
   assert found['qkv_shape'] == [32, 96] and found['qkv_spec'] == ['None', 'data']
   assert found['qkv_shard_shape'] == [32, 12] and found['replicated_leaves'] == 0
   assert found['auto_sharded_when_weights_are'] == dict(above=True, below=False)
+  # Online, in a jitted step: the same placement rule, the leaves carrying it in.
+  replicated, leaves = found['online_replicated_leaves']['replicated']
+  assert replicated == leaves and found['online_replicated_leaves']['sharded'] == [0, leaves]
+  assert found['online_max_abs_diff'] < 1e-6 and found['online_vs_save_pass'] < 1e-6
 
 
 def dot_dtypes(lowered) -> collections.Counter:

@@ -24,10 +24,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import train_config_fpd
 from configs import quickstart
+from test_train_system import digits_store
 from workdirs import REPO, STEPS, checkpoint_steps, environment, examples_seen, step_losses
 from workdirs import resumed_from, store_files
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax.data import order
+from tinyvit_jax.data import sources
+from tinyvit_jax.distill import manifest
+from tinyvit_jax.distill import store
+from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import metrics
 
@@ -67,8 +74,10 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_processes(workdir, *overrides) -> list:
-  """Both processes of a 2-process run, logging to ``workdir/../<name>.process<i>.log``."""
+def start_processes(workdir, *overrides, heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+                    process_1_prefix: tuple = ()) -> list:
+  """Both processes of a 2-process run, logging to ``workdir/../<name>.process<i>.log``;
+  process 1's command starts with ``process_1_prefix``."""
   address = f'127.0.0.1:{free_port()}'
   processes = []
   for index in range(2):
@@ -76,8 +85,9 @@ def start_processes(workdir, *overrides) -> list:
                JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(index))
     log = open(f'{workdir}.process{index}.log', 'a')
     processes.append(subprocess.Popen(
-        [sys.executable, '-m', 'tinyvit_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
-         '--distributed', f'--heartbeat_timeout={HEARTBEAT_TIMEOUT}', *overrides],
+        [*(process_1_prefix if index else ()), sys.executable, '-m', 'tinyvit_jax.main',
+         f'--config={CONFIG}', f'--workdir={workdir}', '--distributed',
+         f'--heartbeat_timeout={heartbeat_timeout}', *overrides],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     log.close()
   _STARTED.extend(processes)
@@ -185,3 +195,67 @@ def test_two_processes_stopped_twice_equal_one_with_all_their_devices(one_proces
   assert [r['eval_examples'] for r in evals[0]] == [r['eval_examples'] for r in evals[1]]
   np.testing.assert_allclose([r['eval_loss'] for r in evals[1]],
                              [r['eval_loss'] for r in evals[0]], rtol=0, atol=1e-5)
+
+
+def stop_times(processes, timeout: float = 600) -> list:
+  """Each process's exit status and the time it was seen to exit."""
+  deadline, stopped = time.time() + timeout, {}
+  while len(stopped) < len(processes):
+    assert time.time() < deadline, 'a process still runs'
+    for index, process in enumerate(processes):
+      if index not in stopped and process.poll() is not None:
+        stopped[index] = (process.returncode, time.time())
+    time.sleep(0.05)
+  return [stopped[index] for index in range(len(processes))]
+
+
+SMALL_VIT = 'vit_base_patch16_clip_224'  # in miniature: a save pass that starts fast
+SMALL_VIT_KWARGS = dict(num_classes=10, img_size=32, patch_size=8, embed_dim=32, depth=1,
+                        num_heads=2)
+
+
+@pytest.mark.slow
+def test_a_fault_on_process_1_stops_both_with_its_line(tmp_path, small_disk):
+  """Two faults only process 1 meets: a damaged chunk only it reads (rows [32, 64), its half
+  of step 1), then a full disk only it writes to (its own mount over the store's epoch
+  folder, as a host's local disk would be). Each time both processes exit 1 within 10 s of
+  each other, their last line the same: process 1's, naming it and its host. The
+  heartbeat timeout is 60 s here, so only the fault's broadcast stops process 0 in time."""
+  named = f'error: process 1 of 2 (host {socket.gethostname()}): '
+  logits = digits_store(str(tmp_path / 'store'), chunk_rows=32)
+  damaged = logits.chunk_path(0, 1)
+  with open(damaged, 'r+b') as f:
+    f.seek(40)
+    f.write(bytes([f.read(1)[0] ^ 1]))
+  teacher = str(tmp_path / 'vit')
+  model_checkpoint.save_model(teacher, create_model(SMALL_VIT, rngs=nnx.Rngs(0),
+                                                    **SMALL_VIT_KWARGS), SMALL_VIT,
+                              **SMALL_VIT_KWARGS)
+  config = train_config_fpd.get_config()
+  with config.unlocked():
+    config.distill.teacher = teacher
+  saved = teacher_lib.make_teacher(config.distill, config.aug, config.num_classes)
+  source = sources.from_config(config.data, 'train')
+  full = store.LogitStore.create(str(tmp_path / 'full'), manifest.store_fields(
+      source, dataset_name=config.data.source, aug_config=config.aug, seed=config.seed, k=3,
+      teacher=saved, repeats=order.repeats_of(config.data)), chunk_rows=32)
+  folder = os.path.dirname(full.chunk_path(0, 0))
+  os.makedirs(folder)
+  small_disk.fill()
+  mount_over_folder = ('unshare', '-m', '--propagation', 'private', 'sh', '-c',
+                       f'mount --bind {small_disk.path} {folder} && exec "$@"', 'sh')
+  for index, (store_path, expected, prefix) in enumerate((
+      (logits.path, f'epoch 0, rows [32, 64): chunk {damaged} is unusable: ', ()),
+      (full.path, f'no space left writing {full.chunk_path(0, full.owned_chunks(1, 2)[0])} '
+       '(0 bytes free)',
+       mount_over_folder))):
+    workdir = tmp_path / f'run{index}'
+    processes = start_processes(workdir, f'--config.distill.teacher={teacher}',
+                                f'--config.distill.store={store_path}',
+                                '--mode=train' if index == 0 else '--mode=save_logits',
+                                heartbeat_timeout=60, process_1_prefix=prefix)
+    (status_0, stopped_0), (status_1, stopped_1) = stop_times(processes)
+    lines = [process_log(workdir, i).strip().splitlines()[-1] for i in range(2)]
+    assert status_0 == status_1 == 1, lines
+    assert lines[0] == lines[1] and lines[0].startswith(named + expected), lines
+    assert abs(stopped_0 - stopped_1) < 10

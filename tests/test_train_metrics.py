@@ -5,6 +5,7 @@ import io
 import json
 import os
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -93,7 +94,10 @@ def test_torn_last_line_is_skipped(tmp_path):
 
 
 def test_full_disk_names_the_file_and_leaves_only_whole_rows(small_disk):
+  """...and leaves nothing to wait on: the writer runs no thread, so a full disk raises at
+  the write, never in a thread whose death leaves the next write or the exit waiting."""
   workdir = os.path.join(small_disk.path, 'run')
+  threads = threading.enumerate()
   writer = metrics.MetricsWriter(workdir)
   writer.write(1, loss=1.0)
   small_disk.fill()
@@ -107,6 +111,8 @@ def test_full_disk_names_the_file_and_leaves_only_whole_rows(small_disk):
   with pytest.raises(full_disk.DiskFull, match='metrics.jsonl'):
     metrics.truncate_jsonl(writer.path, 1)
   assert sorted(os.listdir(workdir)) == ['metrics.jsonl', 'tensorboard']
+  writer.close()
+  assert not set(threading.enumerate()) - set(threads)  # no thread of the writer's
 
 
 def test_tensorboard_events_read_back(tmp_path):

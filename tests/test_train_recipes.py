@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -15,6 +16,7 @@ from tinyvit_jax import normalisation
 from tinyvit_jax import target
 from tinyvit_jax.distill import teacher
 from tinyvit_jax.train import config as config_lib
+from tinyvit_jax.train import teacher_eval
 from tinyvit_jax.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -208,6 +210,12 @@ def test_fpd_runlocal_saves_a_vit_teachers_store_and_trains_its_student(tmp_path
                                                                 [0])
   stages = json.loads((tmp_path / 'student' / 'stages.json').read_text())
   assert stages['save_logits']['top1_agreement'] == 1.0 and stages['train']['steps'] == 2
+  # The teacher eval: its export's recorded hash, its top-10 rows (21k's k=100, in small).
+  assert 0 <= stages['eval']['teacher_agreement'] <= 1 and stages['eval']['teacher_kl'] > 0
+  with np.load(tmp_path / 'student' / teacher_eval.FILE) as kept:
+    assert kept['values'].dtype == np.float16 and kept['values'].shape[1] == 10
+    assert json.loads(str(kept['made_for']))['teacher_checkpoint_hash'] == (
+        teacher['weights_hash'])
   assert 'tiny_vit_5m_224' in result.stdout and os.path.isdir(tmp_path / 'student' / 'export')
 
 

@@ -35,6 +35,7 @@ from ml_collections import config_flags
 
 from tinyvit_jax import compile_cache
 from tinyvit_jax import errors
+from tinyvit_jax import fault_broadcast
 from tinyvit_jax import full_disk
 from tinyvit_jax import plan
 from tinyvit_jax.distill import save_stage
@@ -219,7 +220,8 @@ def main(argv):
     compile_cache.enable()
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
-    run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value, _REDO.value)
+    with fault_broadcast.shared():  # a fault on one process stops all with its line
+      run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value, _REDO.value)
   except errors.UserError as error:  # one line, no traceback
     sys.exit(errors.refuse(error))
 

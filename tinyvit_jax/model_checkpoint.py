@@ -2,20 +2,27 @@
 
 Layout of a checkpoint directory::
 
-  DIR/model.json   {"format": 1, "model": name, "kwargs": {...}, "metadata": {...}}
+  DIR/model.json   {"format": 1, "model": name, "kwargs": {...}, "metadata": {...},
+                    "weights_hash": weights_hash of the state}
   DIR/state/       orbax PyTree checkpoint of the Params and BatchStats
+
+``weights_hash`` names the weights without restoring them: what was computed from a
+teacher (its eval rows) is recognised by it. Checkpoints saved before it was recorded
+lack it, and their readers restore the weights to hash them.
 
 The directory is assembled under a temporary name and renamed into place, so a save
 killed half-way never leaves a ``DIR`` that looks complete. Where a directory is read, an
 ``hf-hub:ORG/NAME[@REV]`` name may stand instead: timm's weights from the Hugging Face
 Hub, with what ``model.json`` would record of them (``models.hub``).
 """
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -55,18 +62,34 @@ def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool 
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.tmp-', dir=parent)
   try:
-    state = nnx.state(model, WEIGHTS)
+    state = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, 'state'), nnx.to_pure_dict(state))
+    checkpointer.save(os.path.join(tmp, 'state'), state)
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, 'model.json'), 'w') as f:
       json.dump({'format': FORMAT_VERSION, 'model': name, 'kwargs': kwargs,
-                 'metadata': metadata or {}}, f, indent=1)
+                 'metadata': metadata or {}, 'weights_hash': weights_hash(state)}, f,
+                indent=1)
     if os.path.exists(directory):
       shutil.rmtree(directory)
     os.replace(tmp, directory)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def weights_hash(state) -> str:
+  """sha256 over every weight, by name, dtype, shape and bytes, in name order.
+
+  A hash of the values rather than of the checkpoint's files, whose bytes depend on the
+  writer (orbax's layout and metadata), so the same weights hash the same however saved.
+  """
+  digest = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  for path, leaf in sorted((jax.tree_util.keystr(path), leaf) for path, leaf in leaves):
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    digest.update(f'{path}:{array.dtype.str}:{array.shape};'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
 
 
 def read_model_json(directory: str) -> dict:

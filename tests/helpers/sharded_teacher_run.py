@@ -1,7 +1,8 @@
 """A small CLIP-normalised ViT teacher, replicated and sharded over this process's
-devices (run with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``): prints, as
-JSON, how far apart their probabilities are, how the weights were placed, and whether
-'auto' shards weights just above and just below the line (a device memory faked).
+devices (run with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``), in the save
+pass and online (in a jitted step, as the student's): prints, as JSON, how far apart
+their probabilities are, how the weights were placed, and whether 'auto' shards weights
+just above and just below the line (a device memory faked).
 
   python tests/helpers/sharded_teacher_run.py DIR
 """
@@ -9,8 +10,11 @@ import json
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import target
@@ -34,6 +38,14 @@ def main(directory: str) -> None:
     made = teacher_lib.from_checkpoint(directory, sharding=sharding)
     found[sharding] = np.asarray(made.probabilities(images))
   mesh = teacher_lib.pipeline.data_mesh(jax.local_devices())
+  batch = jax.device_put(images, NamedSharding(mesh, P('data')))  # as the step's images
+  online, online_replicated = {}, {}
+  for sharding in ('replicated', 'sharded'):
+    distill = ml_collections.ConfigDict(dict(teacher=directory, teacher_sharding=sharding))
+    forward, leaves = teacher_lib.online(distill, None, mesh, KWARGS['num_classes'])
+    online[sharding] = np.asarray(jax.nn.softmax(jax.jit(forward)(leaves, batch)))
+    online_replicated[sharding] = [sum(leaf.sharding.is_fully_replicated for leaf in leaves),
+                                   len(leaves)]
   state = nnx.split(model_checkpoint.restore_model(directory))[1]
   placed, sharded = teacher_lib.place_weights(state, mesh, 'sharded')
   qkv = placed['blocks'][0]['attn']['qkv']['kernel']
@@ -45,6 +57,9 @@ def main(directory: str) -> None:
       auto[name] = teacher_lib.place_weights(state, mesh, 'auto')[1]
   print(json.dumps(dict(
       devices=mesh.size, max_abs_diff=float(np.abs(found['sharded'] - found['replicated']).max()),
+      online_max_abs_diff=float(np.abs(online['sharded'] - online['replicated']).max()),
+      online_vs_save_pass=float(np.abs(online['replicated'] - found['replicated']).max()),
+      online_replicated_leaves=online_replicated,
       sharded=sharded, auto_sharded_when_weights_are=auto,
       qkv_shape=list(qkv.shape), qkv_spec=[str(s) for s in qkv.sharding.spec],
       qkv_shard_shape=list(qkv.addressable_shards[0].data.shape),

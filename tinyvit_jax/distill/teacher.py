@@ -122,15 +122,18 @@ def check_online(distill) -> str | None:
 def online(distill, aug, mesh, num_classes: int,
            meta: dict | None = None) -> tuple[Callable, list]:
   """``(teacher(leaves, images) -> logits, leaves)``: ``make_teacher``'s teacher for the
-  jitted step, its weights replicated over ``mesh``. With a class-index file the logits
-  are gathered at the student's ``num_classes`` classes, so their softmax is
-  renormalised over them. Given the checkpoint's ``meta`` (its model.json, a plan's),
-  nothing is read and the leaves are abstract."""
+  jitted step, its weights placed over ``mesh`` as the save pass places them
+  (``place_weights``, ``distill.teacher_sharding``): the leaves carry their shardings into
+  the step. With a class-index file the logits are gathered at the student's
+  ``num_classes`` classes, so their softmax is renormalised over them. Given the
+  checkpoint's ``meta`` (its model.json, a plan's), nothing is read and the leaves are
+  abstract."""
   problem = check_online(distill)
   if problem:
     raise ValueError(problem)
   model, normalise = model_of(distill, aug, meta)
   graphdef, weights = nnx.split(model)
+  weights, _ = place_weights(weights, mesh, distill.get('teacher_sharding', 'auto'))
   leaves, treedef = jax.tree.flatten(weights)
   class_index = distill.get('teacher_class_index', '')
   mapping = (class_index_lib.read_class_index(class_index, num_classes, model.num_classes)
@@ -143,7 +146,7 @@ def online(distill, aug, mesh, num_classes: int,
     logits = logits.astype(jnp.float32)  # a bfloat16 teacher's targets, in float32
     return logits if mapping is None else jnp.take(logits, mapping, axis=-1)
 
-  return teacher, target.place(leaves, NamedSharding(mesh, P()))
+  return teacher, leaves
 
 
 def model_of(distill, aug, meta: dict | None = None) -> tuple:
@@ -213,21 +216,6 @@ def renormalise(input_mean, input_std, mean, std) -> Callable:
   return lambda images: images * scale + shift
 
 
-def weights_hash(state) -> str:
-  """sha256 over every weight, by name, dtype, shape and bytes, in name order.
-
-  A hash of the values rather than of the checkpoint's files, whose bytes depend on the
-  writer (orbax's layout and metadata), so the same weights hash the same however saved.
-  """
-  digest = hashlib.sha256()
-  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-  for path, leaf in sorted((jax.tree_util.keystr(path), leaf) for path, leaf in leaves):
-    array = np.ascontiguousarray(jax.device_get(leaf))
-    digest.update(f'{path}:{array.dtype.str}:{array.shape};'.encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
-
-
 def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
                     input_std=normalisation.IMAGENET_STD, dtype='float32',
                     sharding: str = 'auto', **overrides) -> Teacher:
@@ -249,8 +237,9 @@ def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
                                     pipeline.data_mesh(jax.local_devices()), sharding)
   name = model_checkpoint.read_model_json(directory)['model']
   name = name if dtype == 'float32' else f'{name}@{dtype}'
-  return Teacher(name, weights_hash(nnx.to_pure_dict(nnx.state(model, WEIGHTS))),
-                 model.num_classes, lambda images: forward(state, images))
+  weights = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
+  return Teacher(name, model_checkpoint.weights_hash(weights), model.num_classes,
+                 lambda images: forward(state, images))
 
 
 def probabilities_fn(model, normalise, mesh: Mesh, sharding: str = 'auto'):

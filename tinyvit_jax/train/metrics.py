@@ -4,13 +4,16 @@ table and the progress bar.
 ``WORKDIR/metrics.jsonl`` is the record a run resumes and plots from: one JSON object a
 line, ``{"step": ..., name: value, ...}``, flushed as written. A resumed run first drops
 the lines after its checkpoint's step, so the file never holds steps that were redone.
-TensorBoard events go to ``WORKDIR/tensorboard/`` through tensorboardX (no TensorFlow);
-on resume the new event file carries a purge step, so TensorBoard hides the old file's
-events from the redone steps too. Only process 0 writes.
+TensorBoard events go to ``WORKDIR/tensorboard/`` in tensorboardX's event files (no
+TensorFlow); on resume the new event file carries a purge step, so TensorBoard hides the
+old file's events from the redone steps too. Only process 0 writes, and in the caller's
+thread: a full disk raises ``DiskFull`` at the write, and nothing is left to wait on at exit.
 """
 import json
 import math
 import os
+import socket
+import struct
 import sys
 import time
 
@@ -81,9 +84,7 @@ class MetricsWriter:
     if not self.is_main:
       return
     truncate_jsonl(self.path, step)
-    if self._tb is not None:
-      self._tb.close()
-      self._tb = None
+    self.close()
     self._purge_step = step + 1
 
   def write(self, step: int, **scalars) -> None:
@@ -92,13 +93,12 @@ class MetricsWriter:
     row = dict(step=int(step), **{name: _plain(v) for name, v in scalars.items()})
     with full_disk.writing(self.path), open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')  # a torn line reads as absent (read_jsonl)
-    tb = self._tensorboard()
-    wall_time = time.time()
-    for name, value in row.items():
-      if name != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
-        tb.add_scalar(name, value, global_step=row['step'], walltime=wall_time)
     with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
-      tb.flush()
+      if self._tb is None:
+        self._tb = _EventFile(os.path.join(self.workdir, TENSORBOARD_DIR), self._purge_step)
+      self._tb.write_scalars(row['step'], {
+          name: value for name, value in row.items() if name != 'step'
+          and isinstance(value, (int, float)) and not isinstance(value, bool)})
 
   def close(self) -> None:
     if self._tb is not None:
@@ -106,12 +106,49 @@ class MetricsWriter:
       with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
         tb.close()
 
-  def _tensorboard(self):
-    if self._tb is None:
-      import tensorboardX  # imported late: it probes for torch, which costs seconds
-      self._tb = tensorboardX.SummaryWriter(os.path.join(self.workdir, TENSORBOARD_DIR),
-                                            purge_step=self._purge_step)
-    return self._tb
+
+class _EventFile:
+  """A TensorBoard event file, written whole event by whole event in the caller's thread.
+  (tensorboardX's ``SummaryWriter`` writes from a thread fed by a bounded queue: once a full
+  disk has killed that thread, the queue fills and the next write, or the exit, waits
+  forever.)"""
+
+  def __init__(self, directory: str, purge_step: int | None):
+    # Imported late: tensorboardX probes for torch, which costs seconds.
+    from tensorboardX import record_writer
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.proto import summary_pb2
+    self._crc, self._event, self._summary = (record_writer.masked_crc32c, event_pb2.Event,
+                                             summary_pb2.Summary)
+    os.makedirs(directory, exist_ok=True)
+    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
+    self._file = open(os.path.join(directory, name), 'ab', buffering=0)
+    events = [self._event(wall_time=time.time(), file_version='brain.Event:2')]
+    if purge_step is not None:  # TensorBoard hides earlier events from this step on
+      events.append(self._event(step=purge_step, session_log=event_pb2.SessionLog(
+          status=event_pb2.SessionLog.START)))
+    self._write(events)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    wall_time = time.time()
+    self._write([self._event(wall_time=wall_time, step=step, summary=self._summary(
+        value=[self._summary.Value(tag=name, simple_value=value)]))
+                 for name, value in scalars.items()])
+
+  def close(self) -> None:
+    self._file.close()
+
+  def _write(self, events: list) -> None:
+    """TFRecord framing: length, its masked CRC-32C, the event, its masked CRC-32C."""
+    records = []
+    for event in events:
+      data = event.SerializeToString()
+      header = struct.pack('<Q', len(data))
+      records += [header, struct.pack('<I', self._crc(header)), data,
+                  struct.pack('<I', self._crc(data))]
+    view = memoryview(b''.join(records))
+    while view:  # unbuffered: a full disk raises here, and close() has nothing left to write
+      view = view[self._file.write(view):]
 
 
 CURVES = {'train loss': 'loss', 'eval loss': 'eval_loss', 'teacher KL': 'eval_teacher_kl',

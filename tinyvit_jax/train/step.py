@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import target
+from tinyvit_jax.distill import targets
 from tinyvit_jax.models import layers
 from tinyvit_jax.train import optim
 
@@ -115,7 +116,8 @@ def make_eval_step(state: TrainState, mesh, *, normalise: Callable,
                    use_ema: bool = False) -> Callable:
   """``evaluate(leaves, batch) -> sums`` of loss, top-1 and top-5 hits and examples,
   weighted by the batch's ``mask`` (the padded tail of the last batch counts zero); with
-  the teacher's probabilities as ``batch['teacher_probs']``, ``teacher_sums`` too."""
+  the teacher's top-k rows as ``batch['teacher_values']`` and ``['teacher_indices']``,
+  ``teacher_sums`` too, against the dense rows the store's rule rebuilds from them."""
 
   def evaluate(leaves, batch):
     tree = jax.tree.unflatten(state.treedef, leaves)
@@ -123,8 +125,10 @@ def make_eval_step(state: TrainState, mesh, *, normalise: Callable,
     model = nnx.merge(state.eval_graphdef, params, tree['rest'])
     logits = model(normalise(batch['image'])).astype(jnp.float32)
     sums = topk_sums(logits, batch['label'], batch['mask'])
-    if 'teacher_probs' in batch:
-      sums.update(teacher_sums(logits, batch['teacher_probs'], batch['mask']))
+    if 'teacher_values' in batch:
+      teacher_probs = targets.dense_targets(batch['teacher_values'], batch['teacher_indices'],
+                                            logits.shape[-1])
+      sums.update(teacher_sums(logits, teacher_probs, batch['mask']))
     return sums
 
   return jax.jit(evaluate, out_shardings=NamedSharding(mesh, P()))

@@ -1,32 +1,58 @@
-"""The teacher's probabilities on the eval split, against which a student's eval reports
-its top-1 agreement and KL(teacher || student) (Beyer et al., 2022).
+"""The teacher's rows on the eval split, against which a student's eval reports its top-1
+agreement and KL(teacher || student) (Beyer et al., 2022).
 
-They are computed once per run and kept in ``WORKDIR/teacher_eval.npz``: float32 rows in
-dataset order, with what they were computed for (the teacher's name and checkpoint hash,
-the dataset, the split's size, the preprocessing). A file made for anything else, or
-unreadable, is recomputed. It is written to a temporary file and renamed, so a kill
-leaves the old file or none. The teacher sees the student's eval images, normalised as
-the student's training views are (``config.aug``), which is what ``make_teacher`` expects.
+The teacher runs once per run over the eval images: each process over its share of the
+eval batches, the rows then gathered to every process. They are kept as the logit store
+keeps rows: the top-k probabilities (``distill.k``, float16, descending) and their
+classes, in dataset order; the eval step rebuilds each dense row by the store's rule
+(``targets.dense_targets``: what the top-k leave, spread evenly over the other classes).
+At k = 100 a 21k-class split takes 400 bytes an image, against 87 kB of dense float32;
+what the rebuild changes in the KL is measured in benchmarks/RESULTS.md ("Teacher eval
+rows").
+
+They are kept in ``WORKDIR/teacher_eval.npz`` with what they were made from: the
+teacher's weights hash and the settings that change its outputs, the dataset, the
+split's size, the preprocessing and k. Our checkpoints record their weights hash in
+``model.json``, so a restart recognises its file without restoring the teacher; a timm or
+torch teacher, or a checkpoint saved before the hash was recorded, is restored to be
+hashed. A file made from anything else, or unreadable, is recomputed. It is written to a
+temporary file and renamed, so a kill leaves the old file or none. The teacher sees the
+student's eval images normalised as the student's training views are (``config.aug``),
+which is what ``make_teacher`` expects.
 """
+import hashlib
 import json
 import os
 import zipfile
+from typing import NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import full_disk
+from tinyvit_jax import model_checkpoint
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
-from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
+from tinyvit_jax.distill import save_pass
+from tinyvit_jax.distill import store
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.train import metrics
 
 FILE = 'teacher_eval.npz'
+# The distill settings besides the weights that change the teacher's rows.
+_TEACHER_FIELDS = ('teacher_adapter', 'teacher_model', 'teacher_kwargs',
+                   'teacher_num_classes', 'teacher_mean', 'teacher_std')
+
+
+class Rows(NamedTuple):
+  """The teacher's top-k rows of the eval split, in dataset order."""
+  values: np.ndarray  # (N, k) float16, descending
+  indices: np.ndarray  # (N, k) their classes (``store.index_dtype``)
 
 
 def knows_teacher(config) -> bool:
@@ -37,64 +63,124 @@ def knows_teacher(config) -> bool:
           and config.distill.eval_teacher)
 
 
-def probabilities(config, source, workdir: str) -> np.ndarray:
-  """(N, C) float32: the teacher's probabilities of the eval ``source``, read from the
-  workdir's file when it was made for this teacher and split, else computed (every
-  process computes all N, as its eval batches may hold any row; process 0 writes)."""
-  # Its hash names the file.
-  teacher = teacher_lib.make_teacher(config.distill, config.aug, config.num_classes)
-  mean, std = teacher_lib.student_normalisation(config.aug)
-  preprocess = dict(config.eval_aug, mean=mean, std=std)
-  made_for = json.loads(json.dumps(dict(
-      teacher_name=teacher.name, teacher_checkpoint_hash=teacher.checkpoint_hash,
-      dataset=config.data.name or config.data.source, eval_size=len(source),
-      num_classes=config.num_classes, preprocess=preprocess)))
+def rows(config, source, workdir: str) -> Rows:
+  """The teacher's rows of the eval ``source``: the workdir's file when it was made from
+  this teacher and split, else computed (each process its share; process 0 writes)."""
+  distill, teacher = config.distill, None
+  checkpoint_hash = _recorded_hash(distill)
+  if checkpoint_hash is None:  # only the weights themselves tell
+    teacher = teacher_lib.make_teacher(distill, config.aug, config.num_classes)
+    checkpoint_hash = teacher.checkpoint_hash
   path = os.path.join(workdir, FILE)
-  rows = _read(path, made_for)
-  if rows is None:
-    rows = _compute(teacher, source, preprocess,
-                    order.process_batch_size(config.eval_batch_size, jax.process_count()))
-    if jax.process_index() == 0:
-      _write(path, rows, made_for)
+  kept = _read(path, _made_for(config, source, checkpoint_hash))
+  if kept is not None:
+    return kept
+  teacher = teacher or teacher_lib.make_teacher(distill, config.aug, config.num_classes)
+  made_for = _made_for(config, source, teacher.checkpoint_hash)  # the weights' own hash
+  share = compute_share(teacher, source, _preprocess(config), config.eval_batch_size,
+                        distill.k, jax.process_index(), jax.process_count())
+  kept = assemble(jax.tree.map(np.asarray, multihost_utils.process_allgather(share)),
+                  len(source), config.num_classes)
+  if jax.process_index() == 0:
+    _write(path, kept, made_for)
   del teacher  # the last reference: torch's cached GPU memory can only then be released
   torch_teacher.release_gpu_memory()
-  return rows
+  return kept
 
 
-def _compute(teacher, source, preprocess: dict, batch: int) -> np.ndarray:
-  """The teacher over the eval images, spread over this process's devices."""
+def compute_share(teacher, source, preprocess: dict, global_batch: int, k: int,
+                  process_index: int, process_count: int) -> dict:
+  """This process's share: the teacher over the rows of the eval batches it reads,
+  spread over its devices. Every process's share has the same shape (the batches are
+  padded), as a gather needs: ``index``, ``mask``, ``values`` and ``indices`` per row."""
   eval_augment = augment.make_eval_augment(preprocess)
   sharding = NamedSharding(pipeline.data_mesh(jax.local_devices()), P('data'))
-  rows = np.zeros((len(source), teacher.num_classes), np.float32)
-  shown = metrics.bar(total=len(source), desc='teacher on eval', unit='img',
-                      disable=jax.process_index() != 0)
+  parts = []
+  shown = metrics.bar(total=len(source) // process_count, desc='teacher on eval', unit='img',
+                      disable=process_index != 0)
   with shown:
-    for host_batch in loader.eval_batches(source, global_batch=batch,
-                                          transform=eval_augment.host):
+    for host_batch in loader.eval_batches(source, global_batch=global_batch,
+                                          transform=eval_augment.host,
+                                          process_index=process_index,
+                                          process_count=process_count):
       images = eval_augment.device(jax.device_put(host_batch['image'], sharding))
-      mask = host_batch['mask']
-      rows[host_batch['index'][mask]] = np.asarray(teacher.probabilities(images))[mask]
-      shown.update(int(mask.sum()))
-  return rows
+      values, indices, _ = save_pass.top_k_rows(teacher.probabilities(images), k)
+      parts.append(dict(index=host_batch['index'], mask=host_batch['mask'],
+                        values=np.asarray(values), indices=np.asarray(indices)))
+      shown.update(int(host_batch['mask'].sum()))
+  return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def _read(path: str, made_for: dict) -> np.ndarray | None:
+def assemble(shares: dict, size: int, num_classes: int) -> Rows:
+  """The rows in dataset order from every process's share (stacked on a leading axis)."""
+  flat = {name: value.reshape((-1,) + value.shape[2:]) for name, value in shares.items()}
+  real = flat['mask'].astype(bool)
+  index = flat['index'][real]
+  values = np.empty((size, flat['values'].shape[-1]), np.float16)
+  indices = np.empty(values.shape, store.index_dtype(num_classes))
+  values[index], indices[index] = flat['values'][real], flat['indices'][real]
+  return Rows(values, indices)
+
+
+def _recorded_hash(distill) -> str | None:
+  """The weights hash our teacher checkpoint's ``model.json`` records, or None."""
+  if distill.get('teacher_adapter', 'ours') != 'ours':
+    return None
+  return model_checkpoint.read_model_json(distill.teacher).get('weights_hash')
+
+
+def _made_for(config, source, checkpoint_hash: str) -> dict:
+  """What the rows depend on, as JSON reads it back."""
+  distill = config.distill
+  class_index = distill.get('teacher_class_index', '')
+  if class_index:
+    with open(class_index, 'rb') as f:
+      class_index = hashlib.sha256(f.read()).hexdigest()
+  return json.loads(json.dumps(dict(
+      teacher_checkpoint_hash=checkpoint_hash,
+      teacher_dtype=teacher_lib.compute_dtype(distill.get('teacher_dtype', 'float32')),
+      teacher_class_index=class_index,
+      **{name: distill.get(name) for name in _TEACHER_FIELDS},
+      dataset=config.data.name or config.data.source, eval_size=len(source),
+      num_classes=config.num_classes, preprocess=_preprocess(config),
+      k=distill.k), default=_plain))
+
+
+def _preprocess(config) -> dict:
+  """The student's eval preprocessing, normalised as its training views are."""
+  mean, std = teacher_lib.student_normalisation(config.aug)
+  return dict(config.eval_aug, mean=mean, std=std)
+
+
+def _plain(value):
+  """JSON for a ConfigDict (``teacher_kwargs``) and tuples' numpy numbers."""
+  if hasattr(value, 'to_dict'):
+    return value.to_dict()
+  if hasattr(value, 'tolist'):
+    return value.tolist()
+  raise TypeError(f'{value!r} is not JSON')
+
+
+def _read(path: str, made_for: dict) -> Rows | None:
   """The file's rows if it was made for ``made_for``; None if absent, made for another
   teacher or split, or unreadable."""
   try:
     with np.load(path) as f:
       if json.loads(str(f['made_for'])) != made_for:
         return None
-      rows = f['probabilities']
+      kept = Rows(f['values'], f['indices'])
   except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
     return None
-  shape = (made_for['eval_size'], made_for['num_classes'])
-  return rows if rows.shape == shape and rows.dtype == np.float32 else None
+  shape = (made_for['eval_size'], made_for['k'])
+  whole = (kept.values.shape == kept.indices.shape == shape
+           and kept.values.dtype == np.float16
+           and kept.indices.dtype == store.index_dtype(made_for['num_classes']))
+  return kept if whole else None
 
 
-def _write(path: str, rows: np.ndarray, made_for: dict) -> None:
+def _write(path: str, kept: Rows, made_for: dict) -> None:
   tmp = path + '.tmp'
   with full_disk.writing(path, partial=tmp):
     with open(tmp, 'wb') as f:
-      np.savez(f, probabilities=rows, made_for=json.dumps(made_for))
+      np.savez(f, values=kept.values, indices=kept.indices, made_for=json.dumps(made_for))
     os.replace(tmp, path)

@@ -131,42 +131,44 @@ class Run:
     """top-1, top-5 and loss on the eval split, with the EMA params when there are any;
     with a teacher, the student's top-1 agreement with it and KL(teacher || student)."""
     config = self.config
-    source, transform, evaluate, teacher_probs = self._evaluation()
+    source, transform, evaluate, teacher_rows = self._evaluation()
     sharding = NamedSharding(self.mesh, P('data'))
     totals = None
     for batch in loader.eval_batches(source, global_batch=config.eval_batch_size,
                                      transform=transform,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
-      if teacher_probs is not None:  # the rows of this batch's examples, padding included
-        batch = dict(batch, teacher_probs=teacher_probs[batch['index']])
+      if teacher_rows is not None:  # the rows of this batch's examples, padding included
+        batch = dict(batch, teacher_values=teacher_rows.values[batch['index']],
+                     teacher_indices=teacher_rows.indices[batch['index']])
       batch = {name: jax.make_array_from_process_local_data(sharding, batch[name])
-               for name in ('image', 'label', 'mask', 'teacher_probs') if name in batch}
+               for name in ('image', 'label', 'mask', 'teacher_values', 'teacher_indices')
+               if name in batch}
       sums = evaluate(self.state.leaves, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(float, totals)
     count = totals['count']
     result = dict(top1=totals['top1'] / count, top5=totals['top5'] / count,
                   loss=totals['loss'] / count, examples=int(count))
-    if teacher_probs is not None:
+    if teacher_rows is not None:
       result.update(teacher_agreement=totals['teacher_agreement'] / count,
                     teacher_kl=totals['teacher_kl'] / count)
     return result
 
   def _evaluation(self) -> tuple:
-    """(eval source, host transform, jitted eval step, the teacher's eval probabilities
-    or None), built once: a new jitted function would recompile each epoch."""
+    """(eval source, host transform, jitted eval step, the teacher's eval rows or None),
+    built once: a new jitted function would recompile each epoch."""
     if self._eval is None:
       config = self.config
       eval_augment = augment.make_eval_augment(config.eval_aug)
       source = sources.from_config(config.data, 'eval')
-      teacher_probs = (teacher_eval.probabilities(config, source, self.workdir)
-                       if teacher_eval.knows_teacher(config) else None)
+      teacher_rows = (teacher_eval.rows(config, source, self.workdir)
+                      if teacher_eval.knows_teacher(config) else None)
       self._eval = (source, eval_augment.host,
                     step_lib.make_eval_step(self.state, self.mesh,
                                             normalise=eval_augment.device,
                                             use_ema=config.optim.ema_decay > 0),
-                    teacher_probs)
+                    teacher_rows)
     return self._eval
 
   def train(self) -> dict:
