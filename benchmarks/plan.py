@@ -81,27 +81,30 @@ def plan_row(recipe, arg, slice_, stage, teacher, root) -> dict:
 
 
 def markdown(paths) -> str:
-  """The rows of ``paths`` as a Markdown table, in ``_rows``' order. img/s is the
-  roofline's, and in brackets the compute bound's alone (XLA's flops at the chip's peak)."""
+  """The rows of ``paths`` as a Markdown table, in ``_rows``' order. img/s and days are
+  the roofline's, and in brackets the compute bound's alone (XLA's flops at the chip's
+  peak)."""
   rows = {}
   for path in paths:
     with open(path) as f:
       rows.update({row['name']: row for row in json.load(f)['rows']})
   lines = ['| recipe | stage | slice | B/chip | fits | HBM GiB/chip (of) | GFLOP/img XLA '
-           '(MACs) | modelled img/s (compute bound) | modelled MFU | modelled days | '
+           '(MACs) | modelled img/s (compute bound) | modelled MFU | modelled days (compute bound) | '
            'host cores | compile s |', '|' + '---|' * 12]
   for name, *_ in _rows():
     if name not in rows:
       continue
     r = rows[name]
     fmt = lambda key, spec: format(r[key], spec) if r.get(key) is not None else '-'
-    days = f'{r["schedule_hours"] / 24:.1f}' if r.get('schedule_hours') is not None else '-'
-    speed = '-'
+    speed = days = '-'
     if r.get('step_seconds'):
       batch = r['images_per_second'] * r['step_seconds']  # over the slice
       compute = (r['xla_gflop_per_image'] * 1e9 * r['batch_per_chip']
                  / chips.parse(r['accelerator']).peak_flops)
       speed = f'{r["images_per_second"]:,.0f} ({batch / compute:,.0f})'
+      if r.get('schedule_hours') is not None:
+        days = r['schedule_hours'] / 24
+        days = f'{days:.1f} ({days * compute / r["step_seconds"]:.2f})'
     lines.append(
         f'| {r.get("recipe", name)} | {r.get("stage", "-")} | {r.get("accelerator", "-")} | '
         f'{r.get("batch_per_chip", "-")} | {r.get("status")} | '
