@@ -89,8 +89,8 @@ def markdown(paths) -> str:
     with open(path) as f:
       rows.update({row['name']: row for row in json.load(f)['rows']})
   lines = ['| recipe | stage | slice | B/chip | fits | HBM GiB/chip (of) | GFLOP/img XLA '
-           '(MACs) | modelled img/s (compute bound) | modelled MFU | modelled days (compute bound) | '
-           'host cores | compile s |', '|' + '---|' * 12]
+           '(MACs) | modelled img/s (compute bound) | modelled MFU | modelled days '
+           '(compute bound) | host cores | compile s |', '|' + '---|' * 12]
   for name, *_ in _rows():
     if name not in rows:
       continue
