@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tinyvit_jax import target
 from tinyvit_jax.models import attention
 
 
@@ -82,10 +83,11 @@ def test_auto_picks_einsum_on_cpu_and_cudnn_falls_back_to_xla_off_gpu():
   assert attention.get_attention_impl() == before  # the context restored it
 
 
-def test_cudnn_is_used_only_where_it_takes_the_case(monkeypatch):
-  monkeypatch.setattr(attention, '_on_cuda', lambda: True)
-  supports = lambda shape, dtype, bias: attention.cudnn_supports(
-      jnp.zeros(shape, dtype), jnp.zeros((1,)) if bias else None)
+def test_cudnn_is_used_only_where_it_takes_the_case():
+  def supports(shape, dtype, bias):
+    with target.compiling_for(target.Target('gpu', cuda=True)):
+      return attention.cudnn_supports(jnp.zeros(shape, dtype), jnp.zeros((1,)) if bias else None)
+
   assert supports((2, 197, 3, 64), jnp.bfloat16, bias=False)  # DeiT-Ti
   assert supports((2, 196, 5, 32), jnp.float16, bias=True)  # TinyViT's 14x14 windows
   assert not supports((2, 49, 5, 32), jnp.bfloat16, bias=True)  # 7x7: odd, with a bias

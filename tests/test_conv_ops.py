@@ -5,6 +5,7 @@ import numpy as np
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
+from tinyvit_jax import target
 from tinyvit_jax.models import conv_ops
 from tinyvit_jax.models import create_model
 
@@ -56,17 +57,18 @@ def test_unknown_impl_is_refused():
     conv_ops.resolve_conv_impl('cudnn')
 
 
-def test_auto_picks_xla_convolutions_off_the_cpu(monkeypatch):
+def test_auto_picks_xla_convolutions_off_the_cpu():
   images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
 
   def convs(backend):  # conv_general_dilated ops in TinyViT-5M's forward, shapes only
-    monkeypatch.setattr(conv_ops.jax, 'default_backend', lambda: backend)
-    model = nnx.eval_shape(lambda: create_model('tiny_vit_5m_224', img_size=32,
-                                                window_sizes=(1, 1, 2, 1)))
-    graphdef, state = nnx.split(model)
-    jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
+    with target.compiling_for(target.Target(backend)):
+      model = nnx.eval_shape(lambda: create_model('tiny_vit_5m_224', img_size=32,
+                                                  window_sizes=(1, 1, 2, 1)))
+      graphdef, state = nnx.split(model)
+      jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
+      assert conv_ops.resolve_conv_impl('auto') == ('shifts' if backend == 'cpu' else 'xla')
     return str(jaxpr).count('conv_general_dilated')
 
   assert convs('cpu') == 0
   assert convs('gpu') == convs('tpu') > 0
-  assert conv_ops.resolve_conv_impl('auto') == 'xla'  # the backend patched last: tpu
+  assert conv_ops.resolve_conv_impl('auto') == 'shifts'  # this CPU, once the context is left

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from tinyvit_jax import normalisation
+from tinyvit_jax import target
 from tinyvit_jax.distill import teacher
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import trainer
@@ -56,23 +57,21 @@ def test_recipe_builds_a_valid_config(name, arg, runlocal):
 @pytest.mark.parametrize('name', ['fpd_21k', 'finetune_1k', 'in1k', 'deit'])
 @pytest.mark.parametrize('backend, dtype', [('cpu', 'float32'), ('gpu', 'bfloat16'),
                                             ('tpu', 'bfloat16')])
-def test_imagenet_recipes_compute_in_bfloat16_on_accelerators_only(name, backend, dtype,
-                                                                   monkeypatch):
-  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
-  for run in runs_of(load_recipe(name).get_config()):
-    assert run.dtype == 'auto' and config_lib.compute_dtype(run) == dtype
+def test_imagenet_recipes_compute_in_bfloat16_on_accelerators_only(name, backend, dtype):
+  with target.compiling_for(target.Target(backend)):
+    for run in runs_of(load_recipe(name).get_config()):
+      assert run.dtype == 'auto' and config_lib.compute_dtype(run) == dtype
 
 
 @pytest.mark.parametrize('backend, dtype', [('cpu', 'float32'), ('gpu', 'bfloat16')])
-def test_the_fpd_recipes_teacher_computes_in_bfloat16_on_accelerators_only(backend, dtype,
-                                                                          monkeypatch):
-  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+def test_the_fpd_recipes_teacher_computes_in_bfloat16_on_accelerators_only(backend, dtype):
   fpd = load_recipe('fpd_21k').get_config()
-  assert teacher.compute_dtype(fpd.distill.teacher_dtype) == dtype
+  with target.compiling_for(target.Target(backend)):
+    assert teacher.compute_dtype(fpd.distill.teacher_dtype) == dtype
   assert config_lib.base_config().distill.teacher_dtype == 'float32'  # other recipes
 
 
-def test_the_trainer_builds_the_model_in_the_resolved_dtype(monkeypatch):
+def test_the_trainer_builds_the_model_in_the_resolved_dtype():
   config = load_recipe('in1k').get_config('runlocal')
   images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
 
@@ -80,14 +79,14 @@ def test_the_trainer_builds_the_model_in_the_resolved_dtype(monkeypatch):
     return nnx.eval_shape(lambda x: trainer.build_model(config)(x), images).dtype
 
   assert logits_dtype() == jnp.float32  # this CPU
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert logits_dtype() == jnp.bfloat16
+  with target.compiling_for(target.Target('gpu')):
+    assert logits_dtype() == jnp.bfloat16
 
 
-def test_quickstart_computes_in_float32_everywhere(monkeypatch):
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  for run in runs_of(load_recipe('quickstart').get_config()):
-    assert config_lib.compute_dtype(run) == 'float32'
+def test_quickstart_computes_in_float32_everywhere():
+  with target.compiling_for(target.Target('gpu')):
+    for run in runs_of(load_recipe('quickstart').get_config()):
+      assert config_lib.compute_dtype(run) == 'float32'
 
 
 @pytest.mark.parametrize('source,key,train,eval_', [

@@ -14,7 +14,9 @@ checkpoint). A run holds its workdir's lock (``train/workdir_lock.py``): a secon
 the same workdir is refused. ``--mode=STAGE`` runs one stage of every run, done or not.
 ``--check`` runs the checks a run starts with (the recipe, every override, every run's
 config) and exits, touching no device, data or workdir (nor its lock): the launchers run
-it before they start machines.
+it before they start machines. ``--plan=SLICE`` compiles every run's stages for a TPU
+slice this machine does not have and prints whether each fits (``plan.py``), touching no
+device, data or workdir either.
 """
 import contextlib
 import json
@@ -31,6 +33,7 @@ from ml_collections import config_flags
 from tinyvit_jax import compile_cache
 from tinyvit_jax import errors
 from tinyvit_jax import full_disk
+from tinyvit_jax import plan
 from tinyvit_jax.distill import save_stage
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher
@@ -52,11 +55,22 @@ _DATA_DIR = flags.DEFINE_string(
 _CHECK = flags.DEFINE_bool(
     'check', False, 'Check the recipe, the flags and every run as a run does before its '
     'first stage, then exit: no devices, data or workdir are touched.')
+_PLAN = flags.DEFINE_string(
+    'plan', None, 'Compile every run\'s stages for this accelerator (a Cloud TPU type such '
+    'as v5litepod-16 or v4-32, or a libtpu topology such as v5e:2x2) without one, print '
+    'whether each fits and its modelled speed, then exit: no devices, data or workdir are '
+    'touched. Exit status 3 when a stage does not fit or does not compile.')
+_PLAN_JSON = flags.DEFINE_string('plan_json', None, 'With --plan: also write its rows here.')
+_PLAN_FIT_BATCH = flags.DEFINE_bool(
+    'plan_fit_batch', False, 'With --plan: also search the largest per-chip batch that fits '
+    '(a few more compiles per stage).')
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     'heartbeat_timeout', 100, 'With --distributed: seconds without heartbeats after which a '
     'process counts as dead, and JAX stops every other process (rather than let it hang).')
 
 SIGTERM_EXIT = 143  # the run stopped on SIGTERM after checkpointing; rerun to resume
+PLAN_DOES_NOT_FIT = 3  # --plan: a stage does not fit the accelerator, or does not compile
+PLAN_DATA_DIR = '/data'  # --plan without --data_dir: a plan reads no data, any path will do
 
 
 def run_recipe(config, workdir: str, mode: str | None = None,
@@ -181,6 +195,10 @@ def main(argv):
       recipe = config_flags.get_config_filename(flags.FLAGS['config'])
       print(f'ok: {recipe} checked ({", ".join(runs) or "one run"})')
       return
+    if _PLAN.value:
+      plan_recipe(_CONFIG.value, _WORKDIR.value, _PLAN.value, _PLAN_JSON.value,
+                  _PLAN_FIT_BATCH.value, _DATA_DIR.value, _MODE.value)
+      return
     torch_teacher.share_gpu_with_jax(run.distill
                                      for run in config_lib.runs(_CONFIG.value).values())
     compile_cache.enable()
@@ -189,6 +207,28 @@ def main(argv):
     run_recipe(_CONFIG.value, _WORKDIR.value, _MODE.value, _DATA_DIR.value)
   except errors.UserError as error:  # one line, no traceback
     sys.exit(f'error: {error}')
+
+
+def plan_recipe(config, workdir: str, accelerator: str, json_path: str | None = None,
+                fit_batch: bool = False, data_dir: str | None = None,
+                mode: str | None = None) -> list[dict]:
+  """``--plan``: prints the table of every run's stages (or stage ``mode``'s) compiled
+  for ``accelerator``; exits with ``PLAN_DOES_NOT_FIT`` and one ``error:`` line when a
+  stage does not fit or does not compile."""
+  if data_dir is None and any(run.data.source in config_lib.DATA_PATH_KEYS
+                              for run in config_lib.runs(config).values()):
+    data_dir = PLAN_DATA_DIR
+  rows = plan.plan_recipe(check_recipe(config, workdir, data_dir), workdir, accelerator,
+                          mode=mode, fit_batch=fit_batch)
+  if json_path:
+    _write_json(json_path, rows)
+  print(plan.table(rows), flush=True)
+  problems = plan.problems(rows)
+  if problems:
+    print(f'error: {problems[0]}' + (f' (and {len(problems) - 1} more above)'
+                                     if len(problems) > 1 else ''), flush=True)
+    sys.exit(PLAN_DOES_NOT_FIT)
+  return rows
 
 
 def initialize_distributed(heartbeat_timeout: int = 100) -> None:

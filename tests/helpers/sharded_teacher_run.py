@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax import target
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.models import create_model
 
@@ -40,8 +41,8 @@ def main(directory: str) -> None:
   auto = {}
   for name, limit in (('above', size / teacher_lib.SHARD_ABOVE - 8),
                       ('below', size / teacher_lib.SHARD_ABOVE + 8)):
-    teacher_lib.device_memory = lambda device, limit=limit: limit  # a device of this size
-    auto[name] = teacher_lib.place_weights(state, mesh, 'auto')[1]
+    with target.compiling_for(target.Target('cpu', device_memory=limit)):  # a device this size
+      auto[name] = teacher_lib.place_weights(state, mesh, 'auto')[1]
   print(json.dumps(dict(
       devices=mesh.size, max_abs_diff=float(np.abs(found['sharded'] - found['replicated']).max()),
       sharded=sharded, auto_sharded_when_weights_are=auto,

@@ -111,6 +111,21 @@ def _examples(source, transform: Transform, seed: int, epoch: int, positions, in
   return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
 
 
+def batch_shapes(transform: Transform, batch: int, image_size: int,
+                 train: bool = True) -> dict:
+  """The arrays of a ``train_batches`` (or, ``train=False``, ``eval_batches``) batch of
+  ``batch`` examples as ``jax.ShapeDtypeStruct``s, from one blank ``image_size`` image
+  through ``transform`` and the code that builds every batch: what a plan compiles for,
+  reading no data."""
+  blank = [dict(image=np.zeros((image_size, image_size, 3), np.uint8), label=0)]
+  one = _examples(blank, transform, 0, 0, np.zeros(1, np.int64), np.zeros(1, np.int64),
+                  np.zeros(1, np.int64))
+  if not train:
+    one['mask'] = np.ones(1, bool)
+  return {name: jax.ShapeDtypeStruct((batch, *value.shape[1:]), value.dtype)
+          for name, value in one.items()}
+
+
 @dataclasses.dataclass
 class _PositionBatch:
   """Batch number -> the examples at ``positions[b*batch:(b+1)*batch]`` of ``epoch``.

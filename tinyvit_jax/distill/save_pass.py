@@ -50,8 +50,7 @@ def make_teacher_view(teacher, aug_config, *, mesh: Mesh, batch: int,
   """``host batch -> (B, C) probabilities``: training's device augmentation of a loader
   batch (with ``augment.make_train_augment(aug_config).host`` as transform), then the
   teacher. ``batch`` rows are spread over the mesh's devices."""
-  device_augment = pipeline.make_device_augment(augment.make_train_augment(aug_config), mesh,
-                                                batch, source_classes)
+  device_augment = teacher_inputs(aug_config, mesh, batch, source_classes)
   sharding = NamedSharding(mesh, P('data'))
 
   def view(host_batch: dict):
@@ -60,6 +59,12 @@ def make_teacher_view(teacher, aug_config, *, mesh: Mesh, batch: int,
     return teacher.probabilities(device_augment(on_device)[0])
 
   return view
+
+
+def teacher_inputs(aug_config, mesh: Mesh, batch: int, source_classes: int):
+  """The jitted device augmentation the teacher's images come from: training's."""
+  return pipeline.make_device_augment(augment.make_train_augment(aug_config), mesh, batch,
+                                      source_classes)
 
 
 @functools.partial(jax.jit, static_argnames='k')

@@ -36,9 +36,11 @@ from jax.sharding import PartitionSpec as P
 from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
+from tinyvit_jax import target
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import class_index as class_index_lib
 from tinyvit_jax.models import WEIGHTS
+from tinyvit_jax.models import create_model
 
 ADAPTERS = ('ours', 'timm', 'torch')
 DTYPES = ('float32', 'bfloat16', 'auto')
@@ -116,17 +118,22 @@ def check_online(distill) -> str | None:
   return None
 
 
-def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
+def online(distill, aug, mesh, num_classes: int,
+           meta: dict | None = None) -> tuple[Callable, list]:
   """``(teacher(leaves, images) -> logits, leaves)``: ``make_teacher``'s teacher for the
   jitted step, its weights replicated over ``mesh``. With a class-index file the logits
   are gathered at the student's ``num_classes`` classes, so their softmax is
-  renormalised over them."""
+  renormalised over them. Given the checkpoint's ``meta`` (its model.json, a plan's),
+  nothing is read and the leaves are abstract."""
   problem = check_online(distill)
   if problem:
     raise ValueError(problem)
-  model, normalise = _restore(distill.teacher, *student_normalisation(aug),
-                              **_dtype_override(distill.get('teacher_dtype', 'float32')),
-                              **dict(distill.get('teacher_kwargs', None) or {}))
+  if meta is None:
+    model, normalise = _restore(distill.teacher, *student_normalisation(aug),
+                                **_dtype_override(distill.get('teacher_dtype', 'float32')),
+                                **dict(distill.get('teacher_kwargs', None) or {}))
+  else:
+    model, normalise = abstract_model(distill, aug, meta)
   graphdef, weights = nnx.split(model)
   leaves, treedef = jax.tree.flatten(weights)
   class_index = distill.get('teacher_class_index', '')
@@ -140,41 +147,46 @@ def online(distill, aug, mesh, num_classes: int) -> tuple[Callable, list]:
     logits = logits.astype(jnp.float32)  # a bfloat16 teacher's targets, in float32
     return logits if mapping is None else jnp.take(logits, mapping, axis=-1)
 
-  replicated = NamedSharding(mesh, P())
-  return teacher, [jax.device_put(leaf, replicated) for leaf in leaves]
+  return teacher, target.place(leaves, NamedSharding(mesh, P()))
+
+
+def abstract_model(distill, aug, meta: dict) -> tuple:
+  """``(model, normalise)`` of the teacher a checkpoint's ``meta`` (its model.json)
+  describes, as ``from_checkpoint`` builds it (dtype, kwargs, normalisation), shapes
+  only: what a plan compiles, reading no weights."""
+  return _restore(distill.teacher, *student_normalisation(aug), meta=meta,
+                  **_dtype_override(distill.get('teacher_dtype', 'float32')),
+                  **dict(distill.get('teacher_kwargs', None) or {}))
 
 
 def compute_dtype(dtype) -> str:
   """``dtype`` ('float32', 'bfloat16' or a numpy/jax dtype) by name, 'auto' resolved:
-  bfloat16 on a GPU or TPU, float32 on a CPU, whose runs and figures stay float32. The
-  one rule for students (``config.dtype``) and teachers (``distill.teacher_dtype``)."""
+  bfloat16 for a GPU or TPU, float32 for a CPU, whose runs and figures stay float32 (the
+  platform compiled for, ``tinyvit_jax.target``). The one rule for students
+  (``config.dtype``) and teachers (``distill.teacher_dtype``)."""
   if dtype == 'auto':
-    return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+    return 'float32' if target.current().platform == 'cpu' else 'bfloat16'
   if isinstance(dtype, str) and dtype not in DTYPES:
     raise ValueError(f'dtype={dtype!r}; expected one of {DTYPES}.')
   return jnp.dtype(dtype).name
-
-
-def device_memory(device) -> int | None:
-  """Bytes one device can hold, where its backend says (GPU and TPU; not a CPU)."""
-  return (device.memory_stats() or {}).get('bytes_limit')
 
 
 def place_weights(state, mesh: Mesh, sharding: str = 'auto'):
   """``(state on mesh's devices, sharded?)``: replicated, or each weight split along its
   largest dimension the device count divides (the others replicated), GSPMD gathering
   them in the jitted forward. 'auto' shards when the replicated weights would take more
-  than ``SHARD_ABOVE`` of one device's memory (``memory_stats()['bytes_limit']``; a CPU
-  keeps no such figure, so there it replicates)."""
+  than ``SHARD_ABOVE`` of one device's memory (the target's, ``tinyvit_jax.target``: a
+  CPU keeps no such figure, so there it replicates). ``state`` may be abstract
+  (``jax.ShapeDtypeStruct``s, for a plan): it then comes back abstract, with shardings."""
   if sharding not in SHARDINGS:
     raise ValueError(f'distill.teacher_sharding={sharding!r}; expected one of {SHARDINGS}.')
   if sharding == 'auto':
-    limit = device_memory(mesh.devices.flat[0])
-    size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    limit = target.current().device_memory
+    size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
     sharding = 'sharded' if limit and size > SHARD_ABOVE * limit else 'replicated'
   count = mesh.size
   if sharding == 'replicated' or count == 1:
-    return jax.device_put(state, NamedSharding(mesh, P())), False
+    return target.place(state, NamedSharding(mesh, P())), False
 
   def spec(leaf) -> NamedSharding:
     dims = [d for d in np.argsort(leaf.shape, kind='stable')[::-1] if leaf.shape[d] % count == 0]
@@ -183,7 +195,7 @@ def place_weights(state, mesh: Mesh, sharding: str = 'auto'):
     return NamedSharding(mesh, P(*['data' if d == dims[0] else None
                                    for d in range(leaf.ndim)]))
 
-  return jax.device_put(state, jax.tree.map(spec, state)), True
+  return target.place(state, jax.tree.map(spec, state)), True
 
 
 def student_normalisation(aug) -> tuple[tuple, tuple]:
@@ -236,19 +248,27 @@ def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
   dtype = compute_dtype(dtype)
   model, normalise = _restore(directory, input_mean, input_std, **_dtype_override(dtype),
                               **overrides)
-  graphdef, state = nnx.split(model)
   # Restored weights sit on one device; the save pass spreads images over all local ones.
-  state, _ = place_weights(state, pipeline.data_mesh(jax.local_devices()), sharding)
+  forward, state = probabilities_fn(model, normalise,
+                                    pipeline.data_mesh(jax.local_devices()), sharding)
+  name = model_checkpoint.read_model_json(directory)['model']
+  name = name if dtype == 'float32' else f'{name}@{dtype}'
+  return Teacher(name, weights_hash(nnx.to_pure_dict(nnx.state(model, WEIGHTS))),
+                 model.num_classes, lambda images: forward(state, images))
+
+
+def probabilities_fn(model, normalise, mesh: Mesh, sharding: str = 'auto'):
+  """``(forward(state, images) -> probabilities, state)``, jitted, the state placed over
+  ``mesh`` by ``place_weights`` (abstract for an abstract model)."""
+  graphdef, state = nnx.split(model)
+  state, _ = place_weights(state, mesh, sharding)
 
   @jax.jit
   def forward(state, images):  # weights as an argument: as constants they would be compiled in
     logits = nnx.merge(graphdef, state)(normalise(images))
     return jax.nn.softmax(logits.astype(np.float32), axis=-1)
 
-  name = model_checkpoint.read_model_json(directory)['model']
-  name = name if dtype == 'float32' else f'{name}@{dtype}'
-  return Teacher(name, weights_hash(nnx.to_pure_dict(nnx.state(model, WEIGHTS))),
-                 model.num_classes, lambda images: forward(state, images))
+  return forward, state
 
 
 def map_classes(teacher: Teacher, class_index: str, num_classes: int | None = None) -> Teacher:
@@ -293,17 +313,22 @@ def _dtype_override(dtype) -> dict:
   return {} if dtype == 'float32' else dict(dtype=jnp.dtype(dtype))
 
 
-def _restore(directory: str, input_mean, input_std, **overrides):
+def _restore(directory: str, input_mean, input_std, meta: dict | None = None, **overrides):
   """Our checkpoint's model in eval mode, and the map from the student's normalisation to
-  the teacher's own."""
-  if not os.path.exists(directory):
+  the teacher's own; given its ``meta`` (model.json's contents), the model that describes,
+  shapes only (``nnx.eval_shape``), reading nothing."""
+  if meta is not None:
+    model = nnx.eval_shape(lambda: create_model(meta['model'], **{**meta['kwargs'],
+                                                                   **overrides}))
+  elif not os.path.exists(directory):
     raise model_checkpoint.CheckpointError(
         f'Teacher checkpoint {os.path.abspath(directory)!r} does not exist. Create one '
         'from timm or official weights with `python -m tinyvit_jax.convert --model NAME '
         '--from WEIGHTS --out DIR`, or from a model of ours with '
         '`tinyvit_jax.model_checkpoint.save_model(DIR, model, NAME, **kwargs)`.')
-  meta = model_checkpoint.read_model_json(directory)
-  model = model_checkpoint.restore_model(directory, **overrides)
+  else:
+    meta = model_checkpoint.read_model_json(directory)
+    model = model_checkpoint.restore_model(directory, **overrides)
   model.eval()
   own = model_checkpoint.preprocess(meta)
   return model, renormalise(input_mean, input_std, own['mean'], own['std'])

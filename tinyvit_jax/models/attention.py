@@ -11,20 +11,19 @@ runs in float32 whatever the compute dtype. The formulations:
 * ``'cudnn'``: ``jax.nn.dot_product_attention(implementation='cudnn')``, cuDNN's fused
   kernel, where it takes the case (``cudnn_supports``); ``'xla'`` where it does not.
 
-``'auto'`` picks ``'einsum'`` on CPU and ``'cudnn'`` elsewhere. Every formulation is
-kept under the timm parity tests.
+``'auto'`` picks ``'einsum'`` for a CPU and ``'cudnn'`` elsewhere: the platform compiled
+for (``tinyvit_jax.target``), which a plan sets to the TPU it compiles for. Every
+formulation is kept under the timm parity tests.
 
 The switch, one for every model (as timm's ``use_fused_attn``): the environment
 variable ``TINYVIT_JAX_ATTENTION`` read at import, or ``set_attention_impl(name)`` /
 ``with attention_impl(name):``. It is read when a function is traced, so set it before
 ``jax.jit`` first compiles the model.
 """
-import functools
-
 import jax
-import jax.extend
 import jax.numpy as jnp
 
+from tinyvit_jax import target
 from tinyvit_jax.models import switch
 
 ENV = 'TINYVIT_JAX_ATTENTION'
@@ -34,17 +33,11 @@ get_attention_impl, set_attention_impl, attention_impl = (
     _SWITCH.get, _SWITCH.set, _SWITCH.using)
 
 
-@functools.cache
-def _on_cuda() -> bool:
-  return (jax.default_backend() == 'gpu'
-          and 'cuda' in jax.extend.backend.get_backend().platform_version.lower())
-
-
 def cudnn_supports(q, bias) -> bool:
   """Whether jax's cuDNN attention takes this case (its checks: check_layout and
   check_is_flash_attention in jax/_src/cudnn/fused_attention_stablehlo.py)."""
   _, t, _, hd = q.shape
-  return (_on_cuda() and q.dtype in (jnp.bfloat16, jnp.float16) and hd % 8 == 0
+  return (target.current().cuda and q.dtype in (jnp.bfloat16, jnp.float16) and hd % 8 == 0
           and hd <= 128
           # With a bias, cuDNN's backward needs even sequence lengths; whether a
           # gradient will be taken is unknown here. TinyViT's 7x7 windows (49) fail.
@@ -55,7 +48,7 @@ def resolve_attention_impl(q, bias) -> str:
   """The formulation ``attend`` runs for these inputs under the current switch."""
   impl = _SWITCH.get()
   if impl == 'auto':
-    impl = 'einsum' if jax.default_backend() == 'cpu' else 'cudnn'
+    impl = 'einsum' if target.current().platform == 'cpu' else 'cudnn'
   if impl == 'cudnn' and not cudnn_supports(q, bias):
     impl = 'xla'
   return impl

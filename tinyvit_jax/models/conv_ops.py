@@ -10,8 +10,9 @@ two implementations:
   with hand-written VJPs) and the stem's dense convs as im2col + matmul. Built for the
   CPU, where it trains TinyViT several times faster (benchmarks/RESULTS.md).
 
-``'auto'`` picks ``'shifts'`` on CPU and ``'xla'`` elsewhere. Both are kept under the
-timm parity tests. Layout is NHWC; kernels are HWIO (depthwise: ``(k, k, 1, C)``).
+``'auto'`` picks ``'shifts'`` for a CPU and ``'xla'`` elsewhere: the platform compiled for
+(``tinyvit_jax.target``), which a plan sets to the TPU it compiles for. Both are kept
+under the timm parity tests. Layout is NHWC; kernels are HWIO (depthwise: ``(k, k, 1, C)``).
 
 The switch, one for every model (as ``attention``'s): the environment variable
 ``TINYVIT_JAX_CONV`` read at import, or ``set_conv_impl(name)`` / ``with conv_impl(name):``.
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from tinyvit_jax import target
 from tinyvit_jax.models import switch
 
 ENV = 'TINYVIT_JAX_CONV'
@@ -33,10 +35,10 @@ get_conv_impl, set_conv_impl, conv_impl = _SWITCH.get, _SWITCH.set, _SWITCH.usin
 
 
 def resolve_conv_impl(impl: str | None = None) -> str:
-  """'xla' or 'shifts': ``impl`` (by default the switch's), with 'auto' by backend."""
+  """'xla' or 'shifts': ``impl`` (by default the switch's), 'auto' by the target platform."""
   impl = _SWITCH.get() if impl is None else _SWITCH.check(impl)
   if impl == 'auto':
-    return 'shifts' if jax.default_backend() == 'cpu' else 'xla'
+    return 'shifts' if target.current().platform == 'cpu' else 'xla'
   return impl
 
 

@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tinyvit_jax import target
 from tinyvit_jax.models import layers
 from tinyvit_jax.train import optim
 
@@ -30,7 +31,8 @@ LossFn = Callable[[Any, dict], jax.Array]
 
 @dataclasses.dataclass
 class TrainState:
-  """The model's graph (train and eval modes) and the state's tree structure."""
+  """The model's graph (train and eval modes) and the state's tree structure. ``create``
+  from an abstract model (``nnx.eval_shape``, a plan's) gives abstract leaves."""
   graphdef: Any
   eval_graphdef: Any
   treedef: Any
@@ -43,12 +45,16 @@ class TrainState:
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = dict(params=params, rest=rest, opt_state=tx.init(params),
-                 ema=jax.tree.map(jnp.copy, params) if ema else None)
+
+    def initial(params, rest):
+      return dict(params=params, rest=rest, opt_state=tx.init(params),
+                  ema=jax.tree.map(jnp.copy, params) if ema else None)
+
+    abstract = isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)
+    state = jax.eval_shape(initial, params, rest) if abstract else initial(params, rest)
     leaves, treedef = jax.tree.flatten(state)
-    replicated = NamedSharding(mesh, P())
     return cls(graphdef, eval_graphdef, treedef,
-               [jax.device_put(leaf, replicated) for leaf in leaves])
+               target.place(leaves, NamedSharding(mesh, P())))
 
   def tree(self, leaves=None) -> dict:
     return jax.tree.unflatten(self.treedef, self.leaves if leaves is None else leaves)

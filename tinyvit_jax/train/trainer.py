@@ -55,16 +55,35 @@ def model_kwargs(config) -> dict:
   return {k: list(v) if isinstance(v, tuple) else v for k, v in config.model.kwargs.items()}
 
 
-def build_model(config) -> nnx.Module:
+def new_model(config) -> nnx.Module:
+  """The run's model as it trains (compute dtype, frozen BatchNorm), randomly initialised;
+  under ``nnx.eval_shape`` (a plan) its shapes only."""
   dtype = dict(dtype=jnp.bfloat16) if config_lib.compute_dtype(config) == 'bfloat16' else {}
   model = create_model(config.model.name, num_classes=config.num_classes,
                        rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
                        **model_kwargs(config), **dtype)
-  if config.init.checkpoint:
-    pretrained.load_into(model, config.init.checkpoint, head=config.init.head)
   if config.optim.freeze_bn:
     step_lib.set_frozen_batchnorm(model)
   return model
+
+
+def build_model(config) -> nnx.Module:
+  """``new_model``, with the weights of ``config.init.checkpoint`` if it names some."""
+  model = new_model(config)
+  if config.init.checkpoint:
+    pretrained.load_into(model, config.init.checkpoint, head=config.init.head)
+  return model
+
+
+def train_inputs(device_augment):
+  """The train step's ``inputs``: the device augmentation's images, and its targets in
+  the batch."""
+
+  def inputs(batch):
+    images, targets = device_augment(batch)
+    return images, dict(batch, targets=targets)
+
+  return inputs
 
 
 def make_optimizer(config, params, steps_per_epoch: int):
@@ -165,13 +184,9 @@ class Run:
         num_steps=self.total_steps - self.step, num_workers=config.data.num_workers,
         host_hook=distill.host_hook, repeats=order.repeats_of(config.data),
         views=distill.views)
-
-    def inputs(batch):
-      images, targets = data.device_augment(batch)
-      return images, dict(batch, targets=targets)
-
     train_step = step_lib.make_train_step(
-        self.state, self.tx, self.mesh, inputs=inputs, loss_fn=distill.loss,
+        self.state, self.tx, self.mesh, inputs=train_inputs(data.device_augment),
+        loss_fn=distill.loss,
         ema_decay=config.optim.ema_decay, teacher=distill.teacher)
     examples = _ExampleLog(workdir, self.step) if config.record_examples else None
     stop = _StopRequest()
