@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tinyvit_jax import chips, errors
@@ -77,6 +77,7 @@ def test_every_spelling_names_the_same_target(name):
     assert chips.parse('v5e-' + count) == t  # Colab's spelling
 
 
+@settings(max_examples=40)
 @given(st.one_of(
     st.sampled_from(['v4-4', 'v4-12', 'v5litepod-2', 'v6e-512', 'v5e:3x3', 'v7-8', 'h100x',
                      '', 'v5p-8 ', 'V4-8']),
@@ -149,3 +150,13 @@ def test_a_gpu_compiles_without_one():
   out = subprocess.run([sys.executable, '-c', GPU_COMPILE], capture_output=True, text=True,
                        check=True).stdout.split('\n')[-2]
   assert out == f'NVIDIA H100 80GB HBM3 {(512 + 256) * 512 * 2}'
+
+
+@pytest.mark.parametrize('name', ['v2-8', 'v3-8', 'v4-8', 'v5litepod-1', 'v5p-8', 'v6e-1'])
+def test_a_runtimes_devices_name_their_target(name):
+  """What a Colab (or any) runtime's jax.devices() shows maps back to the target: checked
+  on libtpu's own devices for the slice."""
+  t = chips.parse(name)
+  devices = chips.devices(t)
+  assert chips.for_devices(devices[0].device_kind, len(devices)) == t
+  assert chips.for_devices('TPU v5 lite', 3) is None

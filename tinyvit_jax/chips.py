@@ -39,6 +39,7 @@ class Target:
   hbm_bytes: int  # per device
   peak_flops: float  # bf16 dense, per device, flop/s
   hbm_bandwidth: float  # per device, bytes/s
+  device_kind: str = ''  # as jax names its devices: 'TPU v5 lite'
   platform: str = 'tpu'  # or 'gpu' (jax's names)
   # libtpu's arguments that shape the description as the slice is built: one device per
   # chip on v4/v5p ('megacore'), and the chips each host holds.
@@ -60,6 +61,7 @@ class _Family:
   hbm_gib: float  # per chip
   peak_tflops: float  # bf16, per chip
   bandwidth_tbs: float  # per chip
+  device_kind: str  # as jax names the devices
   megacore: bool = False
   aliases: tuple = ()  # other Cloud prefixes for the same chip
 
@@ -80,12 +82,14 @@ _PLANES = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 
            256: (16, 16)}
 
 _FAMILIES = (
-    _Family('v2', 'v2', {4: (2, 2)}, True, True, 16, 45, 0.7),
-    _Family('v3', 'v3', {4: (2, 2)}, True, True, 32, 123, 0.9),
-    _Family('v4', 'v4', _cubes(4, 2048), True, False, 32, 275, 1.2, megacore=True),
-    _Family('v5litepod', 'v5e', _PLANES, False, False, 16, 197, 0.82, aliases=('v5e',)),
-    _Family('v5p', 'v5p', _cubes(4, 4096), True, False, 95, 459, 2.76, megacore=True),
-    _Family('v6e', 'v6e', _PLANES, False, False, 32, 918, 1.64),
+    _Family('v2', 'v2', {4: (2, 2)}, True, True, 16, 45, 0.7, 'TPU v2'),
+    _Family('v3', 'v3', {4: (2, 2)}, True, True, 32, 123, 0.9, 'TPU v3'),
+    _Family('v4', 'v4', _cubes(4, 2048), True, False, 32, 275, 1.2, 'TPU v4', megacore=True),
+    _Family('v5litepod', 'v5e', _PLANES, False, False, 16, 197, 0.82, 'TPU v5 lite',
+            aliases=('v5e',)),
+    _Family('v5p', 'v5p', _cubes(4, 4096), True, False, 95, 459, 2.76, 'TPU v5',
+            megacore=True),
+    _Family('v6e', 'v6e', _PLANES, False, False, 32, 918, 1.64, 'TPU v6 lite'),
 )
 
 
@@ -120,7 +124,7 @@ def _target(family, chips):
       hbm_bytes=int(family.hbm_gib * GiB) // split,
       peak_flops=family.peak_tflops * 1e12 / split,
       hbm_bandwidth=family.bandwidth_tbs * 1e12 / split,
-      topology_args=args)
+      device_kind=family.device_kind, topology_args=args)
 
 
 _SPECS = os.path.join(os.path.dirname(__file__), 'gpu_specs')
@@ -129,10 +133,12 @@ _SPECS = os.path.join(os.path.dirname(__file__), 'gpu_specs')
 def _gpu(name, spec, peak_tflops):
   with open(os.path.join(_SPECS, spec)) as f:
     text = f.read()
-  field = lambda key: float(re.search(rf'^\s*{key}: (\S+)$', text, re.M).group(1))
+  field = lambda key: re.search(rf'^\s*{key}: (.+)$', text, re.M).group(1)
   return Target(name=name, topology='1x1x1', chips=1, hosts=1, devices=1,
                 hbm_bytes=int(field('device_memory_size')), peak_flops=peak_tflops * 1e12,
-                hbm_bandwidth=field('memory_bandwidth'), platform='gpu', gpu_spec=spec)
+                hbm_bandwidth=float(field('memory_bandwidth')),
+                device_kind=field('device_description_str').strip('"'), platform='gpu',
+                gpu_spec=spec)
 
 
 _TARGETS = {t.name: t for f in _FAMILIES for t in (_target(f, c) for c in f.shapes)}
@@ -156,6 +162,15 @@ def parse(name: str) -> Target:
     if prefix in f.aliases and f'{f.cloud}-{count}' in _TARGETS:
       return _TARGETS[f'{f.cloud}-{count}']
   raise UnknownAccelerator(name)
+
+
+def for_devices(device_kind: str, count: int) -> Target | None:
+  """The target whose devices these are (``jax.devices()``'s kind and count, e.g. a Colab
+  runtime's 'TPU v2' x 8: v2-8), None when no known target has them."""
+  for t in _TARGETS.values():
+    if (t.device_kind, t.devices) == (device_kind, count):
+      return t
+  return None
 
 
 def devices(target: Target) -> list:
