@@ -156,8 +156,9 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
     cost, flops, accessed = {}, stage.model_flops * per_chip, 0.0
   seconds = max(flops / slice_.peak_flops, accessed / slice_.hbm_bandwidth)
   row.update(model_gflop_per_image=stage.model_flops / 1e9,
-             step_seconds=seconds, images_per_second=stage.batch / seconds,
-             mfu=stage.model_flops * per_chip / seconds / slice_.peak_flops)
+             step_seconds=seconds, images_per_second=stage.batch / seconds)
+  if cost:  # without XLA's bytes, the GPU's modelled MFU would be 1 by construction
+    row['mfu'] = stage.model_flops * per_chip / seconds / slice_.peak_flops
   optimal = float(cost.get('optimal_seconds', -1))
   if optimal > 0 and optimal >= seconds:
     row['xla_optimal_seconds'] = optimal
