@@ -21,6 +21,7 @@ import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # plans need no device: keep libtpu quiet
 
+from tinyvit_jax import chips  # pylint: disable=wrong-import-position
 from tinyvit_jax import main  # pylint: disable=wrong-import-position
 from tinyvit_jax import plan  # pylint: disable=wrong-import-position
 from tinyvit_jax.train import config as config_lib  # pylint: disable=wrong-import-position
@@ -80,25 +81,34 @@ def plan_row(recipe, arg, slice_, stage, teacher, root) -> dict:
 
 
 def markdown(paths) -> str:
-  """The rows of ``paths`` as a Markdown table, in ``_rows``' order."""
+  """The rows of ``paths`` as a Markdown table, in ``_rows``' order. img/s is the
+  roofline's, and in brackets the compute bound's alone (XLA's flops at the chip's peak)."""
   rows = {}
   for path in paths:
     with open(path) as f:
       rows.update({row['name']: row for row in json.load(f)['rows']})
-  lines = ['| recipe | stage | slice | B/chip | fits | HBM GiB/chip (of) | modelled img/s | '
-           'modelled MFU | modelled days | host cores | compile s |', '|' + '---|' * 11]
+  lines = ['| recipe | stage | slice | B/chip | fits | HBM GiB/chip (of) | GFLOP/img XLA '
+           '(MACs) | modelled img/s (compute bound) | modelled MFU | modelled days | '
+           'host cores | compile s |', '|' + '---|' * 12]
   for name, *_ in _rows():
     if name not in rows:
       continue
     r = rows[name]
     fmt = lambda key, spec: format(r[key], spec) if r.get(key) is not None else '-'
-    days = f'{r["schedule_hours"] / 24:.2f}' if r.get('schedule_hours') is not None else '-'
+    days = f'{r["schedule_hours"] / 24:.1f}' if r.get('schedule_hours') is not None else '-'
+    speed = '-'
+    if r.get('step_seconds'):
+      batch = r['images_per_second'] * r['step_seconds']  # over the slice
+      compute = (r['xla_gflop_per_image'] * 1e9 * r['batch_per_chip']
+                 / chips.parse(r['accelerator']).peak_flops)
+      speed = f'{r["images_per_second"]:,.0f} ({batch / compute:,.0f})'
     lines.append(
         f'| {r.get("recipe", name)} | {r.get("stage", "-")} | {r.get("accelerator", "-")} | '
         f'{r.get("batch_per_chip", "-")} | {r.get("status")} | '
-        f'{fmt("total_gib", ".2f")} ({fmt("capacity_gib", ".0f")}) | '
-        f'{fmt("images_per_second", ",.0f")} | {fmt("mfu", ".2f")} | {days} | '
-        f'{fmt("host_cores_needed", ".0f")} | {fmt("compile_seconds", ".0f")} |')
+        f'{fmt("total_gib", ".1f")} ({fmt("capacity_gib", ".0f")}) | '
+        f'{fmt("xla_gflop_per_image", ".2f")} ({fmt("model_gflop_per_image", ".2f")}) | '
+        f'{speed} | {fmt("mfu", ".3f")} | {days} | '
+        f'{fmt("host_cores_needed", ".1f")} | {fmt("compile_seconds", ".0f")} |')
   return '\n'.join(lines)
 
 

@@ -154,11 +154,13 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
     row['xla_gflop_per_image'] = flops / per_chip / 1e9
   else:  # XLA:GPU gives no cost analysis: the model's count, compute-bound alone
     cost, flops, accessed = {}, stage.model_flops * per_chip, 0.0
-  seconds = max(flops / slice_.peak_flops, accessed / slice_.hbm_bandwidth)
-  row.update(model_gflop_per_image=stage.model_flops / 1e9,
+  compute, memory_bound = flops / slice_.peak_flops, accessed / slice_.hbm_bandwidth
+  seconds = max(compute, memory_bound)
+  row.update(compute_seconds=compute, model_gflop_per_image=stage.model_flops / 1e9,
              step_seconds=seconds, images_per_second=stage.batch / seconds)
   if cost:  # without XLA's bytes, the GPU's modelled MFU would be 1 by construction
-    row['mfu'] = stage.model_flops * per_chip / seconds / slice_.peak_flops
+    row.update(memory_seconds=memory_bound,
+               mfu=stage.model_flops * per_chip / seconds / slice_.peak_flops)
   optimal = float(cost.get('optimal_seconds', -1))
   if optimal > 0 and optimal >= seconds:
     row['xla_optimal_seconds'] = optimal
@@ -197,7 +199,7 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
   mesh = pipeline.data_mesh(host)
   batch = order.process_batch_size(config.batch_size, slice_.hosts)
   meta = _teacher_meta(distill, runs, workdir)
-  model, normalise = teacher_lib.abstract_model(distill, config.aug, meta)
+  model, normalise = teacher_lib.model_of(distill, config.aug, meta)
   forward, state = teacher_lib.probabilities_fn(model, normalise, mesh,
                                                 distill.teacher_sharding)
   inputs = save_pass.teacher_inputs(config.aug, mesh, batch, config.num_classes)
@@ -261,7 +263,7 @@ def _student_stage(stage, config, runs, workdir, devices) -> Stage:
     meta = _teacher_meta(distill, runs, workdir)
     teacher, teacher_leaves = teacher_lib.online(distill, config.aug, mesh,
                                                  config.num_classes, meta=meta)
-    teacher_model, _ = teacher_lib.abstract_model(distill, config.aug, meta)
+    teacher_model, _ = teacher_lib.model_of(distill, config.aug, meta)
     flops += 2 * macs.count_macs(teacher_model, config.aug.image_size)
   train_step = step_lib.make_train_step(
       state, tx, mesh, inputs=trainer.train_inputs(device_augment),
@@ -321,10 +323,10 @@ def _schedule(stage: str, config, row: dict, slice_: chips.Target) -> dict:
   if stage in ('save_logits', 'train'):
     per_host = row['images_per_second'] / slice_.hosts
     rate, measured = _pipeline_rate(config.aug)
-    out.update(host_images_per_second=per_host)
+    out.update(host_images_per_second=per_host, pipeline_per_core=rate,
+               pipeline_measured_by=measured)
     if rate:
-      out.update(host_cores_needed=per_host / rate, pipeline_per_core=rate,
-                 pipeline_measured_by=measured)
+      out['host_cores_needed'] = per_host / rate
   if stage == 'eval':
     examples, calls = eval_examples, config.epochs // config.eval_every_epochs
     batch = config.eval_batch_size

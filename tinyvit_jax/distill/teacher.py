@@ -128,12 +128,7 @@ def online(distill, aug, mesh, num_classes: int,
   problem = check_online(distill)
   if problem:
     raise ValueError(problem)
-  if meta is None:
-    model, normalise = _restore(distill.teacher, *student_normalisation(aug),
-                                **_dtype_override(distill.get('teacher_dtype', 'float32')),
-                                **dict(distill.get('teacher_kwargs', None) or {}))
-  else:
-    model, normalise = abstract_model(distill, aug, meta)
+  model, normalise = model_of(distill, aug, meta)
   graphdef, weights = nnx.split(model)
   leaves, treedef = jax.tree.flatten(weights)
   class_index = distill.get('teacher_class_index', '')
@@ -150,10 +145,10 @@ def online(distill, aug, mesh, num_classes: int,
   return teacher, target.place(leaves, NamedSharding(mesh, P()))
 
 
-def abstract_model(distill, aug, meta: dict) -> tuple:
-  """``(model, normalise)`` of the teacher a checkpoint's ``meta`` (its model.json)
-  describes, as ``from_checkpoint`` builds it (dtype, kwargs, normalisation), shapes
-  only: what a plan compiles, reading no weights."""
+def model_of(distill, aug, meta: dict | None = None) -> tuple:
+  """``(model, normalise)``: ``distill``'s teacher at its dtype and kwargs, in eval mode,
+  and the map from ``aug``'s normalisation to its own; restored from its checkpoint, or,
+  given the checkpoint's ``meta`` (its model.json, a plan's), shapes only."""
   return _restore(distill.teacher, *student_normalisation(aug), meta=meta,
                   **_dtype_override(distill.get('teacher_dtype', 'float32')),
                   **dict(distill.get('teacher_kwargs', None) or {}))
