@@ -14,6 +14,11 @@
 #      ('python3 -m tinyvit_jax.main --check' with the flags the workers get, run in
 #      this checkout; PYTHON names another interpreter), so a typo or a missing path
 #      stops the launch before anything is created. This runs with --dry-run too;
+#   0b. before creating the slice: plan the recipe for --accelerator-type, here
+#      ('--plan=TYPE': every stage compiled for the slice on this machine, with its HBM
+#      per chip and modelled speed; minutes on a laptop, no TPU needed), and stop when a
+#      stage does not fit or does not compile; --no-plan skips it, to go on regardless.
+#      --dry-run prints it and does not run it;
 #   1. create the slice (gcloud compute tpus tpu-vm create);
 #   2. install: pack this checkout's HEAD (git archive; uncommitted edits stay behind),
 #      unpack it in every worker's ~/tinyvit_jax (replacing what was there) and
@@ -53,6 +58,7 @@
 #   --pip SPEC                install SPEC on the workers instead of copying this checkout
 #   --no-create               the slice already exists
 #   --no-install              the workers already have the project
+#   --no-plan                 skip step 0b, the plan for --accelerator-type
 #   --delete                  delete the slice and do nothing else
 #   --dry-run                 print every command, run none
 #   -- ARGS...                more flags for tinyvit_jax.main (e.g. --config.epochs=10);
@@ -97,7 +103,7 @@ run() {
 
 name='' zone='' project='' accelerator_type='' version='tpu-ubuntu2204-base'
 recipe='' workdir='' data_dir='' pip_spec=''
-create=1 install=1 delete=0 dry_run=0
+create=1 install=1 plan=1 delete=0 dry_run=0
 extra=()
 while (($#)); do
   case $1 in
@@ -119,6 +125,7 @@ while (($#)); do
       shift 2 ;;
     --no-create) create=0; shift ;;
     --no-install) install=0; shift ;;
+    --no-plan) plan=0; shift ;;
     --delete) delete=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     --) shift; extra=("$@"); break ;;
@@ -186,6 +193,24 @@ then
     "($(tail -n 1 <<<"$output")): 'pip install -e $repo' into it, or set PYTHON to a" \
     "Python that has tinyvit_jax's requirements"
   die "the recipe check failed, so nothing was started: ${problem#error: }"
+fi
+
+# Step 0b: the plan for the slice, here too (its table goes to the terminal).
+if [[ $plan == 1 && $create == 1 ]]; then
+  planned=("${PYTHON:-python3}" "${main[@]:1}" "--plan=$accelerator_type")
+  echo "+ $(join_quoted "${planned[@]}")"
+  if [[ $dry_run == 0 ]]; then
+    if output=$(cd "$repo" && PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" \
+        "${planned[@]}" 2>&1); then
+      printf '%s\n' "$output"
+    else
+      printf '%s\n' "$output" | grep -v -e '^error: ' >&2 || true
+      problem=$(grep '^error: ' <<<"$output" | tail -n 1)
+      [[ -n $problem ]] || problem="error: $(tail -n 1 <<<"$output")"
+      die "the plan for $accelerator_type stopped the launch, nothing was started:" \
+        "${problem#error: } (--no-plan goes on regardless)"
+    fi
+  fi
 fi
 
 if [[ $create == 1 ]]; then

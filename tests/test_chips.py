@@ -1,9 +1,12 @@
 """chips: the accelerator names users type, against Cloud TPU's published slice shapes."""
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tinyvit_jax import chips, errors
@@ -59,7 +62,10 @@ def test_published_slices(name):
   assert t.hbm_bandwidth * per_device == pytest.approx(tbs * 1e12)
 
 
-@given(st.sampled_from(chips.known()))
+TPUS = [name for name in chips.known() if chips.parse(name).platform == 'tpu']
+
+
+@given(st.sampled_from(TPUS))
 def test_every_spelling_names_the_same_target(name):
   t = chips.parse(name)
   assert chips.parse(t.topology) == t
@@ -71,6 +77,7 @@ def test_every_spelling_names_the_same_target(name):
     assert chips.parse('v5e-' + count) == t  # Colab's spelling
 
 
+@settings(max_examples=40)
 @given(st.one_of(
     st.sampled_from(['v4-4', 'v4-12', 'v5litepod-2', 'v6e-512', 'v5e:3x3', 'v7-8', 'h100x',
                      '', 'v5p-8 ', 'V4-8']),
@@ -107,3 +114,49 @@ def test_a_multi_host_mesh_compiles():
   compiled = step.lower(w, x).compile()
   assert compiled.cost_analysis()['flops'] > 2 * 4 * 128 * 128  # per chip: its 4 rows
   assert compiled.memory_analysis().argument_size_in_bytes == (4 + 128) * 128 * 2
+
+
+@pytest.mark.parametrize('name, hbm_gb, bandwidth_tbs', [('h100', 80, 3.35), ('h200', 141, 4.8)])
+def test_gpus(name, hbm_gb, bandwidth_tbs):
+  t = chips.parse(name)
+  assert (t.platform, t.devices, t.hosts) == ('gpu', 1, 1)
+  assert t.peak_flops == 989e12  # dense bf16, H100 and H200 alike
+  assert t.hbm_bandwidth == pytest.approx(bandwidth_tbs * 1e12, rel=0.01)
+  # What the driver reports is a little under the card's nominal size (H100: 79.1 GiB).
+  assert 0.95 * hbm_gb * 1e9 <= t.hbm_bytes <= hbm_gb * 2**30
+  assert chips.compiler_options(t) and not chips.compiler_options(chips.parse('v5e:2x2'))
+
+
+GPU_COMPILE = """
+from tinyvit_jax import chips
+chips.compile_only()
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+t = chips.parse('h100')
+mesh = Mesh(np.array(chips.devices(t)), ('data',))
+x = jax.ShapeDtypeStruct((256, 512), jnp.bfloat16, sharding=NamedSharding(mesh, P('data')))
+step = jax.jit(jax.grad(lambda w, x: jnp.sum(jnp.tanh(x @ w))))
+compiled = step.lower(x.update(shape=(512, 512)), x).compile(
+    compiler_options=chips.compiler_options(t))
+print(mesh.devices.flat[0].device_kind, compiled.memory_analysis().argument_size_in_bytes)
+"""
+
+
+def test_a_gpu_compiles_without_one():
+  if not chips.gpu_plugin_installed():
+    with pytest.raises(errors.UserError, match=r"pip install 'jax\[cuda13\]'"):
+      chips.devices(chips.parse('h100'))
+    pytest.skip("jax's CUDA plugin is not installed (pip install 'jax[cuda13]')")
+  out = subprocess.run([sys.executable, '-c', GPU_COMPILE], capture_output=True, text=True,
+                       check=True).stdout.split('\n')[-2]
+  assert out == f'NVIDIA H100 80GB HBM3 {(512 + 256) * 512 * 2}'
+
+
+@pytest.mark.parametrize('name', ['v2-8', 'v3-8', 'v4-8', 'v5litepod-1', 'v5p-8', 'v6e-1'])
+def test_a_runtimes_devices_name_their_target(name):
+  """What a Colab (or any) runtime's jax.devices() shows maps back to the target: checked
+  on libtpu's own devices for the slice."""
+  t = chips.parse(name)
+  devices = chips.devices(t)
+  assert chips.for_devices(devices[0].device_kind, len(devices)) == t
+  assert chips.for_devices('TPU v5 lite', 3) is None

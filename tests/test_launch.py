@@ -43,11 +43,11 @@ WHERE = ['--zone=us-central2-b']
 
 
 def _run(script, args, env=None):
-  """The launcher, its recipe check run by ``true`` (it passes, in no time) unless ``env``
-  names a PYTHON: the tests of the check itself give the real one."""
+  """The launcher, its recipe check (and plan) run by ``true`` (it passes, in no time)
+  unless ``env`` names a PYTHON: the tests of the check itself give the real one."""
   return subprocess.run(['bash', script, *args], capture_output=True, text=True,
                         env={**os.environ, 'PYTHON': 'true', **(env or {})}, cwd=ROOT,
-                        timeout=60)
+                        timeout=120)
 
 
 def _printed(result):
@@ -114,8 +114,9 @@ def test_help_shows_usage(script):
 
 def test_tpu_dry_run_prints_every_step():
   result = _run(TPU, [*TPU_ARGS, '--dry-run', '--', '--config.epochs=1'])
-  check, create, archive, scp, install, mount, run = _printed(result)
+  check, plan, create, archive, scp, install, mount, run = _printed(result)
   assert check == ['true', *TPU_MAIN[1:], '--config.epochs=1', '--check']  # what runs, + --check
+  assert plan == [*check[:-1], '--plan=v4-32']  # printed, not run: it compiles for minutes
   assert create == [*GCLOUD_TPU, 'create', 'tvit', *WHERE, '--accelerator-type=v4-32',
                     '--version=tpu-ubuntu2204-base']
   tarball = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'tinyvit_jax-tvit.tar.gz')
@@ -411,8 +412,10 @@ def test_documented_examples_pass_the_check(script, example, tmp_path):
 
 RECIPES = sorted(os.path.splitext(os.path.basename(p))[0]
                  for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+# Checked, not planned: a plan of a full-size recipe compiles for minutes (test_plan.py).
 LAUNCHES = {TPU: ['--name', 'tvit', '--zone', 'us-central2-b', '--accelerator-type', 'v4-32',
-                  '--workdir', 'gs://bucket/runs/x', '--data-dir', 'gs://bucket/data'],
+                  '--workdir', 'gs://bucket/runs/x', '--data-dir', 'gs://bucket/data',
+                  '--no-plan'],
             SLURM: ['--workdir', '/shared/runs/x', '--data-dir', '/shared/data']}
 
 
@@ -455,6 +458,24 @@ def test_a_bad_recipe_or_flag_stops_the_launch_before_anything_starts(script, re
   assert 'the recipe check failed, so nothing was started: ' in result.stderr
   assert message in result.stderr
   assert not _started(tmp_path)
+
+
+def test_a_stage_that_does_not_fit_stops_the_launch_before_anything_starts(tmp_path):
+  """The real plan (a tiny recipe's save pass, its batch made far too large for a v5e
+  chip): its line, and no slice created; --no-plan goes on to create it."""
+  args = ['--name', 'tvit', '--zone', 'us-west4-a', '--accelerator-type', 'v5litepod-4',
+          '--recipe', 'configs/fpd_21k.py:runlocal', '--workdir', 'gs://bucket/runs/x', '--',
+          '--mode=save_logits', '--config.runs.student.batch_size=4194304']
+  result = _launch(TPU, args, tmp_path, REAL_CHECK)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert re.search(r'the plan for v5litepod-4 stopped the launch, nothing was started: run '
+                   r'student, stage save_logits on v5litepod-4: needs [\d.]+ GiB per chip of '
+                   r'16\.00 GiB.* \(--no-plan goes on regardless\)', result.stderr)
+  assert 'does not fit' in result.stderr  # the plan's table
+  assert not _started(tmp_path)
+  result = _launch(TPU, ['--no-plan', *args], tmp_path, REAL_CHECK)
+  assert result.returncode == 0, result.stderr
+  assert _calls(str(tmp_path / 'bin' / 'gcloud'))[0]['argv'][4] == 'create'
 
 
 def test_a_bad_flag_stops_a_job_before_srun(tmp_path):

@@ -33,6 +33,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from tinyvit_jax import chips
 from tinyvit_jax import compile_cache
 from tinyvit_jax import errors
 from tinyvit_jax import fault_broadcast
@@ -205,6 +206,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
   for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
     logger.addFilter(full_disk.QuietFullDisk())  # orbax's writers log what DiskFull says
+  if _PLAN.value:
+    chips.compile_only()  # before jax starts: the plan compiles for chips it does not use
   try:
     if _CHECK.value:
       runs = check_recipe(_CONFIG.value, _WORKDIR.value, _DATA_DIR.value)

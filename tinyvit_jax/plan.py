@@ -127,7 +127,8 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
   row.update(weights_gib=weights / GiB, inputs_gib=inputs / GiB,
              capacity_gib=slice_.hbm_bytes / GiB)
   try:
-    compiled = stage.fn.lower(*stage.args).compile()
+    compiled = stage.fn.lower(*stage.args).compile(
+        compiler_options=chips.compiler_options(slice_))
   except Exception as error:  # any compiler error is this stage's result, in one line
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     row['compile_seconds'] = time.time() - started
@@ -148,14 +149,18 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
              headroom_gib=(slice_.hbm_bytes - total) / GiB)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops, accessed = float(cost.get('flops', 0)), float(cost.get('bytes accessed', 0))
+  if cost:
+    flops, accessed = float(cost.get('flops', 0)), float(cost.get('bytes accessed', 0))
+    row['xla_gflop_per_image'] = flops / per_chip / 1e9
+  else:  # XLA:GPU gives no cost analysis: the model's count, compute-bound alone
+    cost, flops, accessed = {}, stage.model_flops * per_chip, 0.0
   compute, memory_bound = flops / slice_.peak_flops, accessed / slice_.hbm_bandwidth
   seconds = max(compute, memory_bound)
-  row.update(compute_seconds=compute, memory_seconds=memory_bound,
-             xla_gflop_per_image=flops / per_chip / 1e9,
-             model_gflop_per_image=stage.model_flops / 1e9,
-             step_seconds=seconds, images_per_second=stage.batch / seconds,
-             mfu=stage.model_flops * per_chip / seconds / slice_.peak_flops)
+  row.update(compute_seconds=compute, model_gflop_per_image=stage.model_flops / 1e9,
+             step_seconds=seconds, images_per_second=stage.batch / seconds)
+  if cost:  # without XLA's bytes, the GPU's modelled MFU would be 1 by construction
+    row.update(memory_seconds=memory_bound,
+               mfu=stage.model_flops * per_chip / seconds / slice_.peak_flops)
   optimal = float(cost.get('optimal_seconds', -1))
   if optimal > 0 and optimal >= seconds:
     row['xla_optimal_seconds'] = optimal
