@@ -189,7 +189,7 @@ def test_distill_fields_are_checked_only_when_the_run_distils():
   config.distill.from_store = True
   with pytest.raises(config_lib.ConfigError) as error:
     config_lib.check_config(config)
-  assert str(error.value) == ('Impossible config:\n  distill.k=10 must be between 1 and '
+  assert str(error.value) == ('Impossible config: distill.k=10 must be between 1 and '
                               'num_classes=4.')
 
 
