@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 
 from timm_reference import assert_logits_close, create_timm_model, timm_logits
-from tinyvit_jax.convert import load_timm_state_dict, to_timm_state_dict
+from tinyvit_jax.models.timm_weights import load_timm_state_dict, to_timm_state_dict
 from tinyvit_jax.models import conv_ops, model_info, regnet
 from tinyvit_jax.models import create_model as create_registered
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from timm_reference import assert_logits_close, create_timm_model, jit_forward, timm_logits
-from tinyvit_jax.convert import load_timm_state_dict
+from tinyvit_jax.models.timm_weights import load_timm_state_dict
 from tinyvit_jax.models import attention, conv_ops, create_model, list_models, model_info
 
 # Whole-model parity of the big variants takes minutes on 2 cores: CI runs them.

@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import shutil
+import sys
 
 from tinyvit_jax import errors
 
@@ -55,6 +56,20 @@ class QuietFullDisk(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return not (record.exc_info and is_full(record.exc_info[1]))
+
+
+def quiet_abandoned_writes() -> None:
+  """Drops the reports of tensorstore writes that finish after orbax gave up on a save (a
+  full disk): each calls back into the save's event loop, closed by then, and Python
+  prints that ``RuntimeError`` as an unraisable exception with a traceback."""
+  report = sys.unraisablehook
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      report(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def free_bytes(path: str) -> int:

@@ -206,6 +206,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
   for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
     logger.addFilter(full_disk.QuietFullDisk())  # orbax's writers log what DiskFull says
+  full_disk.quiet_abandoned_writes()
   if _PLAN.value:
     chips.compile_only()  # before jax starts: the plan compiles for chips it does not use
   try:

@@ -143,7 +143,11 @@ def restore_model(directory: str, *, rngs: nnx.Rngs | None = None, **overrides) 
     raise CheckpointError(f'{directory}/model.json: {error}; expected a registered model '
                           'and its arguments.') from None
   state = nnx.state(model, WEIGHTS)
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(state))
+  # The device is named: orbax would otherwise place each weight as it was saved, which a
+  # run with another process count cannot ("Topology mismatch").
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+                        nnx.to_pure_dict(state))
   try:
     restored = ocp.StandardCheckpointer().restore(os.path.join(directory, 'state'), target)
   except (OSError, ValueError, KeyError, TypeError) as error:  # orbax's, for a damaged state/
