@@ -3,23 +3,24 @@ import numpy as np
 import pytest
 
 from timm_reference import assert_logits_close, create_timm_model, jit_forward, timm_logits
-from tinyvit_jax.models.timm_weights import load_timm_state_dict
+from timm_reference import timm_zeros_state_dict
 from tinyvit_jax.models import attention, conv_ops, create_model, list_models, model_info
+from tinyvit_jax.models import registry
+from tinyvit_jax.models.timm_weights import load_timm_state_dict
 
-# Whole-model parity of the big variants takes minutes on 2 cores: CI runs them.
-_SLOW = {'tiny_vit_21m_384', 'tiny_vit_21m_512', 'deit_base_patch16_224',
-         'deit_base_distilled_patch16_224'}
+# Numeric parity once per code path: TinyViT at its default (5M, 224) and at its largest
+# windows (21M, 512), DeiT with and without the distillation token, and at 384 (576
+# patches). The other TinyViT and DeiT names run the same code at other widths and
+# depths: their weights must load into ours strictly (every key and shape of timm's), and
+# DeiT's architecture is tests/test_models_vit.py's registry test.
+_NUMERIC = ('tiny_vit_5m_224', 'tiny_vit_21m_512', 'deit_tiny_patch16_224',
+            'deit_tiny_distilled_patch16_224', 'deit_tiny_distilled_patch16_384')
+_SLOW = {'tiny_vit_21m_512'}
+_LAYOUT = [n for n in list_models() if n.startswith(('tiny_vit_', 'deit_')) and
+           n not in _NUMERIC]
 # The convnets' parity (eval and train, weights exported back) is
-# tests/test_models_convnets.py's, at 72 px: odd maps, where a 224 input adds nothing.
-_CONVNETS = ('resnet', 'regnet')
-# The ViT/CLIP teachers' parity is tests/test_models_vit.py's, one option per test at small
-# widths: at full size each is minutes on 2 cores.
-_VITS = ('vit_', 'clip_vit_')
-# DeiT at 384 runs DeiT at 224's code on more tokens (576 patches): the distilled tiny one
-# checks it, both heads; the others' architecture is tests/test_models_vit.py's registry
-# test, and their parity ~30 s of CI for no code of their own.
-_DEIT_384 = ('deit_tiny_patch16_384', 'deit_small_patch16_384', 'deit_base_patch16_384',
-             'deit_small_distilled_patch16_384', 'deit_base_distilled_patch16_384')
+# tests/test_models_convnets.py's, at 72 px; the ViT/CLIP teachers' is
+# tests/test_models_vit.py's, one option per test at small widths.
 
 
 def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
@@ -46,17 +47,23 @@ def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
 
 
 @pytest.mark.parametrize('name', [
-    pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in list_models()
-    if not n.startswith(_CONVNETS + _VITS) and n not in _DEIT_384])
+    pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in _NUMERIC])
 def test_parity_with_timm(name):
   check_parity(name)
 
 
+@pytest.mark.parametrize('name', _LAYOUT)
+def test_timms_weights_load_strictly(name):
+  """timm's state_dict layout loaded into ours: the load refuses any missing, unexpected or
+  misshapen key, so the two hold the same weights by name and shape."""
+  load_timm_state_dict(registry.create_unfilled(name), timm_zeros_state_dict(name))
+
+
 @pytest.mark.parametrize('conv_impl', ['xla', 'shifts'])
-@pytest.mark.parametrize('img_size', [224, 160])
-def test_tinyvit_both_conv_formulations_match_timm(conv_impl, img_size):
-  """160 gives 40/20/10/5 maps: windows 7, 14, 7 need padding in every stage."""
-  check_parity('tiny_vit_5m_224', img_size=img_size, conv_impl=conv_impl)
+def test_tinyvit_both_conv_formulations_match_timm(conv_impl):
+  """160 gives 40/20/10/5 maps: windows 7, 14, 7 need padding in every stage (224 under
+  the CPU's default formulation is test_parity_with_timm's)."""
+  check_parity('tiny_vit_5m_224', img_size=160, conv_impl=conv_impl)
 
 
 @pytest.mark.parametrize('name,img_size', [('tiny_vit_5m_224', 160),
@@ -68,6 +75,5 @@ def test_xla_attention_formulation_matches_timm(name, img_size):
     check_parity(name, img_size=img_size)
 
 
-@pytest.mark.slow
-def test_tinyvit_21m_at_non_default_size_matches_timm():
-  check_parity('tiny_vit_21m_224', img_size=288, batch=1)
+def test_tinyvit_at_non_default_size_matches_timm():
+  check_parity('tiny_vit_5m_224', img_size=288, batch=1)

@@ -165,8 +165,11 @@ def two_processes(teacher, tmp_path_factory):
   except subprocess.TimeoutExpired:
     pytest.fail(f'process {survivor} still runs {STOP_WITHIN} s after process {victim} died')
   assert returncode != 0
-  assert 'another task died' in process_log(workdir, survivor), (
-      process_log(workdir, survivor)[-3000:])
+  # JAX's heartbeat says "another task died"; a CPU collective under way when the peer
+  # died fails sooner, its socket reset (Gloo's "Connection reset by peer").
+  survivor_log = process_log(workdir, survivor)
+  assert ('another task died' in survivor_log or
+          'Connection reset by peer' in survivor_log), survivor_log[-3000:]
   assert max(checkpoint_steps(workdir)) < STEPS, f'killed after step {kill_after}'
   last_saved = max(checkpoint_steps(workdir))
 

@@ -17,17 +17,29 @@ _TIMM_ALIASES = {
 
 
 def create_timm_model(name: str, *, seed: int = 0, **kwargs):
-  import timm
   torch.manual_seed(seed)
+  model = _build(name, **kwargs)
+  perturb(model, seed)
+  return model
+
+
+def timm_zeros_state_dict(name: str, **kwargs) -> dict:
+  """timm's keys and shapes for ``name``, as zeros: the model is built on torch's meta
+  device, so a layout check allocates no initialised weights."""
+  with torch.device('meta'):
+    model = _build(name, **kwargs)
+  return {k: np.zeros(v.shape, np.float32) for k, v in model.state_dict().items()}
+
+
+def _build(name: str, **kwargs):
+  import timm
   kwargs.setdefault('num_classes', 1000)  # timm's TinyViT defaults to the 21k head
   timm_name = _TIMM_ALIASES.get(name, name)
   if timm_name != name:
     kwargs.setdefault('img_size', 384)
   if name.startswith('tiny_vit'):
     kwargs.pop('img_size', None)  # timm's TinyViT takes any input size as it is
-  model = timm.create_model(timm_name, pretrained=False, **kwargs)
-  perturb(model, seed)
-  return model
+  return timm.create_model(timm_name, pretrained=False, **kwargs)
 
 
 @torch.no_grad()
