@@ -66,13 +66,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def quickstart(tmp_path_factory):
-  """The README's main job, exactly as a user runs it, once per test session: the tests
-  that inspect a finished quickstart (its table, its exports, the notebook's rerun) share
-  its workdir. Returns (workdir, the run's stdout)."""
+  """The README's main job as a user runs it (``workdirs.QUICKSTART``: shorter runs), once
+  per test session: the tests that inspect a finished quickstart (its table, its exports,
+  its stage records, the notebook's rerun) share its workdir. Returns (workdir, the run's
+  stdout)."""
+  from workdirs import QUICKSTART  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp('quickstart') / 'qs'
   result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', '--config=configs/quickstart.py',
-       f'--workdir={workdir}'], cwd=REPO, capture_output=True, text=True, timeout=1800,
+      [sys.executable, '-m', 'tinyvit_jax.main', *QUICKSTART, f'--workdir={workdir}'],
+      cwd=REPO, capture_output=True, text=True, timeout=1800,
       env=dict(os.environ, TQDM_DISABLE='1'))
   assert result.returncode == 0, result.stderr[-4000:]
   return workdir, result.stdout

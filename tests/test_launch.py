@@ -8,6 +8,7 @@ import ast
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -17,11 +18,11 @@ import sys
 import sysconfig
 import tarfile
 
-import re
-
 import hypothesis
-from hypothesis import strategies as st
 import pytest
+from hypothesis import strategies as st
+
+from workdirs import QUICKSTART
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(ROOT, 'launch', 'tpu_vm.sh')
@@ -537,6 +538,7 @@ def test_notebook_runs_top_to_bottom(quickstart, monkeypatch):
   workdir, _ = quickstart
   monkeypatch.setenv('TINYVIT_NOTEBOOK_CI', '1')
   monkeypatch.setenv('TINYVIT_NOTEBOOK_WORKDIR', str(workdir))
+  monkeypatch.setenv('TINYVIT_NOTEBOOK_QUICKSTART_FLAGS', ' '.join(QUICKSTART[1:]))
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   before = _modified(workdir)
   notebook = nbformat.read(NOTEBOOK, as_version=4)

@@ -1,4 +1,4 @@
-"""The README's main job (``conftest.quickstart``, run once per suite), then ``predict`` on
+"""The README's main job (``conftest.quickstart``, run once per suite, shorter), then ``predict`` on
 its export."""
 import json
 import os
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from workdirs import QUICKSTART_EPOCHS
 from tinyvit_jax.data.sources import digits
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import teacher_eval
@@ -57,7 +58,7 @@ def _check_teacher_agreement(workdir, rows, stdout):
     assert not any('teacher' in key for key in rows[run])
     assert not (workdir / run / teacher_eval.FILE).exists()
   evals = [row for row in metrics.read_metrics(workdir / 'student_fpd') if 'eval_top1' in row]
-  assert len(evals) == 24  # one per epoch
+  assert len(evals) == QUICKSTART_EPOCHS  # one per epoch
   assert all('eval_teacher_agreement' in row and 'eval_teacher_kl' in row for row in evals)
   fpd, teacher = rows['student_fpd'], rows['teacher']
   assert fpd['teacher_agreement'] == pytest.approx(evals[-1]['eval_teacher_agreement'])

@@ -1,5 +1,5 @@
-"""A long run holds steady (#19 item 6): the quickstart's FPD student for 2,148 steps
-(12 epochs at batch 8), fed by 2 grain workers from a logit store of made-up rows, with
+"""A long run holds steady (#19 item 6): the quickstart's FPD student for 1,432 steps
+(8 epochs at batch 8), fed by 2 grain workers from a logit store of made-up rows, with
 an eval every epoch and a checkpoint every 200 steps. Losses are fetched every 5 steps:
 the step metrics awaiting a fetch are live arrays too, and at 25 their rise and fall
 alone moved the median by 5%. A thread samples the run's process
@@ -12,7 +12,7 @@ the steps. Each figure is the median of its samples over the second quarter and 
 last fifth, so a batch or a save in flight does not count, and a leak, which raises the
 level, does: the later level may not exceed the earlier one by more than 5% (memory and
 disk, where the logs grow a little) or by more than 2 (the counts: between the two
-windows ~5 evals and ~5 checkpoints pass, so one descriptor or array left behind by each
+windows ~4 evals and ~4 checkpoints pass, so one descriptor or array left behind by each
 shows).
 """
 import contextlib
@@ -34,7 +34,7 @@ from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.train import metrics
 
-EPOCHS, BATCH, WORKERS, GROWTH, MORE = 12, 8, 2, 1.05, 2
+EPOCHS, BATCH, WORKERS, GROWTH, MORE = 8, 8, 2, 1.05, 2
 STEPS = EPOCHS * (1438 // BATCH)
 
 

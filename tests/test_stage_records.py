@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from workdirs import error_line, main_in_process
+from workdirs import QUICKSTART, QUICKSTART_EPOCHS, error_line, main_in_process
 
 RUNS = ('teacher', 'student_fpd', 'student_labels')
 REDO = ('Use another --workdir, --mode={stage} to redo that stage, or --redo_changed to redo '
@@ -36,13 +36,13 @@ def records_of(quickstart, tmp_path, *, with_config: bool = True):
 
 
 def quickstart_in(copy, capfd, *overrides):
-  return main_in_process(capfd, '--config=configs/quickstart.py', f'--workdir={copy}',
+  return main_in_process(capfd, *QUICKSTART, f'--workdir={copy}',
                          *(f'--config.runs.{override}' for override in overrides))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('override, run, stage, change', [
-    ('teacher.epochs=40', 'teacher', 'train', 'epochs 20, now 40'),
+    ('teacher.epochs=40', 'teacher', 'train', f'epochs {QUICKSTART_EPOCHS}, now 40'),
     ('student_labels.optim.lr=0.01', 'student_labels', 'train', 'optim.lr 0.002, now 0.01'),
     ('student_fpd.model.name=deit_tiny_patch16_224', 'student_fpd', 'train',
      'model.name "tiny_vit_5m_224", now "deit_tiny_patch16_224"'),
