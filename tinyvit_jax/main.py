@@ -136,7 +136,7 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
   record_path = os.path.join(workdir, stage_records.FILE)
   done = (stage_records.set_aside(config, workdir, redo) if redo
           else stage_records.read(workdir))
-  run = None
+  run, record = None, stage_records.recorder(config, recipe_workdir)
   for stage in [mode] if mode else config.stages:
     if stage in done and not mode:
       logging.info('%s: stage %s already done', workdir, stage)
@@ -152,8 +152,7 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
     else:
       run = run or trainer.Run(config, workdir)
       if stage == 'train':
-        done[stage_records.UNFINISHED] = dict(train=stage_records.record(
-            config, 'train', recipe_workdir))  # what the checkpoints are made by
+        done[stage_records.UNFINISHED] = dict(train=record('train'))  # what made the checkpoints
         if jax.process_index() == 0:
           _write_json(record_path, done)
         result = run.train()
@@ -167,8 +166,7 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
         result = dict(directory=trainer.export(config, workdir, run))
         if jax.process_index() == 0:
           metrics.plot_curves(workdir, os.path.join(workdir, 'curves.png'))
-    done[stage] = dict(result, **{
-        stage_records.INPUTS: stage_records.record(config, stage, recipe_workdir)})
+    done[stage] = dict(result, **{stage_records.INPUTS: record(stage)})
     if stage == 'train':
       done.pop(stage_records.UNFINISHED, None)  # its checkpoints are the finished stage's
     if jax.process_index() == 0:

@@ -10,6 +10,7 @@ config are not resumed under this one. Paths into the recipe's workdir are kept 
 and every step depend on the config); what the old one made moves to
 ``WORKDIR/previous/N/``, nothing is deleted.
 """
+import functools
 import hashlib
 import json
 import os
@@ -50,12 +51,17 @@ def read(workdir: str) -> dict:
     return json.load(f)
 
 
-def record(config, stage: str, recipe_workdir: str) -> dict:
-  """What ``stages.json`` keeps of the config that made ``stage``."""
-  entry = dict(digest=_digest(config, recipe_workdir),
-               values=_values(config, stage, recipe_workdir))
-  fingerprints = _fingerprints(config)
-  return dict(entry, data=fingerprints) if fingerprints else entry
+def recorder(config, recipe_workdir: str):
+  """``record(stage)``: what ``stages.json`` keeps of the config that made ``stage``, for
+  the stages of one run. The data's fingerprints are taken once, at the first record:
+  each lists the run's image folders, which for ImageNet are a million files."""
+  fingerprints = functools.cache(lambda: _fingerprints(config))
+
+  def record(stage: str) -> dict:
+    entry = dict(digest=_digest(config, recipe_workdir),
+                 values=_values(config, stage, recipe_workdir))
+    return dict(entry, data=fingerprints()) if fingerprints() else entry
+  return record
 
 
 def changes(config, stage: str, recipe_workdir: str, entry: dict) -> list[str]:
