@@ -39,6 +39,7 @@ from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
 from tinyvit_jax.distill import teacher as teacher_lib
 
+
 def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None = None,
               device: str = 'cpu', input_mean=normalisation.IMAGENET_MEAN,
               input_std=normalisation.IMAGENET_STD, **model_kwargs) -> teacher_lib.Teacher:

@@ -282,6 +282,7 @@ def data_path_keys(config) -> list[str]:
   key = DATA_PATH_KEYS.get(config.data.source)
   return [f'data.{split}.{key}' for split in SPLIT_FOLDERS] if key else []
 
+
 def _distill_problems(config) -> list[str]:
   """The checks of ``distill.*``, for a run that distils: without distillation none of
   those fields is read, so a default such as ``k=10`` never refuses a 4-class run."""
