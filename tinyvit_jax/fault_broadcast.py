@@ -93,6 +93,9 @@ class _Watcher:
     self._exiting.acquire()  # the watcher and the faulting main thread: one prints
     print(f'\n{line}', file=sys.stderr, flush=True)  # own line, after any progress bar
     sys.stdout.flush()
+    # The line stays last: what the shutdown logs after it (a C++ thread's gRPC "Socket
+    # closed" once process 0 has left) would bury it.
+    _silence_output()
     with contextlib.suppress(Exception):
       self._client.key_value_set(_SEEN + str(self._index), '')
       if self._index == 0:
@@ -101,3 +104,10 @@ class _Watcher:
           left_ms = int((deadline - time.monotonic()) * 1000)
           self._client.blocking_key_value_get(_SEEN + str(other), max(left_ms, 1))
     os._exit(STATUS)  # pylint: disable=protected-access  # the main thread may be in a collective
+
+
+def _silence_output() -> None:
+  """Points this process's stdout and stderr (the descriptors, for C++ too) at /dev/null."""
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  for descriptor in (1, 2):
+    os.dup2(devnull, descriptor)
