@@ -1,5 +1,6 @@
 """Monitoring: JSONL round trip and resume truncation, TensorBoard events read back from
-their TFRecord framing, the curves PNG, the summary table and the progress bar."""
+their TFRecord framing (and each event's bytes against protobuf's, through tensorboardX's
+messages), the curves PNG, the summary table and the progress bar."""
 import glob
 import io
 import json
@@ -11,9 +12,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from tensorboardX.proto import event_pb2
+from tensorboardX.proto import summary_pb2
 
 from tinyvit_jax import full_disk
 from tinyvit_jax.train import metrics
+from tinyvit_jax.train import tensorboard_events
 
 
 def _crc32c(data: bytes) -> int:
@@ -34,6 +37,24 @@ def masked_crc32c(data: bytes) -> int:
 
 def test_crc32c_check_value():
   assert _crc32c(b'123456789') == 0xE3069283
+
+
+@settings(max_examples=50, deadline=None)
+@given(wall_time=st.floats(1.0, 4e9), step=st.integers(0, 2**62),
+       tag=st.text(min_size=1, max_size=200), value=st.floats(width=32, allow_nan=False),
+       kind=st.sampled_from(['file_version', 'scalar', 'purge']))
+def test_each_event_is_the_bytes_protobuf_writes(wall_time, step, tag, value, kind):
+  ours = tensorboard_events.event(wall_time, step, **{
+      'file_version': dict(file_version=tag), 'scalar': dict(scalar=(tag, value)),
+      'purge': dict(purge=True)}[kind])
+  reference = event_pb2.Event(wall_time=wall_time, step=step, **{
+      'file_version': dict(file_version=tag),
+      'scalar': dict(summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(
+          tag=tag, simple_value=value)])),
+      'purge': dict(session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)),
+  }[kind])
+  assert ours == reference.SerializeToString()
+  assert tensorboard_events.masked_crc32c(ours) == masked_crc32c(ours)
 
 
 def _read_events(path) -> list:

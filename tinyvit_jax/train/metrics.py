@@ -4,23 +4,21 @@ table and the progress bar.
 ``WORKDIR/metrics.jsonl`` is the record a run resumes and plots from: one JSON object a
 line, ``{"step": ..., name: value, ...}``, flushed as written. A resumed run first drops
 the lines after its checkpoint's step, so the file never holds steps that were redone.
-TensorBoard events go to ``WORKDIR/tensorboard/`` in tensorboardX's event files (no
-TensorFlow); on resume the new event file carries a purge step, so TensorBoard hides the
-old file's events from the redone steps too. Only process 0 writes, and in the caller's
+TensorBoard events go to ``WORKDIR/tensorboard/`` (``tensorboard_events``); on resume the
+new event file carries a purge step, so TensorBoard hides the old file's events from the
+redone steps too. Only process 0 writes, and in the caller's
 thread: a full disk raises ``DiskFull`` at the write, and nothing is left to wait on at exit.
 """
 import json
 import math
 import os
-import socket
-import struct
 import sys
-import time
 
 import jax
 import tqdm
 
 from tinyvit_jax import full_disk
+from tinyvit_jax.train import tensorboard_events
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -95,7 +93,8 @@ class MetricsWriter:
       f.write(json.dumps(row) + '\n')  # a torn line reads as absent (read_jsonl)
     with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
       if self._tb is None:
-        self._tb = _EventFile(os.path.join(self.workdir, TENSORBOARD_DIR), self._purge_step)
+        self._tb = tensorboard_events.EventFile(os.path.join(self.workdir, TENSORBOARD_DIR),
+                                                self._purge_step)
       self._tb.write_scalars(row['step'], {
           name: value for name, value in row.items() if name != 'step'
           and isinstance(value, (int, float)) and not isinstance(value, bool)})
@@ -105,50 +104,6 @@ class MetricsWriter:
       tb, self._tb = self._tb, None
       with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
         tb.close()
-
-
-class _EventFile:
-  """A TensorBoard event file, written whole event by whole event in the caller's thread.
-  (tensorboardX's ``SummaryWriter`` writes from a thread fed by a bounded queue: once a full
-  disk has killed that thread, the queue fills and the next write, or the exit, waits
-  forever.)"""
-
-  def __init__(self, directory: str, purge_step: int | None):
-    # Imported late: tensorboardX probes for torch, which costs seconds.
-    from tensorboardX import record_writer
-    from tensorboardX.proto import event_pb2
-    from tensorboardX.proto import summary_pb2
-    self._crc, self._event, self._summary = (record_writer.masked_crc32c, event_pb2.Event,
-                                             summary_pb2.Summary)
-    os.makedirs(directory, exist_ok=True)
-    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
-    self._file = open(os.path.join(directory, name), 'ab', buffering=0)
-    events = [self._event(wall_time=time.time(), file_version='brain.Event:2')]
-    if purge_step is not None:  # TensorBoard hides earlier events from this step on
-      events.append(self._event(step=purge_step, session_log=event_pb2.SessionLog(
-          status=event_pb2.SessionLog.START)))
-    self._write(events)
-
-  def write_scalars(self, step: int, scalars: dict) -> None:
-    wall_time = time.time()
-    self._write([self._event(wall_time=wall_time, step=step, summary=self._summary(
-        value=[self._summary.Value(tag=name, simple_value=value)]))
-                 for name, value in scalars.items()])
-
-  def close(self) -> None:
-    self._file.close()
-
-  def _write(self, events: list) -> None:
-    """TFRecord framing: length, its masked CRC-32C, the event, its masked CRC-32C."""
-    records = []
-    for event in events:
-      data = event.SerializeToString()
-      header = struct.pack('<Q', len(data))
-      records += [header, struct.pack('<I', self._crc(header)), data,
-                  struct.pack('<I', self._crc(data))]
-    view = memoryview(b''.join(records))
-    while view:  # unbuffered: a full disk raises here, and close() has nothing left to write
-      view = view[self._file.write(view):]
 
 
 CURVES = {'train loss': 'loss', 'eval loss': 'eval_loss', 'teacher KL': 'eval_teacher_kl',
