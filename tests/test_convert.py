@@ -10,7 +10,7 @@ import torch
 from cream_clip import CfgNode, cream_clip
 from timm_reference import (assert_logits_close, create_timm_model, jit_forward, perturb,
                             timm_logits)
-from tinyvit_jax import convert, model_checkpoint
+from tinyvit_jax import convert, model_checkpoint, torch_state_dicts
 from tinyvit_jax.models import timm_weights
 from tinyvit_jax.models import create_model
 
@@ -72,7 +72,7 @@ def test_cream_checkpoint_loads_and_matches(tmp_path):
   torch.save({'model': cream_sd, 'epoch': 299}, path)
 
   ours = create_model('tiny_vit_5m_224')
-  timm_weights.load_timm_state_dict(ours, convert.read_state_dict(str(path)))
+  timm_weights.load_timm_state_dict(ours, torch_state_dicts.read_state_dict(str(path)))
   ours.eval()
   timm_model.eval()
   images = _images()
@@ -189,7 +189,7 @@ def test_cream_clip_training_checkpoint_loads_and_matches(tmp_path):
   torch.save({'model': cream.state_dict(), 'config': config, 'epoch': 89}, path)
 
   ours = create_model('clip_vit_large14_224', proj_dim=48, num_classes=10, **_SMALL_CLIP)
-  timm_weights.load_timm_state_dict(ours, convert.read_state_dict(str(path)))
+  timm_weights.load_timm_state_dict(ours, torch_state_dicts.read_state_dict(str(path)))
   ours.eval()
   images = _images(42)
   assert_logits_close(jit_forward(ours, images), timm_logits(cream, images))
@@ -200,7 +200,7 @@ def test_bare_openai_clip_tower_loads_with_proj_as_head():
   tower = _small_cream_clip(seed=2).visual
   sd = {f'visual.{k}': v for k, v in tower.state_dict().items()}
   ours = create_model('vit_large_patch14_clip_quickgelu_224', num_classes=48, **_SMALL_CLIP)
-  timm_weights.load_timm_state_dict(ours, convert.openai_clip_to_timm(sd))
+  timm_weights.load_timm_state_dict(ours, torch_state_dicts.openai_clip_to_timm(sd))
   ours.eval()
   images = _images(42)
   assert_logits_close(jit_forward(ours, images), timm_logits(tower, images))
@@ -249,7 +249,7 @@ def test_the_papers_clip_teacher_converts_at_full_size():
   cream = cream_clip()
   perturb(cream, 0)
   ours = create_model('clip_vit_large14_224', num_classes=21841)
-  timm_weights.load_timm_state_dict(ours, convert.openai_clip_to_timm(cream.state_dict()))
+  timm_weights.load_timm_state_dict(ours, torch_state_dicts.openai_clip_to_timm(cream.state_dict()))
   ours.eval()
   images = _images(batch=1)
   assert_logits_close(jit_forward(ours, images), timm_logits(cream, images))

@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tinyvit_jax import convert
 from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
+from tinyvit_jax import torch_state_dicts
 from tinyvit_jax.distill import teacher as teacher_lib
 
 
@@ -53,8 +53,8 @@ def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None 
   """
   state_dict = _read_state_dict(checkpoint_path)  # a bad file fails before timm's import
   import timm
-  if model_name.startswith('tiny_vit') and convert.is_cream_state_dict(state_dict):
-    state_dict = convert.cream_to_timm(state_dict)
+  if model_name.startswith('tiny_vit') and torch_state_dicts.is_cream_state_dict(state_dict):
+    state_dict = torch_state_dicts.cream_to_timm(state_dict)
   if num_classes is None:
     num_classes = _head_classes(state_dict, timm.models.get_pretrained_cfg(model_name))
   model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
@@ -163,7 +163,7 @@ def _torch_teacher(model, name: str, digest: str, num_classes: int, *, device: s
 def _read_state_dict(path: str) -> dict:
   """A torch state_dict from a .safetensors or torch file (its 'model'/'state_dict'
   entry if it has one), as torch tensors; nothing is downloaded."""
-  return convert.load_state_dict_file(path, as_torch=True)
+  return torch_state_dicts.load_state_dict_file(path, as_torch=True)
 
 
 def _load(model, state_dict: dict, name: str, path: str) -> None:

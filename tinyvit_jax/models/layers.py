@@ -2,7 +2,7 @@
 
 Attribute names follow timm's module names (``conv``, ``bn``, ``fc1``...) so that a flat
 NNX state path such as ``stages.1.blocks.0.attn.qkv.kernel`` maps onto the timm key
-``stages.1.blocks.0.attn.qkv.weight`` by renaming the leaf alone (see ``convert.py``).
+``stages.1.blocks.0.attn.qkv.weight`` by renaming the leaf alone (see ``timm_weights.py``).
 """
 from typing import Callable
 
