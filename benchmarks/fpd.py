@@ -99,7 +99,8 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   if args.quick:
     args.rounds, args.size_rows, args.save_images, args.save_size = 2, 4096, 32, 32
-    args.teacher = 'tiny_vit_5m_224'
+    if args.teacher == parser.get_default('teacher'):  # a teacher named stays
+      args.teacher = 'tiny_vit_5m_224'
     args.batch, args.student_size, args.student_steps, args.read_rows = 8, 32, 2, 8192
     args.vit_size, args.vit_images, args.vit_batch = 32, 32, 8
   args.vit_kwargs = QUICK_VIT if args.quick else {}

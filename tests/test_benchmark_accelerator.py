@@ -51,6 +51,7 @@ def test_quick_runs_every_arm_and_reports_it(tmp_path):
       student['store_step_s']['median'] / student['labels_step_s']['median'] - 1)
   save = arms['save_pass']['result']
   assert save['config']['aug']['augment_on'] == 'device'
+  assert save['config']['teacher'] == 'deit_tiny_patch16_224'  # the teacher it names
   assert save['save_over_inference'] == pytest.approx(
       save['save']['median'] / save['inference']['median'])
   vit = arms['save_pass:vit_large_patch14_clip_224']['result']  # --quick: a tiny ViT
