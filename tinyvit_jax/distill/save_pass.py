@@ -31,13 +31,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import errors
+from tinyvit_jax import progress
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
-from tinyvit_jax.train import metrics
 
 
 def local_mesh(mesh: Mesh | None = None) -> Mesh:
@@ -190,7 +190,7 @@ class _Progress:
   """tqdm's images/s and ETA, plus the bytes of the chunks this run has committed."""
 
   def __init__(self, total: int, enabled: bool, name: str):
-    self.bar = metrics.bar(total=total, unit='img', unit_scale=True, disable=not enabled,
+    self.bar = progress.bar(total=total, unit='img', unit_scale=True, disable=not enabled,
                            desc=f'FPD save {name}')
     self.bytes = 0
     self.counted = set()

@@ -1,5 +1,5 @@
-"""Monitoring: metrics as JSONL and TensorBoard events, the curves PNG, the summary
-table and the progress bar.
+"""Monitoring: metrics as JSONL and TensorBoard events, the curves PNG and the summary
+table (the progress bars are ``progress.py``'s).
 
 ``WORKDIR/metrics.jsonl`` is the record a run resumes and plots from: one JSON object a
 line, ``{"step": ..., name: value, ...}``, flushed as written. A resumed run first drops
@@ -12,17 +12,12 @@ thread: a full disk raises ``DiskFull`` at the write, and nothing is left to wai
 import json
 import math
 import os
-import sys
-
-import jax
-import tqdm
 
 from tinyvit_jax import full_disk
 from tinyvit_jax.train import tensorboard_events
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
-LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is not a terminal
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -178,23 +173,3 @@ def summary_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
   rule = '  '.join('-' * w for w in widths)
   return '\n'.join([line(columns), rule] + [line(values) for values in cells])
-
-
-def progress(total_steps: int, start_step: int, images_per_step: int, *,
-             is_main: bool | None = None) -> tqdm.tqdm:
-  """A tqdm bar counted in images (so its rate is images/s) with the ETA; call
-  ``update(1)`` per step. Silent off process 0."""
-  if is_main is None:
-    is_main = jax.process_index() == 0
-  return bar(total=total_steps, initial=start_step, unit='img', unit_scale=images_per_step,
-             desc='train', disable=not is_main, dynamic_ncols=True)
-
-
-def bar(file=None, **kwargs) -> tqdm.tqdm:
-  """A tqdm bar (to stderr by default) redrawn every second on a terminal and every
-  ``LOG_INTERVAL`` seconds in a file (a SLURM log, ``nohup``), where each redraw is a line
-  kept for good: several a second add up to tens of MB over a multi-day run."""
-  file = sys.stderr if file is None else file
-  interval = 1.0 if file.isatty() else LOG_INTERVAL
-  # tqdm's monitor thread redraws a bar idle for maxinterval (10 s) regardless.
-  return tqdm.tqdm(file=file, mininterval=interval, maxinterval=max(interval, 10.0), **kwargs)

@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax import progress
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import pipeline
@@ -41,7 +42,6 @@ from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.distill import torch_teacher
-from tinyvit_jax.train import metrics
 
 FILE = 'teacher_eval.npz'
 # The distill settings besides the weights that change the teacher's rows.
@@ -96,7 +96,7 @@ def compute_share(teacher, source, preprocess: dict, global_batch: int, k: int,
   eval_augment = augment.make_eval_augment(preprocess)
   sharding = NamedSharding(pipeline.data_mesh(jax.local_devices()), P('data'))
   parts = []
-  shown = metrics.bar(total=len(source) // process_count, desc='teacher on eval', unit='img',
+  shown = progress.bar(total=len(source) // process_count, desc='teacher on eval', unit='img',
                       disable=process_index != 0)
   with shown:
     for host_batch in loader.eval_batches(source, global_batch=global_batch,

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from tinyvit_jax import errors
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
+from tinyvit_jax import progress
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
@@ -193,7 +194,7 @@ class Run:
     examples = _ExampleLog(workdir, self.step) if config.record_examples else None
     stop = _StopRequest()
     pending, started, first = [], time.time(), self.step
-    bar = metrics.progress(self.total_steps, self.step, config.batch_size)
+    bar = progress.train_bar(self.total_steps, self.step, config.batch_size)
     try:
       try:
         for batch in data.batches:
