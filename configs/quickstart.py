@@ -33,7 +33,7 @@ def digits_run(model_kwargs: dict, *, runlocal: bool,
   c.data.eval = ml_collections.ConfigDict(dict(split='test', image_size=32))
   c.data.num_workers = 0
   # Digits are not mirror-symmetric: no flip. Mixing is off, as in the official 22k FPD
-  # recipes. Host augmentation: on a CPU it is ~15x cheaper than XLA's (data/augment.py).
+  # recipes. Host augmentation: on a CPU it is much cheaper than XLA's (data/augment/).
   c.aug.update(image_size=32, scale=(0.35, 1.0), hflip=0.0,
                rand_augment='rand-m6-mstd0.5-inc1', erase_prob=0.25, mixup_alpha=0.0,
                cutmix_alpha=0.0, augment_on='host')

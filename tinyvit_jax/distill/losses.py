@@ -12,7 +12,7 @@ The total is ``(1 - alpha) * CE(cls_out, labels) + alpha * distill``, as the off
   a per-sample KL is this value times C.
 * ``'hard'``: ``CE(dist_out, argmax t)``, batch mean.
 
-Labels come as dense soft targets (``data.mix.smooth_one_hot``, then Mixup/CutMix), so
+Labels come as dense soft targets (``data.augment.mix.smooth_one_hot``, then Mixup/CutMix), so
 the label term is soft-target cross-entropy, as DeiT's with mixup. A distilled DeiT in
 train mode returns ``(cls_out, dist_out)``; any other model returns one output, which
 then serves both terms (DeiT's distillation through the class token only; the official

@@ -12,12 +12,13 @@ Where each op runs, and why:
   and every per-image op runs in the workers (``host_mode``), from the same draws;
   the device then only normalises and mixes.
 
-Keys: everything about example ``i`` in epoch ``e`` comes from ``keys.sample_key(seed, e,
-i)``, whose data the loader gives the host transform and the host passes on as
-``batch['key']``. The host draws crop and flip from it (see ``host_crop``); every other
-per-image draw comes from ``draws.sample_draws``, wherever the op runs. Pair ``j`` (positions
-2j and 2j+1) mixes with the pair key of position 2j. Each image is thus a pure function of
-(seed, e, i), and each mixed pair of its two examples, whatever the batch or device count.
+Keys: everything about view ``r`` of example ``i`` in epoch ``e`` comes from
+``keys.sample_key(seed, e, i, r)`` (``r`` is 0 without repeated augmentation), whose data
+the loader gives the host transform and the host passes on as ``batch['key']``. The host
+draws crop and flip from it (see ``host_crop``); every other per-image draw comes from
+``draws.sample_draws``, wherever the op runs. Pair ``j`` (positions 2j and 2j+1) mixes with
+the pair key of position 2j. Each image is thus a pure function of (seed, e, i, r), and
+each mixed pair of its two examples, whatever the batch or device count.
 
 Config keys (``make_train_augment``; a dict, a ConfigDict or keyword overrides):
 image_size, scale, ratio, hflip, interpolation; rand_augment (timm spec or None),

@@ -1,5 +1,6 @@
 """Where examples come from, by name, so a config names its data:
-``make_source(config.data.source, **config.data.args)``. The readers live here, with the
+``from_config(config.data, 'train')``, i.e.
+``make_source(config.data.source, **config.data.train)``. The readers live here, with the
 decoding every one of them shares, the folder converter (``prepare``) and class-index files.
 
 Every source is random access, ``source[i]`` -> dict(image=uint8 HWC RGB, label, index),
