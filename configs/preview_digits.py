@@ -1,7 +1,7 @@
 """The embedded digits as a training run sees them: 32x32 crops with the DeiT/TinyViT
 augmentation (RandAugment, erasing, Mixup/CutMix pairs).
 
-  python -m tinyvit_jax.data.preview --config=configs/preview_digits.py --epoch 0 \
+  python -m tinyvit_jax.preview --config=configs/preview_digits.py --epoch 0 \
       --count 16 --out grid.png --npy grid.npz
 
 ``configs/preview_digits.py:64`` previews 64x64 crops; flags such as

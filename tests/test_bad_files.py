@@ -14,7 +14,7 @@ import torch
 from tinyvit_jax import convert
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import predict
-from tinyvit_jax.data import preview
+from tinyvit_jax import preview
 from tinyvit_jax.distill import teacher as teacher_lib
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import config as config_lib
@@ -175,7 +175,7 @@ def test_preview_picks_a_run_of_a_recipe_of_several():
 
 def test_preview_of_a_recipe_of_several_names_its_runs():
   result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.data.preview', '--config=configs/quickstart.py'],
+      [sys.executable, '-m', 'tinyvit_jax.preview', '--config=configs/quickstart.py'],
       cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
       timeout=600)
   assert result.returncode != 0 and 'Traceback' not in result.stderr

@@ -7,9 +7,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tinyvit_jax import preview
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
-from tinyvit_jax.data import preview
 from tinyvit_jax.data import sources
 from tinyvit_jax.train import config as config_lib
 
@@ -29,7 +29,7 @@ def test_grid_has_a_captioned_tile_per_example():
 @pytest.mark.slow
 def test_cli_writes_the_grid_and_the_pipelines_tensors(tmp_path):
   out, npy = tmp_path / 'grid.png', tmp_path / 'grid.npz'
-  subprocess.run([sys.executable, '-m', 'tinyvit_jax.data.preview', f'--config={CONFIG}',
+  subprocess.run([sys.executable, '-m', 'tinyvit_jax.preview', f'--config={CONFIG}',
                   '--config.data.seed=3', '--epoch=1', '--count=6', f'--out={out}',
                   f'--npy={npy}'], check=True, capture_output=True)
   with Image.open(out) as image:

@@ -154,7 +154,7 @@ def runs(config) -> dict:
   """A recipe's runs, in order: name -> run config; ``{'': config}`` for a one-run recipe.
 
   Each run is a ``base_config()`` with changes; a config without its sections (such as
-  ``configs/preview_digits.py``, which is for ``tinyvit_jax.data.preview``) is refused.
+  ``configs/preview_digits.py``, which is for ``tinyvit_jax.preview``) is refused.
   """
   found = ({name: config.runs[name] for name in config.run_order} if 'runs' in config
            else {'': config})

@@ -1,6 +1,6 @@
 """Shows what the model sees, for eyeballing an augmentation config.
 
-  python -m tinyvit_jax.data.preview --config=FILE.py[:arg] --epoch E --count N \
+  python -m tinyvit_jax.preview --config=FILE.py[:arg] --epoch E --count N \
       --out grid.png [--npy FILE] [--run NAME]
 
 Takes positions 0..N-1 of epoch E (N even while Mixup/CutMix is on), augments and mixes
