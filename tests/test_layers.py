@@ -1,0 +1,86 @@
+"""The layering, read from the source (late imports included): no module imports a layer
+above its own, models and data know nothing of each other, and no modules import each
+other in a cycle."""
+import ast
+import os
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       'tinyvit_jax')
+# Areas (a subpackage, or a top-level module), lowest layer first. A module imports its
+# own layer and those below; models and data, one layer, never each other.
+LAYERS = (
+    {'errors', 'full_disk', 'progress', 'target', 'compile_cache', 'normalisation', 'chips',
+     'fault_broadcast'},
+    {'models', 'data'},
+    {'model_checkpoint', 'torch_state_dicts'},
+    {'distill'},
+    {'train'},
+    {'main', 'plan', 'predict', 'preview', 'convert'},
+)
+# The one cycle left (#30 splits the teachers into a package): make_teacher, in teacher,
+# imports torch_teacher late; torch_teacher builds on teacher's record.
+KNOWN_CYCLE = {'tinyvit_jax.distill.teacher', 'tinyvit_jax.distill.torch_teacher'}
+
+
+def _area(module: str) -> str:
+  """'tinyvit_jax.distill.store' -> 'distill'; 'tinyvit_jax.errors' -> 'errors'."""
+  return module.split('.')[1]
+
+
+def _rank(area: str) -> int:
+  (rank,) = [i for i, names in enumerate(LAYERS) if area in names]
+  return rank
+
+
+def _imports() -> dict:
+  """module -> the tinyvit_jax modules it imports, anywhere in its file."""
+  found = {}
+  for folder, _, files in os.walk(PACKAGE):
+    for name in files:
+      if not name.endswith('.py'):
+        continue
+      path = os.path.join(folder, name)
+      module = os.path.relpath(path[:-3], os.path.dirname(PACKAGE)).replace(os.sep, '.')
+      module = module.removesuffix('.__init__')
+      targets = set()
+      for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('tinyvit_jax'):
+          for alias in node.names:
+            full = f'{node.module}.{alias.name}'
+            targets.add(full if os.path.exists(os.path.join(
+                os.path.dirname(PACKAGE), *full.split('.')) + '.py') or os.path.isdir(
+                os.path.join(os.path.dirname(PACKAGE), *full.split('.'))) else node.module)
+        elif isinstance(node, ast.Import):
+          targets |= {a.name for a in node.names if a.name.startswith('tinyvit_jax')}
+      found[module] = targets - {module, 'tinyvit_jax'}
+  return found
+
+
+def test_every_module_has_a_layer():
+  areas = {_area(m) for m in _imports() if m != 'tinyvit_jax'}
+  assert areas == set().union(*LAYERS)
+
+
+def test_no_module_imports_upwards_or_sideways():
+  wrong = [f'{module} -> {target}' for module, targets in sorted(_imports().items())
+           if module != 'tinyvit_jax' for target in sorted(targets)
+           if _rank(_area(target)) > _rank(_area(module))
+           or {_area(module), _area(target)} == {'models', 'data'}]
+  assert not wrong
+
+
+def test_no_two_modules_import_each_other():
+  imports = _imports()
+  graph = {m: {t for t in ts if t in imports} for m, ts in imports.items()}
+  cycles = []
+  for start in graph:  # a module that reaches itself again
+    seen, stack = set(), [(start, (start,))]
+    while stack:
+      node, path = stack.pop()
+      for nxt in graph[node]:
+        if nxt == start and set(path) != KNOWN_CYCLE:
+          cycles.append(' -> '.join(path + (start,)))
+        elif nxt not in seen:
+          seen.add(nxt)
+          stack.append((nxt, path + (nxt,)))
+  assert not cycles
