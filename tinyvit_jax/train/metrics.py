@@ -6,8 +6,8 @@ line, ``{"step": ..., name: value, ...}``, flushed as written. A resumed run fir
 the lines after its checkpoint's step, so the file never holds steps that were redone.
 TensorBoard events go to ``WORKDIR/tensorboard/`` (``tensorboard_events``); on resume the
 new event file carries a purge step, so TensorBoard hides the old file's events from the
-redone steps too. Only process 0 writes, and in the caller's
-thread: a full disk raises ``DiskFull`` at the write, and nothing is left to wait on at exit.
+redone steps too. Only process 0 writes, and in the caller's thread: a full disk raises
+``DiskFull`` at the write, and nothing is left to wait on at exit.
 """
 import json
 import math

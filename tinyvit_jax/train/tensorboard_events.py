@@ -2,7 +2,7 @@
 
 The three messages a run writes (the file version, a purge marker, scalars) are a few
 fields each, so they are encoded here rather than through tensorboardX, whose import
-loads torch: 3.5 s at the start of every run. The writes happen whole event by whole
+loads torch: seconds at the start of every run. The writes happen whole event by whole
 event in the caller's thread (tensorboardX's ``SummaryWriter`` writes from a thread fed
 by a bounded queue: once a full disk has killed that thread, the next write, or the
 exit, waits forever).
