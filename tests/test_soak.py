@@ -10,10 +10,11 @@ logged step.
 The warm-up (compiles, worker start, first evals and checkpoints) is the first quarter of
 the steps. Each figure is the median of its samples over the second quarter and over the
 last fifth, so a batch or a save in flight does not count, and a leak, which raises the
-level, does: the later level may not exceed the earlier one by more than 5% (memory and
-disk, where the logs grow a little) or by more than 2 (the counts: between the two
-windows ~4 evals and ~4 checkpoints pass, so one descriptor or array left behind by each
-shows).
+level, does: the later level may not exceed the earlier one by more than 5% (memory), 15%
+(disk: the two checkpoints kept are most of it, and orbax compresses them, so their size
+drifts with the weights, 6.1 to 6.5 MB within one run; one more checkpoint left behind
+adds half) or 2 (the counts: between the two windows ~4 evals and ~4 checkpoints pass, so
+one descriptor or array left behind by each shows).
 """
 import contextlib
 import json
@@ -34,7 +35,7 @@ from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.train import metrics
 
-EPOCHS, BATCH, WORKERS, GROWTH, MORE = 8, 8, 2, 1.05, 2
+EPOCHS, BATCH, WORKERS, GROWTH, DISK_GROWTH, MORE = 8, 8, 2, 1.05, 1.15, 2
 STEPS = EPOCHS * (1438 // BATCH)
 
 
@@ -134,5 +135,6 @@ def test_a_long_run_holds_its_memory_files_shared_memory_and_disk(tmp_path):
   for name in ('rss', 'fds', 'shm_bytes', 'live_arrays', 'disk'):
     before = statistics.median(s[name] for s in settled)
     after = statistics.median(s[name] for s in last)
-    limit = before + MORE if name in ('fds', 'live_arrays') else GROWTH * before
+    limit = (before + MORE if name in ('fds', 'live_arrays') else
+             DISK_GROWTH * before if name == 'disk' else GROWTH * before)
     assert after <= limit, (name, before, after, [s[name] for s in last])
