@@ -12,7 +12,7 @@ LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is not a termi
 
 
 def train_bar(total_steps: int, start_step: int, images_per_step: int, *,
-             is_main: bool | None = None) -> tqdm.tqdm:
+              is_main: bool | None = None) -> tqdm.tqdm:
   """A tqdm bar counted in images (so its rate is images/s) with the ETA; call
   ``update(1)`` per step. Silent off process 0."""
   if is_main is None:

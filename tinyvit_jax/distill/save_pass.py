@@ -191,7 +191,7 @@ class _Progress:
 
   def __init__(self, total: int, enabled: bool, name: str):
     self.bar = progress.bar(total=total, unit='img', unit_scale=True, disable=not enabled,
-                           desc=f'FPD save {name}')
+                            desc=f'FPD save {name}')
     self.bytes = 0
     self.counted = set()
 

@@ -97,7 +97,7 @@ def compute_share(teacher, source, preprocess: dict, global_batch: int, k: int,
   sharding = NamedSharding(pipeline.data_mesh(jax.local_devices()), P('data'))
   parts = []
   shown = progress.bar(total=len(source) // process_count, desc='teacher on eval', unit='img',
-                      disable=process_index != 0)
+                       disable=process_index != 0)
   with shown:
     for host_batch in loader.eval_batches(source, global_batch=global_batch,
                                           transform=eval_augment.host,
