@@ -2,7 +2,7 @@
 
 Every run is ``python -m tinyvit_jax.main --config=tests/helpers/train_config_fpd.py``: the FPD
 save pass of a random-init teacher's top-3 rows (each process writes its own block of the
-store), then one epoch (22 steps at batch 64) of the quickstart's student trained from the
+store), then one epoch (22 steps at batch 64) of the system tests' student trained from the
 store, each process loading its half of every batch and reading its rows of the store.
 Two such processes, stopped by a SIGTERM to one of them, restarted, then stopped by
 killing one of them (JAX's heartbeat, ``main --heartbeat_timeout``, must then stop the
@@ -25,7 +25,6 @@ import pytest
 from flax import nnx
 
 import train_config_fpd
-from configs import quickstart
 from test_train_system import digits_store
 from workdirs import REPO, STEPS, checkpoint_steps, environment, examples_seen, step_losses
 from workdirs import resumed_from, store_files
@@ -58,7 +57,7 @@ def no_process_left():
 @pytest.fixture(scope='module')
 def teacher(tmp_path_factory):
   """A random-init teacher of the student's size: the store's rows need not be good."""
-  config = quickstart.student_config(runlocal=False)
+  config = train_config_fpd.get_config()
   kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in config.model.kwargs.items()}
   model = create_model(config.model.name, num_classes=config.num_classes, rngs=nnx.Rngs(7),
                        **kwargs)
