@@ -8,10 +8,10 @@ ENV = 'TINYVIT_JAX_COMPILATION_CACHE'
 
 def enable() -> None:
   """Keeps compiled programs on disk, so a resumed or repeated run skips most of its
-  compile time (on a 2-core CPU, 80 s -> 23 s for TinyViT-5M's train step). Every
-  program is kept, however quick to compile: a model's initialisers are dozens of small
-  programs (6.7 s -> 1.0 s for the quickstart student's). The directory is
-  ``$TINYVIT_JAX_COMPILATION_CACHE`` (empty: off), by default ``~/.cache/tinyvit_jax/xla``."""
+  compile time (benchmarks/RESULTS.md, "Test suite (CI time)"). Every program is kept,
+  however quick to compile: a model's initialisers are dozens of small programs, one per
+  weight shape. The directory is ``$TINYVIT_JAX_COMPILATION_CACHE`` (empty: off), by
+  default ``~/.cache/tinyvit_jax/xla``."""
   directory = os.environ.get(ENV, os.path.join(os.path.expanduser('~'), '.cache',
                                                'tinyvit_jax', 'xla'))
   if directory:

@@ -20,11 +20,10 @@ the store serves every batch size; the cost is at most B - 1 rows per epoch.
 
 Engine: files with our own encoding (delta, byte planes, zlib-1), chosen by ``python
 benchmarks/store_engines.py`` against raw columns, tensorstore zarr3 and ArrayRecord
-(benchmarks/RESULTS.md, "Store engines"): the smallest, 0.53x and 0.65x of the official
-format at k=10 and k=100 (4 + 4k bytes plus ~15.2 B of key files a sample-epoch: 59.2 B
-and 419.2 B), and read at millions of rows a second, beyond what a student consumes. Plain
-files with our own encoding win because, besides size, the properties a save pass needs
-are easiest to guarantee on files we write ourselves:
+(benchmarks/RESULTS.md, "Store engines"): the smallest of them, well below the official
+format's 4 + 4k bytes a row, and read far faster than a student consumes. Plain files
+with our own encoding win because, besides size, the properties a save pass needs are
+easiest to guarantee on files we write ourselves:
 
 * Atomic chunks. A chunk is encoded whole, written to ``<name>.tmp``, fsynced and
   renamed; only then does its name exist. A SIGKILL leaves at most a temp file, which

@@ -1,9 +1,9 @@
 """CPU-only runs: every per-image op in the loader workers, with PIL (``augment_on='host'``).
 
-Why: XLA:CPU runs the device half at ~31 ms per 224px image (RandAugment ~19.5 ms: it
-fuses the bicubic warp into its consumers; random erasing ~6 ms: it draws noise for the
-whole image, erased or not), while PIL runs timm's whole train transform in ~2.5 ms
-(benchmarks/RESULTS.md, "Data"). On an accelerator the device half is the better place.
+Why: XLA:CPU runs the device half many times slower than PIL runs timm's whole train
+transform (RandAugment fuses the bicubic warp into its consumers; random erasing draws
+noise for the whole image, erased or not; benchmarks/RESULTS.md, "Data"). On an
+accelerator the device half is the better place.
 
 Same draws: the parameters come from the device's own ``draws.sample_draws``, jitted on
 the worker's CPU into one uint32 vector (one transfer per image, not one per draw), and
