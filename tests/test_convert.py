@@ -13,6 +13,7 @@ from timm_reference import (assert_logits_close, create_timm_model, jit_forward,
 from tinyvit_jax import convert, model_checkpoint, torch_state_dicts
 from tinyvit_jax.models import timm_weights
 from tinyvit_jax.models import create_model
+from tinyvit_jax.models import registry
 
 _NAMES = ['tiny_vit_5m_224', 'deit_tiny_distilled_patch16_224']
 
@@ -22,7 +23,7 @@ def _images(size=224, batch=2, seed=1):
 
 
 def _ours_from_timm(name, timm_model, **kwargs):
-  model = create_model(name, **kwargs)
+  model = registry.create_unfilled(name, **kwargs)
   timm_weights.load_timm_state_dict(model, timm_model.state_dict())
   model.eval()
   return model
@@ -71,7 +72,7 @@ def test_cream_checkpoint_loads_and_matches(tmp_path):
   path = tmp_path / 'tiny_vit_5m_1k.pth'
   torch.save({'model': cream_sd, 'epoch': 299}, path)
 
-  ours = create_model('tiny_vit_5m_224')
+  ours = registry.create_unfilled('tiny_vit_5m_224')
   timm_weights.load_timm_state_dict(ours, torch_state_dicts.read_state_dict(str(path)))
   ours.eval()
   timm_model.eval()
@@ -86,7 +87,7 @@ def test_mismatch_lists_every_key_with_shapes():
   sd['stages.9.extra.weight'] = torch.zeros(3)
   sd['stages.2.blocks.0.attn.attention_biases'] = torch.zeros(5, 49)
   with pytest.raises(timm_weights.StateDictMismatch) as err:
-    timm_weights.load_timm_state_dict(create_model('tiny_vit_5m_224'), sd)
+    timm_weights.load_timm_state_dict(registry.create_unfilled('tiny_vit_5m_224'), sd)
   msg = str(err.value)
   assert '2 missing' in msg and 'stages.1.blocks.0.attn.qkv.weight' in msg
   assert 'head.norm.bias' in msg
@@ -97,7 +98,7 @@ def test_mismatch_lists_every_key_with_shapes():
 def test_head_size_mismatch_names_the_flag():
   sd = create_timm_model('tiny_vit_5m_224', num_classes=21841).state_dict()
   with pytest.raises(timm_weights.StateDictMismatch, match='pass --num-classes 21841'):
-    timm_weights.load_timm_state_dict(create_model('tiny_vit_5m_224'), sd)
+    timm_weights.load_timm_state_dict(registry.create_unfilled('tiny_vit_5m_224'), sd)
 
 
 def test_21k_head_loads_into_a_21k_model():
@@ -248,7 +249,7 @@ def test_the_papers_clip_teacher_converts_at_full_size():
   reads cost most of a minute.)"""
   cream = cream_clip()
   perturb(cream, 0)
-  ours = create_model('clip_vit_large14_224', num_classes=21841)
+  ours = registry.create_unfilled('clip_vit_large14_224', num_classes=21841)
   timm_weights.load_timm_state_dict(ours, torch_state_dicts.openai_clip_to_timm(cream.state_dict()))
   ours.eval()
   images = _images(batch=1)

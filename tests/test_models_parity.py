@@ -4,7 +4,7 @@ import pytest
 
 from timm_reference import assert_logits_close, create_timm_model, jit_forward, timm_logits
 from timm_reference import timm_zeros_state_dict
-from tinyvit_jax.models import attention, conv_ops, create_model, list_models, model_info
+from tinyvit_jax.models import attention, conv_ops, list_models, model_info
 from tinyvit_jax.models import registry
 from tinyvit_jax.models.timm_weights import load_timm_state_dict
 
@@ -26,7 +26,7 @@ _LAYOUT = [n for n in list_models() if n.startswith(('tiny_vit_', 'deit_')) and
 def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
   size = img_size or model_info(name).input_size
   timm_model = create_timm_model(name, seed=seed, drop_path_rate=0.0)
-  model = create_model(name, img_size=size, drop_path_rate=0.0)
+  model = registry.create_unfilled(name, img_size=size, drop_path_rate=0.0)  # timm's weights
   load_timm_state_dict(model, timm_model.state_dict())
   images = np.random.RandomState(seed).randn(batch, size, size, 3).astype(np.float32)
 
