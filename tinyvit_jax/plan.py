@@ -214,7 +214,7 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
                          NamedSharding(mesh, P('data')))
   knobs = ['a smaller --config.batch_size for the save pass alone (--mode=save_logits: '
            'its rows do not depend on the batch)']
-  if teacher_lib.compute_dtype(distill.teacher_dtype) == 'float32':
+  if target_lib.compute_dtype(distill.teacher_dtype) == 'float32':
     knobs.append('--config.distill.teacher_dtype=bfloat16')
   if (distill.teacher_sharding != 'sharded'
       and _bytes_per_device(state) > slice_.hbm_bytes / 10):  # weights worth splitting

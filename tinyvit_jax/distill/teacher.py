@@ -44,7 +44,6 @@ from tinyvit_jax.models import WEIGHTS, hub
 from tinyvit_jax.models import create_model
 
 ADAPTERS = ('ours', 'timm', 'torch')
-DTYPES = ('float32', 'bfloat16', 'auto')
 SHARDINGS = ('auto', 'replicated', 'sharded')
 # Weights go sharded above this share of one device's memory: the rest is for the
 # batch's activations, the augmentation and XLA's buffers. Weights are float32 (a
@@ -158,18 +157,6 @@ def model_of(distill, aug, meta: dict | None = None) -> tuple:
                   **dict(distill.get('teacher_kwargs', None) or {}))
 
 
-def compute_dtype(dtype) -> str:
-  """``dtype`` ('float32', 'bfloat16' or a numpy/jax dtype) by name, 'auto' resolved:
-  bfloat16 for a GPU or TPU, float32 for a CPU, whose runs and figures stay float32 (the
-  platform compiled for, ``tinyvit_jax.target``). The one rule for students
-  (``config.dtype``) and teachers (``distill.teacher_dtype``)."""
-  if dtype == 'auto':
-    return 'float32' if target.current().platform == 'cpu' else 'bfloat16'
-  if isinstance(dtype, str) and dtype not in DTYPES:
-    raise ValueError(f'dtype={dtype!r}; expected one of {DTYPES}.')
-  return jnp.dtype(dtype).name
-
-
 def place_weights(state, mesh: Mesh, sharding: str = 'auto'):
   """``(state on mesh's devices, sharded?)``: replicated, or each weight split along its
   largest dimension the device count divides (the others replicated), GSPMD gathering
@@ -223,13 +210,13 @@ def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
 
   ``input_mean``/``input_std``: the student's normalisation; the teacher's own is its
   checkpoint's (``model_checkpoint.preprocess``). ``dtype``: the compute dtype
-  (``compute_dtype``'s names; the weights stay as saved, the softmax is taken in float32
-  either way); any but float32 is appended to the name, as its rows differ.
+  (``target.compute_dtype``'s names; the weights stay as saved, the softmax is taken in
+  float32 either way); any but float32 is appended to the name, as its rows differ.
   ``sharding``: ``place_weights``'s, over this process's devices. ``overrides`` go to
   ``model_checkpoint.restore_model``. A distilled DeiT gives the mean of its two heads,
   as at inference.
   """
-  dtype = compute_dtype(dtype)
+  dtype = target.compute_dtype(dtype)
   model, normalise = _restore(directory, input_mean, input_std, **_dtype_override(dtype),
                               **overrides)
   # Restored weights sit on one device; the save pass spreads images over all local ones.
@@ -294,7 +281,7 @@ def _check_class_count(name: str, teacher_classes: int, num_classes: int) -> Non
 def _dtype_override(dtype) -> dict:
   """``restore_model``'s argument for compute dtype ``dtype``: none for float32, which
   is how the models are built by default."""
-  dtype = compute_dtype(dtype)
+  dtype = target.compute_dtype(dtype)
   return {} if dtype == 'float32' else dict(dtype=jnp.dtype(dtype))
 
 

@@ -12,13 +12,14 @@ import re
 import ml_collections
 
 from tinyvit_jax import errors
+from tinyvit_jax import target
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import order
 from tinyvit_jax.distill import teacher
 
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
-DTYPES = teacher.DTYPES
+DTYPES = target.DTYPES
 # The key that says where a data source's files are (data/sources); the other sources
 # (digits, synthetic) need none.
 DATA_PATH_KEYS = {'tfds': 'data_dir', 'array_record': 'directory', 'folder': 'root'}
@@ -53,9 +54,9 @@ class ConfigError(errors.UserError, ValueError):
 
 
 def compute_dtype(config) -> str:
-  """``config.dtype`` with 'auto' resolved: bfloat16 on a GPU or TPU, as the papers trained
-  with mixed precision, and float32 on a CPU, whose runs and figures stay float32."""
-  return teacher.compute_dtype(config.dtype)
+  """``config.dtype`` with 'auto' resolved by the platform compiled for
+  (``target.compute_dtype``, the rule teachers follow too)."""
+  return target.compute_dtype(config.dtype)
 
 
 def base_config() -> ml_collections.ConfigDict:

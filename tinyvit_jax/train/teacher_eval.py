@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import progress
+from tinyvit_jax import target
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import pipeline
@@ -138,7 +139,7 @@ def _made_for(config, source, checkpoint_hash: str) -> dict:
       class_index = hashlib.sha256(f.read()).hexdigest()
   return json.loads(json.dumps(dict(
       teacher_checkpoint_hash=checkpoint_hash,
-      teacher_dtype=teacher_lib.compute_dtype(distill.get('teacher_dtype', 'float32')),
+      teacher_dtype=target.compute_dtype(distill.get('teacher_dtype', 'float32')),
       teacher_class_index=class_index,
       **{name: distill.get(name) for name in _TEACHER_FIELDS},
       dataset=config.data.name or config.data.source, eval_size=len(source),
