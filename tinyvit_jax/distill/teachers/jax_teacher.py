@@ -1,20 +1,7 @@
-"""The teacher: one way to load it, for the save pass and for an online student alike.
-
-``make_teacher(distill, aug)`` builds the record a save pass needs from a config's
-``distill`` section: a name, a checkpoint hash, a class count and probabilities. Any
-model can be one: our checkpoints and Hub names (``hf-hub:ORG/NAME``) here
-(``from_checkpoint``), timm and torch modules in ``torch_teacher``, each read through a
-class-index file when the student's classes are not the teacher's. ``online(distill, aug,
-mesh)`` is the same teacher run inside the student's jitted step (DeiT's online
-distillation, or the loss FPD approximates), which only a JAX model can be: a torch
-teacher is refused there by ``check_online``.
-
-``probabilities(images) -> (B, C) float32``: the softmax of the teacher's logits on
-augmented float32 NHWC images, normalised with the student's mean and std as the device
-augmentation gives them (a jax array, possibly sharded over several devices). A teacher
-trained with other statistics (CLIP's) re-normalises them first, as one per-channel
-affine map. ``checkpoint_hash`` names the weights in the store's manifest, so a resumed
-save pass refuses to mix two teachers' rows.
+"""Our JAX models as teachers: one of our checkpoints or a Hub name (``hf-hub:ORG/NAME``),
+for the save pass (``from_checkpoint``) and run inside the student's jitted step
+(``online``: DeiT's online distillation, or the loss FPD approximates), which only a JAX
+model can be: any other teacher is refused there by ``check_online``.
 
 On an accelerator a large teacher (the paper's CLIP ViT-L/14) computes in bfloat16
 (``distill.teacher_dtype``; its name then ends in ``@bfloat16``, so a store is never
@@ -22,9 +9,8 @@ resumed in another dtype), its weights replicated on every device, or sharded ov
 when replicated they would take more than ``SHARD_ABOVE`` of one device's memory
 (``distill.teacher_sharding``; ``SHARD_ABOVE`` says where the line falls).
 """
-import hashlib
 import os
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,16 +20,15 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
 from tinyvit_jax import target
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import class_index as class_index_lib
+from tinyvit_jax.distill.teachers import record
 from tinyvit_jax.models import WEIGHTS, hub
 from tinyvit_jax.models import create_model
 
-ADAPTERS = ('ours', 'timm', 'torch')
 SHARDINGS = ('auto', 'replicated', 'sharded')
 # Weights go sharded above this share of one device's memory: the rest is for the
 # batch's activations, the augmentation and XLA's buffers. Weights are float32 (a
@@ -51,60 +36,6 @@ SHARDINGS = ('auto', 'replicated', 'sharded')
 # ~1B parameters: ViT-L/14 (304M), ViT-H/14 (632M) and, just, ViT-g/14 (1.01B) stay
 # replicated, ViT-G/14 (1.8B) is sharded; on a TPU v2's 8 GiB cores ViT-H/14 is too.
 SHARD_ABOVE = 0.25
-
-
-class TeacherMismatch(errors.UserError, ValueError):
-  """A teacher whose classes are not the student's; ``main`` prints it as one line."""
-
-
-class Teacher(NamedTuple):
-  name: str
-  checkpoint_hash: str
-  num_classes: int
-  probabilities: Callable
-
-
-def make_teacher(distill, aug=None, num_classes: int | None = None) -> Teacher:
-  """The teacher a config's ``distill`` section names (keys below), over ``aug``'s
-  normalisation (``aug.mean``/``aug.std``, default ImageNet's), for a student of
-  ``num_classes`` classes if given (checked).
-
-  ``teacher_adapter``: 'ours' (``teacher``: our checkpoint dir), 'timm' (``teacher``: a
-  state_dict file of the timm model ``teacher_model``) or 'torch' (``teacher``: a
-  state_dict file or '', ``teacher_model``: 'package.module:factory', ``teacher_mean``
-  and ``teacher_std``: its normalisation). ``teacher_kwargs`` go to the constructor,
-  ``teacher_num_classes`` (0: the checkpoint's) is the head size, ``teacher_device`` the
-  torch device, and ``teacher_class_index`` an optional class-index file. For 'ours',
-  ``teacher_dtype`` is its compute dtype and ``teacher_sharding`` where its weights sit.
-  """
-  adapter = distill.get('teacher_adapter', 'ours')
-  kwargs = dict(distill.get('teacher_kwargs', None) or {})
-  inputs = student_normalisation(aug)
-  if adapter == 'ours':
-    teacher = from_checkpoint(distill.teacher, input_mean=inputs[0], input_std=inputs[1],
-                              dtype=distill.get('teacher_dtype', 'float32'),
-                              sharding=distill.get('teacher_sharding', 'auto'), **kwargs)
-  elif adapter in ('timm', 'torch'):
-    from tinyvit_jax.distill import torch_teacher  # it builds on this module: import late
-    torch_args = dict(device=distill.get('teacher_device', 'cpu'), input_mean=inputs[0],
-                      input_std=inputs[1], **kwargs)
-    if adapter == 'timm':
-      teacher = torch_teacher.from_timm(
-          distill.teacher_model, distill.teacher,
-          num_classes=distill.get('teacher_num_classes', 0) or None, **torch_args)
-    else:
-      teacher = torch_teacher.from_torch_module(
-          distill.teacher_model, distill.teacher or None,
-          num_classes=distill.teacher_num_classes, mean=tuple(distill.teacher_mean),
-          std=tuple(distill.teacher_std), **torch_args)
-  else:
-    raise ValueError(f'distill.teacher_adapter={adapter!r}; expected one of {ADAPTERS}.')
-  class_index = distill.get('teacher_class_index', '')
-  if class_index:
-    teacher = map_classes(teacher, class_index, num_classes)
-  if num_classes is not None:
-    check_classes(teacher, num_classes)
-  return teacher
 
 
 def check_online(distill) -> str | None:
@@ -120,8 +51,8 @@ def check_online(distill) -> str | None:
 
 def online(distill, aug, mesh, num_classes: int,
            meta: dict | None = None) -> tuple[Callable, list]:
-  """``(teacher(leaves, images) -> logits, leaves)``: ``make_teacher``'s teacher for the
-  jitted step, its weights placed over ``mesh`` as the save pass places them
+  """``(teacher(leaves, images) -> logits, leaves)``: ``factory.make_teacher``'s teacher
+  for the jitted step, its weights placed over ``mesh`` as the save pass places them
   (``place_weights``, ``distill.teacher_sharding``): the leaves carry their shardings into
   the step. With a class-index file the logits are gathered at the student's
   ``num_classes`` classes, so their softmax is renormalised over them. Given the
@@ -137,8 +68,8 @@ def online(distill, aug, mesh, num_classes: int,
   class_index = distill.get('teacher_class_index', '')
   mapping = (class_index_lib.read_class_index(class_index, num_classes, model.num_classes)
              if class_index else None)
-  _check_class_count(distill.teacher, model.num_classes if mapping is None else len(mapping),
-                     num_classes)
+  record.check_class_count(distill.teacher,
+                           model.num_classes if mapping is None else len(mapping), num_classes)
 
   def teacher(leaves, images):
     logits = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(normalise(images))
@@ -152,7 +83,7 @@ def model_of(distill, aug, meta: dict | None = None) -> tuple:
   """``(model, normalise)``: ``distill``'s teacher at its dtype and kwargs, in eval mode,
   and the map from ``aug``'s normalisation to its own; restored from its checkpoint, or,
   given the checkpoint's ``meta`` (its model.json, a plan's), shapes only."""
-  return _restore(distill.teacher, *student_normalisation(aug), meta=meta,
+  return _restore(distill.teacher, *record.student_normalisation(aug), meta=meta,
                   **_dtype_override(distill.get('teacher_dtype', 'float32')),
                   **dict(distill.get('teacher_kwargs', None) or {}))
 
@@ -184,28 +115,9 @@ def place_weights(state, mesh: Mesh, sharding: str = 'auto'):
   return target.place(state, jax.tree.map(spec, state)), True
 
 
-def student_normalisation(aug) -> tuple[tuple, tuple]:
-  """The mean and std the student's views are normalised with (``aug``'s, or ImageNet's)."""
-  aug = aug or {}
-  return (tuple(aug.get('mean', normalisation.IMAGENET_MEAN)),
-          tuple(aug.get('std', normalisation.IMAGENET_STD)))
-
-
-def renormalise(input_mean, input_std, mean, std) -> Callable:
-  """Views normalised with ``input_mean/std`` -> normalised with ``mean/std``, as one
-  per-channel affine map ``x * input_std / std + (input_mean - mean) / std``; the
-  identity when the two agree."""
-  scale = np.asarray(input_std, np.float32) / np.asarray(std, np.float32)
-  shift = ((np.asarray(input_mean, np.float32) - np.asarray(mean, np.float32))
-           / np.asarray(std, np.float32))
-  if np.allclose(scale, 1, rtol=0, atol=1e-7) and np.allclose(shift, 0, rtol=0, atol=1e-7):
-    return lambda images: images
-  return lambda images: images * scale + shift
-
-
 def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
                     input_std=normalisation.IMAGENET_STD, dtype='float32',
-                    sharding: str = 'auto', **overrides) -> Teacher:
+                    sharding: str = 'auto', **overrides) -> record.Teacher:
   """The teacher held in one of our model checkpoints, in eval mode, jitted.
 
   ``input_mean``/``input_std``: the student's normalisation; the teacher's own is its
@@ -225,8 +137,8 @@ def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
   name = model_checkpoint.read_model_json(directory)['model']
   name = name if dtype == 'float32' else f'{name}@{dtype}'
   weights = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
-  return Teacher(name, model_checkpoint.weights_hash(weights), model.num_classes,
-                 lambda images: forward(state, images))
+  return record.Teacher(name, model_checkpoint.weights_hash(weights), model.num_classes,
+                        lambda images: forward(state, images))
 
 
 def probabilities_fn(model, normalise, mesh: Mesh, sharding: str = 'auto'):
@@ -241,41 +153,6 @@ def probabilities_fn(model, normalise, mesh: Mesh, sharding: str = 'auto'):
     return jax.nn.softmax(logits.astype(np.float32), axis=-1)
 
   return forward, state
-
-
-def map_classes(teacher: Teacher, class_index: str, num_classes: int | None = None) -> Teacher:
-  """``teacher`` read through a class-index file: line c holds the teacher class of
-  student class c (e.g. a 21k teacher, a 1k student).
-
-  The returned row is the teacher's probabilities gathered at those classes, *not*
-  renormalised: it has the student's C classes and sums to 1 minus the mass of the
-  unmapped teacher classes. That mass joins the tail: the store keeps the row's top-k,
-  and the dense rebuild (``targets.dense_targets``) spreads ``1 - sum(top-k)`` uniformly
-  over the C - k classes outside the top-k. With k = C there is no tail and the rebuilt
-  target is the mapped row itself, summing to less than 1. The name records the file's
-  hash. ``num_classes``, the student's, is checked against the file's line count if given.
-  """
-  mapping = class_index_lib.read_class_index(class_index, num_classes, teacher.num_classes)
-  with open(class_index, 'rb') as f:
-    file_hash = hashlib.sha256(f.read()).hexdigest()
-  gather = jax.jit(lambda probabilities: jnp.take(probabilities, mapping, axis=-1))
-  return Teacher(f'{teacher.name}+classes:{os.path.basename(class_index)}:{file_hash[:16]}',
-                 teacher.checkpoint_hash, len(mapping),
-                 lambda images: gather(teacher.probabilities(images)))
-
-
-def check_classes(teacher: Teacher, num_classes: int) -> None:
-  """Refuses a teacher whose class count is not the student's ``num_classes``."""
-  _check_class_count(teacher.name, teacher.num_classes, num_classes)
-
-
-def _check_class_count(name: str, teacher_classes: int, num_classes: int) -> None:
-  if teacher_classes != num_classes:
-    raise TeacherMismatch(
-        f'The teacher {name} has {teacher_classes} classes and the student {num_classes}: '
-        'its outputs cannot be the student\'s targets. Give a class-index file '
-        '(distill.teacher_class_index: line c = the teacher class of student class c), '
-        'or a teacher over the student\'s classes.')
 
 
 def _dtype_override(dtype) -> dict:
@@ -303,4 +180,4 @@ def _restore(directory: str, input_mean, input_std, meta: dict | None = None, **
     model = model_checkpoint.restore_model(directory, **overrides)
   model.eval()
   own = model_checkpoint.preprocess(meta)
-  return model, renormalise(input_mean, input_std, own['mean'], own['std'])
+  return model, record.renormalise(input_mean, input_std, own['mean'], own['std'])
