@@ -16,8 +16,8 @@
     rate, with its fixed costs (fingerprint, jit lowering, loader start), is shown too.
     The teacher (``--teacher``, default tiny_vit_21m: a teacher is the larger model) is
     random-init (``--teacher_kwargs``: constructor overrides, JSON), restored by
-    ``teacher.from_checkpoint``. The loader alone (host
-    augmentation) is timed too: on a CPU machine it shares the cores with the teacher.
+    ``jax_teacher.from_checkpoint``. The loader alone (host augmentation) is timed too:
+    on a CPU machine it shares the cores with the teacher.
 (c) Student train step (AdamW) from the store: the host hook's read and index check, the
     rows' transfer, ``student_targets`` (dense rebuild) and soft cross-entropy, against the
     same step on integer labels with cross-entropy; both on the same images, already on
@@ -58,7 +58,7 @@ from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import jax_teacher
 from tinyvit_jax.models import create_model
 
 OFFICIAL_KEY_BYTES = 18e9 / (90 * 13.2e6)  # the 21k release's key files per sample-epoch
@@ -187,7 +187,7 @@ def save_pass_speed(args, work: str, label: str = '(b)') -> dict:
                        **args.teacher_kwargs)
   model_checkpoint.save_model(os.path.join(work, 'teacher'), model, args.teacher,
                               num_classes=1000, img_size=size, **args.teacher_kwargs)
-  teacher = teacher_lib.from_checkpoint(os.path.join(work, 'teacher'), **dtype_kwargs(args))
+  teacher = jax_teacher.from_checkpoint(os.path.join(work, 'teacher'), **dtype_kwargs(args))
   source = InMemorySource(synthetic.SyntheticSource(n, num_classes=10,
                                                          image_size=size * 5 // 4))
   aug = dict(image_size=size, augment_on=args.augment_on)  # Mixup/CutMix on the device

@@ -25,7 +25,8 @@ from tinyvit_jax.data import sources
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import targets
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import jax_teacher
+from tinyvit_jax.distill.teachers import record
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import step
 
@@ -37,8 +38,8 @@ def dense_rows(workdir: str):
   """(teacher probabilities (N, C) float32, student logits (N, C), the student's config)."""
   config = config_lib.load_recipe(QUICKSTART).get_config().runs.student_fpd
   source = sources.from_config(config.data, 'eval')
-  mean, std = teacher_lib.student_normalisation(config.aug)
-  teacher = teacher_lib.from_checkpoint(os.path.join(workdir, 'teacher', 'export'),
+  mean, std = record.student_normalisation(config.aug)
+  teacher = jax_teacher.from_checkpoint(os.path.join(workdir, 'teacher', 'export'),
                                         input_mean=mean, input_std=std)
   student = model_checkpoint.restore_model(os.path.join(workdir, 'student_fpd', 'export'))
   student.eval()

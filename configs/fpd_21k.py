@@ -14,10 +14,10 @@ path 0 (5m, 11m) or 0.1 (21m); RandAugment, random erasing and colour jitter (of
 RandAugment is on, as in timm); Mixup and CutMix off, as in the official 21k configs.
 The teacher computes in bfloat16 on a GPU or TPU (``distill.teacher_dtype='auto'``), its
 weights replicated on every device: ViT-L/14 is 304M parameters (1.2 GB in float32),
-far below ``distill/teacher.py``'s line for sharding them (a quarter of one device's
-memory). ``variant``: 5m | 11m | 21m. ``runlocal``: a tiny random-init CLIP-normalised ViT
-teacher exported untrained, then its store and a student, on 64 synthetic images at 32
-px (about 40 s on 2 cores; tests/test_train_recipes.py runs it).
+far below ``distill/teachers/jax_teacher.py``'s line for sharding them (a quarter of one
+device's memory). ``variant``: 5m | 11m | 21m. ``runlocal``: a tiny random-init
+CLIP-normalised ViT teacher exported untrained, then its store and a student, on 64
+synthetic images at 32 px (about 40 s on 2 cores; tests/test_train_recipes.py runs it).
 """
 import ml_collections
 

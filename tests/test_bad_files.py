@@ -15,7 +15,7 @@ from tinyvit_jax import convert
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import predict
 from tinyvit_jax import preview
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import factory
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import pretrained
@@ -126,7 +126,7 @@ def test_init_checkpoint_and_teacher_dirs(case, good, tmp_path):
     pretrained.load_into(create_model(MODEL, **KWARGS), path)
   assert_one_line(error.value, path)
   with pytest.raises(model_checkpoint.CheckpointError) as error:
-    teacher_lib.make_teacher(ml_collections.ConfigDict(dict(teacher=path)))
+    factory.make_teacher(ml_collections.ConfigDict(dict(teacher=path)))
   assert_one_line(error.value, path)
 
 
@@ -136,7 +136,7 @@ def test_timm_teacher_file(case, tmp_path):
   distill = ml_collections.ConfigDict(dict(teacher=path, teacher_adapter='timm',
                                            teacher_model='resnet18'))
   with pytest.raises(model_checkpoint.CheckpointError) as error:
-    teacher_lib.make_teacher(distill)
+    factory.make_teacher(distill)
   assert_one_line(error.value, path)
 
 

@@ -23,7 +23,8 @@ from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import losses
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
-from tinyvit_jax.distill import teacher
+from tinyvit_jax.distill.teachers import factory
+from tinyvit_jax.distill.teachers import jax_teacher
 from tinyvit_jax.models import WEIGHTS, create_model
 from tinyvit_jax.train import config as config_lib
 
@@ -60,7 +61,7 @@ def test_checkpoint_teacher_is_the_model_in_eval_mode(saved):
   """Its probabilities are the softmax of the model's eval logits (a distilled DeiT: the
   mean of both heads), and its hash is that of the weights however they were saved."""
   root, model = saved
-  loaded = teacher.from_checkpoint(str(root / 'imagenet'))
+  loaded = jax_teacher.from_checkpoint(str(root / 'imagenet'))
   images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
   expected = nnx.jit(lambda m, x: jax.nn.softmax(m(x)))(model, images)
   np.testing.assert_allclose(loaded.probabilities(images), expected, atol=1e-6)
@@ -73,7 +74,7 @@ def test_checkpoint_teacher_is_the_model_in_eval_mode(saved):
 def test_missing_teacher_checkpoint_names_the_path_and_the_fix(tmp_path):
   with pytest.raises(model_checkpoint.CheckpointError,
                      match=f"'{tmp_path}/nowhere' does not exist.*python -m tinyvit_jax.convert"):
-    teacher.from_checkpoint(str(tmp_path / 'nowhere'))
+    jax_teacher.from_checkpoint(str(tmp_path / 'nowhere'))
 
 
 @pytest.mark.parametrize('own', ['imagenet', 'clip'])
@@ -85,11 +86,11 @@ def test_a_teacher_sees_the_students_views_in_its_own_normalisation(saved, own):
                                           std=(0.229, 0.224, 0.225))
   pixels, student_views = images_in(HALF)
   expected = model(images_in(stats)[1])
-  made = teacher.make_teacher(distill_config(str(root / own)), HALF)
+  made = factory.make_teacher(distill_config(str(root / own)), HALF)
   np.testing.assert_allclose(made.probabilities(student_views), jax.nn.softmax(expected),
                              atol=2e-6)
-  forward, leaves = teacher.online(distill_config(str(root / own)), HALF,
-                                   pipeline.data_mesh(jax.devices()), 7)
+  forward, leaves = jax_teacher.online(distill_config(str(root / own)), HALF,
+                                       pipeline.data_mesh(jax.devices()), 7)
   np.testing.assert_allclose(jax.jit(forward)(leaves, student_views), expected, atol=2e-5)
   del pixels
 
@@ -102,13 +103,13 @@ def test_online_teacher_reads_through_a_class_index_file(saved, tmp_path):
   index_file.write_text('6\n0\n3\n')
   views = images_in(dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))[1]
   mesh = pipeline.data_mesh(jax.devices())
-  forward, leaves = teacher.online(
+  forward, leaves = jax_teacher.online(
       distill_config(str(root / 'imagenet'), teacher_class_index=str(index_file)), None,
       mesh, 3)
   np.testing.assert_allclose(forward(leaves, views), model(views)[:, [6, 0, 3]], atol=2e-5)
   with pytest.raises(ValueError, match=f'teacher {root}/imagenet has 7 classes and the '
                                        'student 3.*teacher_class_index'):
-    teacher.online(distill_config(str(root / 'imagenet')), None, mesh, 3)
+    jax_teacher.online(distill_config(str(root / 'imagenet')), None, mesh, 3)
 
 
 def test_online_fpd_is_soft_cross_entropy_on_the_teachers_softmax():
@@ -160,8 +161,9 @@ def test_a_teacher_of_other_classes_is_one_line_from_main(saved, tmp_path, lines
     (tmp_path / 'classes.txt').write_text(lines)
     extra = dict(teacher_class_index=str(tmp_path / 'classes.txt'))
   distill = distill_config(str(root / 'imagenet'), **extra)
-  for load in (lambda: teacher.make_teacher(distill, num_classes=10),
-               lambda: teacher.online(distill, None, pipeline.data_mesh(jax.devices()), 10)):
+  mesh = pipeline.data_mesh(jax.devices())
+  for load in (lambda: factory.make_teacher(distill, num_classes=10),
+               lambda: jax_teacher.online(distill, None, mesh, 10)):
     with pytest.raises(errors.UserError, match=message) as error:
       load()
     assert '\n' not in str(error.value)
@@ -201,16 +203,16 @@ def test_a_bfloat16_teacher_computes_in_bfloat16_and_says_so(saved, tmp_path):
   rows, close to the float32 ones, so its name records the dtype and a store saved with
   one is refused to the other."""
   root, _ = saved
-  plain = teacher.make_teacher(distill_config(str(root / 'clip')))
-  half = teacher.make_teacher(distill_config(str(root / 'clip'), teacher_dtype='bfloat16'))
+  plain = factory.make_teacher(distill_config(str(root / 'clip')))
+  half = factory.make_teacher(distill_config(str(root / 'clip'), teacher_dtype='bfloat16'))
   assert (plain.name, half.name) == (NAME, f'{NAME}@bfloat16')
   assert plain.checkpoint_hash == half.checkpoint_hash  # the same weights
   views = images_in(HALF)[1]
   lowered = {made: dot_dtypes(jax.jit(made.probabilities).lower(views)) for made in (plain, half)}
   mesh = pipeline.data_mesh(jax.devices())
   for dtype in ('float32', 'bfloat16'):
-    forward, leaves = teacher.online(distill_config(str(root / 'clip'), teacher_dtype=dtype),
-                                     HALF, mesh, 7)
+    forward, leaves = jax_teacher.online(
+        distill_config(str(root / 'clip'), teacher_dtype=dtype), HALF, mesh, 7)
     lowered[dtype] = dot_dtypes(jax.jit(forward).lower(leaves, views))
   for dtypes in (lowered[plain], lowered['float32']):
     assert dtypes['f32'] >= 12 * 4 and dtypes['bf16'] == 0, dtypes

@@ -21,8 +21,10 @@ from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
 from tinyvit_jax.distill import targets
-from tinyvit_jax.distill import teacher as teacher_lib
-from tinyvit_jax.distill import torch_teacher
+from tinyvit_jax.distill.teachers import factory
+from tinyvit_jax.distill.teachers import jax_teacher
+from tinyvit_jax.distill.teachers import record
+from tinyvit_jax.distill.teachers import torch_teacher
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import config as config_lib
 
@@ -86,7 +88,7 @@ def test_timm_store_holds_the_timm_models_top_k_on_our_augmented_views(tmp_path)
 
 def test_jax_conversion_of_the_same_weights_writes_the_same_store(tmp_path):
   """A tiny DeiT at 32 px through the timm adapter, and the same weights converted into
-  our model (``timm_weights.load_timm_state_dict``) through ``teacher.from_checkpoint``: equal
+  our model (``timm_weights.load_timm_state_dict``) through ``jax_teacher.from_checkpoint``: equal
   top-k indices and values within float16 rounding, at every position."""
   name, kwargs = 'deit_tiny_patch16_224', dict(img_size=32)
   timm_model, checkpoint = saved_timm_model(tmp_path, name, **kwargs)
@@ -96,7 +98,7 @@ def test_jax_conversion_of_the_same_weights_writes_the_same_store(tmp_path):
                               **kwargs)
   run.save(str(tmp_path / 'timm'), teacher=torch_teacher.from_timm(name, checkpoint, **kwargs),
            epochs=EPOCHS)
-  run.save(str(tmp_path / 'jax'), teacher=teacher_lib.from_checkpoint(str(tmp_path / 'ours')),
+  run.save(str(tmp_path / 'jax'), teacher=jax_teacher.from_checkpoint(str(tmp_path / 'ours')),
            epochs=EPOCHS)
   timm_values, timm_indices, timm_examples = store_rows(str(tmp_path / 'timm'))
   jax_values, jax_indices, jax_examples = store_rows(str(tmp_path / 'jax'))
@@ -113,7 +115,7 @@ def test_a_mapped_teacher_leaves_the_unmapped_mass_to_the_tail(tmp_path):
   index_file = tmp_path / 'classes.txt'
   index_file.write_text(''.join(f'{c}\n' for c in mapping))
   full = run.linear_teacher()
-  mapped = teacher_lib.map_classes(full, str(index_file))
+  mapped = record.map_classes(full, str(index_file))
   assert mapped.num_classes == 10 and mapped.name.startswith('linear0+classes:classes.txt:')
   assert mapped.checkpoint_hash == full.checkpoint_hash
   images = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
@@ -130,13 +132,13 @@ def test_a_mapped_teacher_leaves_the_unmapped_mass_to_the_tail(tmp_path):
   np.testing.assert_allclose(dense[tail].reshape(8, 7),
                              np.repeat((1 - np.asarray(values).sum(1, keepdims=True)) / 7, 7, 1),
                              rtol=1e-6)
-  teacher_lib.check_classes(mapped, 10)
+  record.check_classes(mapped, 10)
 
 
 def test_a_class_count_mismatch_without_mapping_is_refused():
   with pytest.raises(ValueError, match='linear0 has 12 classes and the student 10.*'
                                        'distill.teacher_class_index'):
-    teacher_lib.check_classes(run.linear_teacher(), 10)
+    record.check_classes(run.linear_teacher(), 10)
 
 
 @pytest.mark.parametrize('lines, message', [
@@ -149,7 +151,7 @@ def test_a_bad_class_index_file_is_named(tmp_path, lines, message):
   index_file = tmp_path / 'classes.txt'
   index_file.write_text(lines)
   with pytest.raises(ValueError, match=message):
-    teacher_lib.map_classes(run.linear_teacher(), str(index_file), num_classes=3)
+    record.map_classes(run.linear_teacher(), str(index_file), num_classes=3)
 
 
 def test_a_missing_checkpoint_file_names_the_path(tmp_path):
@@ -157,7 +159,7 @@ def test_a_missing_checkpoint_file_names_the_path(tmp_path):
                      match=f'{tmp_path}/nowhere.pth: does not exist'):
     torch_teacher.from_timm('resnet18', str(tmp_path / 'nowhere.pth'))
   with pytest.raises(FileNotFoundError, match=f"'{tmp_path}/nowhere.txt' does not exist"):
-    teacher_lib.map_classes(run.linear_teacher(), str(tmp_path / 'nowhere.txt'))
+    record.map_classes(run.linear_teacher(), str(tmp_path / 'nowhere.txt'))
 
 
 def test_a_checkpoint_of_another_head_size_is_named(tmp_path):
@@ -233,8 +235,8 @@ def test_make_teacher_builds_each_adapter_from_config_keys(tmp_path):
   index_file.write_text('\n'.join(map(str, range(10))))
   timm_config = dict(teacher_adapter='timm', teacher=checkpoint, teacher_model='resnet18',
                      teacher_class_index=str(index_file))
-  made = teacher_lib.make_teacher(_Config(timm_config), dict(mean=HALF_AUG['mean'],
-                                                              std=HALF_AUG['std']))
+  made = factory.make_teacher(_Config(timm_config), dict(mean=HALF_AUG['mean'],
+                                                          std=HALF_AUG['std']))
   direct = torch_teacher.from_timm('resnet18', checkpoint, input_mean=HALF_AUG['mean'],
                                    input_std=HALF_AUG['std'])
   assert made.num_classes == 10 and made.name.startswith('timm:resnet18+classes:')
@@ -246,11 +248,11 @@ def test_make_teacher_builds_each_adapter_from_config_keys(tmp_path):
                       teacher_model=f'{__name__}:pooled_linear',
                       teacher_num_classes=run.CLASSES, teacher_mean=(0.5,) * 3,
                       teacher_std=(0.5,) * 3)
-  made = teacher_lib.make_teacher(_Config(torch_config))
+  made = factory.make_teacher(_Config(torch_config))
   assert made.name == f'torch:{__name__}:pooled_linear'
   assert made.checkpoint_hash == torch_module_teacher().checkpoint_hash
   with pytest.raises(ValueError, match="teacher_adapter='onnx'"):
-    teacher_lib.make_teacher(_Config(dict(teacher_adapter='onnx')))
+    factory.make_teacher(_Config(dict(teacher_adapter='onnx')))
 
 
 class _Config(dict):
@@ -262,7 +264,7 @@ def test_module_imports_neither_torch_nor_timm():
   """torch and timm are optional: importing the adapters module must not need them."""
   import subprocess
   import sys
-  code = ('import sys; import tinyvit_jax.distill.torch_teacher; '
+  code = ('import sys; import tinyvit_jax.distill.teachers.torch_teacher; '
           'assert "torch" not in sys.modules and "timm" not in sys.modules')
   subprocess.run([sys.executable, '-c', code], check=True,
                  env=dict(os.environ, JAX_PLATFORMS='cpu'))

@@ -27,7 +27,7 @@ from timm.models._hub import save_for_hf
 from timm_reference import assert_logits_close, jit_forward, perturb, timm_logits
 from tinyvit_jax import convert, model_checkpoint, predict
 from tinyvit_jax.data import pipeline
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import jax_teacher
 from tinyvit_jax.errors import UserError
 from tinyvit_jax.models import create_model, hub, list_models, registry
 from tinyvit_jax.train import pretrained
@@ -170,7 +170,7 @@ def test_clip_teacher_from_the_hub_carries_its_normalisation(cache, tmp_path):
   name = 'hf-hub:timm/vit_base_patch16_clip_224.openai'
   assert model_checkpoint.read_model_json(name)['metadata']['preprocess']['mean'] == list(
       timm.data.OPENAI_CLIP_MEAN)
-  teacher = teacher_lib.from_checkpoint(name)  # the student's views: ImageNet-normalised
+  teacher = jax_teacher.from_checkpoint(name)  # the student's views: ImageNet-normalised
   pixels = np.random.RandomState(2).rand(2, 28, 28, 3).astype(np.float32)
   student_view = (pixels - timm.data.IMAGENET_DEFAULT_MEAN) / timm.data.IMAGENET_DEFAULT_STD
   own_view = (pixels - timm.data.OPENAI_CLIP_MEAN) / timm.data.OPENAI_CLIP_STD
@@ -178,7 +178,7 @@ def test_clip_teacher_from_the_hub_carries_its_normalisation(cache, tmp_path):
                            -1).numpy()
   np.testing.assert_allclose(np.asarray(teacher.probabilities(student_view.astype(np.float32))),
                              expected, atol=2e-5)
-  online, leaves = teacher_lib.online(ml_collections.ConfigDict(dict(teacher=name)), None,
+  online, leaves = jax_teacher.online(ml_collections.ConfigDict(dict(teacher=name)), None,
                                       pipeline.data_mesh(jax.local_devices()), 6)
   np.testing.assert_allclose(
       np.asarray(jax.nn.softmax(online(leaves, student_view.astype(np.float32)))), expected,

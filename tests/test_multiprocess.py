@@ -33,7 +33,7 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import factory
 from tinyvit_jax.models import create_model
 from tinyvit_jax.train import metrics
 
@@ -236,7 +236,7 @@ def test_a_fault_on_process_1_stops_both_with_its_line(tmp_path, small_disk):
   config = train_config_fpd.get_config()
   with config.unlocked():
     config.distill.teacher = teacher
-  saved = teacher_lib.make_teacher(config.distill, config.aug, config.num_classes)
+  saved = factory.make_teacher(config.distill, config.aug, config.num_classes)
   source = sources.from_config(config.data, 'train')
   full = store.LogitStore.create(str(tmp_path / 'full'), manifest.store_fields(
       source, dataset_name=config.data.source, aug_config=config.aug, seed=config.seed, k=3,

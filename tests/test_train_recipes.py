@@ -14,7 +14,6 @@ from flax import nnx
 
 from tinyvit_jax import normalisation
 from tinyvit_jax import target
-from tinyvit_jax.distill import teacher
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import teacher_eval
 from tinyvit_jax.train import trainer
@@ -69,7 +68,7 @@ def test_imagenet_recipes_compute_in_bfloat16_on_accelerators_only(name, backend
 def test_the_fpd_recipes_teacher_computes_in_bfloat16_on_accelerators_only(backend, dtype):
   fpd = load_recipe('fpd_21k').get_config()
   with target.compiling_for(target.Target(backend)):
-    assert teacher.compute_dtype(fpd.distill.teacher_dtype) == dtype
+    assert target.compute_dtype(fpd.distill.teacher_dtype) == dtype
   assert config_lib.base_config().distill.teacher_dtype == 'float32'  # other recipes
 
 

@@ -10,7 +10,8 @@ import pytest
 from scipy.special import log_softmax, softmax
 
 from tinyvit_jax.data import sources
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import factory
+from tinyvit_jax.distill.teachers import record
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import step
 from tinyvit_jax.train import teacher_eval
@@ -78,7 +79,7 @@ class _FakeTeacher:
   def make(self, distill, aug, num_classes):
     assert distill.teacher == self.directory and num_classes == 4
     self.restores += 1
-    return teacher_lib.Teacher('fake', self.hash, 4, self.probabilities)
+    return record.Teacher('fake', self.hash, 4, self.probabilities)
 
   def probabilities(self, images):
     self.calls += 1
@@ -88,7 +89,7 @@ class _FakeTeacher:
 def test_teacher_eval_rows_are_kept_and_recognised_without_restoring_the_teacher(
     tmp_path, monkeypatch):
   fake = _FakeTeacher(str(tmp_path / 'teacher'))
-  monkeypatch.setattr(teacher_lib, 'make_teacher', fake.make)
+  monkeypatch.setattr(factory, 'make_teacher', fake.make)
   config, workdir = _config(fake.directory), str(tmp_path / 'run')
   os.makedirs(workdir)
   source = sources.from_config(config.data, 'eval')

@@ -41,7 +41,7 @@ from tinyvit_jax import full_disk
 from tinyvit_jax import plan
 from tinyvit_jax.distill import save_stage
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import torch_teacher
+from tinyvit_jax.distill.teachers import torch_teacher
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import stage_records

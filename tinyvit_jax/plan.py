@@ -47,7 +47,7 @@ from tinyvit_jax.data import sources
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import jax_teacher
 from tinyvit_jax.models import macs
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
@@ -98,7 +98,7 @@ def plan_recipe(runs: dict, workdir: str, accelerator: str, *, mode: str | None 
         if stage == 'save_logits' and not (config.distill.from_store
                                            and config.distill.kind != 'none'):
           continue
-        if stage == 'save_logits' and teacher_lib.check_online(config.distill):
+        if stage == 'save_logits' and jax_teacher.check_online(config.distill):
           rows.append(dict(row, status='not planned', error=(
               f'distill.teacher_adapter={config.distill.teacher_adapter!r}: a torch '
               'teacher runs outside XLA')))
@@ -199,8 +199,8 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
   mesh = pipeline.data_mesh(host)
   batch = order.process_batch_size(config.batch_size, slice_.hosts)
   meta = _teacher_meta(distill, runs, workdir)
-  model, normalise = teacher_lib.model_of(distill, config.aug, meta)
-  forward, state = teacher_lib.probabilities_fn(model, normalise, mesh,
+  model, normalise = jax_teacher.model_of(distill, config.aug, meta)
+  forward, state = jax_teacher.probabilities_fn(model, normalise, mesh,
                                                 distill.teacher_sharding)
   inputs = save_pass.teacher_inputs(config.aug, mesh, batch, config.num_classes)
   k = distill.k
@@ -214,7 +214,7 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
                          NamedSharding(mesh, P('data')))
   knobs = ['a smaller --config.batch_size for the save pass alone (--mode=save_logits: '
            'its rows do not depend on the batch)']
-  if teacher_lib.compute_dtype(distill.teacher_dtype) == 'float32':
+  if target_lib.compute_dtype(distill.teacher_dtype) == 'float32':
     knobs.append('--config.distill.teacher_dtype=bfloat16')
   if (distill.teacher_sharding != 'sharded'
       and _bytes_per_device(state) > slice_.hbm_bytes / 10):  # weights worth splitting
@@ -261,9 +261,9 @@ def _student_stage(stage, config, runs, workdir, devices) -> Stage:
                      config.num_classes)))
   elif distill.kind != 'none':
     meta = _teacher_meta(distill, runs, workdir)
-    teacher, teacher_leaves = teacher_lib.online(distill, config.aug, mesh,
+    teacher, teacher_leaves = jax_teacher.online(distill, config.aug, mesh,
                                                  config.num_classes, meta=meta)
-    teacher_model, _ = teacher_lib.model_of(distill, config.aug, meta)
+    teacher_model, _ = jax_teacher.model_of(distill, config.aug, meta)
     flops += 2 * macs.count_macs(teacher_model, config.aug.image_size)
   train_step = step_lib.make_train_step(
       state, tx, mesh, inputs=trainer.train_inputs(device_augment),

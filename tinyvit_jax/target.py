@@ -14,8 +14,10 @@ from typing import NamedTuple
 
 import jax
 import jax.extend
+import jax.numpy as jnp
 
 PLATFORMS = ('cpu', 'gpu', 'tpu')
+DTYPES = ('float32', 'bfloat16', 'auto')
 
 
 class Target(NamedTuple):
@@ -43,6 +45,18 @@ def local() -> Target:
 def current() -> Target:
   """The target of what is traced now: the innermost ``compiling_for``'s, else ``local()``."""
   return _PLANNED[-1] if _PLANNED else local()
+
+
+def compute_dtype(dtype) -> str:
+  """``dtype`` ('float32', 'bfloat16' or a numpy/jax dtype) by name, 'auto' resolved:
+  bfloat16 for a GPU or TPU, as the papers trained with mixed precision, float32 for a CPU,
+  whose runs and figures stay float32 (the platform compiled for, ``current()``). The one
+  rule for students (``config.dtype``) and teachers (``distill.teacher_dtype``)."""
+  if dtype == 'auto':
+    return 'float32' if current().platform == 'cpu' else 'bfloat16'
+  if isinstance(dtype, str) and dtype not in DTYPES:
+    raise ValueError(f'dtype={dtype!r}; expected one of {DTYPES}.')
+  return jnp.dtype(dtype).name
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from tinyvit_jax.data.sources import synthetic
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import student
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import record
 
 SEED, N, EPOCHS, K, CLASSES, CHUNK_ROWS = 5, 150, 2, 5, 12, 32
 # The whole recipe (RandAugment, erasing, Mixup/CutMix pairs) at 32x32, the per-image
@@ -56,7 +56,7 @@ def linear_teacher(seed: int = 0, num_classes: int = CLASSES, nan_at_call=None):
     return probs
 
   digest = hashlib.sha256(np.asarray(weights).tobytes()).hexdigest()
-  return teacher_lib.Teacher(f'linear{seed}', digest, num_classes, probabilities)
+  return record.Teacher(f'linear{seed}', digest, num_classes, probabilities)
 
 
 def save(store_path: str, global_batch: int = 32, teacher=None, **overrides):

@@ -18,7 +18,8 @@ from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import target
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.data import pipeline
+from tinyvit_jax.distill.teachers import jax_teacher
 from tinyvit_jax.models import create_model
 
 NAME = 'vit_base_patch16_clip_224'
@@ -35,26 +36,26 @@ def main(directory: str) -> None:
   images = jax.random.normal(jax.random.key(0), (16, 32, 32, 3))
   found = {}
   for sharding in ('replicated', 'sharded'):
-    made = teacher_lib.from_checkpoint(directory, sharding=sharding)
+    made = jax_teacher.from_checkpoint(directory, sharding=sharding)
     found[sharding] = np.asarray(made.probabilities(images))
-  mesh = teacher_lib.pipeline.data_mesh(jax.local_devices())
+  mesh = pipeline.data_mesh(jax.local_devices())
   batch = jax.device_put(images, NamedSharding(mesh, P('data')))  # as the step's images
   online, online_replicated = {}, {}
   for sharding in ('replicated', 'sharded'):
     distill = ml_collections.ConfigDict(dict(teacher=directory, teacher_sharding=sharding))
-    forward, leaves = teacher_lib.online(distill, None, mesh, KWARGS['num_classes'])
+    forward, leaves = jax_teacher.online(distill, None, mesh, KWARGS['num_classes'])
     online[sharding] = np.asarray(jax.nn.softmax(jax.jit(forward)(leaves, batch)))
     online_replicated[sharding] = [sum(leaf.sharding.is_fully_replicated for leaf in leaves),
                                    len(leaves)]
   state = nnx.split(model_checkpoint.restore_model(directory))[1]
-  placed, sharded = teacher_lib.place_weights(state, mesh, 'sharded')
+  placed, sharded = jax_teacher.place_weights(state, mesh, 'sharded')
   qkv = placed['blocks'][0]['attn']['qkv']['kernel']
   size = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
   auto = {}
-  for name, limit in (('above', size / teacher_lib.SHARD_ABOVE - 8),
-                      ('below', size / teacher_lib.SHARD_ABOVE + 8)):
+  for name, limit in (('above', size / jax_teacher.SHARD_ABOVE - 8),
+                      ('below', size / jax_teacher.SHARD_ABOVE + 8)):
     with target.compiling_for(target.Target('cpu', device_memory=limit)):  # a device this size
-      auto[name] = teacher_lib.place_weights(state, mesh, 'auto')[1]
+      auto[name] = jax_teacher.place_weights(state, mesh, 'auto')[1]
   print(json.dumps(dict(
       devices=mesh.size, max_abs_diff=float(np.abs(found['sharded'] - found['replicated']).max()),
       online_max_abs_diff=float(np.abs(online['sharded'] - online['replicated']).max()),

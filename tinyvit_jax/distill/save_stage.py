@@ -8,14 +8,14 @@ from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import teacher as teacher_lib
-from tinyvit_jax.distill import torch_teacher
 from tinyvit_jax.distill import verify
+from tinyvit_jax.distill.teachers import factory
+from tinyvit_jax.distill.teachers import torch_teacher
 
 
 def run(config, workdir: str) -> dict:
   """Saves (or resumes saving) the run's store; returns where, and verify's figures."""
-  teacher = teacher_lib.make_teacher(config.distill, config.aug, config.num_classes)
+  teacher = factory.make_teacher(config.distill, config.aug, config.num_classes)
   path = store.location(config.distill, workdir)
   source = sources.from_config(config.data, 'train')
   views = config.distill.views_per_example

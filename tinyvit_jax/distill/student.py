@@ -32,7 +32,7 @@ from tinyvit_jax.distill import losses
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import targets
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import jax_teacher
 
 MODES = ('dense', 'soft', 'hard')
 
@@ -153,5 +153,5 @@ def make(config, source, workdir: str, mesh) -> Student:
         seed=config.seed, k=distill.k, num_classes=config.num_classes,
         repeats=order.repeats_of(config.data), views=views))
   elif distill.kind != 'none':
-    teacher, leaves = teacher_lib.online(distill, config.aug, mesh, config.num_classes)
+    teacher, leaves = jax_teacher.online(distill, config.aug, mesh, config.num_classes)
   return Student(views, host_hook, teacher, leaves, make_loss(config))

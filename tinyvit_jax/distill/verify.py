@@ -27,7 +27,7 @@ from tinyvit_jax.data import sources
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import jax_teacher
 
 
 class VerificationError(errors.UserError, ValueError):
@@ -130,7 +130,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     source = sources.make_source(args.dataset, **dict(_argument(a) for a in args.dataset_arg))
-    verify(args.store, teacher_lib.from_checkpoint(args.teacher), source, sample=args.sample,
+    verify(args.store, jax_teacher.from_checkpoint(args.teacher), source, sample=args.sample,
            seed=args.seed, batch=args.batch, min_top1_agreement=args.min_top1_agreement,
            max_mean_abs_diff=args.max_mean_abs_diff)
   except errors.UserError as error:

@@ -12,13 +12,14 @@ import re
 import ml_collections
 
 from tinyvit_jax import errors
+from tinyvit_jax import target
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import order
-from tinyvit_jax.distill import teacher
+from tinyvit_jax.distill.teachers import jax_teacher
 
 STAGES = ('save_logits', 'train', 'eval', 'export')
 DISTILL_KINDS = ('none', 'fpd', 'soft', 'hard')
-DTYPES = teacher.DTYPES
+DTYPES = target.DTYPES
 # The key that says where a data source's files are (data/sources); the other sources
 # (digits, synthetic) need none.
 DATA_PATH_KEYS = {'tfds': 'data_dir', 'array_record': 'directory', 'folder': 'root'}
@@ -53,9 +54,9 @@ class ConfigError(errors.UserError, ValueError):
 
 
 def compute_dtype(config) -> str:
-  """``config.dtype`` with 'auto' resolved: bfloat16 on a GPU or TPU, as the papers trained
-  with mixed precision, and float32 on a CPU, whose runs and figures stay float32."""
-  return teacher.compute_dtype(config.dtype)
+  """``config.dtype`` with 'auto' resolved by the platform compiled for
+  (``target.compute_dtype``, the rule teachers follow too)."""
+  return target.compute_dtype(config.dtype)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -103,7 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.kind = 'none'  # 'fpd': soft CE on the teacher, no labels; 'soft'/'hard': DeiT
   c.distill.from_store = False  # teacher rows from a logit store (else the teacher online)
   c.distill.teacher = ''  # 'ours': a checkpoint dir or hf-hub:ORG/NAME; 'timm'/'torch': a file
-  c.distill.teacher_adapter = 'ours'  # or 'timm', 'torch' (distill/teacher.py)
+  c.distill.teacher_adapter = 'ours'  # or 'timm', 'torch' (distill/teachers/factory.py)
   c.distill.teacher_model = ''  # timm name, or 'package.module:factory' for 'torch'
   c.distill.teacher_kwargs = ml_collections.ConfigDict()
   c.distill.teacher_num_classes = 0  # 0: the checkpoint's head size
@@ -111,7 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.teacher_std = ()
   c.distill.teacher_device = 'cpu'
   # 'ours' only: compute dtype ('auto': bfloat16 on GPU/TPU), and weights 'replicated',
-  # 'sharded' over the devices, or 'auto': sharded if too big for one (distill/teacher.py).
+  # 'sharded' over the devices, or 'auto': sharded if too big for one
+  # (distill/teachers/jax_teacher.py).
   c.distill.teacher_dtype = 'float32'
   c.distill.teacher_sharding = 'auto'
   c.distill.teacher_class_index = ''  # teacher class of each student class, one per line
@@ -295,7 +297,7 @@ def _distill_problems(config) -> list[str]:
     if not distill.teacher:
       problems.append(f'distill.kind={distill.kind!r} needs distill.teacher (a checkpoint '
                       'dir) to run online, or distill.from_store=True and a store.')
-    elif online_problem := teacher.check_online(distill):
+    elif online_problem := jax_teacher.check_online(distill):
       problems.append(online_problem)
   views = distill.views_per_example
   if views != int(views) or views < 0:
@@ -312,7 +314,7 @@ def _distill_problems(config) -> list[str]:
                     f'{config.num_classes}.')
   for key, value, allowed in (('distill.teacher_dtype', distill.teacher_dtype, DTYPES),
                               ('distill.teacher_sharding', distill.teacher_sharding,
-                               teacher.SHARDINGS)):
+                               jax_teacher.SHARDINGS)):
     if value not in allowed:
       problems.append(f'{key}={value!r}; expected one of {allowed}.')
   return problems

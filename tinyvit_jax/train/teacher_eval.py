@@ -35,13 +35,15 @@ from jax.sharding import PartitionSpec as P
 from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import progress
+from tinyvit_jax import target
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
-from tinyvit_jax.distill import teacher as teacher_lib
-from tinyvit_jax.distill import torch_teacher
+from tinyvit_jax.distill.teachers import factory
+from tinyvit_jax.distill.teachers import record
+from tinyvit_jax.distill.teachers import torch_teacher
 
 FILE = 'teacher_eval.npz'
 # The distill settings besides the weights that change the teacher's rows.
@@ -69,13 +71,13 @@ def rows(config, source, workdir: str) -> Rows:
   distill, teacher = config.distill, None
   checkpoint_hash = _recorded_hash(distill)
   if checkpoint_hash is None:  # only the weights themselves tell
-    teacher = teacher_lib.make_teacher(distill, config.aug, config.num_classes)
+    teacher = factory.make_teacher(distill, config.aug, config.num_classes)
     checkpoint_hash = teacher.checkpoint_hash
   path = os.path.join(workdir, FILE)
   kept = _read(path, _made_for(config, source, checkpoint_hash))
   if kept is not None:
     return kept
-  teacher = teacher or teacher_lib.make_teacher(distill, config.aug, config.num_classes)
+  teacher = teacher or factory.make_teacher(distill, config.aug, config.num_classes)
   made_for = _made_for(config, source, teacher.checkpoint_hash)  # the weights' own hash
   share = compute_share(teacher, source, _preprocess(config), config.eval_batch_size,
                         distill.k, jax.process_index(), jax.process_count())
@@ -138,7 +140,7 @@ def _made_for(config, source, checkpoint_hash: str) -> dict:
       class_index = hashlib.sha256(f.read()).hexdigest()
   return json.loads(json.dumps(dict(
       teacher_checkpoint_hash=checkpoint_hash,
-      teacher_dtype=teacher_lib.compute_dtype(distill.get('teacher_dtype', 'float32')),
+      teacher_dtype=target.compute_dtype(distill.get('teacher_dtype', 'float32')),
       teacher_class_index=class_index,
       **{name: distill.get(name) for name in _TEACHER_FIELDS},
       dataset=config.data.name or config.data.source, eval_size=len(source),
@@ -148,7 +150,7 @@ def _made_for(config, source, checkpoint_hash: str) -> dict:
 
 def _preprocess(config) -> dict:
   """The student's eval preprocessing, normalised as its training views are."""
-  mean, std = teacher_lib.student_normalisation(config.aug)
+  mean, std = record.student_normalisation(config.aug)
   return dict(config.eval_aug, mean=mean, std=std)
 
 

@@ -2,7 +2,7 @@
 
 One integer a line; line ``c`` is the source class that target class ``c`` is. Fine-tuning
 gathers a pretrained head's rows through it (``train/pretrained.py``); an FPD teacher's
-probabilities are read through it (``distill/teacher.py``). One reader serves both.
+probabilities are read through it (``distill/teachers/``). One reader serves both.
 """
 import os
 

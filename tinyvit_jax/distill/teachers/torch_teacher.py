@@ -1,16 +1,17 @@
 """Teachers from PyTorch for the save pass: a timm model by name, or any torch module.
 
 The store decouples teacher from student, so the teacher may come from any framework:
-these adapters return the same ``teacher.Teacher`` record as our own checkpoints do
-(``teacher.from_checkpoint``), and the save pass cannot tell them apart. They run on the
-host (CPU or the host's CUDA GPU), not in the student's jitted step: ``teacher.make_teacher``
-builds them from a config and reads them through a class-index file if it names one.
+these adapters return the same ``record.Teacher`` as our own checkpoints do
+(``jax_teacher.from_checkpoint``), and the save pass cannot tell them apart. They run on
+the host (CPU or the host's CUDA GPU), not in the student's jitted step:
+``factory.make_teacher`` builds them from a config and reads them through a class-index
+file if it names one.
 
 Images. The save pass hands the teacher the student's augmented views, normalised with
 the augmentation config's mean and std (``x_s = (x - mean_s) / std_s``, x in [0, 1]).
 A torch teacher was trained with its own normalisation, so each view is un-normalised
 and re-normalised with the teacher's mean and std (timm: the model's ``pretrained_cfg``)
-by ``teacher.renormalise``. There is no second augmentation: the teacher sees the very
+by ``record.renormalise``. There is no second augmentation: the teacher sees the very
 pixels the student will. The views travel through host numpy (a jax array may
 be sharded over several devices, which one DLPack capsule cannot carry; next to the
 teacher's forward pass the copy is negligible): NHWC numpy permuted to NCHW is already
@@ -37,12 +38,12 @@ from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import normalisation
 from tinyvit_jax import torch_state_dicts
-from tinyvit_jax.distill import teacher as teacher_lib
+from tinyvit_jax.distill.teachers import record
 
 
 def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None = None,
               device: str = 'cpu', input_mean=normalisation.IMAGENET_MEAN,
-              input_std=normalisation.IMAGENET_STD, **model_kwargs) -> teacher_lib.Teacher:
+              input_std=normalisation.IMAGENET_STD, **model_kwargs) -> record.Teacher:
   """``timm.create_model(model_name, num_classes=..., **model_kwargs)`` with the weights
   of the local state_dict file ``checkpoint_path`` (.pth/.pt or .safetensors).
 
@@ -62,16 +63,16 @@ def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None 
   _load(model, state_dict, f'timm:{model_name}', checkpoint_path)
   cfg = model.pretrained_cfg
   return _torch_teacher(model, f'timm:{model_name}', _file_hash(checkpoint_path),
-                           model.num_classes, device=device,
-                           mean=cfg['mean'], std=cfg['std'], input_mean=input_mean,
-                           input_std=input_std)
+                        model.num_classes, device=device,
+                        mean=cfg['mean'], std=cfg['std'], input_mean=input_mean,
+                        input_std=input_std)
 
 
 def from_torch_module(import_path: str, checkpoint_path: str | None = None, *,
                       num_classes: int, mean, std, device: str = 'cpu',
                       input_mean=normalisation.IMAGENET_MEAN,
                       input_std=normalisation.IMAGENET_STD,
-                      **factory_kwargs) -> teacher_lib.Teacher:
+                      **factory_kwargs) -> record.Teacher:
   """The ``torch.nn.Module`` built by ``import_path`` = ``'package.module:factory'``.
 
   ``factory(**factory_kwargs)`` must return a module mapping (B, 3, H, W) images,
@@ -88,7 +89,7 @@ def from_torch_module(import_path: str, checkpoint_path: str | None = None, *,
   else:
     digest = _state_dict_hash(model.state_dict())
   return _torch_teacher(model, name, digest, num_classes, device=device, mean=mean,
-                           std=std, input_mean=input_mean, input_std=input_std)
+                        std=std, input_mean=input_mean, input_std=input_std)
 
 
 class UnresolvedTeacher(errors.UserError, ImportError):
@@ -137,12 +138,12 @@ def release_gpu_memory() -> None:
 
 
 def _torch_teacher(model, name: str, digest: str, num_classes: int, *, device: str, mean,
-                   std, input_mean, input_std) -> teacher_lib.Teacher:
+                   std, input_mean, input_std) -> record.Teacher:
   """A Teacher running ``model`` (see the module doc for the image handling)."""
   import torch
   model.eval()
   model.to(device, memory_format=torch.channels_last)
-  normalise = teacher_lib.renormalise(input_mean, input_std, mean, std)
+  normalise = record.renormalise(input_mean, input_std, mean, std)
 
   @torch.no_grad()
   def probabilities(images):
@@ -157,7 +158,7 @@ def _torch_teacher(model, name: str, digest: str, num_classes: int, *, device: s
                        f'{num_classes}) logits, one row per image.')
     return jnp.asarray(torch.softmax(logits.float(), dim=-1).cpu().numpy())
 
-  return teacher_lib.Teacher(name, digest, num_classes, probabilities)
+  return record.Teacher(name, digest, num_classes, probabilities)
 
 
 def _read_state_dict(path: str) -> dict:
