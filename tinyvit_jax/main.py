@@ -37,8 +37,8 @@ from tinyvit_jax import chips
 from tinyvit_jax import compile_cache
 from tinyvit_jax import errors
 from tinyvit_jax import fault_broadcast
-from tinyvit_jax import full_disk
 from tinyvit_jax import plan
+from tinyvit_jax import writes
 from tinyvit_jax.distill import save_stage
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import torch_teacher
@@ -190,7 +190,7 @@ def _resolve_workdir(config, workdir: str):
 
 def _write_json(path: str, value) -> None:
   """Atomically: a full disk leaves the old file, and no temporary one."""
-  with full_disk.writing(path, partial=path + '.tmp'):
+  with writes.writing(path, partial=path + '.tmp'):
     with open(path + '.tmp', 'w') as f:
       json.dump(value, f, indent=1)
     os.replace(path + '.tmp', path)
@@ -203,8 +203,8 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
   for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
-    logger.addFilter(full_disk.QuietFullDisk())  # orbax's writers log what DiskFull says
-  full_disk.quiet_abandoned_writes()
+    logger.addFilter(writes.QuietFullDisk())  # orbax's writers log what DiskFull says
+  writes.quiet_abandoned_writes()
   if _PLAN.value:
     chips.compile_only()  # before jax starts: the plan compiles for chips it does not use
   try:

@@ -61,7 +61,7 @@ import zlib
 import numpy as np
 
 from tinyvit_jax import errors
-from tinyvit_jax import full_disk
+from tinyvit_jax import writes
 from tinyvit_jax.data import order
 from tinyvit_jax.distill.manifest import META_FIELDS, STUDENT_FIELDS
 
@@ -432,7 +432,7 @@ def _from_byte_planes(data: np.ndarray, rows: int, m: int, dtype: np.dtype) -> n
 def _write_atomic(path: str, data: bytes) -> None:
   """Writes ``path`` so that it exists only whole: temp file, fsync, rename, fsync dir.
   A full disk removes the temp file and raises ``DiskFull``."""
-  with full_disk.writing(path, 'rerun the save: it resumes at the first missing chunk',
+  with writes.writing(path, 'rerun the save: it resumes at the first missing chunk',
                          partial=path + '.tmp'):
     with open(path + '.tmp', 'wb') as f:
       f.write(data)

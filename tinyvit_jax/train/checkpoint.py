@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import errors
-from tinyvit_jax import full_disk
+from tinyvit_jax import writes
 
 
 class WorkdirMismatch(errors.UserError, ValueError):
@@ -47,7 +47,7 @@ def check_workdir_identity(workdir: str, identity: dict) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     tmp = path.parent / 'run.json.tmp'
-    with full_disk.writing(path, partial=tmp):
+    with writes.writing(path, partial=tmp):
       tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
       tmp.rename(path)
 
@@ -101,7 +101,7 @@ class Checkpoints:
     return f'rerun: it resumes from step {self.latest_step() or 0} in {self.directory}'
 
   def _writing(self):
-    return full_disk.writing(self.directory, self.resume_hint)
+    return writes.writing(self.directory, self.resume_hint)
 
 
 def _is_key(x) -> bool:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 
-from tinyvit_jax import full_disk
+from tinyvit_jax import writes
 from tinyvit_jax.train import tensorboard_events
 
 METRICS_FILE = 'metrics.jsonl'
@@ -42,7 +42,7 @@ def truncate_jsonl(path: str, step: int) -> None:
     return
   kept = [row for row in read_jsonl(path) if row['step'] <= step]
   tmp = path + '.tmp'
-  with full_disk.writing(path, partial=tmp):
+  with writes.writing(path, partial=tmp):
     with open(tmp, 'w') as f:
       f.writelines(json.dumps(row) + '\n' for row in kept)
     os.replace(tmp, path)
@@ -84,9 +84,9 @@ class MetricsWriter:
     if not self.is_main:
       return
     row = dict(step=int(step), **{name: _plain(v) for name, v in scalars.items()})
-    with full_disk.writing(self.path), open(self.path, 'a') as f:
+    with writes.writing(self.path), open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')  # a torn line reads as absent (read_jsonl)
-    with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
+    with writes.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
       if self._tb is None:
         self._tb = tensorboard_events.EventFile(os.path.join(self.workdir, TENSORBOARD_DIR),
                                                 self._purge_step)
@@ -97,7 +97,7 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       tb, self._tb = self._tb, None
-      with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
+      with writes.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
         tb.close()
 
 

@@ -32,9 +32,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import progress
+from tinyvit_jax import writes
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import pipeline
@@ -180,7 +180,7 @@ def _read(path: str, made_for: dict) -> Rows | None:
 
 def _write(path: str, kept: Rows, made_for: dict) -> None:
   tmp = path + '.tmp'
-  with full_disk.writing(path, partial=tmp):
+  with writes.writing(path, partial=tmp):
     with open(tmp, 'wb') as f:
       np.savez(f, values=kept.values, indices=kept.indices, made_for=json.dumps(made_for))
     os.replace(tmp, path)
