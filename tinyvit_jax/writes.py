@@ -1,15 +1,18 @@
-"""A full disk as one line: the write that failed, the space left, and what to do.
+"""The write layer: a file appears whole or not at all, and a full disk is one line.
 
-Every write of a run (checkpoints, logit-store chunks and manifests, metrics, the stage
-record) goes through ``writing``, so ENOSPC or EDQUOT ends the run with ``DiskFull``,
-which ``main`` prints as ``error: ...`` without a traceback.
+``replacing`` writes a file or a folder under a temporary name beside it, fsyncs it and
+renames it over the target (``write_json`` writes JSON through it); ``writing`` guards the
+writes that cannot be replaced whole (appends, orbax's checkpoints). A full disk in either
+raises ``DiskFull``, which each CLI prints as ``error: ...`` without a traceback.
 """
 import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 
 from tinyvit_jax import errors
 
@@ -17,12 +20,13 @@ FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFull(errors.UserError, OSError):
-  """A write found no space left; the message names the path, the free space and the fix."""
+  """A write found no space left; the message names the path, the free space and the fix:
+  free space or move ``move`` (the flag that says where the file goes), then ``then``."""
 
-  def __init__(self, path: str, then: str = 'rerun'):
+  def __init__(self, path: str, then: str = 'rerun', move: str = '--workdir'):
     self.path = str(path)
     super().__init__(f'no space left writing {self.path} ({free_bytes(self.path):,} bytes '
-                     f'free): free space or move --workdir, then {then}.')
+                     f'free): free space or move {move}, then {then}.')
 
 
 def is_full(error: BaseException) -> bool:
@@ -34,19 +38,73 @@ def is_full(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def writing(path: str, then='rerun', partial: str | None = None):
-  """Turns a full disk inside the block into ``DiskFull(path)``, removing ``partial`` (a
-  temporary file the block was writing) so nothing half-written stays behind. ``then``
-  (text, or a function giving it once the write has failed) says what a rerun does."""
+def writing(path: str, then='rerun', move: str = '--workdir'):
+  """Turns a full disk inside the block into ``DiskFull(path)``. ``then`` (text, or a
+  function giving it once the write has failed) says what a rerun does."""
   try:
     yield
   except (OSError, ValueError) as error:
     if isinstance(error, DiskFull) or not is_full(error):
       raise
-    if partial is not None:
-      with contextlib.suppress(FileNotFoundError):
-        os.remove(partial)
-    raise DiskFull(path, then() if callable(then) else then) from None
+    raise DiskFull(path, then() if callable(then) else then, move) from None
+
+
+@contextlib.contextmanager
+def replacing(path: str, then='rerun', move: str = '--workdir') -> Iterator[str]:
+  """Yields ``path + '.tmp'`` for the block to write, as a file or a folder it creates.
+
+  When the block returns, the temporary is fsynced and renamed over ``path``, and the
+  rename fsynced, so ``path`` holds its old contents or the whole new ones even after a
+  kill or a power cut, and is durable before anything written later refers to it. What
+  the block raises removes the temporary (a kill leaves it, and the next write of
+  ``path`` removes it); a full disk raises ``DiskFull`` as ``writing`` does.
+  """
+  tmp = path + '.tmp'
+  _remove(tmp)
+  try:
+    with writing(path, then, move):
+      yield tmp
+      _fsync(tmp)
+      os.replace(tmp, path)
+      _fsync(os.path.dirname(path) or '.')
+  except BaseException:
+    _remove(tmp)
+    raise
+
+
+def write_json(path: str, value, sort_keys: bool = False, then='rerun',
+               move: str = '--workdir') -> None:
+  """Writes ``value`` as JSON (indented by one) through ``replacing``."""
+  text = json.dumps(value, indent=1, sort_keys=sort_keys, default=_plain)
+  with replacing(path, then, move) as tmp, open(tmp, 'w') as f:
+    f.write(text)
+
+
+def _plain(value):
+  """JSON for what ``json`` does not know: a ConfigDict, numpy's and jax's arrays."""
+  if hasattr(value, 'to_dict'):
+    return value.to_dict()
+  if hasattr(value, 'tolist'):
+    return value.tolist()
+  raise TypeError(f'{value!r} ({type(value).__name__}) is not JSON: give plain numbers, '
+                  'strings, lists or dicts.')
+
+
+def _fsync(path: str) -> None:
+  """Flushes a file, or a folder's entries, to the disk."""
+  descriptor = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(descriptor)
+  finally:
+    os.close(descriptor)
+
+
+def _remove(path: str) -> None:
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
 
 
 class QuietFullDisk(logging.Filter):

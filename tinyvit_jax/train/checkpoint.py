@@ -46,10 +46,7 @@ def check_workdir_identity(workdir: str, identity: dict) -> None:
     return
   path.parent.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    tmp = path.parent / 'run.json.tmp'
-    with writes.writing(path, partial=tmp):
-      tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
-      tmp.rename(path)
+    writes.write_json(str(path), identity, sort_keys=True)
 
 
 class Checkpoints:

@@ -41,11 +41,8 @@ def truncate_jsonl(path: str, step: int) -> None:
   if not os.path.exists(path):
     return
   kept = [row for row in read_jsonl(path) if row['step'] <= step]
-  tmp = path + '.tmp'
-  with writes.writing(path, partial=tmp):
-    with open(tmp, 'w') as f:
-      f.writelines(json.dumps(row) + '\n' for row in kept)
-    os.replace(tmp, path)
+  with writes.replacing(path) as tmp, open(tmp, 'w') as f:
+    f.writelines(json.dumps(row) + '\n' for row in kept)
 
 
 def read_metrics(workdir: str) -> list[dict]:

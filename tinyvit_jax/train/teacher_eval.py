@@ -179,8 +179,5 @@ def _read(path: str, made_for: dict) -> Rows | None:
 
 
 def _write(path: str, kept: Rows, made_for: dict) -> None:
-  tmp = path + '.tmp'
-  with writes.writing(path, partial=tmp):
-    with open(tmp, 'wb') as f:
-      np.savez(f, values=kept.values, indices=kept.indices, made_for=json.dumps(made_for))
-    os.replace(tmp, path)
+  with writes.replacing(path) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, values=kept.values, indices=kept.indices, made_for=json.dumps(made_for))
