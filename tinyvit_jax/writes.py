@@ -4,6 +4,7 @@
 renames it over the target (``write_json`` writes JSON through it); ``writing`` guards the
 writes that cannot be replaced whole (appends, orbax's checkpoints). A full disk in either
 raises ``DiskFull``, which each CLI prints as ``error: ...`` without a traceback.
+``plain_json`` is a value as a file ``write_json`` wrote reads it back.
 """
 import contextlib
 import errno
@@ -78,6 +79,13 @@ def write_json(path: str, value, sort_keys: bool = False, then='rerun',
   text = json.dumps(value, indent=1, sort_keys=sort_keys, default=_plain)
   with replacing(path, then, move) as tmp, open(tmp, 'w') as f:
     f.write(text)
+
+
+def plain_json(value):
+  """``value`` as a file ``write_json`` wrote reads it back (tuples as lists, numpy and
+  jax numbers as Python ones, a ConfigDict as a dict), so that it compares fairly with
+  one."""
+  return json.loads(json.dumps(value, default=_plain))
 
 
 def _plain(value):

@@ -140,7 +140,7 @@ class LogitStore:
       raise FileExistsError(f'{path} already holds a logit store; open it to resume.')
     rows = order.epoch_length(meta['dataset_size'], order.check_repeats(
         order.Repeats(**meta['repeats'])))
-    manifest = dict(_json_normal(meta), format_version=FORMAT_VERSION,
+    manifest = dict(writes.plain_json(meta), format_version=FORMAT_VERSION,
                     rows_per_epoch=rows, chunk_rows=chunk_rows,
                     value_dtype='float16', index_dtype=index_dtype(num_classes).name,
                     example_index_dtype=_EXAMPLE_DTYPE.name, epochs_done=[])
@@ -159,7 +159,7 @@ class LogitStore:
 
   def check_compatible(self, student: dict) -> None:
     """Refuses a student whose data or targets differ, naming each field and both values."""
-    student = _json_normal(student)
+    student = writes.plain_json(student)
     problems = []
     for field in STUDENT_FIELDS:
       if field not in student:
@@ -450,11 +450,6 @@ def _read_manifest(path: str) -> dict:
 
 def _write_manifest(path: str, manifest: dict) -> None:
   writes.write_json(os.path.join(path, _MANIFEST), manifest, sort_keys=True, then=_RERUN)
-
-
-def _json_normal(value):
-  """The value as it reads back from JSON (tuples become lists), so comparisons are fair."""
-  return json.loads(json.dumps(value))
 
 
 def _differences(name: str, stored, given) -> list:

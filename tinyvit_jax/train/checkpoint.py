@@ -33,7 +33,7 @@ class WorkdirMismatch(errors.UserError, ValueError):
 def check_workdir_identity(workdir: str, identity: dict) -> None:
   """Records ``identity`` in ``workdir/run.json``, or refuses a workdir of another run."""
   path = epath.Path(workdir) / 'run.json'
-  identity = json.loads(json.dumps(identity))
+  identity = writes.plain_json(identity)
   if path.exists():
     stored = json.loads(path.read_text())
     differences = [f'{key}: workdir has {stored.get(key)!r}, this config {identity.get(key)!r}'

@@ -49,14 +49,6 @@ def read_metrics(workdir: str) -> list[dict]:
   return read_jsonl(os.path.join(workdir, METRICS_FILE))
 
 
-def _plain(value):
-  """JSON- and TensorBoard-ready: numpy/jax scalars become Python numbers."""
-  if isinstance(value, (bool, int, float, str)) or value is None:
-    return value
-  item = getattr(value, 'item', None)
-  return item() if item is not None else value
-
-
 class MetricsWriter:
   """``write(step, **scalars)`` to ``metrics.jsonl`` and TensorBoard; a no-op off
   process 0."""
@@ -80,7 +72,7 @@ class MetricsWriter:
   def write(self, step: int, **scalars) -> None:
     if not self.is_main:
       return
-    row = dict(step=int(step), **{name: _plain(v) for name, v in scalars.items()})
+    row = writes.plain_json(dict(step=int(step), **scalars))  # Python numbers, for TensorBoard too
     with writes.writing(self.path), open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')  # a torn line reads as absent (read_jsonl)
     with writes.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):

@@ -136,29 +136,19 @@ def _made_for(config, source, checkpoint_hash: str) -> dict:
   if class_index:
     with open(class_index, 'rb') as f:
       class_index = hashlib.sha256(f.read()).hexdigest()
-  return json.loads(json.dumps(dict(
+  return writes.plain_json(dict(
       teacher_checkpoint_hash=checkpoint_hash,
       teacher_dtype=teacher_lib.compute_dtype(distill.get('teacher_dtype', 'float32')),
       teacher_class_index=class_index,
       **{name: distill.get(name) for name in _TEACHER_FIELDS},
       dataset=config.data.name or config.data.source, eval_size=len(source),
-      num_classes=config.num_classes, preprocess=_preprocess(config),
-      k=distill.k), default=_plain))
+      num_classes=config.num_classes, preprocess=_preprocess(config), k=distill.k))
 
 
 def _preprocess(config) -> dict:
   """The student's eval preprocessing, normalised as its training views are."""
   mean, std = teacher_lib.student_normalisation(config.aug)
   return dict(config.eval_aug, mean=mean, std=std)
-
-
-def _plain(value):
-  """JSON for a ConfigDict (``teacher_kwargs``) and tuples' numpy numbers."""
-  if hasattr(value, 'to_dict'):
-    return value.to_dict()
-  if hasattr(value, 'tolist'):
-    return value.tolist()
-  raise TypeError(f'{value!r} is not JSON')
 
 
 def _read(path: str, made_for: dict) -> Rows | None:
