@@ -62,15 +62,15 @@ def replacing(path: str, then='rerun', move: str = '--workdir') -> Iterator[str]
   """
   tmp = path + '.tmp'
   _remove(tmp)
-  try:
-    with writing(path, then, move):
+  with writing(path, then, move):
+    try:
       yield tmp
       _fsync(tmp)
       os.replace(tmp, path)
       _fsync(os.path.dirname(path) or '.')
-  except BaseException:
-    _remove(tmp)
-    raise
+    except BaseException:
+      _remove(tmp)  # before DiskFull counts the free space
+      raise
 
 
 def write_json(path: str, value, sort_keys: bool = False, then='rerun',
