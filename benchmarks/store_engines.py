@@ -30,6 +30,7 @@ import numpy as np
 import tensorstore as ts
 from array_record.python import array_record_module
 
+from tinyvit_jax import writes
 from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import store
 
@@ -53,8 +54,9 @@ class FilesRaw:
     os.makedirs(path)
 
   def write(self, start, values, indices, example):
-    store._write_atomic(os.path.join(self.path, f'{start // CHUNK:06d}'),
-                        values.tobytes() + indices.tobytes() + example.tobytes())
+    path = os.path.join(self.path, f'{start // CHUNK:06d}')
+    with writes.replacing(path) as tmp, open(tmp, 'wb') as f:
+      f.write(values.tobytes() + indices.tobytes() + example.tobytes())
 
   def read(self, start, count):
     pieces = []

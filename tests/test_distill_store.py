@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import store_writer_run
-from tinyvit_jax import full_disk
+from tinyvit_jax import writes
 from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
@@ -159,7 +159,7 @@ def test_full_disk_names_the_chunk_leaves_no_temp_file_and_a_rerun_completes(wri
   logits, columns = written
   path = os.path.join(small_disk.path, 'store')
   full = store.LogitStore.create(path, make_meta(), chunk_rows=CHUNK)
-  with pytest.raises(full_disk.DiskFull) as error, full.epoch_writer(0) as writer:
+  with pytest.raises(writes.DiskFull) as error, full.epoch_writer(0) as writer:
     writer.write(0, *(c[:CHUNK] for c in columns))  # chunk 0 fits
     small_disk.fill()
     writer.write(CHUNK, *(c[CHUNK:2 * CHUNK] for c in columns))

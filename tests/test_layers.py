@@ -10,7 +10,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Areas (a subpackage, or a top-level module), lowest layer first. A module imports its
 # own layer and those below; models and data, one layer, never each other.
 LAYERS = (
-    {'errors', 'full_disk', 'progress', 'target', 'compile_cache', 'normalisation', 'chips',
+    {'errors', 'writes', 'progress', 'target', 'compile_cache', 'normalisation', 'chips',
      'fault_broadcast'},
     {'models', 'data'},
     {'model_checkpoint', 'torch_state_dicts'},

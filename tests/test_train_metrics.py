@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from tensorboardX.proto import event_pb2
 from tensorboardX.proto import summary_pb2
 
-from tinyvit_jax import full_disk
+from tinyvit_jax import writes
 from tinyvit_jax.train import metrics
 from tinyvit_jax.train import tensorboard_events
 
@@ -121,14 +121,14 @@ def test_full_disk_names_the_file_and_leaves_only_whole_rows(small_disk):
   writer = metrics.MetricsWriter(workdir)
   writer.write(1, loss=1.0)
   small_disk.fill()
-  with pytest.raises(full_disk.DiskFull, match=r'^no space left writing .*/run/'
+  with pytest.raises(writes.DiskFull, match=r'^no space left writing .*/run/'
                      r'(metrics\.jsonl|tensorboard) \(\d[\d,]* bytes free\): free space or '
                      r'move --workdir, then rerun\.$'):
     for step in range(2, 100_000):  # the file's last page takes rows until it is full
       writer.write(step, loss=1.0, note='x' * 100)
   steps = [row['step'] for row in metrics.read_metrics(workdir)]
   assert steps == list(range(1, len(steps) + 1))
-  with pytest.raises(full_disk.DiskFull, match='metrics.jsonl'):
+  with pytest.raises(writes.DiskFull, match='metrics.jsonl'):
     metrics.truncate_jsonl(writer.path, 1)
   assert sorted(os.listdir(workdir)) == ['metrics.jsonl', 'tensorboard']
   writer.close()

@@ -23,6 +23,7 @@ from tinyvit_jax import compile_cache
 from tinyvit_jax import errors
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import torch_state_dicts
+from tinyvit_jax import writes
 from tinyvit_jax.models import create_model, hub
 from tinyvit_jax.models.timm_weights import load_timm_state_dict, write_timm_safetensors
 
@@ -127,6 +128,9 @@ def run(argv=None) -> int:
           f'{metadata["preprocess"]["mean"]} and std {metadata["preprocess"]["std"]}) to '
           f'{args.out}')
     return 0
+  except writes.DiskFull as error:  # the writers' fix names --workdir; here the output flag
+    return errors.refuse(writes.DiskFull(error.path, move='--to-timm' if args.to_timm
+                                         else '--out'), status=2)
   except errors.UserError as error:
     return errors.refuse(error, status=2)
 

@@ -22,7 +22,6 @@ slice this machine does not have and prints whether each fits (``plan.py``), tou
 device, data or workdir either.
 """
 import contextlib
-import json
 import logging as std_logging
 import os
 import sys
@@ -37,8 +36,8 @@ from tinyvit_jax import chips
 from tinyvit_jax import compile_cache
 from tinyvit_jax import errors
 from tinyvit_jax import fault_broadcast
-from tinyvit_jax import full_disk
 from tinyvit_jax import plan
+from tinyvit_jax import writes
 from tinyvit_jax.distill import save_stage
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill.teachers import torch_teacher
@@ -94,7 +93,7 @@ def run_recipe(config, workdir: str, mode: str | None = None,
                      **run_stages(run_config, stage_records.run_workdir(workdir, name), mode,
                                   redo=redone[name], recipe_workdir=workdir)))
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, 'summary.json'), rows)
+    writes.write_json(os.path.join(workdir, 'summary.json'), rows)
     print(metrics.summary_table(rows), flush=True)
   return rows
 
@@ -154,7 +153,7 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
       if stage == 'train':
         done[stage_records.UNFINISHED] = dict(train=record('train'))  # what made the checkpoints
         if jax.process_index() == 0:
-          _write_json(record_path, done)
+          writes.write_json(record_path, done)
         result = run.train()
         if result.get('stopped_by_sigterm'):
           logging.warning('SIGTERM: checkpointed step %d in %s; rerun to resume.',
@@ -170,7 +169,7 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
     if stage == 'train':
       done.pop(stage_records.UNFINISHED, None)  # its checkpoints are the finished stage's
     if jax.process_index() == 0:
-      _write_json(record_path, done)
+      writes.write_json(record_path, done)
   evaluated = done.get('eval', {})
   agreement = {key: evaluated[key] for key in ('teacher_agreement', 'teacher_kl')
                if key in evaluated}  # only a run with a teacher has them
@@ -188,14 +187,6 @@ def _resolve_workdir(config, workdir: str):
   return config
 
 
-def _write_json(path: str, value) -> None:
-  """Atomically: a full disk leaves the old file, and no temporary one."""
-  with full_disk.writing(path, partial=path + '.tmp'):
-    with open(path + '.tmp', 'w') as f:
-      json.dump(value, f, indent=1)
-    os.replace(path + '.tmp', path)
-
-
 def main(argv):
   if len(argv) > 1:
     sys.exit(errors.refuse(f'unexpected arguments {argv[1:]}; flags are --name=value (see '
@@ -203,8 +194,8 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
   for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
-    logger.addFilter(full_disk.QuietFullDisk())  # orbax's writers log what DiskFull says
-  full_disk.quiet_abandoned_writes()
+    logger.addFilter(writes.QuietFullDisk())  # orbax's writers log what DiskFull says
+  writes.quiet_abandoned_writes()
   if _PLAN.value:
     chips.compile_only()  # before jax starts: the plan compiles for chips it does not use
   try:
@@ -240,7 +231,7 @@ def plan_recipe(config, workdir: str, accelerator: str, json_path: str | None = 
   rows = plan.plan_recipe(check_recipe(config, workdir, data_dir), workdir, accelerator,
                           mode=mode, fit_batch=fit_batch)
   if json_path:
-    _write_json(json_path, rows)
+    writes.write_json(json_path, rows)
   print(plan.table(rows), flush=True)
   problems = plan.problems(rows)
   if problems:

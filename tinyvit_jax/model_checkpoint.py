@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 
 import jax
 import numpy as np
@@ -27,6 +26,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from tinyvit_jax import errors
+from tinyvit_jax import writes
 from tinyvit_jax.models import WEIGHTS, hub, model_info, registry
 
 FORMAT_VERSION = 1
@@ -58,10 +58,9 @@ def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool 
                      'pass plain numbers, strings or lists.')
   if os.path.exists(directory) and not overwrite:
     raise CheckpointExists(f'{directory} exists; choose another --out or remove it.')
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.tmp-', dir=parent)
-  try:
+  os.makedirs(os.path.dirname(directory), exist_ok=True)
+  with writes.replacing(directory) as tmp:
+    os.mkdir(tmp)
     state = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(os.path.join(tmp, 'state'), state)
@@ -72,9 +71,6 @@ def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool 
                 indent=1)
     if os.path.exists(directory):
       shutil.rmtree(directory)
-    os.replace(tmp, directory)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def weights_hash(state) -> str:

@@ -1,6 +1,6 @@
 """Progress bars: tqdm, quiet enough for a log file, counted in images.
 
-The lowest layer beside ``errors`` and ``full_disk``: the save pass, the teacher's eval
+The lowest layer beside ``errors`` and ``writes``: the save pass, the teacher's eval
 and the train loop all draw one.
 """
 import sys

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from tinyvit_jax import writes
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import order
 from tinyvit_jax.data.sources import decode
@@ -44,7 +45,7 @@ def augmentation_fields(aug_config) -> dict:
   """The full training augmentation config (defaults filled in) as plain JSON values."""
   augment.make_train_augment(aug_config)  # unknown keys and bad values raise here
   given = aug_config.to_dict() if hasattr(aug_config, 'to_dict') else dict(aug_config or {})
-  return json.loads(json.dumps(dict(augment.TRAIN_DEFAULTS, **given), default=_plain))
+  return writes.plain_json(dict(augment.TRAIN_DEFAULTS, **given))
 
 
 def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
@@ -71,11 +72,3 @@ def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
     return fields
   return dict(fields, teacher_name=teacher.name,
               teacher_checkpoint_hash=teacher.checkpoint_hash)
-
-
-def _plain(value):
-  """JSON for numpy numbers and arrays in a config."""
-  if hasattr(value, 'tolist'):
-    return value.tolist()
-  raise TypeError(f'{value!r} ({type(value).__name__}) in the augmentation config is not '
-                  'a plain number, string or list.')

@@ -60,7 +60,7 @@ import zlib
 import numpy as np
 
 from tinyvit_jax import errors
-from tinyvit_jax import full_disk
+from tinyvit_jax import writes
 from tinyvit_jax.data import order
 from tinyvit_jax.distill.manifest import META_FIELDS, STUDENT_FIELDS
 
@@ -71,6 +71,7 @@ _PLAIN_REPEATS = order.Repeats()._asdict()
 DEFAULT_CHUNK_ROWS = 4096
 
 _MANIFEST = 'manifest.json'
+_RERUN = 'rerun the save: it resumes at the first missing chunk'  # after a full disk
 _MAGIC = b'TVLS'
 # magic, format version, epoch, chunk, rows, k, index bytes, payload length; then CRC-32.
 _HEADER = struct.Struct('<4sHIIIIHQ')
@@ -138,12 +139,12 @@ class LogitStore:
       raise FileExistsError(f'{path} already holds a logit store; open it to resume.')
     rows = order.epoch_length(meta['dataset_size'], order.check_repeats(
         order.Repeats(**meta['repeats'])))
-    manifest = dict(_json_normal(meta), format_version=FORMAT_VERSION,
+    manifest = dict(writes.plain_json(meta), format_version=FORMAT_VERSION,
                     rows_per_epoch=rows, chunk_rows=chunk_rows,
                     value_dtype='float16', index_dtype=index_dtype(num_classes).name,
                     example_index_dtype=_EXAMPLE_DTYPE.name, epochs_done=[])
     os.makedirs(path, exist_ok=True)
-    _write_atomic(os.path.join(path, _MANIFEST), _manifest_bytes(manifest))
+    _write_manifest(path, manifest)
     return cls(path, manifest)
 
   @classmethod
@@ -157,7 +158,7 @@ class LogitStore:
 
   def check_compatible(self, student: dict) -> None:
     """Refuses a student whose data or targets differ, naming each field and both values."""
-    student = _json_normal(student)
+    student = writes.plain_json(student)
     problems = []
     for field in STUDENT_FIELDS:
       if field not in student:
@@ -213,7 +214,7 @@ class LogitStore:
     for chunk in range(self.num_chunks):
       self._chunk_payload(epoch, chunk)
     self.manifest['epochs_done'] = sorted(self.epochs_done + [epoch])
-    _write_atomic(os.path.join(self.path, _MANIFEST), _manifest_bytes(self.manifest))
+    _write_manifest(self.path, self.manifest)
 
   def damaged_chunks(self) -> list:
     """Each missing or damaged chunk of the done epochs, as its ``CorruptChunkError`` says
@@ -371,7 +372,9 @@ class EpochWriter:
     payload = _encode(values, indices, example_index)
     body = _HEADER.pack(_MAGIC, FORMAT_VERSION, self.epoch, chunk, len(values), self.store.k,
                         self.store.index_dtype.itemsize, len(payload)) + payload
-    _write_atomic(self.store.chunk_path(self.epoch, chunk), body + _CRC.pack(zlib.crc32(body)))
+    path = self.store.chunk_path(self.epoch, chunk)
+    with writes.replacing(path, _RERUN) as tmp, open(tmp, 'wb') as f:
+      f.write(body + _CRC.pack(zlib.crc32(body)))
     del self._pending[chunk]
     self._done.add(chunk)
 
@@ -428,23 +431,6 @@ def _from_byte_planes(data: np.ndarray, rows: int, m: int, dtype: np.dtype) -> n
   return np.ascontiguousarray(planes).view(dtype).reshape(rows, m)
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  """Writes ``path`` so that it exists only whole: temp file, fsync, rename, fsync dir.
-  A full disk removes the temp file and raises ``DiskFull``."""
-  with full_disk.writing(path, 'rerun the save: it resumes at the first missing chunk',
-                         partial=path + '.tmp'):
-    with open(path + '.tmp', 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-  os.replace(path + '.tmp', path)
-  directory = os.open(os.path.dirname(path) or '.', os.O_RDONLY)
-  try:
-    os.fsync(directory)  # the rename is durable before anything (the manifest) refers to it
-  finally:
-    os.close(directory)
-
-
 def _read_manifest(path: str) -> dict:
   try:
     with open(os.path.join(path, _MANIFEST)) as f:
@@ -461,13 +447,8 @@ def _read_manifest(path: str) -> dict:
                             f'({error}); expected the JSON a save pass writes.') from None
 
 
-def _manifest_bytes(manifest: dict) -> bytes:
-  return json.dumps(manifest, indent=1, sort_keys=True).encode()
-
-
-def _json_normal(value):
-  """The value as it reads back from JSON (tuples become lists), so comparisons are fair."""
-  return json.loads(json.dumps(value))
+def _write_manifest(path: str, manifest: dict) -> None:
+  writes.write_json(os.path.join(path, _MANIFEST), manifest, sort_keys=True, then=_RERUN)
 
 
 def _differences(name: str, stored, given) -> list:

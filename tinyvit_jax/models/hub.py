@@ -13,12 +13,11 @@ a checkpoint, so every reader of checkpoints takes a Hub name as it takes a dire
 import json
 import os
 import re
-import shutil
-import tempfile
 
 from flax import nnx
 
 from tinyvit_jax import errors
+from tinyvit_jax import writes
 from tinyvit_jax.models import registry, timm_weights
 
 PREFIX = 'hf-hub:'
@@ -231,19 +230,15 @@ def write_folder(model: nnx.Module, name: str, kwargs: dict, directory: str, *,
   directory = os.path.abspath(directory)
   if os.path.exists(directory):
     raise FolderExists(f'{directory} exists; choose another folder or remove it.')
-  parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(directory)}.tmp-', dir=parent)
-  try:
+  os.makedirs(os.path.dirname(directory), exist_ok=True)
+  with writes.replacing(directory) as tmp:
+    os.mkdir(tmp)
     timm_weights.write_timm_safetensors(model, os.path.join(tmp, SAFE_WEIGHTS))
     with open(os.path.join(tmp, CONFIG), 'w') as f:
       json.dump(config, f, indent=2)
     with open(os.path.join(tmp, 'README.md'), 'w') as f:
       f.write(card or f'---\nlibrary_name: timm\ntags: [image-classification, timm]\n---\n'
               f'# {name}\n')
-    os.replace(tmp, directory)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def push_folder(directory: str, repo: str) -> str:

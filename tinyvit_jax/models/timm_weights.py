@@ -6,13 +6,12 @@ leaf (``kernel`` -> ``weight``, ``scale`` -> ``weight``, ``mean`` -> ``running_m
 and transposing kernels (Linear ``(in, out)`` <-> ``(out, in)``, conv HWIO <-> OIHW). A
 ViT checkpoint of another image size gets its ``pos_embed`` resampled, as timm does.
 """
-import os
-
 import jax
 import numpy as np
 from flax import nnx
 
 from tinyvit_jax import errors
+from tinyvit_jax import writes
 from tinyvit_jax.models.layers import WEIGHTS
 from tinyvit_jax.models.vision_transformer import VisionTransformer, resample_abs_pos_embed
 
@@ -136,6 +135,5 @@ def as_numpy(value) -> np.ndarray:
 def write_timm_safetensors(model: nnx.Module, path: str) -> None:
   """Writes timm-named weights atomically: a killed write leaves no file at ``path``."""
   from safetensors.numpy import save_file
-  tmp = f'{path}.tmp-{os.getpid()}'
-  save_file(to_timm_state_dict(model), tmp)
-  os.replace(tmp, path)
+  with writes.replacing(path) as tmp:
+    save_file(to_timm_state_dict(model), tmp)

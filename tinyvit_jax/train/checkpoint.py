@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import errors
-from tinyvit_jax import full_disk
+from tinyvit_jax import writes
 
 
 class WorkdirMismatch(errors.UserError, ValueError):
@@ -33,7 +33,7 @@ class WorkdirMismatch(errors.UserError, ValueError):
 def check_workdir_identity(workdir: str, identity: dict) -> None:
   """Records ``identity`` in ``workdir/run.json``, or refuses a workdir of another run."""
   path = epath.Path(workdir) / 'run.json'
-  identity = json.loads(json.dumps(identity))
+  identity = writes.plain_json(identity)
   if path.exists():
     stored = json.loads(path.read_text())
     differences = [f'{key}: workdir has {stored.get(key)!r}, this config {identity.get(key)!r}'
@@ -46,10 +46,7 @@ def check_workdir_identity(workdir: str, identity: dict) -> None:
     return
   path.parent.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    tmp = path.parent / 'run.json.tmp'
-    with full_disk.writing(path, partial=tmp):
-      tmp.write_text(json.dumps(identity, indent=1, sort_keys=True))
-      tmp.rename(path)
+    writes.write_json(str(path), identity, sort_keys=True)
 
 
 class Checkpoints:
@@ -101,7 +98,7 @@ class Checkpoints:
     return f'rerun: it resumes from step {self.latest_step() or 0} in {self.directory}'
 
   def _writing(self):
-    return full_disk.writing(self.directory, self.resume_hint)
+    return writes.writing(self.directory, self.resume_hint)
 
 
 def _is_key(x) -> bool:

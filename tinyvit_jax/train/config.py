@@ -272,10 +272,10 @@ def check_config(config) -> None:
 
 
 def stage_inputs(config, stage: str) -> dict:
-  """Every key ``stage`` reads -> its value (JSON-plain): the config less ``NO_RESULT_KEYS``
-  and ``NOT_READ_BY[stage]``; data paths included (their data's fingerprint decides)."""
+  """Every key ``stage`` reads -> its value: the config less ``NO_RESULT_KEYS`` and
+  ``NOT_READ_BY[stage]``; data paths included (their data's fingerprint decides)."""
   skipped = NO_RESULT_KEYS + NOT_READ_BY[stage]
-  return {key: _plain(value) for key, value in _flat_items(config)
+  return {key: value for key, value in _flat_items(config)
           if not any(key == s or key.startswith(s + '.') for s in skipped)}
 
 
@@ -369,10 +369,6 @@ def _flat_items(config, prefix=''):
       yield from _flat_items(value, prefix + key + '.')
     else:
       yield prefix + key, value
-
-
-def _plain(value):
-  return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
 def _get(config, dotted: str):

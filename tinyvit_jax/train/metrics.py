@@ -13,7 +13,7 @@ import json
 import math
 import os
 
-from tinyvit_jax import full_disk
+from tinyvit_jax import writes
 from tinyvit_jax.train import tensorboard_events
 
 METRICS_FILE = 'metrics.jsonl'
@@ -41,23 +41,12 @@ def truncate_jsonl(path: str, step: int) -> None:
   if not os.path.exists(path):
     return
   kept = [row for row in read_jsonl(path) if row['step'] <= step]
-  tmp = path + '.tmp'
-  with full_disk.writing(path, partial=tmp):
-    with open(tmp, 'w') as f:
-      f.writelines(json.dumps(row) + '\n' for row in kept)
-    os.replace(tmp, path)
+  with writes.replacing(path) as tmp, open(tmp, 'w') as f:
+    f.writelines(json.dumps(row) + '\n' for row in kept)
 
 
 def read_metrics(workdir: str) -> list[dict]:
   return read_jsonl(os.path.join(workdir, METRICS_FILE))
-
-
-def _plain(value):
-  """JSON- and TensorBoard-ready: numpy/jax scalars become Python numbers."""
-  if isinstance(value, (bool, int, float, str)) or value is None:
-    return value
-  item = getattr(value, 'item', None)
-  return item() if item is not None else value
 
 
 class MetricsWriter:
@@ -83,10 +72,10 @@ class MetricsWriter:
   def write(self, step: int, **scalars) -> None:
     if not self.is_main:
       return
-    row = dict(step=int(step), **{name: _plain(v) for name, v in scalars.items()})
-    with full_disk.writing(self.path), open(self.path, 'a') as f:
+    row = writes.plain_json(dict(step=int(step), **scalars))  # Python numbers, for TensorBoard too
+    with writes.writing(self.path), open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')  # a torn line reads as absent (read_jsonl)
-    with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
+    with writes.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
       if self._tb is None:
         self._tb = tensorboard_events.EventFile(os.path.join(self.workdir, TENSORBOARD_DIR),
                                                 self._purge_step)
@@ -97,7 +86,7 @@ class MetricsWriter:
   def close(self) -> None:
     if self._tb is not None:
       tb, self._tb = self._tb, None
-      with full_disk.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
+      with writes.writing(os.path.join(self.workdir, TENSORBOARD_DIR)):
         tb.close()
 
 

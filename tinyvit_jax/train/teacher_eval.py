@@ -32,10 +32,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import progress
 from tinyvit_jax import target
+from tinyvit_jax import writes
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import pipeline
@@ -138,29 +138,19 @@ def _made_for(config, source, checkpoint_hash: str) -> dict:
   if class_index:
     with open(class_index, 'rb') as f:
       class_index = hashlib.sha256(f.read()).hexdigest()
-  return json.loads(json.dumps(dict(
+  return writes.plain_json(dict(
       teacher_checkpoint_hash=checkpoint_hash,
       teacher_dtype=target.compute_dtype(distill.get('teacher_dtype', 'float32')),
       teacher_class_index=class_index,
       **{name: distill.get(name) for name in _TEACHER_FIELDS},
       dataset=config.data.name or config.data.source, eval_size=len(source),
-      num_classes=config.num_classes, preprocess=_preprocess(config),
-      k=distill.k), default=_plain))
+      num_classes=config.num_classes, preprocess=_preprocess(config), k=distill.k))
 
 
 def _preprocess(config) -> dict:
   """The student's eval preprocessing, normalised as its training views are."""
   mean, std = record.student_normalisation(config.aug)
   return dict(config.eval_aug, mean=mean, std=std)
-
-
-def _plain(value):
-  """JSON for a ConfigDict (``teacher_kwargs``) and tuples' numpy numbers."""
-  if hasattr(value, 'to_dict'):
-    return value.to_dict()
-  if hasattr(value, 'tolist'):
-    return value.tolist()
-  raise TypeError(f'{value!r} is not JSON')
 
 
 def _read(path: str, made_for: dict) -> Rows | None:
@@ -181,8 +171,5 @@ def _read(path: str, made_for: dict) -> Rows | None:
 
 
 def _write(path: str, kept: Rows, made_for: dict) -> None:
-  tmp = path + '.tmp'
-  with full_disk.writing(path, partial=tmp):
-    with open(tmp, 'wb') as f:
-      np.savez(f, values=kept.values, indices=kept.indices, made_for=json.dumps(made_for))
-    os.replace(tmp, path)
+  with writes.replacing(path) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, values=kept.values, indices=kept.indices, made_for=json.dumps(made_for))

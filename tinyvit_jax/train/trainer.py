@@ -22,9 +22,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tinyvit_jax import errors
-from tinyvit_jax import full_disk
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax import progress
+from tinyvit_jax import writes
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
@@ -228,11 +228,11 @@ class Run:
         stop.restore()
         self.checkpoints.wait()
         writer.close()
-    except (full_disk.DiskFull, *BAD_READS) as error:
+    except (writes.DiskFull, *BAD_READS) as error:
       # The saves are done: say where a rerun goes on, and what to do first.
       hint = self.checkpoints.resume_hint()
-      if isinstance(error, full_disk.DiskFull):
-        raise full_disk.DiskFull(error.path, hint) from None
+      if isinstance(error, writes.DiskFull):
+        raise writes.DiskFull(error.path, hint) from None
       repair = ('repair the store (README, "When things go wrong"), then '
                 if isinstance(error, store.CorruptChunkError) else '')
       raise type(error)(f'{error} The run stopped before the step that needs it; '
@@ -291,7 +291,7 @@ class _ExampleLog:
   def write(self, step: int, indices) -> None:
     indices = multihost_utils.process_allgather(indices, tiled=True)
     if self.is_main:
-      with full_disk.writing(self.path), open(self.path, 'a') as f:
+      with writes.writing(self.path), open(self.path, 'a') as f:
         f.write(json.dumps(dict(step=step, index=np.asarray(indices).tolist())) + '\n')
 
 

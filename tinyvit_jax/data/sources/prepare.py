@@ -26,19 +26,13 @@ from array_record.python import array_record_module
 from tqdm import tqdm
 
 from tinyvit_jax import errors
+from tinyvit_jax import writes
 from tinyvit_jax.data.sources import array_record_source
 from tinyvit_jax.data.sources import decode
 from tinyvit_jax.data.sources import image_folder
 
 # Records are read one at a time in random order, and the images are already compressed.
 _WRITER_OPTIONS = 'group_size:1,uncompressed'
-
-
-def _write_json(path: str, value) -> None:
-  """Writes JSON atomically: a kill leaves either the old file or the new one."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1, sort_keys=True)
-  os.replace(path + '.tmp', path)
 
 
 def _read_json(path: str):
@@ -71,21 +65,22 @@ def check(folder: str) -> list[str]:
 
 def _write_shard(folder: str, files: list, path: str, progress: tqdm) -> dict:
   """Writes one shard under a temporary name, renames it, then writes its summary."""
-  writer = array_record_module.ArrayRecordWriter(path + '.tmp', _WRITER_OPTIONS)
   skipped = []
-  for name, label in files:
-    data, error = _read_and_decode(os.path.join(folder, name))
-    if error:
-      tqdm.write(f'skipping {os.path.join(folder, name)}: {error}', file=sys.stderr)
-      skipped.append(name)
-    else:
-      writer.write(array_record_source.encode_record(label, name, data))
-    progress.update()
-  writer.close()
-  os.replace(path + '.tmp', path)
+  with writes.replacing(path, move='--out') as tmp:
+    writer = array_record_module.ArrayRecordWriter(tmp, _WRITER_OPTIONS)
+    for name, label in files:
+      data, error = _read_and_decode(os.path.join(folder, name))
+      if error:
+        tqdm.write(f'skipping {os.path.join(folder, name)}: {error}', file=sys.stderr)
+        skipped.append(name)
+      else:
+        writer.write(array_record_source.encode_record(label, name, data))
+      progress.update()
+    writer.close()
   summary = dict(files=[list(file) for file in files], num_records=len(files) - len(skipped),
                  skipped=skipped)
-  _write_json(path + '.json', summary)  # last: the shard's completion marker
+  # last: the shard's completion marker
+  writes.write_json(path + '.json', summary, sort_keys=True, move='--out')
   return summary
 
 
@@ -142,7 +137,7 @@ def prepare(folder: str, out: str, shard_size: int = 1000) -> dict:
       shards=[dict(file=name, num_records=summary['num_records'])
               for name, summary in zip(names, summaries)],
       num_skipped=len(skipped), skipped=skipped)
-  _write_json(metadata_path, metadata)
+  writes.write_json(metadata_path, metadata, sort_keys=True, move='--out')
   return metadata
 
 
