@@ -1,5 +1,7 @@
 """Weights both ways: timm/Cream -> ours -> timm, the CLI, and mismatch errors."""
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -169,6 +171,21 @@ def test_a_failed_save_leaves_nothing_that_looks_complete(tmp_path, monkeypatch)
     model_checkpoint.save_model(str(tmp_path / 'ckpt'), model, 'deit_tiny_patch16_224',
                                 img_size=32, num_classes=3)
   assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_is_one_line_naming_the_file_and_the_output_flag(tmp_path, small_disk,
+                                                                   capsys):
+  checkpoint = str(tmp_path / 'ckpt')
+  model_checkpoint.save_model(checkpoint, create_model('deit_tiny_patch16_224', img_size=32,
+                                                       num_classes=3),
+                              'deit_tiny_patch16_224', img_size=32, num_classes=3)
+  out = os.path.join(small_disk.path, 'w.safetensors')
+  small_disk.fill()
+  assert convert.run(['--from', checkpoint, '--to-timm', out]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f'error: no space left writing {out} ({shutil.disk_usage(small_disk.path).free:,} bytes '
+      'free): free space or move --to-timm, then rerun.']
+  assert os.listdir(small_disk.path) == ['ballast']  # no temporary file left
 
 
 def _small_cream_clip(seed=0):

@@ -1,5 +1,6 @@
 """The folder -> ArrayRecord converter: skips bad files, resumes after SIGKILL, reads back."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +115,20 @@ def test_refuses_shards_of_another_conversion(folder, tmp_path, capfd):
   code = prepare.run(['--folder', str(folder), '--out', str(out), '--shard-size', '5'])
   assert code == 2
   assert f"'{out}' holds shards of another conversion" in capfd.readouterr().err
+
+
+def test_full_disk_is_one_line_naming_the_shard_and_the_flag_to_move(folder, small_disk,
+                                                                     capfd):
+  out = os.path.join(small_disk.path, 'prepared')
+  os.makedirs(out)
+  small_disk.fill()
+  code = prepare.run(['--folder', str(folder), '--out', out, '--shard-size', str(SHARD_SIZE)])
+  shard = os.path.join(out, 'shard-00000-of-00004.array_record')
+  assert code == 2
+  assert capfd.readouterr().err.splitlines()[-1] == (
+      f'error: no space left writing {shard} ({shutil.disk_usage(out).free:,} bytes free): '
+      'free space or move --out, then rerun.')
+  assert os.listdir(out) == []  # no temporary shard left
 
 
 def test_missing_folder_is_an_error_naming_it(tmp_path, capfd):

@@ -31,11 +31,13 @@ class DiskFull(errors.UserError, OSError):
 
 
 def is_full(error: BaseException) -> bool:
-  """ENOSPC or EDQUOT, from Python's I/O or (as text in a ValueError) from tensorstore,
-  which writes orbax's checkpoints."""
+  """ENOSPC or EDQUOT, from Python's I/O, or as text in the error of a library that writes
+  for us: tensorstore's ValueError (orbax's checkpoints), ArrayRecord's RuntimeError,
+  safetensors' SafetensorError."""
   if isinstance(error, OSError):
     return error.errno in FULL_ERRNOS
-  return any(f"[os_error_code='{code}']" in str(error) for code in FULL_ERRNOS)
+  return any(f"[os_error_code='{code}']" in str(error) or os.strerror(code) in str(error)
+             for code in FULL_ERRNOS)
 
 
 @contextlib.contextmanager
@@ -44,7 +46,7 @@ def writing(path: str, then='rerun', move: str = '--workdir'):
   function giving it once the write has failed) says what a rerun does."""
   try:
     yield
-  except (OSError, ValueError) as error:
+  except Exception as error:  # pylint: disable=broad-except (each library has its own)
     if isinstance(error, DiskFull) or not is_full(error):
       raise
     raise DiskFull(path, then() if callable(then) else then, move) from None
