@@ -61,11 +61,9 @@ PAPER_V100 = {'tiny_vit_5m_224': 3060, 'tiny_vit_11m_224': 2468, 'tiny_vit_21m_2
 TARGETS = dict(train_over_compile=1.2, save_over_inference=0.95, store_overhead=0.03,
                augment_share=0.10, loader_over_step=1.0)
 # name, seconds it may take on an accelerator, its compiles included.
-ARMS = (('step:tiny_vit_5m_224', 240), ('student', 100), ('augment', 100),
-        ('save_pass', 120), ('save_pass:vit_large_patch14_clip_224', 150),
-        ('loader', 60), ('attention', 120),
-        ('step:deit_small_distilled_patch16_224', 150),
-        ('step:tiny_vit_21m_224', 200))
+ARMS = (('step:tiny_vit_5m_224', 240), ('student', 100), ('augment', 100), ('save_pass', 120),
+        ('save_pass:vit_large_patch14_clip_224', 150), ('loader', 60), ('attention', 120),
+        ('step:deit_small_distilled_patch16_224', 150), ('step:tiny_vit_21m_224', 200))
 QUICK_STEP_MODEL = 'deit_tiny_distilled_patch16_224'
 
 
@@ -109,9 +107,12 @@ def parse_args(argv=None):
 def step_arm(args, model: str) -> dict:
   """(a)"""
   import models  # pylint: disable=import-outside-toplevel
-  flags = ['--models', QUICK_STEP_MODEL if args.quick else model,
-           '--batch', str(args.batch), '--rounds', str(args.rounds), '--dtype', args.dtype,
-           '--compile-timeout', str(args.compile_timeout)]
+  flags = [
+      '--models', QUICK_STEP_MODEL if args.quick else model, '--batch',
+      str(args.batch), '--rounds',
+      str(args.rounds), '--dtype', args.dtype, '--compile-timeout',
+      str(args.compile_timeout)
+  ]
   margs = models.parse_args(flags + (['--quick'] if args.quick else []))
   import jax  # pylint: disable=import-outside-toplevel
   if jax.default_backend() == 'tpu':
@@ -132,16 +133,20 @@ def step_arm(args, model: str) -> dict:
 def _fpd_args(args, parts: str):
   import fpd  # pylint: disable=import-outside-toplevel
   if args.quick:
-    return fpd, fpd.parse_args(['--quick', '--parts', parts, '--augment_on', 'device',
-                                '--student', 'deit_tiny_patch16_224',
-                                '--teacher', 'deit_tiny_patch16_224'])
+    return fpd, fpd.parse_args([
+        '--quick', '--parts', parts, '--augment_on', 'device', '--student', 'deit_tiny_patch16_224',
+        '--teacher', 'deit_tiny_patch16_224'
+    ])
   return fpd, fpd.parse_args([
-      '--parts', parts, '--rounds', str(args.rounds), '--batch', str(args.batch),
-      '--dtype', args.dtype, '--augment_on', 'device', '--workers', str(args.workers),
-      '--teacher', 'tiny_vit_21m_224', '--save_size', '224',
-      '--save_images', str(args.batch * 24), '--student_size', '224',
-      '--student_steps', '12', '--vit_size', '224', '--vit_images', str(args.batch * 24),
-      '--vit_batch', str(args.batch)])
+      '--parts', parts, '--rounds',
+      str(args.rounds), '--batch',
+      str(args.batch), '--dtype', args.dtype, '--augment_on', 'device', '--workers',
+      str(args.workers), '--teacher', 'tiny_vit_21m_224', '--save_size', '224', '--save_images',
+      str(args.batch * 24), '--student_size', '224', '--student_steps', '12', '--vit_size', '224',
+      '--vit_images',
+      str(args.batch * 24), '--vit_batch',
+      str(args.batch)
+  ])
 
 
 def student_arm(args) -> dict:
@@ -218,6 +223,7 @@ def augment_arm(args) -> dict:
     def call():
       state.leaves, out = step(state.leaves, batch, None)
       jax.block_until_ready(out['loss'])
+
     return call
 
   calls = {arm: step_call(arm) for arm in arms}
@@ -228,8 +234,10 @@ def augment_arm(args) -> dict:
   for _ in range(args.rounds):
     for arm, call in calls.items():
       rates[arm].append(models.images_per_second(call, batch, min_seconds))
-  report = {arm: dict(img_per_s=models.summary(runs), first_call_s=first[arm])
-            for arm, runs in rates.items()}
+  report = {
+      arm: dict(img_per_s=models.summary(runs), first_call_s=first[arm])
+      for arm, runs in rates.items()
+  }
   median = {arm: report[arm]['img_per_s']['median'] for arm in rates}
   report['share_of_step'] = 1 - median['augmented'] / median['plain']
   report['alone_over_step'] = median['augmented'] / median['augment_alone']
@@ -256,14 +264,18 @@ def loader_arm(args) -> dict:
     folder = data.make_jpegs(work, dargs.images, dargs.height, dargs.width)
     for draft in (False, True):
       dargs.draft = draft
-      runs = [data.time_round(data.ours_batches(dargs, folder, augment_on='device'), dargs)
-              for _ in range(dargs.rounds)]
+      runs = [
+          data.time_round(data.ours_batches(dargs, folder, augment_on='device'), dargs)
+          for _ in range(dargs.rounds)
+      ]
       report['draft' if draft else 'full_decode'] = {
           metric: data.summary([run[metric] for run in runs])
-          for metric in ('img_per_s', 'img_per_cpu_s')}
-      print(f'(e) loader, {"draft" if draft else "full"} JPEG decode, {args.workers} '
-            f'workers: {report["draft" if draft else "full_decode"]["img_per_s"]["median"]:.1f}'
-            ' img/s', flush=True)
+          for metric in ('img_per_s', 'img_per_cpu_s')
+      }
+      print(
+          f'(e) loader, {"draft" if draft else "full"} JPEG decode, {args.workers} '
+          f'workers: {report["draft" if draft else "full_decode"]["img_per_s"]["median"]:.1f}'
+          ' img/s', flush=True)
   report['config'] = dict(images=dargs.images, height=dargs.height, width=dargs.width,
                           size=dargs.size, batch=dargs.batch, workers=args.workers,
                           augment_on='device')
@@ -316,8 +328,9 @@ def write_result(args, result: dict) -> None:
   """The arm's result so far, with the peak memory so far, for the parent to read."""
   import jax  # pylint: disable=import-outside-toplevel
   with open(args.result + '.tmp', 'w') as f:
-    json.dump(dict(result=result, memory=peak_memory(), backend=jax.default_backend(),
-                   device=str(jax.local_devices()[0].device_kind)), f, indent=1)
+    json.dump(
+        dict(result=result, memory=peak_memory(), backend=jax.default_backend(),
+             device=str(jax.local_devices()[0].device_kind)), f, indent=1)
   os.replace(args.result + '.tmp', args.result)
 
 
@@ -336,10 +349,10 @@ def child_env(cache_dir: str) -> dict:
 def run_suite(args) -> dict:
   os.makedirs(args.out, exist_ok=True)
   started = time.monotonic()
-  report = dict(config=dict(quick=args.quick, batch=args.batch, rounds=args.rounds,
-                            dtype=args.dtype, workers=args.workers, deadline_s=args.deadline,
-                            arms=args.arm_names),
-                targets=TARGETS, arms={})
+  report = dict(
+      config=dict(quick=args.quick, batch=args.batch, rounds=args.rounds, dtype=args.dtype,
+                  workers=args.workers, deadline_s=args.deadline, arms=args.arm_names),
+      targets=TARGETS, arms={})
   forwarded = _forwarded(args)
   with tempfile.TemporaryDirectory(prefix='accelerator_') as work:
     env = child_env(os.path.join(work, 'xla_cache'))
@@ -355,8 +368,9 @@ def run_suite(args) -> dict:
       print(f'=== {name} (at most {limit:.0f} s)', flush=True)
       start = time.monotonic()
       # A session of its own, so that a stop also stops the loader workers it started.
-      child = subprocess.Popen([sys.executable, __file__, *forwarded, '--arm', name,
-                                '--result', result_path], env=env, start_new_session=True)
+      child = subprocess.Popen(
+          [sys.executable, __file__, *forwarded, '--arm', name, '--result', result_path], env=env,
+          start_new_session=True)
       try:
         code = child.wait(timeout=limit)
         entry['status'] = 'ok' if code == 0 else f'failed: exit {code}'
@@ -376,8 +390,13 @@ def run_suite(args) -> dict:
 
 def _forwarded(args) -> list:
   """The parent's settings, for each child."""
-  flags = ['--batch', str(args.batch), '--rounds', str(args.rounds), '--dtype', args.dtype,
-           '--compile-timeout', str(args.compile_timeout), '--workers', str(args.workers)]
+  flags = [
+      '--batch',
+      str(args.batch), '--rounds',
+      str(args.rounds), '--dtype', args.dtype, '--compile-timeout',
+      str(args.compile_timeout), '--workers',
+      str(args.workers)
+  ]
   return (['--quick'] if args.quick else []) + flags
 
 
@@ -398,8 +417,10 @@ def _gib(value) -> str:
 
 def format_report(report: dict) -> str:
   """A markdown table of every arm that finished, and the status of every other."""
-  lines = ['| arm | ours | against | ratio | target | peak GiB (JAX / torch) |',
-           '|---|---|---|---|---|---|']
+  lines = [
+      '| arm | ours | against | ratio | target | peak GiB (JAX / torch) |',
+      '|---|---|---|---|---|---|'
+  ]
   arms = report['arms']
   step_rate = None  # the augment arm's student step, which the loader must keep up with
   for name, entry in arms.items():
@@ -413,17 +434,17 @@ def format_report(report: dict) -> str:
     if name.startswith('step:'):
       for row in result['rows']:
         label = f'{row["model"]} {row["mode"]}'
-        timm = [(impl, row[impl]) for impl in ('timm_eager', 'timm_compile')
+        timm = [(impl, row[impl])
+                for impl in ('timm_eager', 'timm_compile')
                 if 'img_per_s' in row.get(impl, {})]
         against = ', '.join(f'{impl.split("_")[1]} {_rate(cell["img_per_s"])}'
                             for impl, cell in timm) or 'timm skipped'
-        ratio = ', '.join(f'{row[key]:.2f}x {key.split("_")[-1]}'
-                          for key in ('ours_over_eager', 'ours_over_compile')
+        ratio = ', '.join(f'{row[key]:.2f}x {key.split("_")[-1]}' for key in ('ours_over_eager',
+                                                                              'ours_over_compile')
                           if row.get(key) is not None)
         if row['mode'] == 'forward' and row['model'] in PAPER_V100:
           against += f'; paper V100 {PAPER_V100[row["model"]]:,}'
-        target = (f'>= {TARGETS["train_over_compile"]}x compile' if row['mode'] == 'train'
-                  else '')
+        target = (f'>= {TARGETS["train_over_compile"]}x compile' if row['mode'] == 'train' else '')
         lines.append(f'| {label} img/s | {_rate(row["ours"]["img_per_s"])} | {against} | '
                      f'{ratio} | {target} | {peak} |')
     elif name == 'student':
@@ -454,8 +475,7 @@ def format_report(report: dict) -> str:
     elif name == 'loader':
       for decode in ('full_decode', 'draft'):
         rate = result[decode]['img_per_s']
-        ratio = (f'{rate["median"] / step_rate:.2f}x' if step_rate else
-                 'needs the augment arm')
+        ratio = (f'{rate["median"] / step_rate:.2f}x' if step_rate else 'needs the augment arm')
         lines.append(f'| loader ({decode.replace("_", " ")}, {result["config"]["workers"]} '
                      f'workers) img/s | {_rate(rate)} | student step '
                      f'{step_rate or 0:,.0f} | {ratio} | >= '

@@ -61,23 +61,26 @@ def benchmark_model(name, args) -> list[dict]:
   for r in range(args.rounds):
     for (impl, mode), values in rates.items():
       values.append(bench.images_per_second(calls[impl][mode], args.batch, args.min_seconds))
-    print(f'  {name} round {r + 1}/{args.rounds}: ' + ', '.join(
-        f'{impl}/{mode} {v[-1]:.1f}' for (impl, mode), v in rates.items()), flush=True)
+    print(
+        f'  {name} round {r + 1}/{args.rounds}: '
+        + ', '.join(f'{impl}/{mode} {v[-1]:.1f}' for (impl, mode), v in rates.items()), flush=True)
   rows = []
   for mode in bench.MODES:
     row = {'model': name, 'mode': mode, 'batch': args.batch, 'img_size': img_size}
     for impl in args.impls:
       row[impl] = bench.summary(rates[impl, mode])
-      row[f'{impl}_over_{args.impls[0]}'] = (
-          row[impl]['median'] / statistics.median(rates[args.impls[0], mode]))
+      row[f'{impl}_over_{args.impls[0]}'] = (row[impl]['median']
+                                             / statistics.median(rates[args.impls[0], mode]))
     rows.append(row)
   return rows
 
 
 def format_table(rows, impls) -> str:
-  lines = ['| model | mode | ' + ' | '.join(f'{i} img/s' for i in impls) + ' | '
-           + ' | '.join(f'{i}/{impls[0]}' for i in impls[1:]) + ' |',
-           '|---|---|' + '---|' * (2 * len(impls) - 1)]
+  lines = [
+      '| model | mode | ' + ' | '.join(f'{i} img/s' for i in impls) + ' | '
+      + ' | '.join(f'{i}/{impls[0]}' for i in impls[1:]) + ' |', '|---|---|' + '---|' *
+      (2 * len(impls) - 1)
+  ]
   for row in rows:
     cells = [f'{row[i]["median"]:.1f} ({row[i]["min"]:.1f}-{row[i]["max"]:.1f})' for i in impls]
     ratios = [f'{row[f"{i}_over_{impls[0]}"]:.2f}x' for i in impls[1:]]

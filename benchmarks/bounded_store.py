@@ -84,12 +84,12 @@ def table(top1: dict, seeds, workdir: str, views=VIEWS) -> list[dict]:
   for arm in arms(views):
     per_seed = [top1[f'{arm}_seed{seed}'] for seed in seeds]
     path = os.path.join(workdir, f'{arm}_seed{seeds[0]}', 'logits')
-    rows.append(dict(
-        arm=arm, stored_epochs=len(store.LogitStore.open(path).epochs_done),
-        store_bytes=fpd.store_bytes(path),
-        **{f'seed{s}': round(v, 4) for s, v in zip(seeds, per_seed)},
-        mean=round(float(np.mean(per_seed)), 4),
-        std=round(float(np.std(per_seed, ddof=1)), 4) if len(seeds) > 1 else None))
+    rows.append(
+        dict(arm=arm, stored_epochs=len(store.LogitStore.open(path).epochs_done),
+             store_bytes=fpd.store_bytes(path), **{
+                 f'seed{s}': round(v, 4) for s, v in zip(seeds, per_seed)
+             }, mean=round(float(np.mean(per_seed)), 4),
+             std=round(float(np.std(per_seed, ddof=1)), 4) if len(seeds) > 1 else None))
   return rows
 
 

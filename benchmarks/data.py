@@ -106,8 +106,8 @@ def make_jpegs(root: str, count: int, height: int, width: int) -> str:
     coarse = rng.integers(0, 256, (height // 16 + 2, width // 16 + 2, 3), dtype=np.uint8)
     fine = rng.integers(0, 256, (height // 3 + 1, width // 3 + 1, 3), dtype=np.uint8)
     pixels = (0.7 * np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
-              + 0.3 * np.asarray(Image.fromarray(fine).resize((width, height), Image.BILINEAR))
-              + rng.normal(0, 6, (height, width, 3)))
+              + 0.3 * np.asarray(Image.fromarray(fine).resize(
+                  (width, height), Image.BILINEAR)) + rng.normal(0, 6, (height, width, 3)))
     path = os.path.join(folder, f'class_{i % CLASSES}', f'{i:06d}.jpg')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path, quality=90)
@@ -136,8 +136,8 @@ def ours_batches(args, folder, augment_on: str = 'host'):
                                         jpeg_draft=args.draft)
   device = jax.jit(pipeline.device)
   source = image_folder.ImageFolderSource(folder, decode=False)
-  batches = loader.train_batches(source, seed=0, global_batch=args.batch,
-                                 transform=pipeline.host, num_workers=args.workers)
+  batches = loader.train_batches(source, seed=0, global_batch=args.batch, transform=pipeline.host,
+                                 num_workers=args.workers)
   try:
     for batch in batches:
       if augment_on == 'device':  # the rest runs on the accelerator, not on these cores
@@ -150,13 +150,12 @@ def ours_batches(args, folder, augment_on: str = 'host'):
 
 
 def timm_batches(args, folder):
-  transform = create_transform(args.size, is_training=True,
-                               auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25,
-                               interpolation='bicubic', re_mode='pixel')
+  transform = create_transform(args.size, is_training=True, auto_augment='rand-m9-mstd0.5-inc1',
+                               re_prob=0.25, interpolation='bicubic', re_mode='pixel')
   dataset = torchvision.datasets.ImageFolder(folder, transform=_RetryPosterize(transform))
-  data = torch.utils.data.DataLoader(
-      dataset, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
-      multiprocessing_context='spawn' if args.workers else None)
+  data = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True,
+                                     num_workers=args.workers, drop_last=True,
+                                     multiprocessing_context='spawn' if args.workers else None)
   while True:
     yield from data
 
@@ -180,18 +179,18 @@ def breakdown(args, folder) -> dict:
   pipeline = augment.make_train_augment(image_size=args.size, augment_on='host')
   host = pipeline.host
   settings = tuple(sorted(host.rand_augment.items()))
-  draw = lambda k: host_mode.draw(k, size=args.size, rand_augment=settings,
-                                        color_jitter=host.color_jitter,
-                                        erase_prob=host.erase_prob)
+  draw = lambda k: host_mode.draw(k, size=args.size, rand_augment=settings, color_jitter=host.
+                                  color_jitter, erase_prob=host.erase_prob)
   decoded = [np.asarray(Image.open(io.BytesIO(r['image'])).convert('RGB')) for r in records]
   crops = [host.crop.crop(image, k) for image, k in zip(decoded, key_data)]
   draws = [draw(k) for k in key_data]
   names = host.rand_augment['ops']
 
   def rand_augment():
-    return [np.asarray(pil_ops.rand_augment(image, drawn['ops'], drawn['arguments'], names,
-                                            host.fill))
-            for image, drawn in zip(crops, draws)]
+    return [
+        np.asarray(pil_ops.rand_augment(image, drawn['ops'], drawn['arguments'], names, host.fill))
+        for image, drawn in zip(crops, draws)
+    ]
 
   augmented = rand_augment()
 
@@ -203,40 +202,44 @@ def breakdown(args, folder) -> dict:
   batch = {name: np.stack([example[name] for example in examples]) for name in ('image', 'key')}
   device = jax.jit(pipeline.device)
   targets = mix.smooth_one_hot(np.arange(args.batch) % CLASSES, CLASSES, 0.1)
-  run_device = lambda: jax.block_until_ready(device(jnp.asarray(batch['image']),
-                                                    batch['key'], targets))
+  run_device = lambda: jax.block_until_ready(
+      device(jnp.asarray(batch['image']), batch['key'], targets))
   run_device()
   accelerator = augment.make_train_augment(image_size=args.size, augment_on='device')
-  accelerator_batch = {name: np.stack([accelerator.host(r, k)[name] for r, k in
-                                       zip(records[:args.batch], key_data)])
-                       for name in ('image',)}
+  accelerator_batch = {
+      name: np.stack([accelerator.host(r, k)[name] for r, k in zip(records[:args.batch], key_data)])
+      for name in ('image',)
+  }
   accelerator_device = jax.jit(accelerator.device)
-  run_accelerator_half = lambda: jax.block_until_ready(accelerator_device(
-      jnp.asarray(accelerator_batch['image']), batch['key'], targets))
+  run_accelerator_half = lambda: jax.block_until_ready(
+      accelerator_device(jnp.asarray(accelerator_batch['image']), batch['key'], targets))
   run_accelerator_half()
   ours = collections.OrderedDict([
-      ('decode', _best_cpu_ms(lambda: [Image.open(io.BytesIO(r['image'])).convert('RGB')
-                                       for r in records], n)),
-      ('crop + resize + flip', _best_cpu_ms(lambda: [host.crop.crop(image, k) for image, k
-                                                     in zip(decoded, key_data)], n)),
+      ('decode',
+       _best_cpu_ms(lambda: [Image.open(io.BytesIO(r['image'])).convert('RGB') for r in records],
+                    n)),
+      ('crop + resize + flip',
+       _best_cpu_ms(lambda: [host.crop.crop(image, k) for image, k in zip(decoded, key_data)], n)),
       ('draws (one jitted call)', _best_cpu_ms(lambda: [draw(k) for k in key_data], n)),
       ('RandAugment', _best_cpu_ms(rand_augment, n)),
       ('pack + erasing noise', _best_cpu_ms(pack_and_erase, n)),
-      ('whole host transform', _best_cpu_ms(lambda: [host(r, k) for r, k in
-                                                     zip(records, key_data)], n)),
+      ('whole host transform',
+       _best_cpu_ms(lambda: [host(r, k) for r, k in zip(records, key_data)], n)),
       ('device half (asarray, unpack, normalise, Mixup/CutMix)',
        _best_cpu_ms(run_device, args.batch)),
       ("augment_on='device': host transform (decode, crop, flip)",
        _best_cpu_ms(lambda: [accelerator.host(r, k) for r, k in zip(records, key_data)], n)),
       ("augment_on='device': its device half run by XLA on this CPU",
-       _best_cpu_ms(run_accelerator_half, args.batch))])
+       _best_cpu_ms(run_accelerator_half, args.batch))
+  ])
 
-  transform = create_transform(args.size, is_training=True,
-                               auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25,
-                               interpolation='bicubic', re_mode='pixel')
-  timm_stages = collections.OrderedDict(
-      [('decode', _best_cpu_ms(lambda: [Image.open(io.BytesIO(r['image'])).convert('RGB')
-                                        for r in records], n))])
+  transform = create_transform(args.size, is_training=True, auto_augment='rand-m9-mstd0.5-inc1',
+                               re_prob=0.25, interpolation='bicubic', re_mode='pixel')
+  timm_stages = collections.OrderedDict([
+      ('decode',
+       _best_cpu_ms(lambda: [Image.open(io.BytesIO(r['image'])).convert('RGB') for r in records],
+                    n))
+  ])
   torch.manual_seed(0)
   stages = [('', [Image.fromarray(image) for image in decoded])]
   for step in transform.transforms:
@@ -245,8 +248,7 @@ def breakdown(args, folder) -> dict:
     timm_stages[type(step).__name__] = _best_cpu_ms(apply, n)
     stages.append((type(step).__name__, apply()))
   tensors = stages[-1][1]
-  timm_stages['collate'] = _best_cpu_ms(
-      lambda: torch.utils.data.default_collate(tensors), n)
+  timm_stages['collate'] = _best_cpu_ms(lambda: torch.utils.data.default_collate(tensors), n)
   return dict(ours=ours, timm=timm_stages)
 
 
@@ -298,21 +300,30 @@ def main(argv=None):
   for round_index in range(args.rounds):
     for arm in ARMS:
       runs[arm].append(time_round(make[arm](args, folder), args))
-      print(f'round {round_index} {arm}: {runs[arm][-1]["img_per_s"]:.1f} img/s, '
-            f'{runs[arm][-1]["img_per_cpu_s"]:.1f} img/cpu-s', flush=True)
-  results = {arm: {metric: summary([run[metric] for run in runs[arm]])
-                   for metric in ('img_per_s', 'img_per_cpu_s')} for arm in ARMS}
-  ratios, host_side_ratios = ({metric: results[arm][metric]['median']
-                               / results['timm'][metric]['median']
-                               for metric in ('img_per_s', 'img_per_cpu_s')}
+      print(
+          f'round {round_index} {arm}: {runs[arm][-1]["img_per_s"]:.1f} img/s, '
+          f'{runs[arm][-1]["img_per_cpu_s"]:.1f} img/cpu-s', flush=True)
+  results = {
+      arm: {
+          metric: summary([run[metric]
+                           for run in runs[arm]])
+          for metric in ('img_per_s', 'img_per_cpu_s')
+      } for arm in ARMS
+  }
+  ratios, host_side_ratios = ({
+      metric: results[arm][metric]['median'] / results['timm'][metric]['median']
+      for metric in ('img_per_s', 'img_per_cpu_s')
+  }
                               for arm in ('ours', 'ours_host_side'))
   print(f'\n{args.images} JPEGs {args.width}x{args.height} -> {args.size}, batch '
         f'{args.batch}, {args.workers} workers, {args.rounds} rounds of {args.steps} batches '
         f'(median, min-max)')
   print(f'{"arm":<14} {"img/s":>24} {"img/cpu-s":>24} {"img/s per worker":>17}')
   for arm in ARMS:
-    cells = [f'{r["median"]:8.1f} ({r["min"]:.1f}-{r["max"]:.1f})'
-             for r in (results[arm]['img_per_s'], results[arm]['img_per_cpu_s'])]
+    cells = [
+        f'{r["median"]:8.1f} ({r["min"]:.1f}-{r["max"]:.1f})'
+        for r in (results[arm]['img_per_s'], results[arm]['img_per_cpu_s'])
+    ]
     per_worker = results[arm]['img_per_s']['median'] / max(args.workers, 1)
     print(f'{arm:<14} {cells[0]:>24} {cells[1]:>24} {per_worker:17.1f}')
   print(f'ours/timm: {ratios["img_per_s"]:.2f}x img/s, {ratios["img_per_cpu_s"]:.2f}x '
@@ -322,9 +333,12 @@ def main(argv=None):
         f'{host_side_ratios["img_per_cpu_s"]:.2f}x img/cpu-s')
   # Each round of an arm against the timm round next to it: slow drifts in the machine's
   # load cancel in the pair.
-  round_ratios, host_side_round_ratios = (
-      {metric: summary([o[metric] / t[metric] for o, t in zip(runs[arm], runs['timm'])])
-       for metric in ('img_per_s', 'img_per_cpu_s')} for arm in ('ours', 'ours_host_side'))
+  round_ratios, host_side_round_ratios = ({
+      metric: summary([o[metric] / t[metric]
+                       for o, t in zip(runs[arm], runs['timm'])])
+      for metric in ('img_per_s', 'img_per_cpu_s')
+  }
+                                          for arm in ('ours', 'ours_host_side'))
   for arm, by_round in (('ours', round_ratios), ('ours_host_side', host_side_round_ratios)):
     print(f'{arm}/timm round by round, median (min-max): '
           + ', '.join(f'{r["median"]:.2f}x ({r["min"]:.2f}-{r["max"]:.2f}) {metric}'
@@ -337,15 +351,13 @@ def main(argv=None):
             'images, one process')
       for name, ms in stage_ms.items():
         print(f'  {name:<58} {ms:6.3f}')
-  report = dict(config=vars(args), results=results, ours_over_timm=ratios,
-                ours_host_side_over_timm=host_side_ratios,
-                ours_over_timm_by_round=round_ratios,
-                ours_host_side_over_timm_by_round=host_side_round_ratios, breakdown=stages,
-                environment=dict(cpus=len(os.sched_getaffinity(0)),
-                                 load_average=os.getloadavg(), jax=jax.__version__,
-                                 torch=torch.__version__, timm=timm.__version__,
-                                 pillow=Image.__version__,
-                                 omp_wait_policy=os.environ['OMP_WAIT_POLICY']))
+  report = dict(
+      config=vars(args), results=results, ours_over_timm=ratios,
+      ours_host_side_over_timm=host_side_ratios, ours_over_timm_by_round=round_ratios,
+      ours_host_side_over_timm_by_round=host_side_round_ratios, breakdown=stages,
+      environment=dict(cpus=len(os.sched_getaffinity(0)), load_average=os.getloadavg(),
+                       jax=jax.__version__, torch=torch.__version__, timm=timm.__version__,
+                       pillow=Image.__version__, omp_wait_policy=os.environ['OMP_WAIT_POLICY']))
   os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
   with open(args.json, 'w') as f:
     json.dump(report, f, indent=2)

@@ -39,10 +39,12 @@ QUICKSTART = os.path.join(os.path.dirname(__file__), '..', 'configs', 'quickstar
 TEACHER = dict(name='resnet18', kwargs=dict(img_size=32, channels=(32, 64, 128, 256)))
 STUDENT_KWARGS = dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2)
 # setting -> (model, distillation kind); the distilled model has the distillation token.
-STUDENTS = {'none': ('deit_tiny_patch16_224', 'none'),
-            'soft': ('deit_tiny_patch16_224', 'soft'),
-            'hard_cls': ('deit_tiny_patch16_224', 'hard'),
-            'hard_dist': ('deit_tiny_distilled_patch16_224', 'hard')}
+STUDENTS = {
+    'none': ('deit_tiny_patch16_224', 'none'),
+    'soft': ('deit_tiny_patch16_224', 'soft'),
+    'hard_cls': ('deit_tiny_patch16_224', 'hard'),
+    'hard_dist': ('deit_tiny_distilled_patch16_224', 'hard')
+}
 
 
 def recipe(seeds, teacher_epochs: int, student_epochs: int) -> ml_collections.ConfigDict:
@@ -84,8 +86,8 @@ def head_accuracies(export_dir: str, teacher_dir: str, config) -> tuple[dict, di
             teacher(teacher_augment.device(images)))
 
   correct, agree, count = np.zeros(3), np.zeros(3), 0
-  for batch in loader.eval_batches(sources.from_config(config.data, 'eval'),
-                                   transform=eval_augment.host,
+  for batch in loader.eval_batches(sources.from_config(config.data,
+                                                       'eval'), transform=eval_augment.host,
                                    global_batch=config.eval_batch_size):
     predicted = np.argmax(np.stack(heads(batch['image'])), axis=-1)
     predicted, taught = predicted[:3], predicted[3]
@@ -101,8 +103,10 @@ def table(rows: dict, seeds) -> list:
   lines = []
   for name, top1 in rows.items():
     per_seed = [top1[seed] for seed in seeds]
-    lines.append(dict(student=name, **{f'seed{s}': round(v, 4) for s, v in zip(seeds, per_seed)},
-                      mean=round(float(np.mean(per_seed)), 4)))
+    lines.append(
+        dict(student=name, **{
+            f'seed{s}': round(v, 4) for s, v in zip(seeds, per_seed)
+        }, mean=round(float(np.mean(per_seed)), 4)))
   return lines
 
 

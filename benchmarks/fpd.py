@@ -94,8 +94,7 @@ def parse_args(argv=None):
   parser.add_argument('--vit_images', type=int, default=64, help='(e) images per round')
   parser.add_argument('--vit_batch', type=int, default=16, help='(e) batch')
   parser.add_argument('--parts', default='abcde', help='which figures to measure')
-  parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__), 'out',
-                                                      'fpd.json'))
+  parser.add_argument('--json', default=os.path.join(os.path.dirname(__file__), 'out', 'fpd.json'))
   args = parser.parse_args(argv)
   if args.quick:
     args.rounds, args.size_rows, args.save_images, args.save_size = 2, 4096, 32, 32
@@ -143,15 +142,14 @@ def teacher_rows(n: int, k: int, num_classes: int):
 def student_fields(n: int, k: int, num_classes: int) -> dict:
   """The benchmark store's manifest fields a student shares (``manifest.STUDENT_FIELDS``)."""
   return dict(dataset_name='bench', dataset_size=n, dataset_fingerprint='', seed=SEED,
-              augmentation={}, repeats=PLAIN, views_per_example=0, k=k,
-              num_classes=num_classes)
+              augmentation={}, repeats=PLAIN, views_per_example=0, k=k, num_classes=num_classes)
 
 
 def write_store(path: str, n: int, k: int, num_classes: int) -> store.LogitStore:
   """One done epoch of n rows whose example indices follow the epoch order of ``SEED``."""
-  logits = store.LogitStore.create(path, dict(student_fields(n, k, num_classes),
-                                              teacher_name='synthetic',
-                                              teacher_checkpoint_hash=''))
+  logits = store.LogitStore.create(
+      path,
+      dict(student_fields(n, k, num_classes), teacher_name='synthetic', teacher_checkpoint_hash=''))
   values, indices = teacher_rows(n, k, num_classes)
   with logits.epoch_writer(0) as writer:
     writer.write(0, values, indices, order.epoch_permutation(SEED, 0, n))
@@ -160,8 +158,10 @@ def write_store(path: str, n: int, k: int, num_classes: int) -> store.LogitStore
 
 
 def store_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(folder, name))
-             for folder, _, names in os.walk(path) for name in names)
+  return sum(
+      os.path.getsize(os.path.join(folder, name))
+      for folder, _, names in os.walk(path)
+      for name in names)
 
 
 def bytes_per_sample_epoch(args, work: str) -> dict:
@@ -173,8 +173,8 @@ def bytes_per_sample_epoch(args, work: str) -> dict:
     ours = store_bytes(path) / n
     official = 4 + 4 * k + OFFICIAL_KEY_BYTES
     report[f'k{k}'] = dict(rows=n, num_classes=num_classes, ours=ours, official=official,
-                           ours_over_official=ours / official,
-                           ours_over_official_values_only=ours / (4 + 4 * k))
+                           ours_over_official=ours / official, ours_over_official_values_only=ours /
+                           (4 + 4 * k))
     print(f'(a) k={k:3d}: {ours:6.1f} B/sample-epoch, official {official:.1f} '
           f'(4 + 4k + keys) -> {ours / official:.2f}x')
   return report
@@ -185,16 +185,15 @@ def save_pass_speed(args, work: str, label: str = '(b)') -> dict:
   size, n = args.save_size, args.save_images
   model = create_model(args.teacher, num_classes=1000, img_size=size, rngs=nnx.Rngs(0),
                        **args.teacher_kwargs)
-  model_checkpoint.save_model(os.path.join(work, 'teacher'), model, args.teacher,
-                              num_classes=1000, img_size=size, **args.teacher_kwargs)
+  model_checkpoint.save_model(os.path.join(work, 'teacher'), model, args.teacher, num_classes=1000,
+                              img_size=size, **args.teacher_kwargs)
   teacher = jax_teacher.from_checkpoint(os.path.join(work, 'teacher'), **dtype_kwargs(args))
-  source = InMemorySource(synthetic.SyntheticSource(n, num_classes=10,
-                                                         image_size=size * 5 // 4))
+  source = InMemorySource(synthetic.SyntheticSource(n, num_classes=10, image_size=size * 5 // 4))
   aug = dict(image_size=size, augment_on=args.augment_on)  # Mixup/CutMix on the device
 
   calls = []
-  timed = teacher._replace(probabilities=lambda x: (
-      calls.append((time.perf_counter(), time.process_time())), teacher.probabilities(x))[1])
+  timed = teacher._replace(probabilities=lambda x: (calls.append(
+      (time.perf_counter(), time.process_time())), teacher.probabilities(x))[1])
 
   def save(name: str) -> tuple[float, float]:
     """img/s from the first teacher call to the end; the whole call's; the first's per
@@ -203,21 +202,23 @@ def save_pass_speed(args, work: str, label: str = '(b)') -> dict:
     shutil.rmtree(path, ignore_errors=True)
     calls.clear()
     start = time.perf_counter()
-    save_pass.save_logits(timed, source, dataset_name='bench', aug_config=aug, seed=SEED,
-                          epochs=1, k=10, store_path=path, global_batch=args.batch,
-                          num_workers=args.workers, progress=False)
+    save_pass.save_logits(timed, source, dataset_name='bench', aug_config=aug, seed=SEED, epochs=1,
+                          k=10, store_path=path, global_batch=args.batch, num_workers=args.workers,
+                          progress=False)
     end = time.perf_counter()
-    return (n / (end - calls[0][0]), n / (end - start),
-            n / (time.process_time() - calls[0][1]))
+    return (n / (end - calls[0][0]), n / (end - start), n / (time.process_time() - calls[0][1]))
 
   save('warmup')
   mesh = save_pass.local_mesh()
-  device_augment = pipeline.make_device_augment(
-      augment.make_train_augment(aug), mesh, args.batch, source.num_classes)
+  device_augment = pipeline.make_device_augment(augment.make_train_augment(aug), mesh, args.batch,
+                                                source.num_classes)
   host = augment.make_train_augment(aug).host
-  images = [device_augment({name: b[name] for name in ('image', 'key', 'label')})[0]
-            for b in loader.position_batches(source, seed=SEED, epoch=0, positions=range(n),
-                                             batch=args.batch, transform=host)]
+  images = [
+      device_augment({name: b[name]
+                      for name in ('image', 'key', 'label')})[0]
+      for b in loader.position_batches(source, seed=SEED, epoch=0, positions=range(n),
+                                       batch=args.batch, transform=host)
+  ]
   jax.block_until_ready(images)
 
   def infer() -> tuple[float, float]:
@@ -228,15 +229,13 @@ def save_pass_speed(args, work: str, label: str = '(b)') -> dict:
   def load() -> float:
     start = time.perf_counter()
     for _ in loader.position_batches(source, seed=SEED, epoch=0, positions=range(n),
-                                     batch=args.batch, transform=host,
-                                     num_workers=args.workers):
+                                     batch=args.batch, transform=host, num_workers=args.workers):
       pass
     return n / (time.perf_counter() - start)
 
   infer()
   loaded = statistics.median([load() for _ in range(2)])
-  runs = dict(save=[], save_whole_call=[], save_per_cpu_s=[], inference=[],
-              inference_per_cpu_s=[])
+  runs = dict(save=[], save_whole_call=[], save_per_cpu_s=[], inference=[], inference_per_cpu_s=[])
   for r in range(args.rounds):
     for name, rate in zip(('save', 'save_whole_call', 'save_per_cpu_s'), save(f'round{r}')):
       runs[name].append(rate)
@@ -249,9 +248,9 @@ def save_pass_speed(args, work: str, label: str = '(b)') -> dict:
   # Were loading and inference to share the cores with no overlap, 1 / (1 + t_load / t_infer).
   report['loader_alone'] = loaded
   report['serial_sum_bound'] = 1 / (1 + report['inference']['median'] / loaded)
-  report['config'] = dict(teacher=args.teacher, teacher_kwargs=args.teacher_kwargs,
-                          image_size=size, images=n, batch=args.batch, workers=args.workers,
-                          aug=aug, dtype=args.dtype)
+  report['config'] = dict(teacher=args.teacher, teacher_kwargs=args.teacher_kwargs, image_size=size,
+                          images=n, batch=args.batch, workers=args.workers, aug=aug,
+                          dtype=args.dtype)
   print(f'{label} {args.teacher} save pass {report["save"]["median"]:.1f} img/s (whole call '
         f'with its fixed costs {report["save_whole_call"]["median"]:.1f}), plain inference '
         f'{report["inference"]["median"]:.1f} img/s -> {report["save_over_inference"]:.3f}x '
@@ -263,9 +262,9 @@ def save_pass_speed(args, work: str, label: str = '(b)') -> dict:
 
 def vit_save_pass(args, work: str) -> dict:
   """(e): (b) with the ViT teacher's model, size, images and batch."""
-  vit = argparse.Namespace(**dict(vars(args), teacher=args.vit_teacher, save_size=args.vit_size,
-                                  save_images=args.vit_images, batch=args.vit_batch,
-                                  teacher_kwargs=args.vit_kwargs))
+  vit = argparse.Namespace(
+      **dict(vars(args), teacher=args.vit_teacher, save_size=args.vit_size,
+             save_images=args.vit_images, batch=args.vit_batch, teacher_kwargs=args.vit_kwargs))
   return save_pass_speed(vit, os.path.join(work, 'vit'), label='(e)')
 
 
@@ -283,24 +282,28 @@ def student_step(args, work: str) -> dict:
   permutation = order.epoch_permutation(SEED, 0, n)
 
   def make_step(loss_of):
+
     @jax.jit
     def step(params, opt_state, rest, images, targets):
+
       def loss(params):
         return loss_of(nnx.merge(graphdef, params, rest, copy=True)(images), targets)
+
       value, grads = jax.value_and_grad(loss)(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, value
+
     return step
 
-  label_step = make_step(lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(
-      logits, labels).mean())
-  store_step = make_step(lambda logits, rows: -jnp.mean(jnp.sum(
-      student.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
+  label_step = make_step(
+      lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
+  store_step = make_step(lambda logits, rows: -jnp.mean(
+      jnp.sum(student.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
 
   def host_batch(s: int) -> dict:
     positions = np.arange(s * batch, (s + 1) * batch)
-    return dict(epoch=np.zeros(batch, np.int64), position=positions,
-                index=permutation[positions], label=permutation[positions] % classes)
+    return dict(epoch=np.zeros(batch, np.int64), position=positions, index=permutation[positions],
+                label=permutation[positions] % classes)
 
   def one_step(arm: str, state: list, s: int) -> float:
     """One training step of ``arm`` from its host batch on; waits for the loss."""
@@ -331,25 +334,29 @@ def student_step(args, work: str) -> dict:
   # The store's own work, apart from the model: host read and index check, transfer,
   # dense rebuild and soft CE, against the labels' transfer and CE, on fixed logits.
   fixed_logits = jax.random.normal(jax.random.key(1), (batch, classes))
-  label_loss = jax.jit(lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(
-      logits, labels).mean())
-  store_loss = jax.jit(lambda logits, rows: -jnp.mean(jnp.sum(
-      student.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
+  label_loss = jax.jit(
+      lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
+  store_loss = jax.jit(lambda logits, rows: -jnp.mean(
+      jnp.sum(student.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
 
   def extra(arm: str, s: int) -> float:
     start = time.perf_counter()
     host = host_batch(s)
     if arm == 'store':
       rows = hook(host)
-      float(store_loss(fixed_logits, dict(
-          teacher_values=jax.device_put(rows['teacher_values']),
-          teacher_indices=jax.device_put(rows['teacher_indices']))))
+      float(
+          store_loss(
+              fixed_logits,
+              dict(teacher_values=jax.device_put(rows['teacher_values']),
+                   teacher_indices=jax.device_put(rows['teacher_indices']))))
     else:
       float(label_loss(fixed_logits, jax.device_put(host['label'])))
     return time.perf_counter() - start
 
-  extras = {arm: statistics.median([extra(arm, s % args.student_steps) for s in range(200)])
-            for arm in ('labels', 'store')}  # the median leaves out the compile
+  extras = {
+      arm: statistics.median([extra(arm, s % args.student_steps) for s in range(200)])
+      for arm in ('labels', 'store')
+  }  # the median leaves out the compile
   report = {f'{arm}_step_s': median_summary(times) for arm, times in runs.items()}
   report['overhead'] = report['store_step_s']['median'] / report['labels_step_s']['median'] - 1
   report['extra_s'] = extras
@@ -374,9 +381,10 @@ def read_rate(args, work: str) -> dict:
   hook = student.StoreTargets(path, student_fields(n, 10, 1000))
   permutation = order.epoch_permutation(SEED, 0, n)
   starts = range(0, n - read_batch + 1, read_batch)
-  batches = [dict(epoch=np.zeros(read_batch, np.int64),
-                  position=np.arange(s, s + read_batch),
-                  index=permutation[s:s + read_batch]) for s in starts]
+  batches = [
+      dict(epoch=np.zeros(read_batch, np.int64), position=np.arange(s, s + read_batch),
+           index=permutation[s:s + read_batch]) for s in starts
+  ]
 
   def read() -> float:
     reader = store.LogitStore.open(path)
@@ -411,12 +419,10 @@ def main(argv=None):
   jax.config.update('jax_compilation_cache_dir', os.path.join(work, 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   try:
-    report = dict(config=dict(quick=args.quick, rounds=args.rounds,
-                              backend=jax.default_backend()))
+    report = dict(config=dict(quick=args.quick, rounds=args.rounds, backend=jax.default_backend()))
     for part, name, measure in (('a', 'bytes', bytes_per_sample_epoch),
-                                ('b', 'save_pass', save_pass_speed),
-                                ('c', 'student', student_step), ('d', 'read', read_rate),
-                                ('e', 'vit_save_pass', vit_save_pass)):
+                                ('b', 'save_pass', save_pass_speed), ('c', 'student', student_step),
+                                ('d', 'read', read_rate), ('e', 'vit_save_pass', vit_save_pass)):
       if part in args.parts:
         report[name] = measure(args, work)
   finally:

@@ -154,9 +154,9 @@ def run_all(config, workdir: str) -> tuple[dict, dict, dict]:
     run_dir = os.path.join(workdir, name)
     if run.distill.from_store and 'save_logits' not in run.stages:
       saved = name.replace(f'_k{run.distill.k}_', f'_k{max_k(runs)}_')
-      timer.run(name, 'cut', lambda: cut_store(os.path.join(workdir, saved, 'logits'),
-                                               store.location(run.distill, run_dir),
-                                               run.distill.k))
+      timer.run(
+          name, 'cut', lambda: cut_store(os.path.join(workdir, saved, 'logits'),
+                                         store.location(run.distill, run_dir), run.distill.k))
     for stage in run.stages:
       one = run.copy_and_resolve_references()
       one.stages = (stage,)
@@ -174,12 +174,14 @@ def accuracy_table(top1: dict, setup: str, seeds, ks, workdir: str) -> list[dict
   rows = []
   for arm in arms(ks):
     per_seed = [top1[run_name(setup, arm, seed)] for seed in seeds]
-    row = dict(arm=arm, **{f'seed{s}': round(v, 4) for s, v in zip(seeds, per_seed)},
-               mean=round(float(np.mean(per_seed)), 4),
+    row = dict(arm=arm, **{
+        f'seed{s}': round(v, 4) for s, v in zip(seeds, per_seed)
+    }, mean=round(float(np.mean(per_seed)), 4),
                std=round(float(np.std(per_seed, ddof=1)), 4) if len(seeds) > 1 else None)
     if arm.startswith('fpd'):
-      row['bytes_per_row'] = round(topk_ablation.store_bytes_per_row(
-          os.path.join(workdir, run_name(setup, arm, seeds[0]), 'logits')), 1)
+      row['bytes_per_row'] = round(
+          topk_ablation.store_bytes_per_row(
+              os.path.join(workdir, run_name(setup, arm, seeds[0]), 'logits')), 1)
     rows.append(row)
   return rows
 
@@ -201,15 +203,18 @@ def part_seconds(times: dict, steady: dict, setup: str, seeds, ks) -> dict:
   """Median over seeds of each part's wall and CPU seconds: 'teacher', 'save' (the save
   pass at the largest k), 'cut_k{k}', and each arm's training, with its steady seconds
   per epoch."""
+
   def median(names, part):
-    return {kind: round(statistics.median(times[n][part][kind] for n in names), 2)
-            for kind in ('wall', 'cpu')}
+    return {
+        kind: round(statistics.median(times[n][part][kind] for n in names), 2)
+        for kind in ('wall', 'cpu')
+    }
 
   def by_seed(arm):
     return [run_name(setup, arm, seed) for seed in seeds]
 
-  parts = dict(teacher=median(['teacher'], 'train'),
-               save=median(by_seed(f'fpd_k{max(ks)}'), 'save_logits'))
+  parts = dict(teacher=median(['teacher'], 'train'), save=median(by_seed(f'fpd_k{max(ks)}'),
+                                                                 'save_logits'))
   parts.update({f'cut_k{k}': median(by_seed(f'fpd_k{k}'), 'cut') for k in ks if k != max(ks)})
   for arm in arms(ks):
     epoch = [steady[n] for n in by_seed(arm) if steady[n] is not None]
@@ -222,6 +227,7 @@ def cost_table(parts: dict, ks, counts=STUDENT_COUNTS) -> list[dict]:
   """Seconds of N students: online N x T_online, FPD one save pass + N x T_fpd; wall
   seconds, and the ratio in CPU seconds too (which other work on the machine disturbs
   less)."""
+
   def cost(kind, n):
     online, save, fpd = (parts[p][kind] for p in ('online', 'save', f'fpd_k{max(ks)}'))
     return n * online, save + n * fpd
@@ -229,10 +235,10 @@ def cost_table(parts: dict, ks, counts=STUDENT_COUNTS) -> list[dict]:
   rows = []
   for n in counts:
     (online, fpd), (online_cpu, fpd_cpu) = cost('wall', n), cost('cpu', n)
-    rows.append(dict(students=n, labels_s=round(n * parts['labels']['wall'], 1),
-                     online_s=round(online, 1), fpd_s=round(fpd, 1),
-                     fpd_over_online=round(fpd / online, 3),
-                     cpu_fpd_over_online=round(fpd_cpu / online_cpu, 3)))
+    rows.append(
+        dict(students=n, labels_s=round(n * parts['labels']['wall'], 1), online_s=round(online, 1),
+             fpd_s=round(fpd, 1), fpd_over_online=round(fpd / online, 3),
+             cpu_fpd_over_online=round(fpd_cpu / online_cpu, 3)))
   return rows
 
 
@@ -259,13 +265,15 @@ def main(argv=None):
   result = dict(setup=args.setup, seeds=seeds, teacher_top1=top1['teacher'],
                 teacher_epochs=args.teacher_epochs,
                 student_epochs=config.runs[run_name(args.setup, 'labels', seeds[0])].epochs,
-                accuracy=accuracy_table(top1, args.setup, seeds, ks, workdir), seconds=parts,
-                cost=cost_table(parts, ks))
+                accuracy=accuracy_table(top1, args.setup, seeds, ks,
+                                        workdir), seconds=parts, cost=cost_table(parts, ks))
   print(f'teacher (TinyViT-5M, 32 px): top-1 {result["teacher_top1"]:.4f}')
   print(metrics.summary_table(result['accuracy']))
-  print(metrics.summary_table([dict(part=p, wall_s=s['wall'], cpu_s=s['cpu'],
-                                    steady_s_per_epoch=s.get('steady_epoch'))
-                               for p, s in parts.items()]))
+  print(
+      metrics.summary_table([
+          dict(part=p, wall_s=s['wall'], cpu_s=s['cpu'], steady_s_per_epoch=s.get('steady_epoch'))
+          for p, s in parts.items()
+      ]))
   print(metrics.summary_table(result['cost']), flush=True)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, 'w') as f:

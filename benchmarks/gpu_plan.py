@@ -44,15 +44,15 @@ def plan(name: str, accelerator: str, batch: int) -> dict:
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.adamw(1e-3, weight_decay=0.05)
   leaves, treedef = jax.tree.flatten((params, rest, jax.eval_shape(tx.init, params)))
-  place = lambda shape, dtype, spec: jax.ShapeDtypeStruct(shape, dtype,
-                                                          sharding=NamedSharding(mesh, spec))
+  place = lambda shape, dtype, spec: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(
+      mesh, spec))
   leaves = [place(leaf.shape, leaf.dtype, P()) for leaf in leaves]
   size = bench.model_info(name).input_size
   images = place((batch, size, size, 3), jnp.float32, P('data'))
   labels = place((batch,), jnp.int32, P('data'))
   started = time.time()
-  compiled = bench.make_train_step(graphdef, tx, treedef).lower(leaves, images, labels).compile(
-      compiler_options=chips.compiler_options(target))
+  compiled = bench.make_train_step(graphdef, tx, treedef).lower(
+      leaves, images, labels).compile(compiler_options=chips.compiler_options(target))
   seconds = time.time() - started
   memory = compiled.memory_analysis()
   macs = count_macs(build(), size)
@@ -74,8 +74,11 @@ def main():
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--json', help='also write the rows here')
   args = parser.parse_args()
-  rows = [plan(name, accelerator, args.batch) for name in args.models.split(',')
-          for accelerator in args.accelerators.split(',')]
+  rows = [
+      plan(name, accelerator, args.batch)
+      for name in args.models.split(',')
+      for accelerator in args.accelerators.split(',')
+  ]
   for row in rows:
     print(json.dumps(row))
   if args.json:

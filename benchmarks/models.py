@@ -76,9 +76,10 @@ def parse_args(argv=None):
   parser.add_argument('--no-compile', action='store_true', help='skip timm + torch.compile')
   parser.add_argument('--no-timm', action='store_true',
                       help='ours only (a TPU, where torch has no device to run on)')
-  parser.add_argument('--modes', default=','.join(MODES),
-                      help='comma-separated, of forward,train; without train, no step overhead '
-                      '(a ViT-B train step takes minutes of a 2-core run)')
+  parser.add_argument(
+      '--modes', default=','.join(MODES),
+      help='comma-separated, of forward,train; without train, no step overhead '
+      '(a ViT-B train step takes minutes of a 2-core run)')
   parser.add_argument('--conv-impl', default='auto', choices=('auto', 'xla', 'shifts'))
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
                       help='compute dtype: ours via dtype=, timm via torch.autocast')
@@ -112,22 +113,24 @@ def environment(args) -> dict:
   """Where the figures came from. ``isa`` is the widest vector set the CPU has: XLA:CPU's
   and oneDNN's kernels differ by it, and so do the ratios (README, "Benchmarks")."""
   with open('/proc/cpuinfo') as f:
-    info = {key.strip(): value.strip() for key, value in
-            (line.split(':', 1) for line in f if ':' in line)}
+    info = {
+        key.strip(): value.strip()
+        for key, value in (line.split(':', 1) for line in f if ':' in line)
+    }
   cpu = info.get('model name', platform.processor())
   flags = info.get('flags', '').split()
-  return dict(
-      device=str(jax.devices()[0]), cpu=cpu,
-      isa=next((name for name in ('avx512f', 'avx2', 'avx') if name in flags), 'none'),
-      cpus_pinned=sorted(os.sched_getaffinity(0)),
-      jax_threads=len(os.sched_getaffinity(0)),
-      torch_threads=torch.get_num_threads() if torch else None,
-      load_average=os.getloadavg(), python=platform.python_version(),
-      jax=jax.__version__, flax=__import__('flax').__version__, optax=optax.__version__,
-      torch=getattr(torch, '__version__', None), timm=getattr(timm, '__version__', None),
-      torch_device=TORCH_DEVICE,
-      xla_flags=os.environ.get('XLA_FLAGS', ''),
-      omp_wait_policy=os.environ['OMP_WAIT_POLICY'], conv_impl=args.conv_impl, dtype=args.dtype)
+  return dict(device=str(jax.devices()[0]), cpu=cpu, isa=next(
+      (name for name in ('avx512f', 'avx2', 'avx') if name in flags), 'none'),
+              cpus_pinned=sorted(os.sched_getaffinity(0)), jax_threads=len(os.sched_getaffinity(0)),
+              torch_threads=torch.get_num_threads() if torch else None,
+              load_average=os.getloadavg(), python=platform.python_version(), jax=jax.__version__,
+              flax=__import__('flax').__version__, optax=optax.__version__,
+              torch=getattr(torch, '__version__',
+                            None), timm=getattr(timm, '__version__',
+                                                None), torch_device=TORCH_DEVICE,
+              xla_flags=os.environ.get('XLA_FLAGS',
+                                       ''), omp_wait_policy=os.environ['OMP_WAIT_POLICY'],
+              conv_impl=args.conv_impl, dtype=args.dtype)
 
 
 # --- ours -----------------------------------------------------------------------------
@@ -136,15 +139,15 @@ def environment(args) -> dict:
 def softmax_ce(outputs, labels):
   """Mean cross-entropy; a distilled DeiT's (cls, dist) pair averages both heads."""
   heads = outputs if isinstance(outputs, tuple) else (outputs,)
-  losses = [optax.softmax_cross_entropy_with_integer_labels(h.astype(jnp.float32), labels)
-            for h in heads]
+  losses = [
+      optax.softmax_cross_entropy_with_integer_labels(h.astype(jnp.float32), labels) for h in heads
+  ]
   return sum(loss.mean() for loss in losses) / len(heads)
 
 
 def split_ours(name, img_size, dtype):
   """Our model split once: (eval graphdef, train graphdef, params, rest of the state)."""
-  model = create_model(name, num_classes=1000, rngs=nnx.Rngs(0), img_size=img_size,
-                       dtype=dtype)
+  model = create_model(name, num_classes=1000, rngs=nnx.Rngs(0), img_size=img_size, dtype=dtype)
   model.eval()
   eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
   model.train()
@@ -155,6 +158,7 @@ def split_ours(name, img_size, dtype):
 def make_train_step(graphdef, tx, state_treedef):
   """The jitted step takes the whole state as one flat list of arrays: jit flattens nnx
   State pytrees in Python on every call (~10 ms for 700 arrays), a list in C++."""
+
   def train_step(leaves, images, labels):
     params, rest, opt_state = jax.tree.unflatten(state_treedef, leaves)
 
@@ -222,8 +226,8 @@ def timm_calls(name, args, img_size, images, labels, compiled: bool) -> dict:
     model.set_distilled_training(True)  # train mode returns both heads, as ours does
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
   run = torch.compile(model) if compiled else model
-  images = torch.from_numpy(images).permute(0, 3, 1, 2).to(TORCH_DEVICE).contiguous(
-      memory_format=torch.channels_last)
+  images = torch.from_numpy(images).permute(
+      0, 3, 1, 2).to(TORCH_DEVICE).contiguous(memory_format=torch.channels_last)
   labels = torch.from_numpy(labels).long().to(TORCH_DEVICE)
 
   def autocast():
@@ -258,6 +262,7 @@ class FirstCallTimeout(Exception):
 
 def first_call_seconds(call, timeout: float | None = None) -> float:
   """Runs the first (compiling) call; raises FirstCallTimeout past ``timeout`` seconds."""
+
   def expire(signum, frame):
     raise FirstCallTimeout(f'first call over {timeout:.0f} s')
 
@@ -284,8 +289,7 @@ def images_per_second(call, batch: int, min_seconds: float) -> float:
 
 
 def summary(values) -> dict:
-  return dict(median=statistics.median(values), min=min(values), max=max(values),
-              runs=list(values))
+  return dict(median=statistics.median(values), min=min(values), max=max(values), runs=list(values))
 
 
 def benchmark_model(name, args) -> list[dict]:
@@ -314,19 +318,21 @@ def benchmark_model(name, args) -> list[dict]:
         raise
       cell['error'] = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'[:200]
       torch._dynamo.reset()  # pylint: disable=protected-access
-    print(f'  {name} {impl:12s} {mode:7s} first call: '
-          + (f'{cell["first_call_s"]:.1f} s' if 'first_call_s' in cell else 'n/a')
-          + (f' ({cell["error"]})' if 'error' in cell else ''), flush=True)
+    print(
+        f'  {name} {impl:12s} {mode:7s} first call: ' +
+        (f'{cell["first_call_s"]:.1f} s' if 'first_call_s' in cell else 'n/a') +
+        (f' ({cell["error"]})' if 'error' in cell else ''), flush=True)
 
   rates = {key: [] for key, cell in cells.items() if 'error' not in cell}
   for r in range(args.rounds):
     for impl in impls:
       for mode in args.modes:
         if (impl, mode) in rates:
-          rates[impl, mode].append(images_per_second(calls[impl][mode], args.batch,
-                                                     args.min_seconds))
-    print(f'  {name} round {r + 1}/{args.rounds}: ' + ', '.join(
-        f'{impl}/{mode} {v[-1]:.1f}' for (impl, mode), v in rates.items()), flush=True)
+          rates[impl,
+                mode].append(images_per_second(calls[impl][mode], args.batch, args.min_seconds))
+    print(
+        f'  {name} round {r + 1}/{args.rounds}: '
+        + ', '.join(f'{impl}/{mode} {v[-1]:.1f}' for (impl, mode), v in rates.items()), flush=True)
 
   rows = []
   for mode in args.modes:
@@ -370,12 +376,10 @@ def measure_step_overhead(name, args) -> dict:
   copy = lambda tree: jax.tree.map(jnp.copy, tree)  # each measurement donates its own
   state = (params, rest, tx.init(params))
   leaves, treedef = jax.tree.flatten(state)
-  return dict(
-      model=name, batch=1, img_size=OVERHEAD_IMG_SIZE, calls=OVERHEAD_CALLS,
-      state_arrays=len(leaves),
-      noop_step_ms=ms_per_call(noop, copy(state)),
-      noop_step_flat_ms=ms_per_call(noop_flat, [copy(leaves)]),
-      train_step_ms=ms_per_call(make_train_step(graphdef, tx, treedef), [leaves]))
+  return dict(model=name, batch=1, img_size=OVERHEAD_IMG_SIZE, calls=OVERHEAD_CALLS,
+              state_arrays=len(leaves), noop_step_ms=ms_per_call(noop, copy(state)),
+              noop_step_flat_ms=ms_per_call(noop_flat, [copy(leaves)]),
+              train_step_ms=ms_per_call(make_train_step(graphdef, tx, treedef), [leaves]))
 
 
 # --- report ---------------------------------------------------------------------------
@@ -389,8 +393,8 @@ def format_cell(cell) -> str:
 
 
 def format_table(rows) -> str:
-  header = ('model', 'mode', 'ours img/s', 'timm eager img/s', 'timm compile img/s',
-            'ours/eager', 'ours/compile')
+  header = ('model', 'mode', 'ours img/s', 'timm eager img/s', 'timm compile img/s', 'ours/eager',
+            'ours/compile')
   lines = [header]
   for row in rows:
     ratio = lambda r: 'n/a' if r is None else f'{r:.2f}x'
@@ -409,10 +413,11 @@ def main(argv=None):
   limit_threads(args.threads)
   env = environment(args)
   print(' '.join(f'{k}={v}' for k, v in env.items()))
-  print(f'batch={args.batch} img_size={args.img_size or "model default"} '
-        f'rounds={args.rounds} warmup={args.warmup} min_seconds={args.min_seconds} '
-        f'compile={"off" if args.no_compile else f"timeout {args.compile_timeout:.0f} s"}',
-        flush=True)
+  print(
+      f'batch={args.batch} img_size={args.img_size or "model default"} '
+      f'rounds={args.rounds} warmup={args.warmup} min_seconds={args.min_seconds} '
+      f'compile={"off" if args.no_compile else f"timeout {args.compile_timeout:.0f} s"}',
+      flush=True)
   rows = [row for name in args.models for row in benchmark_model(name, args)]
   overhead = measure_step_overhead(args.models[0], args) if 'train' in args.modes else None
   env['load_average_end'] = os.getloadavg()
@@ -427,8 +432,8 @@ def main(argv=None):
   config = {k: v for k, v in vars(args).items() if k != 'json'}
   os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
   with open(args.json, 'w') as f:
-    json.dump(dict(environment=env, config=config, results=rows, step_overhead=overhead),
-              f, indent=1)
+    json.dump(dict(environment=env, config=config, results=rows, step_overhead=overhead), f,
+              indent=1)
   print(f'Wrote {args.json}')
 
 

@@ -39,19 +39,16 @@ def _rows():
   rows = []
   for slice_ in MAIN_SLICES:
     rows.append((f'fpd5m-train-{slice_}', 'fpd_21k', 'variant=5m', slice_, 'train', 'clip'))
-    rows.append((f'fpd-save-{slice_}', 'fpd_21k', 'variant=5m', slice_, 'save_logits',
-                 'clip'))
+    rows.append((f'fpd-save-{slice_}', 'fpd_21k', 'variant=5m', slice_, 'save_logits', 'clip'))
   for variant in ('21m', '11m'):
-    rows.append((f'fpd{variant}-train-v5litepod-8', 'fpd_21k', f'variant={variant}',
-                  'v5litepod-8', 'train', 'clip'))
+    rows.append((f'fpd{variant}-train-v5litepod-8', 'fpd_21k', f'variant={variant}', 'v5litepod-8',
+                 'train', 'clip'))
   rows += [
       ('in1k21m-train-v5litepod-8', 'in1k', 'variant=21m', 'v5litepod-8', 'train', ''),
-      ('ft384-train-v5litepod-8', 'finetune_1k', 'variant=21m,res=384', 'v5litepod-8',
-       'train', ''),
-      ('ft512-train-v5litepod-8', 'finetune_1k', 'variant=21m,res=512', 'v5litepod-8',
-       'train', ''),
-      ('deitb-hard-train-v5litepod-8', 'deit', 'size=base,distill=hard', 'v5litepod-8',
-       'train', 'regnety'),
+      ('ft384-train-v5litepod-8', 'finetune_1k', 'variant=21m,res=384', 'v5litepod-8', 'train', ''),
+      ('ft512-train-v5litepod-8', 'finetune_1k', 'variant=21m,res=512', 'v5litepod-8', 'train', ''),
+      ('deitb-hard-train-v5litepod-8', 'deit', 'size=base,distill=hard', 'v5litepod-8', 'train',
+       'regnety'),
   ]
   return rows
 
@@ -88,9 +85,11 @@ def markdown(paths) -> str:
   for path in paths:
     with open(path) as f:
       rows.update({row['name']: row for row in json.load(f)['rows']})
-  lines = ['| recipe | stage | slice | B/chip | fits | HBM GiB/chip (of) | GFLOP/img XLA '
-           '(MACs) | modelled img/s (compute bound) | modelled MFU | modelled days '
-           '(compute bound) | host cores | compile s |', '|' + '---|' * 12]
+  lines = [
+      '| recipe | stage | slice | B/chip | fits | HBM GiB/chip (of) | GFLOP/img XLA '
+      '(MACs) | modelled img/s (compute bound) | modelled MFU | modelled days '
+      '(compute bound) | host cores | compile s |', '|' + '---|' * 12
+  ]
   for name, *_ in _rows():
     if name not in rows:
       continue
@@ -145,10 +144,12 @@ def main_(argv):
       done[name] = dict(row, name=name)
       print(json.dumps(done[name]), flush=True)
       with open(args.out + '.tmp', 'w') as f:
-        json.dump(dict(machine='Intel Xeon (AVX-512), 2 cores, shared', modelled=(
-            'step time = max(XLA flops / chip bf16 peak, XLA bytes accessed / chip HBM '
-            'bandwidth); img/s, MFU, hours and chip-hours follow from it'),
-                       rows=list(done.values())), f, indent=1)
+        json.dump(
+            dict(
+                machine='Intel Xeon (AVX-512), 2 cores, shared', modelled=(
+                    'step time = max(XLA flops / chip bf16 peak, XLA bytes accessed / chip HBM '
+                    'bandwidth); img/s, MFU, hours and chip-hours follow from it'),
+                rows=list(done.values())), f, indent=1)
       os.replace(args.out + '.tmp', args.out)
 
 

@@ -42,8 +42,10 @@ def make_rows(n: int, k: int, num_classes: int):
   distinct = min(n, 8192)
   values, indices = made_up_rows.teacher_like_topk(distinct, k, num_classes)
   tile = -(-n // distinct)
-  return (np.tile(values, (tile, 1))[:n], np.tile(indices, (tile, 1))[:n].astype(
-      store.index_dtype(num_classes)), np.random.default_rng(1).permutation(n).astype(np.uint32))
+  return (np.tile(values,
+                  (tile, 1))[:n], np.tile(indices,
+                                          (tile, 1))[:n].astype(store.index_dtype(num_classes)),
+          np.random.default_rng(1).permutation(n).astype(np.uint32))
 
 
 class FilesRaw:
@@ -98,26 +100,34 @@ class TensorstoreZarr3:
 
   def __init__(self, path, n, k, num_classes):
     context = ts.Context({'cache_pool': {'total_bytes_limit': 1 << 20}})  # a few chunks
-    self.arrays = [self._open(os.path.join(path, name), shape, dt, context)
-                   for name, shape, dt in (('values', [n, k], 'float16'),
-                                           ('indices', [n, k],
-                                            store.index_dtype(num_classes).name),
-                                           ('example', [n], 'uint32'))]
+    self.arrays = [
+        self._open(os.path.join(path, name), shape, dt, context)
+        for name, shape, dt in (('values', [n, k], 'float16'),
+                                ('indices', [n, k],
+                                 store.index_dtype(num_classes).name), ('example', [n], 'uint32'))
+    ]
 
   @staticmethod
   def _open(path, shape, dtype, context):
     blosc = dict(cname='zstd', clevel=1, shuffle='shuffle', typesize=np.dtype(dtype).itemsize,
                  blocksize=0)
-    metadata = dict(shape=shape, data_type=dtype, chunk_grid=dict(
-        name='regular', configuration=dict(chunk_shape=[CHUNK] + shape[1:])), codecs=[
-            dict(name='bytes', configuration=dict(endian='little')),
-            dict(name='blosc', configuration=blosc), dict(name='crc32c')])
-    return ts.open(dict(driver='zarr3', kvstore=dict(driver='file', path=path),
-                        metadata=metadata, create=True), context=context).result()
+    metadata = dict(
+        shape=shape, data_type=dtype,
+        chunk_grid=dict(name='regular',
+                        configuration=dict(chunk_shape=[CHUNK] + shape[1:])), codecs=[
+                            dict(name='bytes', configuration=dict(endian='little')),
+                            dict(name='blosc', configuration=blosc),
+                            dict(name='crc32c')
+                        ])
+    return ts.open(
+        dict(driver='zarr3', kvstore=dict(driver='file', path=path), metadata=metadata,
+             create=True), context=context).result()
 
   def write(self, start, values, indices, example):
-    futures = [a[start:start + len(values)].write(c)
-               for a, c in zip(self.arrays, (values, indices, example))]
+    futures = [
+        a[start:start + len(values)].write(c)
+        for a, c in zip(self.arrays, (values, indices, example))
+    ]
     for future in futures:
       future.result()
 

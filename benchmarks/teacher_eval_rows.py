@@ -39,14 +39,15 @@ def dense_rows(workdir: str):
   config = config_lib.load_recipe(QUICKSTART).get_config().runs.student_fpd
   source = sources.from_config(config.data, 'eval')
   mean, std = record.student_normalisation(config.aug)
-  teacher = jax_teacher.from_checkpoint(os.path.join(workdir, 'teacher', 'export'),
-                                        input_mean=mean, input_std=std)
+  teacher = jax_teacher.from_checkpoint(os.path.join(workdir, 'teacher', 'export'), input_mean=mean,
+                                        input_std=std)
   student = model_checkpoint.restore_model(os.path.join(workdir, 'student_fpd', 'export'))
   student.eval()
   sharding = NamedSharding(pipeline.data_mesh(jax.local_devices()), P('data'))
   found = []
-  for preprocess, forward in ((dict(config.eval_aug, mean=mean, std=std), teacher.probabilities),
-                              (dict(config.eval_aug), jax.jit(student))):
+  for preprocess, forward in ((dict(config.eval_aug, mean=mean,
+                                    std=std), teacher.probabilities), (dict(config.eval_aug),
+                                                                       jax.jit(student))):
     eval_augment = augment.make_eval_augment(preprocess)
     rows = np.zeros((len(source), config.num_classes), np.float32)
     for batch in loader.eval_batches(source, global_batch=config.eval_batch_size,

@@ -43,8 +43,8 @@ def recipe(teacher_epochs: int, student_epochs: int) -> ml_collections.ConfigDic
     if name != 'teacher':
       run.epochs = student_epochs
     run.optim.warmup_epochs = 1
-    run.stages = ('save_logits', 'train', 'eval') if name != 'teacher' else (
-        'train', 'eval', 'export')
+    run.stages = ('save_logits', 'train', 'eval') if name != 'teacher' else ('train', 'eval',
+                                                                             'export')
   config = ml_collections.ConfigDict()
   config.runs = ml_collections.ConfigDict(runs)
   config.run_order = tuple(runs)
@@ -65,12 +65,13 @@ def main():
   flags.FLAGS.mark_as_parsed()
   rows = main_lib.run_recipe(recipe(args.teacher_epochs, args.student_epochs), args.workdir)
   table = []
-  for row, name in zip(rows, ('teacher',) + tuple(f'student_k{k}' for k in KS)
-                       + ('student_labels',)):
+  for row, name in zip(rows, ('teacher',) + tuple(f'student_k{k}' for k in KS) +
+                       ('student_labels',)):
     store_dir = os.path.join(args.workdir, name, 'logits')
-    table.append(dict(run=name, top1=row['top1'],
-                      bytes_per_row=(round(store_bytes_per_row(store_dir), 1)
-                                     if os.path.isdir(store_dir) else None)))
+    table.append(
+        dict(
+            run=name, top1=row['top1'], bytes_per_row=(round(store_bytes_per_row(store_dir), 1)
+                                                       if os.path.isdir(store_dir) else None)))
   print(metrics.summary_table(table), flush=True)
 
 

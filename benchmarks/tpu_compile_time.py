@@ -55,20 +55,19 @@ def main():
   parser.add_argument('--img', type=int, default=64)
   parser.add_argument('--per-chip', type=int, default=8)
   parser.add_argument('--depths', help='e.g. 2,2,0,0 (TinyViT)')
-  parser.add_argument('--variant', default='train', choices=(
-      'train', 'forward', 'no-attention', 'no-bias', 'no-local-conv'))
+  parser.add_argument('--variant', default='train',
+                      choices=('train', 'forward', 'no-attention', 'no-bias', 'no-local-conv'))
   args = parser.parse_args()
   apply_variant(args.variant)
   devices = chips.devices(chips.parse(args.target))
   mesh = Mesh(np.array(devices), ('data',))
   overrides = dict(depths=tuple(map(int, args.depths.split(',')))) if args.depths else {}
-  model = nnx.eval_shape(lambda: create_model(
-      args.model, num_classes=1000, img_size=args.img, dtype=jnp.bfloat16,
-      rngs=nnx.Rngs(0), **overrides))
+  model = nnx.eval_shape(lambda: create_model(args.model, num_classes=1000, img_size=args.img, dtype
+                                              =jnp.bfloat16, rngs=nnx.Rngs(0), **overrides))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optax.sgd(0.1, momentum=0.9)
-  place = lambda tree, spec: jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-      a.shape, a.dtype, sharding=NamedSharding(mesh, spec)), tree)
+  place = lambda tree, spec: jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, spec)), tree)
   state = place((params, rest, jax.eval_shape(tx.init, params)), P())
   batch = args.per_chip * len(devices)
   images = place(jax.ShapeDtypeStruct((batch, args.img, args.img, 3), jnp.bfloat16), P('data'))

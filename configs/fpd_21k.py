@@ -44,8 +44,8 @@ def student(variant: str) -> ml_collections.ConfigDict:
   c.optim.update(lr=2e-3, min_lr=2e-5, warmup_lr=2e-6, warmup_epochs=5, weight_decay=0.01,
                  clip_grad_norm=5.0)
   # The teacher in bfloat16 on GPU/TPU too, its weights sharded if too big for one device.
-  c.distill.update(kind='fpd', from_store=True, k=100, verify_rows=1024,
-                   teacher_dtype='auto', teacher_sharding='auto')
+  c.distill.update(kind='fpd', from_store=True, k=100, verify_rows=1024, teacher_dtype='auto',
+                   teacher_sharding='auto')
   c.eval_every_epochs = 5
   return c
 
@@ -61,8 +61,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.distill.update(k=10, verify_rows=32, teacher='{workdir}/teacher/export')
   config_lib.shrink_for_runlocal(config, image_size=32, num_examples=64)
   recipe = ml_collections.ConfigDict()
-  recipe.runs = ml_collections.ConfigDict(dict(teacher=runlocal_teacher(config),
-                                               student=config))
+  recipe.runs = ml_collections.ConfigDict(dict(teacher=runlocal_teacher(config), student=config))
   recipe.run_order = ('teacher', 'student')
   return recipe
 

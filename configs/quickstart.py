@@ -21,8 +21,7 @@ _STUDENT = dict(img_size=32, embed_dims=(32, 64, 96, 128), num_heads=(1, 2, 3, 4
 _TEACHER = dict(img_size=32, window_sizes=(4, 4, 2, 1))
 
 
-def digits_run(model_kwargs: dict, *, runlocal: bool,
-               epochs: int) -> ml_collections.ConfigDict:
+def digits_run(model_kwargs: dict, *, runlocal: bool, epochs: int) -> ml_collections.ConfigDict:
   """One run on the digits at 32 px (``benchmarks/deit_distill.py`` builds on it too)."""
   c = config_lib.base_config()
   c.model.name = 'tiny_vit_5m_224'
@@ -34,9 +33,8 @@ def digits_run(model_kwargs: dict, *, runlocal: bool,
   c.data.num_workers = 0
   # Digits are not mirror-symmetric: no flip. Mixing is off, as in the official 22k FPD
   # recipes. Host augmentation: on a CPU it is much cheaper than XLA's (data/augment/).
-  c.aug.update(image_size=32, scale=(0.35, 1.0), hflip=0.0,
-               rand_augment='rand-m6-mstd0.5-inc1', erase_prob=0.25, mixup_alpha=0.0,
-               cutmix_alpha=0.0, augment_on='host')
+  c.aug.update(image_size=32, scale=(0.35, 1.0), hflip=0.0, rand_augment='rand-m6-mstd0.5-inc1',
+               erase_prob=0.25, mixup_alpha=0.0, cutmix_alpha=0.0, augment_on='host')
   c.eval_aug.update(image_size=32, crop_pct=1.0)
   c.label_smoothing = 0.1
   c.batch_size = 64
@@ -65,11 +63,11 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   teacher = digits_run(_TEACHER, runlocal=runlocal, epochs=20)
   teacher.model.display_name = 'tiny_vit_5m_32'  # TinyViT-5M at 32 px: 5.07M parameters
   student_fpd = student_config(runlocal=runlocal)
-  student_fpd.distill.update(kind='fpd', from_store=True, k=3,
-                             teacher='{workdir}/teacher/export', verify_rows=256)
+  student_fpd.distill.update(kind='fpd', from_store=True, k=3, teacher='{workdir}/teacher/export',
+                             verify_rows=256)
   student_labels = student_config(runlocal=runlocal)
   config = ml_collections.ConfigDict()
-  config.runs = ml_collections.ConfigDict(dict(
-      teacher=teacher, student_fpd=student_fpd, student_labels=student_labels))
+  config.runs = ml_collections.ConfigDict(
+      dict(teacher=teacher, student_fpd=student_fpd, student_labels=student_labels))
   config.run_order = ('teacher', 'student_fpd', 'student_labels')
   return config

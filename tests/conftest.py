@@ -19,8 +19,7 @@ _made_cache = []
 
 
 def pytest_addoption(parser):
-  parser.addoption('--run-slow', action='store_true',
-                   help='also run tests marked slow (CI does)')
+  parser.addoption('--run-slow', action='store_true', help='also run tests marked slow (CI does)')
 
 
 def pytest_configure(config):
@@ -49,6 +48,7 @@ def pytest_collection_modifyitems(config, items):
   """Skips the slow tests unless --run-slow. For ``-n`` (pytest-xdist, ``--dist loadgroup``
   in setup.cfg): each file's tests run in one worker, so that its module fixtures run
   once; so do the tests that share the quickstart, wherever they live."""
+
   def group(item):
     return 'quickstart' if 'quickstart' in item.fixturenames else item.path.name
 
@@ -73,9 +73,8 @@ def quickstart(tmp_path_factory):
   from workdirs import QUICKSTART  # pylint: disable=import-outside-toplevel
   workdir = tmp_path_factory.mktemp('quickstart') / 'qs'
   result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', *QUICKSTART, f'--workdir={workdir}'],
-      cwd=REPO, capture_output=True, text=True, timeout=1800,
-      env=dict(os.environ, TQDM_DISABLE='1'))
+      [sys.executable, '-m', 'tinyvit_jax.main', *QUICKSTART, f'--workdir={workdir}'], cwd=REPO,
+      capture_output=True, text=True, timeout=1800, env=dict(os.environ, TQDM_DISABLE='1'))
   assert result.returncode == 0, result.stderr[-4000:]
   return workdir, result.stdout
 
@@ -109,8 +108,8 @@ def small_disk(tmp_path):
   usually may); skipped, with mount's reason, where it does not."""
   path = tmp_path / 'disk'
   path.mkdir()
-  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', str(path)],
-                           capture_output=True, text=True)
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs',
+                            str(path)], capture_output=True, text=True)
   if mounted.returncode:
     pytest.skip(f'cannot mount a small tmpfs here: {mounted.stderr.strip()}')
   try:

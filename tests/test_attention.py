@@ -14,6 +14,7 @@ from tinyvit_jax.models import attention
 
 @functools.partial(jax.jit, static_argnames='impl')
 def _value_and_grads(q, k, v, bias, probe, *, impl):
+
   def loss(q, k, v, bias):
     with attention.attention_impl(impl):  # the switch is read while tracing
       out = attention.attend(q, k, v, bias)
@@ -25,10 +26,12 @@ def _value_and_grads(q, k, v, bias, probe, *, impl):
 
 # Fixed odd shapes (each costs a compilation); hypothesis varies the values. DeiT's case
 # has no bias, TinyViT's a (heads, T, T) one; tokens are odd or even, head dims 8-32.
-_CASES = {'float32-bias': ((3, 7, 2, 8), 'float32', True),
-          'float32': ((2, 6, 3, 16), 'float32', False),
-          'bfloat16-bias': ((2, 6, 3, 32), 'bfloat16', True),
-          'bfloat16': ((3, 7, 1, 8), 'bfloat16', False)}
+_CASES = {
+    'float32-bias': ((3, 7, 2, 8), 'float32', True),
+    'float32': ((2, 6, 3, 16), 'float32', False),
+    'bfloat16-bias': ((2, 6, 3, 32), 'bfloat16', True),
+    'bfloat16': ((3, 7, 1, 8), 'bfloat16', False)
+}
 # Both forms compute float32 scores and softmax; they differ in layout and fusion. Worst
 # differences over 300 random cases: 2.4e-6 in float32, 7.7e-3 (one rounding step at
 # 1.0) in bfloat16.
@@ -63,19 +66,21 @@ def test_attend_is_softmax_of_scaled_scores_plus_bias():
   rng = np.random.RandomState(0)
   q, k, v = (rng.randn(2, 5, 3, 8).astype(np.float32) for _ in range(3))
   bias = rng.randn(3, 5, 5).astype(np.float32)
-  scores = np.einsum('bthd,bshd->bhts', q, k) * 8 ** -0.5 + bias
+  scores = np.einsum('bthd,bshd->bhts', q, k) * 8**-0.5 + bias
   probs = np.exp(scores - scores.max(-1, keepdims=True))
   expected = np.einsum('bhts,bshd->bthd', probs / probs.sum(-1, keepdims=True), v)
   for impl in ('einsum', 'xla'):
     with attention.attention_impl(impl):
-      np.testing.assert_allclose(attention.attend(q, k, v, bias), expected, rtol=1e-5,
-                                 atol=1e-5)
+      np.testing.assert_allclose(attention.attend(q, k, v, bias), expected, rtol=1e-5, atol=1e-5)
 
 
 # What 'auto' and 'cudnn' resolve to for a case cuDNN takes (bfloat16, head dim 8, no bias),
 # per backend: einsum on a CPU, cuDNN on an (NVIDIA) GPU, XLA's form elsewhere.
-_RESOLVED = {'cpu': dict(auto='einsum', cudnn='xla'), 'gpu': dict(auto='cudnn', cudnn='cudnn'),
-             'tpu': dict(auto='xla', cudnn='xla')}
+_RESOLVED = {
+    'cpu': dict(auto='einsum', cudnn='xla'),
+    'gpu': dict(auto='cudnn', cudnn='cudnn'),
+    'tpu': dict(auto='xla', cudnn='xla')
+}
 
 
 def test_auto_picks_the_backends_formulation_and_cudnn_falls_back_to_xla_off_gpu():
@@ -90,6 +95,7 @@ def test_auto_picks_the_backends_formulation_and_cudnn_falls_back_to_xla_off_gpu
 
 
 def test_cudnn_is_used_only_where_it_takes_the_case():
+
   def supports(shape, dtype, bias):
     with target.compiling_for(target.Target('gpu', cuda=True)):
       return attention.cudnn_supports(jnp.zeros(shape, dtype), jnp.zeros((1,)) if bias else None)

@@ -27,9 +27,9 @@ def test_odd_batch_is_fine_without_mixing():
 
 
 def test_spec_parses_to_timms_settings():
-  assert draws.parse_spec('rand-m9-mstd0.5-inc1') == dict(
-      ops=draws.INCREASING_OPS, num_layers=2, prob=0.5, magnitude=9.0,
-      magnitude_std=0.5)
+  assert draws.parse_spec('rand-m9-mstd0.5-inc1') == dict(ops=draws.INCREASING_OPS, num_layers=2,
+                                                          prob=0.5, magnitude=9.0,
+                                                          magnitude_std=0.5)
   parsed = draws.parse_spec('rand-n3-p0.7-mstd101')
   assert parsed == dict(ops=draws.OPS, num_layers=3, prob=0.7, magnitude=10.0,
                         magnitude_std=float('inf'))
@@ -85,6 +85,6 @@ def test_config_dict_and_overrides():
   evaluation = augment.make_eval_augment(dict(image_size=16, crop_pct=1.0))
   out = evaluation.host(dict(image=np.zeros((20, 30, 3), np.uint8)), None)
   assert out['image'].shape == (16, 16, 3)
-  np.testing.assert_allclose(evaluation.device(np.full((1, 2, 2, 3), 255, np.uint8))[0, 0, 0],
-                             (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      evaluation.device(np.full((1, 2, 2, 3), 255, np.uint8))[0, 0, 0],
+      (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-6)

@@ -58,8 +58,8 @@ def test_each_pair_alone_gives_the_batch_bits(train, batch):
 
 
 def test_each_image_alone_gives_the_batch_bits_without_mixing(batch):
-  device = jax.jit(augment.make_train_augment(image_size=SIZE, mixup_alpha=0.0,
-                                              cutmix_alpha=0.0).device)
+  device = jax.jit(
+      augment.make_train_augment(image_size=SIZE, mixup_alpha=0.0, cutmix_alpha=0.0).device)
   images, _ = device(*batch)
   for i in range(BATCH):
     alone, _ = device(*(array[i:i + 1] for array in batch))
@@ -78,14 +78,13 @@ def test_host_crop_is_the_same_in_another_process(train):
   source = synthetic.SyntheticSource(4, image_size=48)
   key_data = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], np.uint32)
   here = np.stack([train[0].host(source[i], key_data[i])['image'] for i in range(4)])
-  script = (
-      'import sys, numpy as np\n'
-      'from tinyvit_jax.data.augment import host_crop\n'
-      'from tinyvit_jax.data.sources import synthetic\n'
-      'source = synthetic.SyntheticSource(4, image_size=48)\n'
-      f'key_data = np.array({key_data.tolist()}, np.uint32)\n'
-      f'crop = host_crop.TrainCrop({SIZE})\n'
-      'out = np.stack([crop(source[i], key_data[i])["image"] for i in range(4)])\n'
-      'sys.stdout.buffer.write(out.tobytes())\n')
+  script = ('import sys, numpy as np\n'
+            'from tinyvit_jax.data.augment import host_crop\n'
+            'from tinyvit_jax.data.sources import synthetic\n'
+            'source = synthetic.SyntheticSource(4, image_size=48)\n'
+            f'key_data = np.array({key_data.tolist()}, np.uint32)\n'
+            f'crop = host_crop.TrainCrop({SIZE})\n'
+            'out = np.stack([crop(source[i], key_data[i])["image"] for i in range(4)])\n'
+            'sys.stdout.buffer.write(out.tobytes())\n')
   there = subprocess.run([sys.executable, '-c', script], capture_output=True, check=True).stdout
   np.testing.assert_array_equal(np.frombuffer(there, np.uint8).reshape(here.shape), here)

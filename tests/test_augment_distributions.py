@@ -66,8 +66,9 @@ def test_crop_scale_ratio_and_flip():
 
 def test_erasing_rate_area_and_aspect():
   n, size = 4000, 32
-  erase = jax.jit(jax.vmap(lambda key: jax_ops.random_erase(
-      jnp.full((size, size, 3), 100.0), draws.draw_erase(key, size, size, 0.25))))
+  erase = jax.jit(
+      jax.vmap(lambda key: jax_ops.random_erase(jnp.full(
+          (size, size, 3), 100.0), draws.draw_erase(key, size, size, 0.25))))
   erased = np.asarray(erase(_keys(n))) != 100.0
   boxes = erased.any(axis=-1)
   hit = boxes.any(axis=(1, 2))
@@ -83,15 +84,17 @@ def test_erasing_rate_area_and_aspect():
 
 @pytest.fixture(scope='module')
 def draw_pairs():
+
   def draw(keys, **kwargs):
     return jax.jit(jax.vmap(lambda key: mix.draw_pair(key, 32, 32, **kwargs)))(keys)
+
   return draw
 
 
 def test_mixup_lambda_is_beta(draw_pairs):
   n = 20000
-  lam, _, use_cutmix = draw_pairs(_keys(n), mixup_alpha=0.8, cutmix_alpha=0.0,
-                                  switch_prob=0.5, prob=1.0)
+  lam, _, use_cutmix = draw_pairs(_keys(n), mixup_alpha=0.8, cutmix_alpha=0.0, switch_prob=0.5,
+                                  prob=1.0)
   assert not np.asarray(use_cutmix).any()
   statistic = stats.kstest(np.asarray(lam), stats.beta(0.8, 0.8).cdf).statistic
   assert statistic < KS_CRITICAL / math.sqrt(n)
@@ -99,8 +102,8 @@ def test_mixup_lambda_is_beta(draw_pairs):
 
 def test_switch_and_mix_probabilities(draw_pairs):
   n = 8000
-  lam, _, use_cutmix = draw_pairs(_keys(n, 1), mixup_alpha=0.8, cutmix_alpha=1.0,
-                                  switch_prob=0.5, prob=0.6)
+  lam, _, use_cutmix = draw_pairs(_keys(n, 1), mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5,
+                                  prob=0.6)
   _assert_rate(np.asarray(use_cutmix), 0.5)
   _assert_rate(np.asarray(lam) < 1, 0.6)
 
@@ -109,14 +112,16 @@ def test_cutmix_box_area_is_one_minus_lambda_as_timm(draw_pairs):
   """The box covers exactly 1 - lambda (lambda corrected after clipping), and the
   corrected lambdas follow timm's cutmix_bbox_and_lam fed numpy's Beta draws."""
   n, size = 6000, 32
-  lam, (top, bottom, left, right), use_cutmix = draw_pairs(
-      _keys(n, 2), mixup_alpha=0.0, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0)
+  lam, (top, bottom, left, right), use_cutmix = draw_pairs(_keys(n, 2), mixup_alpha=0.0,
+                                                           cutmix_alpha=1.0, switch_prob=0.5,
+                                                           prob=1.0)
   assert np.asarray(use_cutmix).all()
   area = np.asarray((bottom - top) * (right - left)) / size**2
   np.testing.assert_allclose(np.asarray(lam), 1 - area, atol=1e-6)
   np.random.seed(0)
-  theirs = [mixup.cutmix_bbox_and_lam((3, size, size), np.random.beta(1.0, 1.0))[1]
-            for _ in range(n)]
+  theirs = [
+      mixup.cutmix_bbox_and_lam((3, size, size), np.random.beta(1.0, 1.0))[1] for _ in range(n)
+  ]
   assert stats.ks_2samp(np.asarray(lam), theirs).statistic < KS_CRITICAL * math.sqrt(2 / n)
 
 
@@ -124,8 +129,8 @@ def test_rand_augment_layer_draws():
   """Ops uniform over the 15, applied half the time, magnitude N(9, 0.5) clipped to
   [0, 10], sign flipped half the time."""
   n, num_ops = 15000, len(draws.INCREASING_OPS)
-  op, magnitude, negate = jax.jit(jax.vmap(lambda key: draws.draw_layer(
-      key, num_ops, 0.5, 9.0, 0.5)))(_keys(n, 3))
+  op, magnitude, negate = jax.jit(
+      jax.vmap(lambda key: draws.draw_layer(key, num_ops, 0.5, 9.0, 0.5)))(_keys(n, 3))
   op, magnitude = np.asarray(op), np.asarray(magnitude)
   applied = op >= 0
   _assert_rate(applied, 0.5)
@@ -135,13 +140,13 @@ def test_rand_augment_layer_draws():
   assert magnitude.min() >= 0 and magnitude.max() <= 10
   _assert_rate(magnitude == 10, stats.norm.sf(2))  # P(N(9, 0.5) >= 10): clipped to 10
   unclipped = magnitude[magnitude < 10]
-  assert abs(unclipped.mean() - stats.truncnorm.mean(-np.inf, 2, 9, 0.5)) < 5 * 0.5 / math.sqrt(
-      unclipped.size)
+  assert abs(unclipped.mean()
+             - stats.truncnorm.mean(-np.inf, 2, 9, 0.5)) < 5 * 0.5 / math.sqrt(unclipped.size)
 
 
 def test_uniform_magnitude_when_std_is_infinite():
   n = 4000
-  _, magnitude, _ = jax.jit(jax.vmap(lambda key: draws.draw_layer(
-      key, 15, 1.0, 9.0, math.inf)))(_keys(n, 4))
-  assert stats.kstest(np.asarray(magnitude), stats.uniform(0, 9).cdf).statistic < (
-      KS_CRITICAL / math.sqrt(n))
+  _, magnitude, _ = jax.jit(jax.vmap(lambda key: draws.draw_layer(key, 15, 1.0, 9.0, math.inf)))(
+      _keys(n, 4))
+  assert stats.kstest(np.asarray(magnitude),
+                      stats.uniform(0, 9).cdf).statistic < (KS_CRITICAL / math.sqrt(n))

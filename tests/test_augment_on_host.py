@@ -47,8 +47,7 @@ def _both(count, **settings):
   on_host, _ = jax.jit(host.device)(packed, np.stack(key_data), jnp.zeros((count, 10)))
   crops = [device.host(source[i], key_data[i]) for i in range(count)]
   on_device, _ = jax.jit(device.device)(np.stack([c['image'] for c in crops]),
-                                        np.stack([c['key'] for c in crops]),
-                                        jnp.zeros((count, 10)))
+                                        np.stack([c['key'] for c in crops]), jnp.zeros((count, 10)))
   return np.asarray(on_host), np.asarray(on_device), key_data
 
 
@@ -96,23 +95,22 @@ def test_packed_pixels_unpack_normalised_and_noise_as_itself():
   np.testing.assert_array_equal(unpack(packed, mean, std), noise.astype(np.float16))
 
 
-@pytest.mark.parametrize('ops', [draws.INCREASING_OPS, draws.OPS],
-                         ids=['inc1', 'inc0'])
+@pytest.mark.parametrize('ops', [draws.INCREASING_OPS, draws.OPS], ids=['inc1', 'inc0'])
 def test_each_pil_op_on_the_shared_arguments_matches_the_device_op(ops):
   """Every op through ``op_arguments``: PIL on the host against jax on the device, within
   the vs-timm tolerances (AutoContrast max 1 LSB, mean 0.03; the rest max 1, mean 0.01)."""
   image = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
   fill = (124, 116, 104)
   arguments_of = jax.jit(lambda op, m, negate: draws.op_arguments(op, m, negate, ops, 32, 40))
-  apply = jax.jit(lambda image, op, arguments: jax_ops.apply_arguments(
-      image, op, arguments, ops, fill))
+  apply = jax.jit(
+      lambda image, op, arguments: jax_ops.apply_arguments(image, op, arguments, ops, fill))
   for index, name in enumerate(ops):
     for magnitude, negate in ((3.3, False), (9.0, True), (10.0, False)):
       arguments = arguments_of(index, magnitude, negate)
-      host = pil_ops.apply_arguments(Image.fromarray(image), index,
-                                     jax.device_get(arguments), ops, fill)
-      difference = np.abs(np.asarray(host, np.int32) - np.asarray(apply(image, index,
-                                                                        arguments), np.int32))
+      host = pil_ops.apply_arguments(Image.fromarray(image), index, jax.device_get(arguments), ops,
+                                     fill)
+      difference = np.abs(
+          np.asarray(host, np.int32) - np.asarray(apply(image, index, arguments), np.int32))
       mean_limit = 0.03 if name == 'AutoContrast' else 0.01
       assert difference.max() <= 1 and difference.mean() <= mean_limit, (name, magnitude)
 
@@ -127,8 +125,9 @@ def test_encoded_bytes_crop_like_decoded_pixels(tmp_path):
   decoded = np.asarray(Image.open(path).convert('RGB'))
   crop = host_crop.TrainCrop(32)
   for key_data in _key_data(10):
-    np.testing.assert_array_equal(crop(dict(image=data), key_data)['image'],
-                                  crop(dict(image=decoded), key_data)['image'])
+    np.testing.assert_array_equal(
+        crop(dict(image=data), key_data)['image'],
+        crop(dict(image=decoded), key_data)['image'])
 
 
 def test_draft_decodes_small_only_when_the_crop_is_large_and_stays_close(tmp_path):
@@ -153,15 +152,14 @@ def test_host_augmentation_is_the_same_in_another_process():
   key_data = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], np.uint32)
   host = augment.make_train_augment(image_size=SIZE, augment_on='host').host
   here = np.stack([host(source[i], key_data[i])['image'] for i in range(4)])
-  script = (
-      'import sys, numpy as np\n'
-      'from tinyvit_jax.data import augment\n'
-      'from tinyvit_jax.data.sources import synthetic\n'
-      'source = synthetic.SyntheticSource(4, image_size=48)\n'
-      f'key_data = np.array({key_data.tolist()}, np.uint32)\n'
-      f'host = augment.make_train_augment(image_size={SIZE}, augment_on="host").host\n'
-      'out = np.stack([host(source[i], key_data[i])["image"] for i in range(4)])\n'
-      'sys.stdout.buffer.write(out.tobytes())\n')
+  script = ('import sys, numpy as np\n'
+            'from tinyvit_jax.data import augment\n'
+            'from tinyvit_jax.data.sources import synthetic\n'
+            'source = synthetic.SyntheticSource(4, image_size=48)\n'
+            f'key_data = np.array({key_data.tolist()}, np.uint32)\n'
+            f'host = augment.make_train_augment(image_size={SIZE}, augment_on="host").host\n'
+            'out = np.stack([host(source[i], key_data[i])["image"] for i in range(4)])\n'
+            'sys.stdout.buffer.write(out.tobytes())\n')
   there = subprocess.run([sys.executable, '-c', script], capture_output=True, check=True).stdout
   np.testing.assert_array_equal(np.frombuffer(there, np.float16).reshape(here.shape), here)
 
@@ -171,8 +169,8 @@ def test_host_mode_device_half_unpacks_then_mixes_pairs():
   rng = np.random.default_rng(0)
   packed = host_mode.pack(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
   packed[:, 2:5, 1:6] = rng.standard_normal((4, 3, 5, 3))  # an erased box
-  images = np.asarray(host_mode.unpack_normalised(
-      packed, normalisation.IMAGENET_MEAN, normalisation.IMAGENET_STD))
+  images = np.asarray(
+      host_mode.unpack_normalised(packed, normalisation.IMAGENET_MEAN, normalisation.IMAGENET_STD))
   targets = np.eye(4, dtype=np.float32)
   key_data = np.stack(_key_data(4))
   mixed, mixed_targets = jax.jit(pipeline.device)(packed, key_data, targets)

@@ -61,15 +61,17 @@ def apply_ops():
     arguments = draws.op_arguments(op, magnitude, negate, ops, h, w)
     return jax_ops.apply_arguments(image, op, arguments, ops, FILL)
 
-  return {ops: jax.jit(functools.partial(apply_op, ops=ops))
-          for ops in (draws.INCREASING_OPS, draws.OPS)}
+  return {
+      ops: jax.jit(functools.partial(apply_op, ops=ops)) for ops in (draws.INCREASING_OPS, draws.OPS)
+  }
 
 
-@pytest.mark.parametrize('ops', [draws.INCREASING_OPS, draws.OPS],
-                         ids=['inc1', 'inc0'])
+@pytest.mark.parametrize('ops', [draws.INCREASING_OPS, draws.OPS], ids=['inc1', 'inc0'])
 def test_every_rand_augment_op_matches_timm(apply_ops, ops):
-  exact = {'Equalize', 'Invert', 'PosterizeIncreasing', 'Posterize',
-           'SolarizeIncreasing', 'Solarize', 'SolarizeAdd'}
+  exact = {
+      'Equalize', 'Invert', 'PosterizeIncreasing', 'Posterize', 'SolarizeIncreasing', 'Solarize',
+      'SolarizeAdd'
+  }
   for image in _test_images():
     for index, name in enumerate(ops):
       for magnitude in (0.0, 3.3, 9.0, 10.0):
@@ -84,16 +86,15 @@ def test_every_rand_augment_op_matches_timm(apply_ops, ops):
             reference = np.asarray(op(Image.fromarray(image)))
           ours = apply_ops[ops](image, index, magnitude, negate)
           mean, worst = _lsb_difference(ours, reference)
-          tolerance = ((0, 0) if name in exact else (0.03, 1) if name == 'AutoContrast'
-                       else (0.01, 1))
-          assert mean <= tolerance[0] and worst <= tolerance[1], (name, magnitude, negate,
-                                                                 mean, worst)
+          tolerance = ((0, 0) if name in exact else (0.03, 1) if name == 'AutoContrast' else
+                       (0.01, 1))
+          assert mean <= tolerance[0] and worst <= tolerance[1], (name, magnitude, negate, mean,
+                                                                  worst)
 
 
 def test_no_op_leaves_the_image_bit_identical(apply_ops):
   for image in _test_images():
-    np.testing.assert_array_equal(apply_ops[draws.INCREASING_OPS](image, -1, 9.0, True),
-                                  image)
+    np.testing.assert_array_equal(apply_ops[draws.INCREASING_OPS](image, -1, 9.0, True), image)
 
 
 def test_posterize_to_zero_bits_is_black():
@@ -101,10 +102,10 @@ def test_posterize_to_zero_bits_is_black():
   np.testing.assert_array_equal(uint8_ops.apply_lut(image, uint8_ops.posterize_lut(0)), 0)
 
 
-@pytest.mark.parametrize('adjust, degenerate', [
-    (tv.adjust_brightness, uint8_ops.brightness_degenerate),
-    (tv.adjust_contrast, uint8_ops.contrast_degenerate),
-    (tv.adjust_saturation, uint8_ops.colour_degenerate)])
+@pytest.mark.parametrize('adjust, degenerate',
+                         [(tv.adjust_brightness, uint8_ops.brightness_degenerate),
+                          (tv.adjust_contrast, uint8_ops.contrast_degenerate),
+                          (tv.adjust_saturation, uint8_ops.colour_degenerate)])
 def test_colour_jitter_ops_match_torchvision(adjust, degenerate):
   for image in _test_images():
     for factor in (0.6, 0.83, 1.0, 1.27, 1.4):
@@ -117,8 +118,8 @@ def test_normalise_matches_to_tensor_and_normalize():
   image = _test_images()[1]
   tensor = tv.normalize(tv.to_tensor(Image.fromarray(image)), normalisation.IMAGENET_MEAN,
                         normalisation.IMAGENET_STD)
-  np.testing.assert_allclose(jax_ops.normalise(image), tensor.permute(1, 2, 0).numpy(),
-                             rtol=0, atol=1e-6)
+  np.testing.assert_allclose(jax_ops.normalise(image),
+                             tensor.permute(1, 2, 0).numpy(), rtol=0, atol=1e-6)
 
 
 class _FakeRandom:
@@ -128,8 +129,8 @@ class _FakeRandom:
     self.uniform, self.randint = draws.uniform, draws.randint
 
 
-@pytest.mark.parametrize('height, width', [(60, 80), (80, 60), (100, 100), (20, 200),
-                                           (200, 20), (7, 9)])
+@pytest.mark.parametrize('height, width', [(60, 80), (80, 60), (100, 100), (20, 200), (200, 20),
+                                           (7, 9)])
 def test_crop_params_follow_timms_rule_on_the_same_draws(height, width):
   """timm's RandomResizedCrop.get_params, fed the same uniform stream, picks the same crop:
   the ten attempts, the rounding and the fallback (the thin images reach it)."""
@@ -156,11 +157,11 @@ def test_resized_crop_matches_torchvision():
 @pytest.mark.parametrize('shape', [(50, 70), (70, 50), (40, 40)])
 def test_eval_transform_matches_timm(crop_pct, shape):
   image = np.random.default_rng(1).integers(0, 256, shape + (3,), dtype=np.uint8)
-  reference = transforms_factory.transforms_imagenet_eval(
-      img_size=32, crop_pct=crop_pct, interpolation='bicubic', normalize=False)
+  reference = transforms_factory.transforms_imagenet_eval(img_size=32, crop_pct=crop_pct,
+                                                          interpolation='bicubic', normalize=False)
   expected = reference(Image.fromarray(image))
-  expected = (expected.numpy() if isinstance(expected, torch.Tensor)
-              else np.asarray(expected)).transpose(1, 2, 0)
+  expected = (expected.numpy()
+              if isinstance(expected, torch.Tensor) else np.asarray(expected)).transpose(1, 2, 0)
   ours = host_crop.EvalResizeCrop(32, crop_pct)(dict(image=image), None)['image']
   np.testing.assert_array_equal(ours, expected)
 

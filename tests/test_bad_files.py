@@ -58,24 +58,36 @@ BAD_FILES = {
 
 # Directories where one of our checkpoints is expected.
 BAD_DIRS = {
-    'empty dir': lambda good, tmp: str(tmp),
-    'unrelated files': lambda good, tmp: os.path.dirname(_write(tmp / 'notes.txt', b'hi')),
-    'a file': lambda good, tmp: _write(tmp / 'w.pth', os.urandom(100)),
-    'truncated model.json': lambda good, tmp: _checkpoint_with(
-        good, tmp, lambda d: _write(f'{d}/model.json', b'{"format": 1, "mo')),
-    'bytes model.json': lambda good, tmp: _checkpoint_with(
-        good, tmp, lambda d: _write(f'{d}/model.json', os.urandom(300))),
-    'list model.json': lambda good, tmp: _checkpoint_with(
-        good, tmp, lambda d: _write(f'{d}/model.json', b'[1, 2]')),
-    'unknown model': lambda good, tmp: _checkpoint_with(
-        good, tmp, lambda d: _write(f'{d}/model.json', json.dumps(
-            dict(format=1, model='nope_net', kwargs={})).encode())),
-    'no state': lambda good, tmp: _checkpoint_with(
-        good, tmp, lambda d: shutil.rmtree(f'{d}/state')),
-    'garbage state': lambda good, tmp: _checkpoint_with(good, tmp, _scramble_state),
-    'other shapes': lambda good, tmp: _checkpoint_with(
-        good, tmp, lambda d: _write(f'{d}/model.json', json.dumps(
-            dict(format=1, model=MODEL, kwargs=dict(KWARGS, num_classes=5))).encode())),
+    'empty dir':
+        lambda good, tmp: str(tmp),
+    'unrelated files':
+        lambda good, tmp: os.path.dirname(_write(tmp / 'notes.txt', b'hi')),
+    'a file':
+        lambda good, tmp: _write(tmp / 'w.pth', os.urandom(100)),
+    'truncated model.json':
+        lambda good, tmp: _checkpoint_with(
+            good, tmp, lambda d: _write(f'{d}/model.json', b'{"format": 1, "mo')),
+    'bytes model.json':
+        lambda good, tmp: _checkpoint_with(good, tmp, lambda d: _write(
+            f'{d}/model.json', os.urandom(300))),
+    'list model.json':
+        lambda good, tmp: _checkpoint_with(good, tmp, lambda d: _write(
+            f'{d}/model.json', b'[1, 2]')),
+    'unknown model':
+        lambda good, tmp: _checkpoint_with(
+            good, tmp, lambda d: _write(
+                f'{d}/model.json',
+                json.dumps(dict(format=1, model='nope_net', kwargs={})).encode())),
+    'no state':
+        lambda good, tmp: _checkpoint_with(good, tmp, lambda d: shutil.rmtree(f'{d}/state')),
+    'garbage state':
+        lambda good, tmp: _checkpoint_with(good, tmp, _scramble_state),
+    'other shapes':
+        lambda good, tmp: _checkpoint_with(
+            good, tmp, lambda d: _write(
+                f'{d}/model.json',
+                json.dumps(dict(format=1, model=MODEL, kwargs=dict(KWARGS, num_classes=5))).encode(
+                ))),
 }
 
 
@@ -110,8 +122,9 @@ def test_convert_from_a_bad_file(case, tmp_path, capsys):
 def test_a_bad_checkpoint_dir(cli, case, good, tmp_path, capsys):
   path = BAD_DIRS[case](good, tmp_path)
   if cli == 'convert':
-    code = convert.run(['--model', MODEL, '--from', path, '--to-timm',
-                        str(tmp_path / 'w.safetensors')])
+    code = convert.run(
+        ['--model', MODEL, '--from', path, '--to-timm',
+         str(tmp_path / 'w.safetensors')])
   else:
     code = predict.run(['--checkpoint', path, _write(tmp_path / 'x.png', b'')])
   assert code != 0
@@ -133,8 +146,8 @@ def test_init_checkpoint_and_teacher_dirs(case, good, tmp_path):
 @pytest.mark.parametrize('case', ['random.pth', 'empty.safetensors', 'directory'])
 def test_timm_teacher_file(case, tmp_path):
   path = BAD_FILES[case](tmp_path)
-  distill = ml_collections.ConfigDict(dict(teacher=path, teacher_adapter='timm',
-                                           teacher_model='resnet18'))
+  distill = ml_collections.ConfigDict(
+      dict(teacher=path, teacher_adapter='timm', teacher_model='resnet18'))
   with pytest.raises(model_checkpoint.CheckpointError) as error:
     factory.make_teacher(distill)
   assert_one_line(error.value, path)
@@ -144,13 +157,13 @@ def test_main_turns_a_bad_checkpoint_into_one_line(tmp_path):
   """main's one catch, through its cheapest way in: the save pass's teacher (the stage
   starts by reading it). init.checkpoint raises the same error (above)."""
   path = BAD_FILES['random.pth'](tmp_path)
-  result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', '--config=tests/helpers/train_config.py',
-       f'--workdir={tmp_path / "run"}', '--config.distill.kind=fpd',
-       '--config.distill.from_store=True', f'--config.distill.teacher={path}',
-       "--config.stages=('save_logits',)"],
-      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-      timeout=600)
+  result = subprocess.run([
+      sys.executable, '-m', 'tinyvit_jax.main', '--config=tests/helpers/train_config.py',
+      f'--workdir={tmp_path / "run"}', '--config.distill.kind=fpd',
+      '--config.distill.from_store=True', f'--config.distill.teacher={path}',
+      "--config.stages=('save_logits',)"
+  ], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
+                          timeout=600)
   assert result.returncode != 0
   assert_one_error_line(_errors_only(result.stderr), path)
 
@@ -175,9 +188,8 @@ def test_preview_picks_a_run_of_a_recipe_of_several():
 
 def test_preview_of_a_recipe_of_several_names_its_runs():
   result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.preview', '--config=configs/quickstart.py'],
-      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True,
-      timeout=600)
+      [sys.executable, '-m', 'tinyvit_jax.preview', '--config=configs/quickstart.py'], cwd=REPO,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True, timeout=600)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1] == (
       'error: configs/quickstart.py: several runs (teacher, student_fpd, student_labels); '

@@ -17,12 +17,17 @@ import fpd  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 @pytest.mark.slow
 def test_quick_runs_every_arm_and_reports_it(tmp_path):
-  subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'accelerator.py'),
-                  '--quick', '--out', str(tmp_path)], check=True, cwd=REPO, timeout=1200)
+  subprocess.run([
+      sys.executable,
+      os.path.join(REPO, 'benchmarks', 'accelerator.py'), '--quick', '--out',
+      str(tmp_path)
+  ], check=True, cwd=REPO, timeout=1200)
   report = json.loads((tmp_path / 'accelerator.json').read_text())
   arms = report['arms']
-  assert list(arms) == ['step:tiny_vit_5m_224', 'student', 'augment', 'save_pass',
-                        'save_pass:vit_large_patch14_clip_224', 'loader', 'attention']
+  assert list(arms) == [
+      'step:tiny_vit_5m_224', 'student', 'augment', 'save_pass',
+      'save_pass:vit_large_patch14_clip_224', 'loader', 'attention'
+  ]
   assert {name: arm['status'] for name, arm in arms.items()} == dict.fromkeys(arms, 'ok')
   backend = jax.default_backend()
   (device,) = {arm['device'] for arm in arms.values()}
@@ -36,43 +41,42 @@ def test_quick_runs_every_arm_and_reports_it(tmp_path):
       assert memory['torch_peak_bytes'] is None or memory['torch_peak_bytes'] >= 0, name
 
   rows = arms['step:tiny_vit_5m_224']['result']['rows']
-  assert [(r['model'], r['mode']) for r in rows] == [
-      (accelerator.QUICK_STEP_MODEL, 'forward'), (accelerator.QUICK_STEP_MODEL, 'train')]
+  assert [(r['model'], r['mode']) for r in rows] == [(accelerator.QUICK_STEP_MODEL, 'forward'),
+                                                     (accelerator.QUICK_STEP_MODEL, 'train')]
   for row in rows:
-    assert row['ours_over_eager'] == pytest.approx(
-        row['ours']['img_per_s']['median'] / row['timm_eager']['img_per_s']['median'])
+    assert row['ours_over_eager'] == pytest.approx(row['ours']['img_per_s']['median']
+                                                   / row['timm_eager']['img_per_s']['median'])
 
   augment = arms['augment']['result']
-  assert augment['share_of_step'] == pytest.approx(
-      1 - augment['augmented']['img_per_s']['median'] / augment['plain']['img_per_s']['median'])
+  assert augment['share_of_step'] == pytest.approx(1 - augment['augmented']['img_per_s']['median']
+                                                   / augment['plain']['img_per_s']['median'])
   assert augment['config']['aug']['rand_augment'] == 'rand-m9-mstd0.5-inc1'
   student = arms['student']['result']
-  assert student['overhead'] == pytest.approx(
-      student['store_step_s']['median'] / student['labels_step_s']['median'] - 1)
+  assert student['overhead'] == pytest.approx(student['store_step_s']['median']
+                                              / student['labels_step_s']['median'] - 1)
   save = arms['save_pass']['result']
   assert save['config']['aug']['augment_on'] == 'device'
   assert save['config']['teacher'] == 'deit_tiny_patch16_224'  # the teacher it names
-  assert save['save_over_inference'] == pytest.approx(
-      save['save']['median'] / save['inference']['median'])
+  assert save['save_over_inference'] == pytest.approx(save['save']['median']
+                                                      / save['inference']['median'])
   vit = arms['save_pass:vit_large_patch14_clip_224']['result']  # --quick: a tiny ViT
-  assert (vit['config']['teacher'], vit['config']['teacher_kwargs']) == (
-      'vit_base_patch16_clip_224', fpd.QUICK_VIT)
-  assert vit['save_over_inference'] == pytest.approx(
-      vit['save']['median'] / vit['inference']['median'])
+  assert (vit['config']['teacher'],
+          vit['config']['teacher_kwargs']) == ('vit_base_patch16_clip_224', fpd.QUICK_VIT)
+  assert vit['save_over_inference'] == pytest.approx(vit['save']['median']
+                                                     / vit['inference']['median'])
   loader = arms['loader']['result']
   assert set(loader) == {'full_decode', 'draft', 'config'}
   assert loader['config']['augment_on'] == 'device'
 
   attention = arms['attention']['result']
   assert attention['impls'] == ['einsum', 'xla'] + (['cudnn'] if backend == 'gpu' else [])
-  assert [(r['model'], r['mode']) for r in attention['rows']] == [
-      (accelerator.QUICK_STEP_MODEL, 'forward'), (accelerator.QUICK_STEP_MODEL, 'train')]
+  assert [(r['model'], r['mode']) for r in attention['rows']
+         ] == [(accelerator.QUICK_STEP_MODEL, 'forward'), (accelerator.QUICK_STEP_MODEL, 'train')]
 
   table = (tmp_path / 'accelerator.md').read_text()
   assert table.startswith(f'Device: {device}; batch 4, float32 compute, 2 rounds')
   assert (device == 'cpu') == (backend == 'cpu')
-  ratio = loader['full_decode']['img_per_s']['median'] / augment['augmented']['img_per_s'][
-      'median']
+  ratio = loader['full_decode']['img_per_s']['median'] / augment['augmented']['img_per_s']['median']
   for line in (f'| {accelerator.QUICK_STEP_MODEL} train img/s |', '| store-fed step, ms |',
                f'share {augment["share_of_step"]:.1%}', f'{save["save_over_inference"]:.2f}x',
                f'| save pass, vit_base_patch16_clip_224 img/s | {accelerator._rate(vit["save"])}',
@@ -83,8 +87,8 @@ def test_quick_runs_every_arm_and_reports_it(tmp_path):
 def test_an_arm_the_deadline_leaves_no_time_for_is_reported_not_run(tmp_path, capsys):
   accelerator.main(['--arms', 'save_pass,student', '--deadline', '20', '--out', str(tmp_path)])
   report = json.loads((tmp_path / 'accelerator.json').read_text())
-  assert [arm['status'] for arm in report['arms'].values()] == [
-      'not run: 20 s left of the 20 s deadline'] * 2
+  assert [arm['status'] for arm in report['arms'].values()
+         ] == ['not run: 20 s left of the 20 s deadline'] * 2
   assert '| save_pass | not run: 20 s left' in (tmp_path / 'accelerator.md').read_text()
   assert 'Device: not known yet' in capsys.readouterr().out
 

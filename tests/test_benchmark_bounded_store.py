@@ -21,14 +21,17 @@ def test_bounded_arms_read_the_first_epochs_of_their_seeds_store(tmp_path, monke
   assert {run.distill.views_per_example for run in runs.values()} == {0, 1, 2, 5, 10}
   monkeypatch.setattr(main_lib, 'run_stages', fake_stages)
   out = tmp_path / 'result.json'
-  result = bounded_store.main(['--seeds', '0,1', '--workdir', str(tmp_path / 'runs'),
-                               '--out', str(out)])
+  result = bounded_store.main(
+      ['--seeds', '0,1', '--workdir',
+       str(tmp_path / 'runs'), '--out',
+       str(out)])
   assert json.loads(out.read_text()) == json.loads(json.dumps(result))
   rows = {row['arm']: row for row in result['accuracy']}
   assert list(rows) == ['per_epoch', 'views_1', 'views_2', 'views_5', 'views_10']
   assert [rows[arm]['stored_epochs'] for arm in rows] == [12, 1, 2, 5, 10]
-  sizes = [rows[arm]['store_bytes'] for arm in ('views_1', 'views_2', 'views_5', 'views_10',
-                                                 'per_epoch')]
+  sizes = [
+      rows[arm]['store_bytes'] for arm in ('views_1', 'views_2', 'views_5', 'views_10', 'per_epoch')
+  ]
   assert sizes == sorted(sizes) and len(set(sizes)) == 5
   for row in rows.values():
     assert abs(row['mean'] - (row['seed0'] + row['seed1']) / 2) <= 1e-4

@@ -14,10 +14,13 @@ def test_quick_run_writes_positive_figures(tmp_path):
   out = tmp_path / 'data.json'
   # Loading in the benchmark's own process: every arm and the breakdown run, without
   # worker start-ups (our loader's workers are tested in tests/test_data_loader.py).
-  subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'data.py'), '--quick',
-                  '--workers', '0', '--breakdown', '--cache', str(tmp_path / 'jpegs'),
-                  '--json', str(out)],
-                 check=True, cwd=REPO, timeout=600)
+  subprocess.run([
+      sys.executable,
+      os.path.join(REPO, 'benchmarks', 'data.py'), '--quick', '--workers', '0', '--breakdown',
+      '--cache',
+      str(tmp_path / 'jpegs'), '--json',
+      str(out)
+  ], check=True, cwd=REPO, timeout=600)
   report = json.loads(out.read_text())
 
   assert report['config']['batch'] == 8 and report['config']['workers'] == 0
@@ -31,9 +34,10 @@ def test_quick_run_writes_positive_figures(tmp_path):
                      ('ours', "augment_on='device': its device half run by XLA on this CPU")):
     assert report['breakdown'][arm][stage] > 0
   by_round = report['ours_over_timm_by_round']['img_per_cpu_s']['runs']
-  assert by_round == pytest.approx([o / t for o, t in zip(
-      report['results']['ours']['img_per_cpu_s']['runs'],
-      report['results']['timm']['img_per_cpu_s']['runs'])])
+  assert by_round == pytest.approx([
+      o / t for o, t in zip(report['results']['ours']['img_per_cpu_s']['runs'], report['results']
+                            ['timm']['img_per_cpu_s']['runs'])
+  ])
   assert report['ours_over_timm']['img_per_s'] == pytest.approx(
       report['results']['ours']['img_per_s']['median']
       / report['results']['timm']['img_per_s']['median'])

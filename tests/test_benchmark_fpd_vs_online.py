@@ -21,18 +21,21 @@ def test_every_setup_passes_the_run_checks(tmp_path):
     runs = main_lib.check_recipe(fpd_vs_online.recipe(setup, [0, 1, 2], 10), str(tmp_path))
     online = runs[fpd_vs_online.run_name(setup, 'online', 1)].distill
     assert (online.kind, online.from_store) == ('fpd', False)
-    assert {run.epochs for name, run in runs.items() if name != 'teacher'} == {
-        fpd_vs_online.SETUPS[setup][0]}
+    assert {run.epochs for name, run in runs.items() if name != 'teacher'
+           } == {fpd_vs_online.SETUPS[setup][0]}
 
 
 def test_tables_cut_stores_and_costs(tmp_path, monkeypatch):
   monkeypatch.setattr(main_lib, 'run_stages', fake_stages)
   out = tmp_path / 'result.json'
-  result = fpd_vs_online.main(['--setup', 'short', '--seeds', '0,1', '--student_epochs', '2',
-                               '--workdir', str(tmp_path / 'runs'), '--out', str(out)])
+  result = fpd_vs_online.main([
+      '--setup', 'short', '--seeds', '0,1', '--student_epochs', '2', '--workdir',
+      str(tmp_path / 'runs'), '--out',
+      str(out)
+  ])
   assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-  assert [row['arm'] for row in result['accuracy']] == [
-      'labels', 'online', 'fpd_k1', 'fpd_k3', 'fpd_k5', 'fpd_k10']
+  assert [row['arm'] for row in result['accuracy']
+         ] == ['labels', 'online', 'fpd_k1', 'fpd_k3', 'fpd_k5', 'fpd_k10']
   for row in result['accuracy']:
     assert 0 <= row['seed0'] <= 1 and 0 <= row['seed1'] <= 1
     assert abs(row['mean'] - (row['seed0'] + row['seed1']) / 2) <= 1e-4
@@ -59,6 +62,6 @@ def test_tables_cut_stores_and_costs(tmp_path, monkeypatch):
     assert row['online_s'] == round(n * seconds['online']['wall'], 1)
     assert row['fpd_s'] == round(seconds['save']['wall'] + n * seconds['fpd_k10']['wall'], 1)
     for kind, ratio in (('wall', 'fpd_over_online'), ('cpu', 'cpu_fpd_over_online')):
-      assert row[ratio] == round((seconds['save'][kind] + n * seconds['fpd_k10'][kind])
-                                 / (n * seconds['online'][kind]), 3)
+      assert row[ratio] == round((seconds['save'][kind] + n * seconds['fpd_k10'][kind]) /
+                                 (n * seconds['online'][kind]), 3)
   assert [row['students'] for row in result['cost']] == [1, 3, 10]

@@ -44,8 +44,14 @@ PUBLISHED = {
     'v6e-256': (256, 64, '16x16'),
 }
 # Per chip: HBM GiB, bf16 TFLOP/s, HBM TB/s.
-SPECS = {'v2': (16, 45, 0.7), 'v3': (32, 123, 0.9), 'v4': (32, 275, 1.2),
-         'v5litepod': (16, 197, 0.82), 'v5p': (95, 459, 2.76), 'v6e': (32, 918, 1.64)}
+SPECS = {
+    'v2': (16, 45, 0.7),
+    'v3': (32, 123, 0.9),
+    'v4': (32, 275, 1.2),
+    'v5litepod': (16, 197, 0.82),
+    'v5p': (95, 459, 2.76),
+    'v6e': (32, 918, 1.64)
+}
 
 
 @pytest.mark.parametrize('name', sorted(PUBLISHED))
@@ -78,10 +84,13 @@ def test_every_spelling_names_the_same_target(name):
 
 
 @settings(max_examples=40)
-@given(st.one_of(
-    st.sampled_from(['v4-4', 'v4-12', 'v5litepod-2', 'v6e-512', 'v5e:3x3', 'v7-8', 'h100x',
-                     '', 'v5p-8 ', 'V4-8']),
-    st.text(max_size=12).filter(lambda s: s not in chips.known())))
+@given(
+    st.one_of(
+        st.sampled_from([
+            'v4-4', 'v4-12', 'v5litepod-2', 'v6e-512', 'v5e:3x3', 'v7-8', 'h100x', '', 'v5p-8 ',
+            'V4-8'
+        ]),
+        st.text(max_size=12).filter(lambda s: s not in chips.known())))
 def test_unknown_names_are_refused_in_one_line(name):
   try:
     chips.parse(name)

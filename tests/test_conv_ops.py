@@ -11,9 +11,11 @@ from tinyvit_jax.models import create_model
 
 
 def _loss(impl, stride, pad, groups):
+
   def loss(x, kernel, probe):
     y = conv_ops.conv2d(x, kernel, stride=stride, pad=pad, groups=groups, impl=impl)
     return jnp.sum(jnp.sin(y) * probe)  # a non-trivial cotangent
+
   return loss
 
 
@@ -21,8 +23,8 @@ def _loss(impl, stride, pad, groups):
 @given(batch=st.integers(1, 3), size=st.integers(3, 9), channels=st.integers(1, 6),
        cout=st.integers(1, 5), k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
        depthwise=st.booleans(), seed=st.integers(0, 2**16))
-def test_shifts_match_xla_values_and_gradients(batch, size, channels, cout, k, stride,
-                                               depthwise, seed):
+def test_shifts_match_xla_values_and_gradients(batch, size, channels, cout, k, stride, depthwise,
+                                               seed):
   pad = k // 2
   groups = channels if depthwise else 1
   cout = channels if depthwise else cout
@@ -47,8 +49,10 @@ def test_depthwise_weight_gradient_chunks_over_a_batch_with_odd_factors(monkeypa
   rng = np.random.RandomState(0)
   x = jnp.asarray(rng.randn(6, 4, 4, 4), jnp.float32)
   kernel = jnp.asarray(rng.randn(3, 3, 1, 4), jnp.float32)
-  grads = [jax.grad(_loss(impl, 1, 1, 4), argnums=1)(x, kernel, jnp.ones((6, 4, 4, 4)))
-           for impl in ('xla', 'shifts')]
+  grads = [
+      jax.grad(_loss(impl, 1, 1, 4), argnums=1)(x, kernel, jnp.ones((6, 4, 4, 4)))
+      for impl in ('xla', 'shifts')
+  ]
   np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
@@ -62,8 +66,8 @@ def test_auto_picks_xla_convolutions_off_the_cpu():
 
   def convs(backend):  # conv_general_dilated ops in TinyViT-5M's forward, shapes only
     with target.compiling_for(target.Target(backend)):
-      model = nnx.eval_shape(lambda: create_model('tiny_vit_5m_224', img_size=32,
-                                                  window_sizes=(1, 1, 2, 1)))
+      model = nnx.eval_shape(lambda: create_model('tiny_vit_5m_224', img_size=32, window_sizes=
+                                                  (1, 1, 2, 1)))
       graphdef, state = nnx.split(model)
       jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
       assert conv_ops.resolve_conv_impl('auto') == ('shifts' if backend == 'cpu' else 'xla')

@@ -112,8 +112,8 @@ def test_21k_head_loads_into_a_21k_model():
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, '-m', 'tinyvit_jax.convert', *args],
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run([sys.executable, '-m', 'tinyvit_jax.convert', *args], capture_output=True,
+                        text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -122,8 +122,7 @@ def test_cli_both_ways(tmp_path, capsys):
   timm_model = create_timm_model('tiny_vit_5m_224', num_classes=21841, seed=11)
   torch.save(timm_model.state_dict(), tmp_path / 'in.pth')
   out = tmp_path / 'ours'
-  result = _cli('--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'in.pth'),
-                '--out', str(out))
+  result = _cli('--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'in.pth'), '--out', str(out))
   assert result.returncode == 0, result.stderr
   assert '21841 classes' in result.stdout
 
@@ -135,11 +134,16 @@ def test_cli_both_ways(tmp_path, capsys):
 
   # The rest in this process: each CLI start costs ~7 s of imports, and the entry point
   # (``python -m``) is checked above.
-  assert convert.run(['--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'in.pth'),
-                      '--out', str(out)]) == 2
+  assert convert.run(
+      ['--model', 'tiny_vit_5m_224', '--from',
+       str(tmp_path / 'in.pth'), '--out',
+       str(out)]) == 2
   assert 'exists' in capsys.readouterr().err
-  assert convert.run(['--model', 'tiny_vit_5m_224', '--from', str(out),
-                      '--to-timm', str(tmp_path / 'back.safetensors')]) == 0
+  assert convert.run([
+      '--model', 'tiny_vit_5m_224', '--from',
+      str(out), '--to-timm',
+      str(tmp_path / 'back.safetensors')
+  ]) == 0
   from safetensors.torch import load_file
   fresh = create_timm_model('tiny_vit_5m_224', num_classes=21841, seed=0)
   fresh.load_state_dict(load_file(tmp_path / 'back.safetensors'), strict=True)
@@ -148,8 +152,8 @@ def test_cli_both_ways(tmp_path, capsys):
 
 
 def test_cli_missing_file_is_a_clear_error(tmp_path):
-  result = _cli('--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'nope.pth'),
-                '--out', str(tmp_path / 'o'))
+  result = _cli('--model', 'tiny_vit_5m_224', '--from', str(tmp_path / 'nope.pth'), '--out',
+                str(tmp_path / 'o'))
   assert result.returncode == 2
   assert 'nope.pth' in result.stderr and 'does not exist' in result.stderr
   assert not (tmp_path / 'o').exists()
@@ -168,23 +172,23 @@ def test_a_failed_save_leaves_nothing_that_looks_complete(tmp_path, monkeypatch)
 
   monkeypatch.setattr(model_checkpoint.json, 'dump', broken_dump)
   with pytest.raises(OSError, match='disk full'):
-    model_checkpoint.save_model(str(tmp_path / 'ckpt'), model, 'deit_tiny_patch16_224',
-                                img_size=32, num_classes=3)
+    model_checkpoint.save_model(str(tmp_path / 'ckpt'), model, 'deit_tiny_patch16_224', img_size=32,
+                                num_classes=3)
   assert list(tmp_path.iterdir()) == []
 
 
-def test_full_disk_is_one_line_naming_the_file_and_the_output_flag(tmp_path, small_disk,
-                                                                   capsys):
+def test_full_disk_is_one_line_naming_the_file_and_the_output_flag(tmp_path, small_disk, capsys):
   checkpoint = str(tmp_path / 'ckpt')
-  model_checkpoint.save_model(checkpoint, create_model('deit_tiny_patch16_224', img_size=32,
-                                                       num_classes=3),
+  model_checkpoint.save_model(checkpoint,
+                              create_model('deit_tiny_patch16_224', img_size=32, num_classes=3),
                               'deit_tiny_patch16_224', img_size=32, num_classes=3)
   out = os.path.join(small_disk.path, 'w.safetensors')
   small_disk.fill()
   assert convert.run(['--from', checkpoint, '--to-timm', out]) == 2
   assert capsys.readouterr().err.strip().splitlines() == [
       f'error: no space left writing {out} ({shutil.disk_usage(small_disk.path).free:,} bytes '
-      'free): free space or move --to-timm, then rerun.']
+      'free): free space or move --to-timm, then rerun.'
+  ]
   assert os.listdir(small_disk.path) == ['ballast']  # no temporary file left
 
 
@@ -224,13 +228,16 @@ def test_bare_openai_clip_tower_loads_with_proj_as_head():
   assert_logits_close(jit_forward(ours, images), timm_logits(tower, images))
 
 
-@pytest.mark.parametrize('content', [np.random.RandomState(0).bytes(4096),
-                                     b'model: not a checkpoint\n'], ids=['bytes', 'text'])
+@pytest.mark.parametrize('content',
+                         [np.random.RandomState(0).bytes(4096), b'model: not a checkpoint\n'],
+                         ids=['bytes', 'text'])
 def test_cli_non_checkpoint_is_one_error_line(content, tmp_path, capsys):
   path = tmp_path / 'weights.pth'
   path.write_bytes(content)
-  code = convert.run(['--model', 'deit_tiny_patch16_224', '--from', str(path),
-                      '--out', str(tmp_path / 'o')])
+  code = convert.run(
+      ['--model', 'deit_tiny_patch16_224', '--from',
+       str(path), '--out',
+       str(tmp_path / 'o')])
   lines = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and len(lines) == 1 and lines[0].startswith('error: ')
   assert str(path) in lines[0] and not (tmp_path / 'o').exists()
@@ -243,8 +250,11 @@ def test_cli_at_another_size_resamples_and_records_the_normalisation(tmp_path):
   sd = create_timm_model('deit_tiny_patch16_224', seed=4).state_dict()
   torch.save(sd, tmp_path / 'in.pth')
   out = tmp_path / 'ours'
-  assert convert.run(['--model', 'deit_tiny_patch16_224', '--from', str(tmp_path / 'in.pth'),
-                      '--out', str(out), '--img-size', '32']) == 0
+  assert convert.run([
+      '--model', 'deit_tiny_patch16_224', '--from',
+      str(tmp_path / 'in.pth'), '--out',
+      str(out), '--img-size', '32'
+  ]) == 0
   meta = model_checkpoint.read_model_json(str(out))
   assert meta['kwargs'] == dict(num_classes=1000, img_size=32)
   assert meta['metadata'] == dict(preprocess=dict(

@@ -31,10 +31,11 @@ def rows_of(batch) -> list[tuple]:
 def run_processes(global_batch, process_count, num_steps, **kwargs):
   """The global stream of ``process_count`` simulated hosts, their slices side by side."""
   source = synthetic.SyntheticSource(N, num_classes=4, image_size=8)
-  hosts = [loader.train_batches(source, seed=SEED, global_batch=global_batch, transform=key_of,
-                                process_index=k, process_count=process_count,
-                                num_steps=num_steps, **kwargs)
-           for k in range(process_count)]
+  hosts = [
+      loader.train_batches(source, seed=SEED, global_batch=global_batch, transform=key_of,
+                           process_index=k, process_count=process_count, num_steps=num_steps,
+                           **kwargs) for k in range(process_count)
+  ]
   rows = []
   for step_batches in zip(*hosts):  # one batch from every host per step
     for batch in step_batches:
@@ -44,8 +45,8 @@ def run_processes(global_batch, process_count, num_steps, **kwargs):
 
 def test_keys_and_labels_belong_to_the_dataset_index():
   source = synthetic.SyntheticSource(N, num_classes=4, image_size=8)
-  batch = next(loader.train_batches(source, seed=SEED, global_batch=8, transform=key_of,
-                                    start_step=40))
+  batch = next(
+      loader.train_batches(source, seed=SEED, global_batch=8, transform=key_of, start_step=40))
   assert batch['epoch'].tolist() == [1] * 8 and batch['position'].tolist() == list(range(64, 72))
   for index, key, label, image in zip(batch['index'], batch['key'], batch['label'], batch['image']):
     expected = jax.random.key_data(keys.sample_key(SEED, 1, int(index)))
@@ -70,8 +71,8 @@ def test_resuming_mid_epoch_continues_the_stream():
 def run_elsewhere(**kwargs):
   """``run_processes(**kwargs)`` in a fresh interpreter: (its rows, its stderr)."""
   code = f'import json, test_data_loader as t; print(json.dumps(t.run_processes(**{kwargs!r})))'
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          check=True, cwd=os.path.dirname(__file__))
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(__file__))
   return [tuple(row) for row in json.loads(result.stdout)], result.stderr
 
 
@@ -81,8 +82,7 @@ def test_a_separate_process_sees_the_same_stream():
 
 
 def test_worker_processes_give_the_same_batches_and_exit_quietly():
-  in_workers, stderr = run_elsewhere(global_batch=16, process_count=2, num_steps=20,
-                                     num_workers=2)
+  in_workers, stderr = run_elsewhere(global_batch=16, process_count=2, num_steps=20, num_workers=2)
   assert in_workers == run_processes(global_batch=16, process_count=2, num_steps=20)
   # Batches are copied out of shared memory, so none is torn down noisily at exit. (A
   # rare grain race at close can still leave one block for Python's resource tracker,
@@ -126,6 +126,7 @@ def test_prefetch_keeps_the_order_and_pulls_ahead():
 
 
 def test_prefetch_raises_an_error_read_ahead_where_its_item_would_come():
+
   def failing_at_3():
     yield from range(3)
     raise ValueError('item 3 is unreadable')

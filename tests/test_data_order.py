@@ -41,8 +41,9 @@ def test_process_slices_tile_the_global_batch(n, global_batch, process_count):
   if n < global_batch:
     return
   for batch in (0, order.steps_per_epoch(n, global_batch) - 1):
-    slices = [order.process_positions(batch, global_batch, k, process_count)
-              for k in range(process_count)]
+    slices = [
+        order.process_positions(batch, global_batch, k, process_count) for k in range(process_count)
+    ]
     assert np.array_equal(np.concatenate(slices),
                           np.arange(batch * global_batch, (batch + 1) * global_batch))
 
@@ -117,7 +118,7 @@ def test_mixup_needs_an_even_per_device_batch():
 
 @settings(max_examples=80, deadline=None)
 @given(n=st.integers(1, 400), count=st.integers(1, 4), stride=st.integers(1, 40),
-       seed=st.integers(0, 2 ** 31))
+       seed=st.integers(0, 2**31))
 def test_repeated_augmentation_shows_each_example_r_times_per_epoch(n, count, stride, seed):
   """The epoch keeps n positions (less n % r) and holds n // r distinct examples, each
   with views 0..r-1 exactly once: the first n // r of the epoch's permutation."""
@@ -146,8 +147,8 @@ def test_repeats_spread_over_devices_like_rasampler(n, count, stride, per_device
     return
   positions = np.arange(length // global_batch * global_batch)
   indices, _ = order.epoch_examples(0, 0, n, positions, repeats)
-  step, device = np.divmod(positions, global_batch)[0], positions % global_batch // (
-      global_batch // devices)
+  step, device = np.divmod(positions,
+                           global_batch)[0], positions % global_batch // (global_batch // devices)
   full_blocks = positions < length // (count * stride) * count * stride
   for index in np.unique(indices[full_blocks]):
     at = np.flatnonzero(indices == index)
@@ -181,13 +182,14 @@ def test_positions_past_a_repeated_epoch_are_refused():
 def test_an_epoch_shorter_than_a_batch_under_repeats_names_both_sizes():
   """10 examples hold 10 positions plain, but 9 under 3 repeats: too few for a batch of 10."""
   assert order.steps_per_epoch(10, 10) == 1
-  with pytest.raises(ValueError, match=r'has 10 examples \(9 positions under 3 repeats\), '
-                                       'fewer than one global batch of 10'):
+  with pytest.raises(
+      ValueError, match=r'has 10 examples \(9 positions under 3 repeats\), '
+      'fewer than one global batch of 10'):
     order.steps_per_epoch(10, 10, order.Repeats(3, 4))
 
 
 @settings(deadline=None, max_examples=25)
-@given(seed=st.integers(0, 2 ** 31), views=st.integers(1, 12), cycle=st.integers(0, 50))
+@given(seed=st.integers(0, 2**31), views=st.integers(1, 12), cycle=st.integers(0, 50))
 def test_a_bounded_store_replays_each_view_once_a_cycle(seed, views, cycle):
   """Student epochs c*M .. c*M + M - 1 replay stored epochs 0..M-1, each once, in an order
   that depends on the seed and the cycle; without a bound an epoch is itself."""

@@ -85,10 +85,13 @@ def test_prepared_records_match_the_folder(folder, tmp_path, capfd):
 def test_resumes_after_sigkill_to_identical_shards(folder, tmp_path, capfd):
   straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
   _run_prepare(folder, straight, capfd)
-  killed = subprocess.Popen(
-      [sys.executable, '-c', STALLING_CONVERTER, str(SHARD_SIZE + 2), '--folder', str(folder),
-       '--out', str(resumed), '--shard-size', str(SHARD_SIZE)],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  killed = subprocess.Popen([
+      sys.executable, '-c', STALLING_CONVERTER,
+      str(SHARD_SIZE + 2), '--folder',
+      str(folder), '--out',
+      str(resumed), '--shard-size',
+      str(SHARD_SIZE)
+  ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first_done = resumed / 'shard-00000-of-00004.array_record'
   second_partial = resumed / 'shard-00001-of-00004.array_record.tmp'
   deadline = time.monotonic() + 60
@@ -117,8 +120,7 @@ def test_refuses_shards_of_another_conversion(folder, tmp_path, capfd):
   assert f"'{out}' holds shards of another conversion" in capfd.readouterr().err
 
 
-def test_full_disk_is_one_line_naming_the_shard_and_the_flag_to_move(folder, small_disk,
-                                                                     capfd):
+def test_full_disk_is_one_line_naming_the_shard_and_the_flag_to_move(folder, small_disk, capfd):
   out = os.path.join(small_disk.path, 'prepared')
   os.makedirs(out)
   small_disk.fill()
@@ -141,8 +143,8 @@ def test_check_lists_every_undecodable_file_and_writes_nothing(folder, tmp_path,
   before = sorted(os.listdir(tmp_path))
   assert prepare.run(['--folder', str(folder), '--check']) == 1
   captured = capfd.readouterr()
-  listed = sorted(line.split(': ')[1] for line in captured.err.splitlines()
-                  if line.startswith('undecodable: '))
+  listed = sorted(
+      line.split(': ')[1] for line in captured.err.splitlines() if line.startswith('undecodable: '))
   assert listed == [str(folder / 'cat' / 'corrupt.jpg'), str(folder / 'dog' / 'truncated.jpg')]
   assert captured.out.strip() == f'2 undecodable images in {folder}.'
   assert sorted(os.listdir(tmp_path)) == before

@@ -29,9 +29,10 @@ def test_grid_has_a_captioned_tile_per_example():
 @pytest.mark.slow
 def test_cli_writes_the_grid_and_the_pipelines_tensors(tmp_path):
   out, npy = tmp_path / 'grid.png', tmp_path / 'grid.npz'
-  subprocess.run([sys.executable, '-m', 'tinyvit_jax.preview', f'--config={CONFIG}',
-                  '--config.data.seed=3', '--epoch=1', '--count=6', f'--out={out}',
-                  f'--npy={npy}'], check=True, capture_output=True)
+  subprocess.run([
+      sys.executable, '-m', 'tinyvit_jax.preview', f'--config={CONFIG}', '--config.data.seed=3',
+      '--epoch=1', '--count=6', f'--out={out}', f'--npy={npy}'
+  ], check=True, capture_output=True)
   with Image.open(out) as image:
     assert image.size == (3 * 32, 2 * (32 + preview.CAPTION_HEIGHT))
   dumped = np.load(npy)
@@ -40,9 +41,9 @@ def test_cli_writes_the_grid_and_the_pipelines_tensors(tmp_path):
   # The same examples from a training pipeline at global batch 8: the same bits.
   config = config_lib.load_recipe(CONFIG).get_config()
   source = sources.make_source(config.data.source, **config.data.args)
-  run = pipeline.make_input_pipeline(
-      source, config.aug, seed=3, global_batch=8, label_smoothing=config.data.label_smoothing,
-      start_step=order.steps_per_epoch(len(source), 8), num_steps=1)
+  run = pipeline.make_input_pipeline(source, config.aug, seed=3, global_batch=8,
+                                     label_smoothing=config.data.label_smoothing,
+                                     start_step=order.steps_per_epoch(len(source), 8), num_steps=1)
   batch = next(run.batches)
   images, targets = run.device_augment(batch)
   np.testing.assert_array_equal(dumped['indices'], np.asarray(batch['index'])[:6])

@@ -53,12 +53,13 @@ def start_runs(tmp_path, devices_per_process: int, num_processes: int = 1, **arg
   if num_processes > 1:
     with socket.socket() as free:
       free.bind(('127.0.0.1', 0))
-      command += [f'--coordinator=127.0.0.1:{free.getsockname()[1]}',
-                  f'--num_processes={num_processes}']
-  return [subprocess.Popen(command + [f'--process_id={k}',
-                                      f'--out={tmp_path / f"process{k}.npz"}'],
-                           env=env, stderr=subprocess.PIPE, text=True)
-          for k in range(num_processes)]
+      command += [
+          f'--coordinator=127.0.0.1:{free.getsockname()[1]}', f'--num_processes={num_processes}'
+      ]
+  return [
+      subprocess.Popen(command + [f'--process_id={k}', f'--out={tmp_path / f"process{k}.npz"}'],
+                       env=env, stderr=subprocess.PIPE, text=True) for k in range(num_processes)
+  ]
 
 
 def finish_runs(tmp_path, processes) -> dict:
@@ -96,8 +97,8 @@ def test_in_two_loader_workers(one_device, augment_on):
 
 @pytest.mark.slow
 def test_batch_64_on_8_devices(tmp_path, one_device, augment_on):
-  run = finish_runs(tmp_path, start_runs(tmp_path, 8, global_batch=64, spans='0:4',
-                                         augment_on=augment_on))
+  run = finish_runs(tmp_path,
+                    start_runs(tmp_path, 8, global_batch=64, spans='0:4', augment_on=augment_on))
   assert len(run) == 2 * replay_run.N
   assert_same_bits(run, one_device)
 
@@ -106,8 +107,9 @@ def test_batch_64_on_8_devices(tmp_path, one_device, augment_on):
 def test_two_processes_resumed_mid_epoch(tmp_path, one_device, augment_on):
   """Two JAX processes of 2 devices each (16 examples per device, not 8), started at
   step 1, the second half of epoch 0."""
-  run = finish_runs(tmp_path, start_runs(tmp_path, 2, num_processes=2, global_batch=64,
-                                         spans='1:3', augment_on=augment_on))
+  run = finish_runs(
+      tmp_path,
+      start_runs(tmp_path, 2, num_processes=2, global_batch=64, spans='1:3', augment_on=augment_on))
   assert len(run) == replay_run.N + replay_run.N // 2
   assert_same_bits(run, one_device)
 
@@ -118,11 +120,10 @@ def test_odd_batch_per_device_with_mixup_names_the_numbers():
           'from tinyvit_jax.data import pipeline\n'
           'pipeline.make_input_pipeline(replay_run.source(), replay_run.AUG, seed=0, '
           'global_batch=24)\n')
-  result = subprocess.run(
-      [sys.executable, '-c', code], capture_output=True, text=True,
-      cwd=os.path.join(HERE, 'helpers'),
-      env=dict(os.environ, JAX_PLATFORMS='cpu',
-               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=os.path.join(HERE, 'helpers'),
+                          env=dict(os.environ, JAX_PLATFORMS='cpu',
+                                   XLA_FLAGS='--xla_force_host_platform_device_count=8'))
   assert result.returncode != 0
   assert ('per-device batch must be even, but global batch 24 over 8 devices gives 3'
           in result.stderr), result.stderr
@@ -138,8 +139,7 @@ def repeated_one_device():
 def test_repeated_augmentation_gives_r_different_views_of_each_example(repeated_one_device):
   epoch = order.epoch_length(replay_run.N, replay_run.REPEATED)
   distinct = order.epoch_permutation(replay_run.SEED, 0, replay_run.N)[:epoch // 3]
-  assert sorted(repeated_one_device) == sorted((0, int(i), r) for i in distinct
-                                               for r in range(3))
+  assert sorted(repeated_one_device) == sorted((0, int(i), r) for i in distinct for r in range(3))
   for index in distinct:
     views = [repeated_one_device[0, index, r][0] for r in range(3)]
     for a, b in ((0, 1), (0, 2), (1, 2)):
@@ -156,7 +156,6 @@ def test_repeated_views_replay_after_a_resume(repeated_one_device):
 def test_repeated_views_are_the_same_on_8_devices(tmp_path, repeated_one_device):
   """Global batch 48 on 8 devices (6 each, under the stride of 8): the two steps of
   epoch 0 give the bits of the one-device run."""
-  run = finish_runs(tmp_path, start_runs(tmp_path, 8, global_batch=48, spans='0:2',
-                                         repeated=1))
+  run = finish_runs(tmp_path, start_runs(tmp_path, 8, global_batch=48, spans='0:2', repeated=1))
   assert len(run) == 96
   assert_same_bits(run, repeated_one_device)

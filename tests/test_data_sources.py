@@ -66,7 +66,7 @@ def test_synthetic_is_deterministic_and_class_dependent():
   colours = np.array([source[i]['image'].mean((0, 1)) for i in range(50)])
   labels = np.array([source[i]['label'] for i in range(50)])
   centroids = np.array([colours[labels == c].mean(0) for c in range(5)])
-  predicted = np.argmin(((colours[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+  predicted = np.argmin(((colours[:, None] - centroids[None])**2).sum(-1), axis=1)
   assert (predicted == labels).mean() > 0.9
   with pytest.raises(IndexError, match=r'index 50 is outside \[0, 50\)'):
     source[50]
@@ -87,8 +87,9 @@ def test_image_folder_order_labels_and_decode(tmp_path):
   source = image_folder.ImageFolderSource(str(tmp_path))
   assert source.class_names == ['a_cat', 'b_dog']
   assert [path for path, _ in source.files] == [
-      'a_cat/0.png', 'a_cat/1.png', 'a_cat/2.png',
-      'b_dog/0.png', 'b_dog/1.png', 'b_dog/2.png', 'b_dog/gray.PNG']
+      'a_cat/0.png', 'a_cat/1.png', 'a_cat/2.png', 'b_dog/0.png', 'b_dog/1.png', 'b_dog/2.png',
+      'b_dog/gray.PNG'
+  ]
   assert [label for _, label in source.files] == [0, 0, 0, 1, 1, 1, 1]
   _check_record(source[6], 6, (6, 9), 2)  # the grayscale file comes out RGB
   expected = np.asarray(Image.open(tmp_path / 'a_cat' / '1.png'))

@@ -13,9 +13,11 @@ class TinyTensorImages(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Tensor(shape=(4, 5, 1), dtype=np.uint8),
-        'label': tfds.features.ClassLabel(num_classes=3)}))
+    return tfds.core.DatasetInfo(
+        builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Tensor(shape=(4, 5, 1), dtype=np.uint8),
+            'label': tfds.features.ClassLabel(num_classes=3)
+        }))
 
   def _split_generators(self, dl_manager):
     return {'train': self._generate_examples()}

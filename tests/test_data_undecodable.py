@@ -48,8 +48,10 @@ def _plant_in_folder(tmp_path):
   path = os.path.join(root, source.files[bad][0])
   with open(path, 'r+b') as f:
     f.truncate(60)  # a PNG cut short: the header reads, the pixels do not
-  return str(root), bad, [f'Image {path!r} (example {bad}, epoch 0) does not decode: ',
-                          'under the same name', f'prepare --folder {root} --check']
+  return str(root), bad, [
+      f'Image {path!r} (example {bad}, epoch 0) does not decode: ', 'under the same name',
+      f'prepare --folder {root} --check'
+  ]
 
 
 def _plant_in_array_record(tmp_path):
@@ -70,15 +72,17 @@ def _plant_in_array_record(tmp_path):
   for record in records:
     writer.write(record)
   writer.close()
-  return str(out), bad, [f"Record {row} of {shard_file!r} (prepared from '{name}') "
-                         f'(example {bad}, epoch 0) does not decode: ',
-                         f'delete {shard_file!r} and its .json', 'write any logit store again']
+  return str(out), bad, [
+      f"Record {row} of {shard_file!r} (prepared from '{name}') "
+      f'(example {bad}, epoch 0) does not decode: ', f'delete {shard_file!r} and its .json',
+      'write any logit store again'
+  ]
 
 
 SOURCES = {
     'folder': (_plant_in_folder, lambda root: image_folder.ImageFolderSource(root)),
-    'folder of bytes': (_plant_in_folder,
-                        lambda root: image_folder.ImageFolderSource(root, decode=False)),
+    'folder of bytes':
+        (_plant_in_folder, lambda root: image_folder.ImageFolderSource(root, decode=False)),
     'array_record': (_plant_in_array_record, array_record_source.ArrayRecordSource),
 }
 
@@ -118,8 +122,7 @@ def test_main_stops_in_one_line_after_its_last_checkpoint_and_resumes_once_repai
   with open(path, 'wb') as f:
     f.write(good[:60])
   workdir = tmp_path / 'run'
-  run = functools.partial(workdirs.run_main, workdir,
-                          '--config.checkpoint_every_steps=2',
+  run = functools.partial(workdirs.run_main, workdir, '--config.checkpoint_every_steps=2',
                           config=f'tests/helpers/train_config.py:{root}')
   line = workdirs.error_line(run(check=False))
   assert line.startswith(f'error: Image {path!r} (example {bad}, epoch 0) does not decode: ')

@@ -24,20 +24,19 @@ def official_deit_loss(outputs, labels, teacher_outputs, kind, alpha, tau):
     return base
   if kind == 'soft':
     distill = F.kl_div(F.log_softmax(dist_out / tau, dim=1),
-                       F.log_softmax(teacher_outputs / tau, dim=1),
-                       reduction='sum', log_target=True) * (tau * tau) / dist_out.numel()
+                       F.log_softmax(teacher_outputs / tau, dim=1), reduction='sum',
+                       log_target=True) * (tau * tau) / dist_out.numel()
   else:
     distill = F.cross_entropy(dist_out, teacher_outputs.argmax(dim=1))
   return base * (1 - alpha) + distill * alpha
 
 
 # A few shapes, so that jax compiles each op for a handful of shapes only.
-_cases = st.fixed_dictionaries(dict(
-    batch=st.sampled_from([1, 3, 8]), classes=st.sampled_from([2, 7, 40]),
-    seed=st.integers(0, 2**31 - 1),
-    kind=st.sampled_from(losses.KINDS), alpha=st.floats(0.0, 1.0),
-    tau=st.floats(0.25, 8.0), smoothing=st.sampled_from([0.0, 0.1]),
-    two_heads=st.booleans()))
+_cases = st.fixed_dictionaries(
+    dict(batch=st.sampled_from([1, 3, 8]), classes=st.sampled_from([2, 7, 40]),
+         seed=st.integers(0,
+                          2**31 - 1), kind=st.sampled_from(losses.KINDS), alpha=st.floats(0.0, 1.0),
+         tau=st.floats(0.25, 8.0), smoothing=st.sampled_from([0.0, 0.1]), two_heads=st.booleans()))
 
 
 def _draw(case):
@@ -46,8 +45,8 @@ def _draw(case):
   cls_out, dist_out, teacher = (3 * rng.randn(b, c).astype(np.float32) for _ in range(3))
   # Mixed, smoothed labels: two smoothed one-hots blended.
   lam = rng.rand(b, 1).astype(np.float32)
-  labels = (lam * smooth_one_hot(rng.randint(0, c, b), c, case['smoothing'])
-            + (1 - lam) * smooth_one_hot(rng.randint(0, c, b), c, case['smoothing']))
+  labels = (lam * smooth_one_hot(rng.randint(0, c, b), c, case['smoothing']) +
+            (1 - lam) * smooth_one_hot(rng.randint(0, c, b), c, case['smoothing']))
   if not case['two_heads']:
     dist_out = cls_out
   return cls_out, dist_out, np.asarray(labels), teacher
@@ -121,8 +120,8 @@ def test_each_head_learns_from_its_own_target():
     grads = jax.grad(lambda c, d, t: losses.deit_loss((c, d), labels, t, kind=kind, alpha=1.0),
                      argnums=(0, 1, 2))(cls_out, dist_out, teacher)
     assert not np.any(grads[0]) and np.any(grads[1]) and not np.any(grads[2])
-    grads = jax.grad(lambda c, d: losses.deit_loss((c, d), labels, teacher, kind=kind,
-                                                   alpha=0.0), argnums=(0, 1))(cls_out, dist_out)
+    grads = jax.grad(lambda c, d: losses.deit_loss((c, d), labels, teacher, kind=kind, alpha=0.0),
+                     argnums=(0, 1))(cls_out, dist_out)
     assert np.any(grads[0]) and not np.any(grads[1])
 
 
@@ -134,12 +133,14 @@ def test_losses_jit_with_the_settings_static():
   for kind in losses.KINDS:
     kw = dict(kind=kind, alpha=0.3, tau=2.0)
     eager = losses.deit_loss((cls_out, dist_out), labels, teacher, **kw)
-    jitted = jax.jit(lambda c, d, l, t: losses.deit_loss((c, d), l, t, **kw))(
-        cls_out, dist_out, labels, teacher)
+    jitted = jax.jit(lambda c, d, l, t: losses.deit_loss((c, d), l, t, **kw))(cls_out, dist_out,
+                                                                              labels, teacher)
     np.testing.assert_allclose(jitted, eager, rtol=1e-6)
     eager = losses.deit_loss_from_topk(cls_out, labels, values, indices, **kw)
-    jitted = jax.jit(lambda c, l, v, i: losses.deit_loss_from_topk(c, l, v, i, **kw))(
-        cls_out, labels, values, indices)
+    jitted = jax.jit(lambda c, l, v, i: losses.deit_loss_from_topk(c, l, v, i, **kw))(cls_out,
+                                                                                      labels,
+                                                                                      values,
+                                                                                      indices)
     np.testing.assert_allclose(jitted, eager, rtol=1e-6)
 
 
@@ -153,9 +154,7 @@ def test_without_distillation_a_distilled_deit_trains_its_class_head_only():
   config = config_lib.base_config()
   config.distill.kind = 'none'
   rng = np.random.default_rng(0)
-  cls_out, dist_out = (jnp.asarray(rng.standard_normal((4, 10)) * 3, jnp.float32)
-                       for _ in range(2))
+  cls_out, dist_out = (jnp.asarray(rng.standard_normal((4, 10)) * 3, jnp.float32) for _ in range(2))
   targets = jax.nn.one_hot(jnp.arange(4), 10)
   loss = student.make_loss(config)((cls_out, dist_out), dict(targets=targets))
-  np.testing.assert_allclose(loss, losses.soft_target_cross_entropy(cls_out, targets),
-                             rtol=1e-6)
+  np.testing.assert_allclose(loss, losses.soft_target_cross_entropy(cls_out, targets), rtol=1e-6)

@@ -60,9 +60,9 @@ def test_every_position_of_every_epoch_is_stored_in_order(saved):
 def test_store_equals_the_online_teacher_at_every_step(saved):
   """A student fed by the store gets, at each step, the targets the teacher gives online
   on that step's (augmented, mixed) images, within float16 rounding."""
-  steps = pipeline.make_input_pipeline(
-      run.source(), run.AUG, seed=run.SEED, global_batch=16, num_steps=12,
-      host_hook=student.StoreTargets(saved, run.student_fields()))
+  steps = pipeline.make_input_pipeline(run.source(), run.AUG, seed=run.SEED, global_batch=16,
+                                       num_steps=12,
+                                       host_hook=student.StoreTargets(saved, run.student_fields()))
   assert steps.steps_per_epoch == 9  # so the 12 steps cross into epoch 1
   assert_online_teacher_targets(steps)
 
@@ -76,11 +76,11 @@ def assert_online_teacher_targets(steps: pipeline.InputPipeline):
     online = teacher.probabilities(images)
     values, indices = jax.lax.top_k(online, run.K)
     np.testing.assert_array_equal(batch['teacher_indices'], indices)
-    np.testing.assert_allclose(np.asarray(batch['teacher_values'], np.float32), values,
-                               rtol=2 ** -11, atol=2 ** -25)
+    np.testing.assert_allclose(np.asarray(batch['teacher_values'], np.float32), values, rtol=2**-11,
+                               atol=2**-25)
     np.testing.assert_allclose(student.student_targets(batch, run.CLASSES),
-                               targets.dense_targets(values, indices, run.CLASSES),
-                               rtol=2 ** -10, atol=2 ** -11 / (run.CLASSES - run.K))
+                               targets.dense_targets(values, indices, run.CLASSES), rtol=2**-10,
+                               atol=2**-11 / (run.CLASSES - run.K))
     # The stored rows are of the mixed images: the two members of a pair differ.
     mixed += int(np.sum(np.asarray(images)[0::2] != np.asarray(images)[1::2]) > 0)
   assert count and mixed > count // 2
@@ -108,7 +108,7 @@ def test_repeated_views_are_rows_of_their_own(tmp_path):
 
 def test_k_above_the_class_count_is_a_config_error(tmp_path):
   with pytest.raises(ValueError, match='k=13 must be between 1 and the teacher.s class count '
-                                       'C=12'):
+                     'C=12'):
     run.save(str(tmp_path / 'store'), k=13)
   assert not os.path.exists(tmp_path / 'store')
 
@@ -136,8 +136,9 @@ def test_a_nan_teacher_stops_naming_the_batch_and_earlier_chunks_stay_valid(tmp_
   """The 4th batch (positions 96..127 of epoch 0) gets a NaN; chunks 0-2 are committed.
   A rerun with a sound teacher resumes and gives the reference's bytes."""
   path = str(tmp_path / 'store')
-  with pytest.raises(FloatingPointError, match=r'epoch 0: .* positions 96\.\.127 \(first at '
-                                               r'position 96, example \d+\)'):
+  with pytest.raises(
+      FloatingPointError, match=r'epoch 0: .* positions 96\.\.127 \(first at '
+      r'position 96, example \d+\)'):
     run.save(path, teacher=run.linear_teacher(nan_at_call=3))
   logits = store.LogitStore.open(path)
   assert logits.epochs_done == [] and logits.missing_chunks(0) == [3, 4]
@@ -169,9 +170,10 @@ def subprocess_env(devices: int = 1) -> dict:
 
 
 def start(store_path, *args, devices: int = 1):
-  return subprocess.Popen([sys.executable, os.path.join(HERE, 'helpers', 'save_pass_run.py'),
-                           f'--store={store_path}', *args], env=subprocess_env(devices),
-                          stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen([
+      sys.executable,
+      os.path.join(HERE, 'helpers', 'save_pass_run.py'), f'--store={store_path}', *args
+  ], env=subprocess_env(devices), stderr=subprocess.PIPE, text=True)
 
 
 def wait(process):
@@ -208,8 +210,10 @@ def test_two_concurrent_writer_processes_equal_one(tmp_path, saved):
   with socket.socket() as free:
     free.bind(('127.0.0.1', 0))
     coordinator = f'--coordinator=127.0.0.1:{free.getsockname()[1]}'
-  processes = [start(path, '--global_batch=64', coordinator, '--num_processes=2',
-                     f'--process_id={k}') for k in range(2)]
+  processes = [
+      start(path, '--global_batch=64', coordinator, '--num_processes=2', f'--process_id={k}')
+      for k in range(2)
+  ]
   for process in processes:
     wait(process)
   assert_same_files(str(path), saved)
@@ -237,10 +241,13 @@ def test_position_batches_are_trainings_examples_padded_at_the_end():
   trained = {}
   for batch in loader.train_batches(source, seed=run.SEED, global_batch=6, transform=host,
                                     start_step=25 + 16, num_steps=9):  # positions 96..149
-    trained.update({int(p): (i, k, x) for p, i, k, x in
-                    zip(batch['position'], batch['index'], batch['key'], batch['image'])})
-  batches = list(loader.position_batches(source, seed=run.SEED, epoch=1,
-                                         positions=range(96, 150), batch=16, transform=host))
+    trained.update({
+        int(p): (i, k, x)
+        for p, i, k, x in zip(batch['position'], batch['index'], batch['key'], batch['image'])
+    })
+  batches = list(
+      loader.position_batches(source, seed=run.SEED, epoch=1, positions=range(96, 150), batch=16,
+                              transform=host))
   assert len(batches) == 4
   rows = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
   np.testing.assert_array_equal(rows['position'], np.r_[96:150, [149] * 10])

@@ -26,11 +26,12 @@ OFFICIAL_KEY_BYTES = 18 / 481 * 404
 
 
 def make_meta(**changes):
-  meta = dict(dataset_name='synthetic', dataset_size=N, dataset_fingerprint='abc123', seed=7,
-              augmentation=dict(mixup=0.8, rand_augment='rand-m9-mstd0.5-inc1',
-                                crop=dict(scale=(0.08, 1.0))),
-              repeats=dict(count=1, stride=64), views_per_example=0, k=K, num_classes=C,
-              teacher_name='tiny_vit_21m_224', teacher_checkpoint_hash='f00d')
+  meta = dict(
+      dataset_name='synthetic', dataset_size=N, dataset_fingerprint='abc123', seed=7,
+      augmentation=dict(mixup=0.8, rand_augment='rand-m9-mstd0.5-inc1',
+                        crop=dict(scale=(0.08, 1.0))), repeats=dict(count=1,
+                                                                    stride=64), views_per_example=0,
+      k=K, num_classes=C, teacher_name='tiny_vit_21m_224', teacher_checkpoint_hash='f00d')
   meta.update(changes)
   return meta
 
@@ -47,8 +48,10 @@ def write_epoch(path, batch=96):
 
 
 def chunk_files(path, epoch=0):
-  return {os.path.basename(f): open(f, 'rb').read()
-          for f in sorted(glob.glob(os.path.join(path, f'epoch_{epoch:05d}', '*')))}
+  return {
+      os.path.basename(f): open(f, 'rb').read()
+      for f in sorted(glob.glob(os.path.join(path, f'epoch_{epoch:05d}', '*')))
+  }
 
 
 def run_writer(path, process_index, process_count, batch, stall_at=None):
@@ -67,8 +70,8 @@ def test_round_trip_is_exact_with_column_dtypes(written):
   logits, (values, indices, example_index) = written
   got_values, got_indices, got_examples = logits.read(0, 0, N)
 
-  assert (got_values.dtype, got_indices.dtype, got_examples.dtype) == (
-      np.float16, np.uint16, np.uint32)
+  assert (got_values.dtype, got_indices.dtype, got_examples.dtype) == (np.float16, np.uint16,
+                                                                       np.uint32)
   np.testing.assert_array_equal(got_values.view(np.uint16), values.view(np.uint16))
   np.testing.assert_array_equal(got_indices, indices)
   np.testing.assert_array_equal(got_examples, example_index)
@@ -129,8 +132,11 @@ def test_killed_writer_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path, wr
   assert resumed.missing_chunks(0) == [3, 4, 5, 6, 7]
   with pytest.raises(ValueError, match='epoch 0 is not complete: 5 of 8 chunks'):
     resumed.mark_epoch_done(0)
-  before = {name: os.stat(os.path.join(path, 'epoch_00000', name)).st_mtime_ns
-            for name in chunk_files(path) if name.endswith('.bin')}
+  before = {
+      name: os.stat(os.path.join(path, 'epoch_00000', name)).st_mtime_ns
+      for name in chunk_files(path)
+      if name.endswith('.bin')
+  }
 
   assert run_writer(path, 0, 1, batch=80).wait(timeout=60) == 0  # another batch size
   resumed.mark_epoch_done(0)
@@ -154,8 +160,7 @@ def test_resume_with_another_process_count_skips_finished_chunks(tmp_path, writt
   assert chunk_files(path) == chunk_files(logits.path)
 
 
-def test_full_disk_names_the_chunk_leaves_no_temp_file_and_a_rerun_completes(written,
-                                                                             small_disk):
+def test_full_disk_names_the_chunk_leaves_no_temp_file_and_a_rerun_completes(written, small_disk):
   logits, columns = written
   path = os.path.join(small_disk.path, 'store')
   full = store.LogitStore.create(path, make_meta(), chunk_rows=CHUNK)
@@ -191,14 +196,14 @@ def test_damaged_chunk_names_epoch_and_rows(tmp_path, damage):
 
   with pytest.raises(store.CorruptChunkError, match=r'epoch 0, rows \[256, 512\)'):
     logits.read(0, 300, 10)
-  np.testing.assert_array_equal(logits.read(0, 0, 256)[2],  # other chunks still read
-                                store_writer_run.epoch_rows(0, N, K, C)[2][:256])
+  np.testing.assert_array_equal(
+      logits.read(0, 0, 256)[2],  # other chunks still read
+      store_writer_run.epoch_rows(0, N, K, C)[2][:256])
   if damage == 'truncate':
     assert logits.missing_chunks(0) == [1]  # a resumed save would write it again
 
 
-def test_incomplete_epochs_neither_read_nor_marked_done_and_done_epochs_refuse_writers(
-    tmp_path):
+def test_incomplete_epochs_neither_read_nor_marked_done_and_done_epochs_refuse_writers(tmp_path):
   logits = store.LogitStore.create(str(tmp_path), make_meta(), chunk_rows=CHUNK)
   values, indices, example_index = store_writer_run.epoch_rows(0, N, K, C)
   writer = logits.epoch_writer(0)
@@ -253,17 +258,20 @@ def test_a_store_from_before_repeats_and_bounds_opens_as_a_plain_one(tmp_path, w
 def test_student_with_other_data_or_targets_is_refused_naming_each_field(tmp_path):
   logits = store.LogitStore.create(str(tmp_path), make_meta(), chunk_rows=CHUNK)
   logits.check_compatible(make_meta(teacher_name='another teacher'))  # any teacher will do
-  student = make_meta(seed=8, dataset_size=1999, k=5,
-                      augmentation=dict(mixup=0.0, rand_augment='rand-m9-mstd0.5-inc1',
-                                        crop=dict(scale=[0.08, 1.0])))
+  student = make_meta(
+      seed=8, dataset_size=1999, k=5,
+      augmentation=dict(mixup=0.0, rand_augment='rand-m9-mstd0.5-inc1',
+                        crop=dict(scale=[0.08, 1.0])))
   del student['dataset_fingerprint']
 
   with pytest.raises(ValueError) as error:
     logits.check_compatible(student)
   message = str(error.value)
-  for line in ['seed: store 7, student 8', 'dataset_size: store 2000, student 1999',
-               'k: store 10, student 5', 'augmentation.mixup: store 0.8, student 0.0',
-               "dataset_fingerprint: the student does not give it (store: 'abc123')"]:
+  for line in [
+      'seed: store 7, student 8', 'dataset_size: store 2000, student 1999',
+      'k: store 10, student 5', 'augmentation.mixup: store 0.8, student 0.0',
+      "dataset_fingerprint: the student does not give it (store: 'abc123')"
+  ]:
     assert line in message
   assert 'crop' not in message and 'num_classes' not in message  # tuples equal lists
 
@@ -274,8 +282,8 @@ def test_bad_configs_are_refused(tmp_path):
   with pytest.raises(ValueError, match='chunk_rows=255 must be even'):
     store.LogitStore.create(str(tmp_path), make_meta(), chunk_rows=255)
   with pytest.raises(ValueError, match=r"lacks \['teacher_name'\]"):
-    store.LogitStore.create(str(tmp_path), {f: 0 for f in manifest.META_FIELDS[:-2]} | dict(
-        teacher_checkpoint_hash='', k=1, num_classes=2))
+    store.LogitStore.create(str(tmp_path), {f: 0 for f in manifest.META_FIELDS[:-2]} |
+                            dict(teacher_checkpoint_hash='', k=1, num_classes=2))
   store.LogitStore.create(str(tmp_path), make_meta())
   with pytest.raises(FileExistsError, match='open it to resume'):
     store.LogitStore.create(str(tmp_path), make_meta())
@@ -288,8 +296,8 @@ def test_bytes_per_sample_epoch_beat_official_by_ten_percent(tmp_path, k, num_cl
   rows = 4096
   values, indices = made_up_rows.teacher_like_topk(rows, k, num_classes, seed=3)
   example_index = np.random.default_rng(0).permutation(1_281_167)[:rows]
-  logits = store.LogitStore.create(str(tmp_path), make_meta(k=k, num_classes=num_classes,
-                                                            dataset_size=1_281_167))
+  logits = store.LogitStore.create(str(tmp_path),
+                                   make_meta(k=k, num_classes=num_classes, dataset_size=1_281_167))
   writer = logits.epoch_writer(0)
   writer.write(0, values, indices, example_index)
   written = os.path.getsize(logits.chunk_path(0, 0)) / rows

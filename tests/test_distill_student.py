@@ -51,16 +51,21 @@ def assert_aligned_with_store(seen: dict, path: str):
 @pytest.mark.slow
 def test_batch_64_on_8_devices_reads_every_row_aligned(saved, tmp_path):
   out = tmp_path / 'rows.npz'
-  result = subprocess.run(
-      [sys.executable, os.path.join(HERE, 'helpers', 'save_pass_run.py'), f'--store={saved}',
-       f'--read_out={out}', '--global_batch=64', '--num_steps=4'],
-      capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.path.dirname(HERE),
-               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  result = subprocess.run([
+      sys.executable,
+      os.path.join(HERE, 'helpers', 'save_pass_run.py'), f'--store={saved}', f'--read_out={out}',
+      '--global_batch=64', '--num_steps=4'
+  ], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu',
+                                   PYTHONPATH=os.path.dirname(HERE),
+                                   XLA_FLAGS='--xla_force_host_platform_device_count=8'))
   assert result.returncode == 0, result.stderr
   rows = np.load(out)
-  seen = {(int(e), int(p)): (int(i), v, t) for (e, p), i, v, t in
-          zip(rows['epoch_position'], rows['index'], rows['values'], rows['indices'])}
+  seen = {
+      (int(e), int(p)): (int(i), v, t) for (
+          e,
+          p), i, v, t in zip(rows['epoch_position'], rows['index'], rows['values'], rows['indices'])
+  }
   assert sorted(seen) == [(e, p) for e in (0, 1) for p in range(128)]  # 2 steps an epoch
   assert_aligned_with_store(seen, saved)
 
@@ -79,9 +84,10 @@ def test_an_index_mismatch_names_the_epoch_and_position(saved):
                index=permutation[40:48].copy())
   assert hook(batch)['teacher_values'].shape == (8, run.K)
   batch['index'][[3, 5]] = batch['index'][[5, 3]]
-  with pytest.raises(student.StoreMismatchError,
-                     match=f'epoch 1, position 43: .* holds example {permutation[43]}, but '
-                           f'this run.s order has example {permutation[45]} there \\(2 of 8'):
+  with pytest.raises(
+      student.StoreMismatchError,
+      match=f'epoch 1, position 43: .* holds example {permutation[43]}, but '
+      f'this run.s order has example {permutation[45]} there \\(2 of 8'):
     hook(batch)
 
 
@@ -111,14 +117,13 @@ def test_a_bounded_store_is_its_first_epochs_replayed_by_the_schedule(saved, tmp
     assert sorted(os.listdir(os.path.join(bounded, folder))) == sorted(
         os.listdir(os.path.join(saved, folder)))
     for name in os.listdir(os.path.join(saved, folder)):
-      with open(os.path.join(saved, folder, name), 'rb') as a, open(
-          os.path.join(bounded, folder, name), 'rb') as b:
+      with open(os.path.join(saved, folder, name),
+                'rb') as a, open(os.path.join(bounded, folder, name), 'rb') as b:
         assert a.read() == b.read()
   assert store.LogitStore.open(bounded).manifest['views_per_example'] == 2
   hook = student.StoreTargets(bounded, run.student_fields(views=2))
-  steps = pipeline.make_input_pipeline(run.source(), run.AUG, seed=run.SEED,
-                                       global_batch=64, host_hook=hook, start_step=3,
-                                       num_steps=9, views=2)
+  steps = pipeline.make_input_pipeline(run.source(), run.AUG, seed=run.SEED, global_batch=64,
+                                       host_hook=hook, start_step=3, num_steps=9, views=2)
   stored = [int(run.local_rows(batch['epoch'])[0]) for batch in steps.batches]
   # 2 steps an epoch: steps 3..11 are student epochs 1, 2, 2, 3, 3, 4, 4, 5, 5.
   assert stored == [order.stored_epoch(run.SEED, step // 2, 2) for step in range(3, 12)]
@@ -149,8 +154,7 @@ def test_a_damaged_chunk_names_the_epoch_and_rows(saved, tmp_path, damage):
 
 
 @hypothesis.settings(deadline=None, max_examples=20)
-@hypothesis.given(seed=st.integers(0, 2 ** 31), k=st.integers(1, 12),
-                  tau=st.floats(0.5, 4.0))
+@hypothesis.given(seed=st.integers(0, 2**31), k=st.integers(1, 12), tau=st.floats(0.5, 4.0))
 def test_student_targets_are_the_rebuilds_of_the_stored_rows(seed, k, tau):
   rng = np.random.default_rng(seed)
   probs = rng.dirichlet(np.full(12, 0.3), size=6)
@@ -160,11 +164,11 @@ def test_student_targets_are_the_rebuilds_of_the_stored_rows(seed, k, tau):
   rebuild = jax.jit(student.student_targets, static_argnames=('num_classes', 'mode'))
   # float32 sums against float64 ones: a few ulps; a wrong tau or rebuild is off by percents.
   np.testing.assert_allclose(rebuild(batch, 12), official_targets.dense(values, indices, 12),
-                             rtol=1e-5, atol=k * 2 ** -24)
+                             rtol=1e-5, atol=k * 2**-24)
   rows = (official_targets.tail_mass(values) >= 1e-2) | (k == 12)  # see test_distill_targets
-  np.testing.assert_allclose(np.asarray(rebuild(batch, 12, mode='soft', tau=tau))[rows],
-                             official_targets.tempered(values, indices, 12, tau)[rows],
-                             rtol=2e-3)
+  np.testing.assert_allclose(
+      np.asarray(rebuild(batch, 12, mode='soft', tau=tau))[rows],
+      official_targets.tempered(values, indices, 12, tau)[rows], rtol=2e-3)
   hard = np.asarray(rebuild(batch, 12, mode='hard'))
   np.testing.assert_array_equal(hard.argmax(axis=1), probs.argmax(axis=1))
   np.testing.assert_array_equal(hard.sum(axis=1), 1)
@@ -176,7 +180,7 @@ def test_verify_passes_the_true_teacher_and_fails_another(saved, capsys):
   source = run.source()
   figures = verify.verify(saved, run.linear_teacher(), source, sample=48, batch=16)
   assert figures['rows'] == 48 and figures['top1_agreement'] == 1.0
-  assert figures['mean_abs_diff'] < 2 ** -11
+  assert figures['mean_abs_diff'] < 2**-11
   assert 'top-1 agreement 1.0000' in capsys.readouterr().out
   with pytest.raises(verify.VerificationError, match='disagrees with the teacher linear1'):
     verify.verify(saved, run.linear_teacher(seed=1), source, sample=48, batch=16)
@@ -205,9 +209,12 @@ def test_verify_lists_every_damaged_chunk(saved, tmp_path):
 def test_fpd_benchmark_quick_run_reports_its_figures(tmp_path):
   """benchmarks/fpd.py --quick, the store parts: sizes under the target, reads positive."""
   out = tmp_path / 'fpd.json'
-  subprocess.run([sys.executable, os.path.join(os.path.dirname(HERE), 'benchmarks', 'fpd.py'),
-                  '--quick', '--parts=ad', f'--json={out}'], check=True, timeout=300,
-                 capture_output=True, env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
+  subprocess.run([
+      sys.executable,
+      os.path.join(os.path.dirname(HERE), 'benchmarks', 'fpd.py'), '--quick', '--parts=ad',
+      f'--json={out}'
+  ], check=True, timeout=300, capture_output=True, env=dict(os.environ,
+                                                            PYTHONPATH=os.path.dirname(HERE)))
   report = json.loads(out.read_text())
   for k in (10, 100):
     size = report['bytes'][f'k{k}']

@@ -17,8 +17,8 @@ def topk_rows(seed: int, rows: int, k: int, num_classes: int):
   return values, indices, probs
 
 
-row_shapes = st.integers(2, 60).flatmap(
-    lambda c: st.tuples(st.integers(0, 2**31), st.integers(1, c), st.just(c)))
+row_shapes = st.integers(
+    2, 60).flatmap(lambda c: st.tuples(st.integers(0, 2**31), st.integers(1, c), st.just(c)))
 
 
 @settings(max_examples=40, deadline=None)
@@ -53,11 +53,12 @@ def test_tempered_is_renormalised_power_exact_on_topk(shape, tau):
   values, indices, _ = topk_rows(seed, 5, k, num_classes)
   tempered = np.asarray(targets.tempered_targets(values, indices, num_classes, tau))
   rows = (official_targets.tail_mass(values) >= 1e-2) | (k == num_classes)
-  np.testing.assert_allclose(tempered[rows], official_targets.tempered(
-      values, indices, num_classes, tau)[rows], rtol=2e-3, atol=1e-30)
+  np.testing.assert_allclose(tempered[rows],
+                             official_targets.tempered(values, indices, num_classes, tau)[rows],
+                             rtol=2e-3, atol=1e-30)
   np.testing.assert_allclose(tempered.sum(axis=1), 1, atol=1e-5)
   top = np.take_along_axis(tempered, indices, axis=1)
-  expected_ratio = (values[:, 1:].astype(np.float64) / values[:, :1]) ** (1 / tau)
+  expected_ratio = (values[:, 1:].astype(np.float64) / values[:, :1])**(1 / tau)
   np.testing.assert_allclose(top[:, 1:] / top[:, :1], expected_ratio, rtol=1e-4, atol=1e-30)
   tail = np.ones_like(tempered, bool)
   np.put_along_axis(tail, indices, False, axis=1)
@@ -70,7 +71,7 @@ def test_tempered_tail_at_tau_two_and_one_half():
   """Two rows written out: top-2 of 5 classes, tail share 0.1 each."""
   values, indices = np.array([[0.5, 0.2]] * 2, np.float16), np.array([[3, 0], [1, 4]])
   for tau in (2.0, 0.5):
-    row = np.array([0.2, 0.1, 0.1, 0.5, 0.1]) ** (1 / tau)
+    row = np.array([0.2, 0.1, 0.1, 0.5, 0.1])**(1 / tau)
     expected = np.stack([row, row[[1, 3, 2, 4, 0]]]) / row.sum()
     np.testing.assert_allclose(targets.tempered_targets(values, indices, 5, tau), expected,
                                rtol=1e-3)
@@ -94,15 +95,15 @@ def test_tau_one_is_dense(shape):
 def test_k_equal_to_classes_is_the_teachers_own_tempered_softmax():
   values, indices, probs = topk_rows(0, 4, 12, 12)
   tempered = targets.tempered_targets(values, indices, 12, 2.0)
-  exact = probs ** 0.5 / (probs ** 0.5).sum(axis=1, keepdims=True)
+  exact = probs**0.5 / (probs**0.5).sum(axis=1, keepdims=True)
   np.testing.assert_allclose(tempered, exact, atol=2e-3)  # float16 storage of probs
 
 
 def test_leading_batch_dims_and_jit():
   values, indices, _ = topk_rows(1, 6, 3, 9)
   flat = targets.dense_targets(values, indices, 9)
-  nested = jax.jit(targets.dense_targets, static_argnums=2)(
-      values.reshape(2, 3, 3), indices.reshape(2, 3, 3), 9)
+  nested = jax.jit(targets.dense_targets, static_argnums=2)(values.reshape(2, 3, 3),
+                                                            indices.reshape(2, 3, 3), 9)
   np.testing.assert_array_equal(nested.reshape(6, 9), flat)
 
 

@@ -82,13 +82,11 @@ def test_a_teacher_sees_the_students_views_in_its_own_normalisation(saved, own):
   """Views normalised for the student (mean = std = 0.5) reach the teacher as the same
   pixels normalised with its own statistics, in the save pass and online alike."""
   root, model = saved
-  stats = CLIP if own == 'clip' else dict(mean=(0.485, 0.456, 0.406),
-                                          std=(0.229, 0.224, 0.225))
+  stats = CLIP if own == 'clip' else dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
   pixels, student_views = images_in(HALF)
   expected = model(images_in(stats)[1])
   made = factory.make_teacher(distill_config(str(root / own)), HALF)
-  np.testing.assert_allclose(made.probabilities(student_views), jax.nn.softmax(expected),
-                             atol=2e-6)
+  np.testing.assert_allclose(made.probabilities(student_views), jax.nn.softmax(expected), atol=2e-6)
   forward, leaves = jax_teacher.online(distill_config(str(root / own)), HALF,
                                        pipeline.data_mesh(jax.devices()), 7)
   np.testing.assert_allclose(jax.jit(forward)(leaves, student_views), expected, atol=2e-5)
@@ -104,11 +102,11 @@ def test_online_teacher_reads_through_a_class_index_file(saved, tmp_path):
   views = images_in(dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))[1]
   mesh = pipeline.data_mesh(jax.devices())
   forward, leaves = jax_teacher.online(
-      distill_config(str(root / 'imagenet'), teacher_class_index=str(index_file)), None,
-      mesh, 3)
+      distill_config(str(root / 'imagenet'), teacher_class_index=str(index_file)), None, mesh, 3)
   np.testing.assert_allclose(forward(leaves, views), model(views)[:, [6, 0, 3]], atol=2e-5)
-  with pytest.raises(ValueError, match=f'teacher {root}/imagenet has 7 classes and the '
-                                       'student 3.*teacher_class_index'):
+  with pytest.raises(
+      ValueError, match=f'teacher {root}/imagenet has 7 classes and the '
+      'student 3.*teacher_class_index'):
     jax_teacher.online(distill_config(str(root / 'imagenet')), None, mesh, 3)
 
 
@@ -119,8 +117,8 @@ def test_online_fpd_is_soft_cross_entropy_on_the_teachers_softmax():
   config.num_classes = 5
   config.distill.update(kind='fpd', teacher='/a/teacher')
   rng = np.random.default_rng(0)
-  outputs, teacher_logits = (jnp.asarray(rng.standard_normal((4, 5)) * 2, jnp.float32)
-                             for _ in range(2))
+  outputs, teacher_logits = (
+      jnp.asarray(rng.standard_normal((4, 5)) * 2, jnp.float32) for _ in range(2))
   labels = jax.nn.one_hot(jnp.arange(4), 5)  # ignored
   loss = student.make_loss(config)(outputs, dict(targets=labels, teacher_logits=teacher_logits))
   probs = jax.nn.softmax(teacher_logits)
@@ -174,11 +172,14 @@ def test_a_sharded_teacher_gives_the_replicated_ones_probabilities(tmp_path):
   """On 8 devices: every weight split over them, the same rows to float32 reassociation,
   in the save pass and online (in a jitted step, as the student's); 'auto' shards only
   weights above ``SHARD_ABOVE`` of one device's memory."""
-  result = subprocess.run(
-      [sys.executable, os.path.join(HERE, 'helpers', 'sharded_teacher_run.py'),
-       str(tmp_path / 'vit')], capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=os.path.dirname(HERE),
-               XLA_FLAGS='--xla_force_host_platform_device_count=8'))
+  result = subprocess.run([
+      sys.executable,
+      os.path.join(HERE, 'helpers', 'sharded_teacher_run.py'),
+      str(tmp_path / 'vit')
+  ], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu',
+                                   PYTHONPATH=os.path.dirname(HERE),
+                                   XLA_FLAGS='--xla_force_host_platform_device_count=8'))
   assert result.returncode == 0, result.stderr[-4000:]
   found = json.loads(result.stdout.strip().splitlines()[-1])
   assert found['devices'] == 8 and found['sharded'] and found['max_abs_diff'] < 1e-6
@@ -193,8 +194,8 @@ def test_a_sharded_teacher_gives_the_replicated_ones_probabilities(tmp_path):
 
 def dot_dtypes(lowered) -> collections.Counter:
   """How many of a lowered program's matmuls (StableHLO dot_general) give each dtype."""
-  return collections.Counter(re.findall(r'stablehlo\.dot_general .*-> tensor<(?:\d+x)*(\w+)>',
-                                        lowered.as_text()))
+  return collections.Counter(
+      re.findall(r'stablehlo\.dot_general .*-> tensor<(?:\d+x)*(\w+)>', lowered.as_text()))
 
 
 def test_a_bfloat16_teacher_computes_in_bfloat16_and_says_so(saved, tmp_path):
@@ -211,8 +212,8 @@ def test_a_bfloat16_teacher_computes_in_bfloat16_and_says_so(saved, tmp_path):
   lowered = {made: dot_dtypes(jax.jit(made.probabilities).lower(views)) for made in (plain, half)}
   mesh = pipeline.data_mesh(jax.devices())
   for dtype in ('float32', 'bfloat16'):
-    forward, leaves = jax_teacher.online(
-        distill_config(str(root / 'clip'), teacher_dtype=dtype), HALF, mesh, 7)
+    forward, leaves = jax_teacher.online(distill_config(str(root / 'clip'), teacher_dtype=dtype),
+                                         HALF, mesh, 7)
     lowered[dtype] = dot_dtypes(jax.jit(forward).lower(leaves, views))
   for dtypes in (lowered[plain], lowered['float32']):
     assert dtypes['f32'] >= 12 * 4 and dtypes['bf16'] == 0, dtypes

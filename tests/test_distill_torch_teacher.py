@@ -94,8 +94,7 @@ def test_jax_conversion_of_the_same_weights_writes_the_same_store(tmp_path):
   timm_model, checkpoint = saved_timm_model(tmp_path, name, **kwargs)
   ours = create_model(name, num_classes=run.CLASSES, rngs=nnx.Rngs(0), **kwargs)
   timm_weights.load_timm_state_dict(ours, timm_model.state_dict())
-  model_checkpoint.save_model(str(tmp_path / 'ours'), ours, name, num_classes=run.CLASSES,
-                              **kwargs)
+  model_checkpoint.save_model(str(tmp_path / 'ours'), ours, name, num_classes=run.CLASSES, **kwargs)
   run.save(str(tmp_path / 'timm'), teacher=torch_teacher.from_timm(name, checkpoint, **kwargs),
            epochs=EPOCHS)
   run.save(str(tmp_path / 'jax'), teacher=jax_teacher.from_checkpoint(str(tmp_path / 'ours')),
@@ -104,7 +103,7 @@ def test_jax_conversion_of_the_same_weights_writes_the_same_store(tmp_path):
   jax_values, jax_indices, jax_examples = store_rows(str(tmp_path / 'jax'))
   np.testing.assert_array_equal(timm_examples, jax_examples)
   np.testing.assert_array_equal(timm_indices, jax_indices)
-  np.testing.assert_allclose(timm_values, jax_values, rtol=2 ** -10, atol=2 ** -24)
+  np.testing.assert_allclose(timm_values, jax_values, rtol=2**-10, atol=2**-24)
 
 
 def test_a_mapped_teacher_leaves_the_unmapped_mass_to_the_tail(tmp_path):
@@ -122,8 +121,7 @@ def test_a_mapped_teacher_leaves_the_unmapped_mass_to_the_tail(tmp_path):
   teacher_rows = np.asarray(full.probabilities(images))
   rows = np.asarray(mapped.probabilities(images))
   np.testing.assert_array_equal(rows, teacher_rows[:, mapping])
-  np.testing.assert_allclose(rows.sum(axis=1), 1 - teacher_rows[:, [8, 10]].sum(axis=1),
-                             rtol=1e-6)
+  np.testing.assert_allclose(rows.sum(axis=1), 1 - teacher_rows[:, [8, 10]].sum(axis=1), rtol=1e-6)
   values, indices = jax.lax.top_k(rows, 3)
   dense = np.asarray(targets.dense_targets(values, indices, 10))
   np.testing.assert_allclose(dense.sum(axis=1), 1, rtol=1e-6)
@@ -136,8 +134,9 @@ def test_a_mapped_teacher_leaves_the_unmapped_mass_to_the_tail(tmp_path):
 
 
 def test_a_class_count_mismatch_without_mapping_is_refused():
-  with pytest.raises(ValueError, match='linear0 has 12 classes and the student 10.*'
-                                       'distill.teacher_class_index'):
+  with pytest.raises(
+      ValueError, match='linear0 has 12 classes and the student 10.*'
+      'distill.teacher_class_index'):
     record.check_classes(run.linear_teacher(), 10)
 
 
@@ -164,14 +163,15 @@ def test_a_missing_checkpoint_file_names_the_path(tmp_path):
 
 def test_a_checkpoint_of_another_head_size_is_named(tmp_path):
   _, checkpoint = saved_timm_model(tmp_path, 'resnet18')
-  with pytest.raises(ValueError, match=r'does not fit the teacher timm:resnet18.*num_classes'
-                                       r'(.|\n)*fc.weight'):
+  with pytest.raises(
+      ValueError, match=r'does not fit the teacher timm:resnet18.*num_classes'
+      r'(.|\n)*fc.weight'):
     torch_teacher.from_timm('resnet18', checkpoint, num_classes=7)
 
 
 @pytest.mark.parametrize('import_path, message', [
     ('no_such_package.models:make', "'no_such_package.models:make' does not resolve: module "
-                                    "'no_such_package.models' cannot be imported"),
+     "'no_such_package.models' cannot be imported"),
     ('tinyvit_jax.convert:no_such_factory', "has no 'no_such_factory'"),
     ('tinyvit_jax.convert', "must look like 'package.module:factory'"),
 ])
@@ -215,15 +215,17 @@ def test_a_nan_torch_teacher_stops_naming_the_batch_and_earlier_chunks_stay_vali
   reference = str(tmp_path / 'reference')
   run.save(reference, teacher=torch_module_teacher(), epochs=EPOCHS)
   path = str(tmp_path / 'store')
-  with pytest.raises(FloatingPointError, match=r'epoch 0: .* positions 96\.\.127 \(first at '
-                                               r'position 96, example \d+\)'):
+  with pytest.raises(
+      FloatingPointError, match=r'epoch 0: .* positions 96\.\.127 \(first at '
+      r'position 96, example \d+\)'):
     run.save(path, teacher=torch_module_teacher(nan_at_call=3), epochs=EPOCHS)
   logits = store.LogitStore.open(path)
   assert logits.epochs_done == [] and logits.missing_chunks(0) == [3, 4]
   run.save(path, teacher=torch_module_teacher(), epochs=EPOCHS)
   for chunk in range(5):
-    with open(logits.chunk_path(0, chunk), 'rb') as got, open(
-        store.LogitStore.open(reference).chunk_path(0, chunk), 'rb') as want:
+    with open(logits.chunk_path(0, chunk),
+              'rb') as got, open(store.LogitStore.open(reference).chunk_path(0, chunk),
+                                 'rb') as want:
       assert got.read() == want.read()
 
 
@@ -236,7 +238,7 @@ def test_make_teacher_builds_each_adapter_from_config_keys(tmp_path):
   timm_config = dict(teacher_adapter='timm', teacher=checkpoint, teacher_model='resnet18',
                      teacher_class_index=str(index_file))
   made = factory.make_teacher(_Config(timm_config), dict(mean=HALF_AUG['mean'],
-                                                          std=HALF_AUG['std']))
+                                                         std=HALF_AUG['std']))
   direct = torch_teacher.from_timm('resnet18', checkpoint, input_mean=HALF_AUG['mean'],
                                    input_std=HALF_AUG['std'])
   assert made.num_classes == 10 and made.name.startswith('timm:resnet18+classes:')
@@ -245,9 +247,8 @@ def test_make_teacher_builds_each_adapter_from_config_keys(tmp_path):
   np.testing.assert_allclose(made.probabilities(images),
                              np.asarray(direct.probabilities(images))[:, :10], rtol=1e-6)
   torch_config = dict(teacher_adapter='torch', teacher='',
-                      teacher_model=f'{__name__}:pooled_linear',
-                      teacher_num_classes=run.CLASSES, teacher_mean=(0.5,) * 3,
-                      teacher_std=(0.5,) * 3)
+                      teacher_model=f'{__name__}:pooled_linear', teacher_num_classes=run.CLASSES,
+                      teacher_mean=(0.5,) * 3, teacher_std=(0.5,) * 3)
   made = factory.make_teacher(_Config(torch_config))
   assert made.name == f'torch:{__name__}:pooled_linear'
   assert made.checkpoint_hash == torch_module_teacher().checkpoint_hash
@@ -266,13 +267,13 @@ def test_module_imports_neither_torch_nor_timm():
   import sys
   code = ('import sys; import tinyvit_jax.distill.teachers.torch_teacher; '
           'assert "torch" not in sys.modules and "timm" not in sys.modules')
-  subprocess.run([sys.executable, '-c', code], check=True,
-                 env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  subprocess.run([sys.executable, '-c', code], check=True, env=dict(os.environ,
+                                                                    JAX_PLATFORMS='cpu'))
 
 
-@pytest.mark.parametrize('adapter, device, shares', [
-    ('timm', 'cuda:0', True), ('torch', 'cuda', True), ('timm', 'cpu', False),
-    ('ours', 'cuda', False)])
+@pytest.mark.parametrize('adapter, device, shares',
+                         [('timm', 'cuda:0', True), ('torch', 'cuda', True), ('timm', 'cpu', False),
+                          ('ours', 'cuda', False)])
 def test_jax_allocates_on_demand_beside_a_torch_teacher_on_the_gpu(adapter, device, shares,
                                                                    monkeypatch):
   monkeypatch.delenv('XLA_PYTHON_CLIENT_PREALLOCATE', raising=False)

@@ -100,9 +100,10 @@ def test_pretrained_by_timm_name_matches_timm_and_timm_loads_it_back(cache, tmp_
   assert_logits_close(logits, timm_logits(source, images))
   assert create_model('tiny_vit_5m_224', pretrained=True).num_classes == 4  # default tag
   meta = model_checkpoint.read_model_json('hf-hub:timm/tiny_vit_5m_224.dist_in22k')
-  assert model_checkpoint.preprocess(meta) == dict(
-      image_size=224, crop_pct=0.95, interpolation='bicubic',
-      mean=list(timm.data.IMAGENET_DEFAULT_MEAN), std=list(timm.data.IMAGENET_DEFAULT_STD))
+  assert model_checkpoint.preprocess(meta) == dict(image_size=224, crop_pct=0.95,
+                                                   interpolation='bicubic',
+                                                   mean=list(timm.data.IMAGENET_DEFAULT_MEAN),
+                                                   std=list(timm.data.IMAGENET_DEFAULT_STD))
   theirs = _timm_reads_our_folder(cache, tmp_path, ours, 'tiny_vit_5m_224', _TINY_VIT)
   assert_logits_close(logits, timm_logits(theirs, images))
 
@@ -112,8 +113,8 @@ def _timm_reads_our_folder(cache, tmp_path, model, arch, kwargs):
   FOLDER``, and loaded by timm from a Hub cache holding that folder."""
   checkpoint = tmp_path / 'ours'
   labels = [f'class {c}' for c in range(model.num_classes)]
-  model_checkpoint.save_model(str(checkpoint), model, arch, num_classes=model.num_classes,
-                              **kwargs, metadata=dict(labels=labels))
+  model_checkpoint.save_model(str(checkpoint), model, arch, num_classes=model.num_classes, **kwargs,
+                              metadata=dict(labels=labels))
   folder = tmp_path / 'export'
   assert convert.run(['--from', str(checkpoint), '--to-timm', str(folder)]) == 0
   _publish(cache, 'me/exported', folder)
@@ -136,8 +137,8 @@ def test_default_tags_and_repos_are_timms():
     assert hub.DEFAULT_TAGS[arch] == timm.models.get_pretrained_cfg(arch).tag, arch
     for tag in published[arch]:
       repo, revision, resolved = hub.resolve(f'{arch}.{tag}')
-      assert (repo, revision, resolved) == (
-          timm.models.get_pretrained_cfg(f'{arch}.{tag}').hf_hub_id, 'main', arch)
+      assert (repo, revision,
+              resolved) == (timm.models.get_pretrained_cfg(f'{arch}.{tag}').hf_hub_id, 'main', arch)
 
 
 @hypothesis.settings(max_examples=50, deadline=None)
@@ -199,8 +200,8 @@ def test_finetune_init_from_the_official_21k_name(cache, tmp_path):
 
 
 def test_convert_and_predict_take_hub_names(cache, tmp_path):
-  _timm_repo(cache, tmp_path, 'someone/deit', 'deit_tiny_distilled_patch16_224',
-             num_classes=5, **_DEIT)
+  _timm_repo(cache, tmp_path, 'someone/deit', 'deit_tiny_distilled_patch16_224', num_classes=5,
+             **_DEIT)
   out = tmp_path / 'converted'
   assert convert.run(['--from', 'hf-hub:someone/deit', '--out', str(out)]) == 0
   assert model_checkpoint.read_model_json(str(out))['model'] == 'deit_tiny_distilled_patch16_224'
@@ -235,26 +236,28 @@ def _one_line_error(call, *patterns):
 
 
 def test_errors_are_one_line(cache, tmp_path, monkeypatch, capsys):
-  _timm_repo(cache, tmp_path, 'someone/deit', 'deit_tiny_distilled_patch16_224',
-             num_classes=5, **_DEIT)
+  _timm_repo(cache, tmp_path, 'someone/deit', 'deit_tiny_distilled_patch16_224', num_classes=5,
+             **_DEIT)
   offline = _one_line_error(lambda: create_model('hf-hub:someone/absent@v2', pretrained=True),
                             'someone/absent@v2', 'HF_HUB_OFFLINE=1', 'hf download someone/absent')
   assert convert.run(['--from', 'hf-hub:someone/absent@v2', '--out', str(tmp_path / 'x')]) == 2
   assert capsys.readouterr().err == f'error: {offline}\n'
-  _one_line_error(lambda: create_model('tiny_vit_5m_22.in1k', pretrained=True),
-                  'tiny_vit_5m_224')
+  _one_line_error(lambda: create_model('tiny_vit_5m_22.in1k', pretrained=True), 'tiny_vit_5m_224')
   config = json.loads(open(tmp_path / 'someone_deit' / 'config.json').read())
   unregistered = tmp_path / 'unregistered'
   unregistered.mkdir()
   (unregistered / 'config.json').write_text(
-      json.dumps({**config, 'architecture': 'deit_tiny_patch16_22'}))
+      json.dumps({
+          **config, 'architecture': 'deit_tiny_patch16_22'
+      }))
   _publish(cache, 'someone/unregistered', unregistered)
   _one_line_error(lambda: create_model('hf-hub:someone/unregistered', pretrained=True),
                   "'deit_tiny_patch16_22' is not registered", 'deit_tiny_patch16_224')
   unfit = tmp_path / 'unfit'
   unfit.mkdir()
-  (unfit / 'config.json').write_text(
-      json.dumps({**config, 'architecture': 'deit_tiny_patch16_224'}))
+  (unfit / 'config.json').write_text(json.dumps({
+      **config, 'architecture': 'deit_tiny_patch16_224'
+  }))
   os.link(tmp_path / 'someone_deit' / 'model.safetensors', unfit / 'model.safetensors')
   _publish(cache, 'someone/unfit', unfit)
   _one_line_error(lambda: create_model('hf-hub:someone/unfit', pretrained=True),
@@ -264,8 +267,10 @@ def test_errors_are_one_line(cache, tmp_path, monkeypatch, capsys):
   for raised, patterns in ((hub_errors.RepositoryNotFoundError, ('no such model repo', 'HF_TOKEN')),
                            (hub_errors.RevisionNotFoundError, ("no revision 'v9'",)),
                            (hub_errors.GatedRepoError, ('gated', 'HF_TOKEN'))):
+
     def refuse(*args, raised=raised, **kwargs):
       raise raised('the Hub said no', response=response)
+
     monkeypatch.setattr(huggingface_hub, 'hf_hub_download', refuse)
     _one_line_error(lambda: create_model('hf-hub:someone/deit@v9', pretrained=True), *patterns)
 
@@ -286,16 +291,17 @@ def test_push_uploads_the_folder(tmp_path, monkeypatch):
   calls = []
   monkeypatch.setattr(huggingface_hub.HfApi, 'create_repo',
                       lambda self, repo, **kwargs: calls.append(('create', repo)))
-  monkeypatch.setattr(huggingface_hub.HfApi, 'upload_folder',
-                      lambda self, **kwargs: calls.append(('upload', kwargs)) or 'commit-url')
+  monkeypatch.setattr(huggingface_hub.HfApi, 'upload_folder', lambda self, **kwargs: calls.append(
+      ('upload', kwargs)) or 'commit-url')
   model = create_model('deit_tiny_patch16_224', num_classes=3, **_DEIT)
   checkpoint = tmp_path / 'ours'
   model_checkpoint.save_model(str(checkpoint), model, 'deit_tiny_patch16_224', num_classes=3,
                               **_DEIT)
   (tmp_path / 'summary.json').write_text(json.dumps([dict(run='', top1=0.625)]))
   folder = tmp_path / 'export'
-  assert convert.run(['--from', str(checkpoint), '--to-timm', str(folder), '--push',
-                      'me/student']) == 0
+  assert convert.run(['--from',
+                      str(checkpoint), '--to-timm',
+                      str(folder), '--push', 'me/student']) == 0
   card = (folder / 'README.md').read_text()
   assert '| 0.625 |' in card and 'hf-hub:me/student' in card
   assert calls[0] == ('create', 'me/student')

@@ -28,13 +28,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(ROOT, 'launch', 'tpu_vm.sh')
 SLURM = os.path.join(ROOT, 'launch', 'slurm_gpu.sh')
 NOTEBOOK = os.path.join(ROOT, 'launch', 'colab_tpu.ipynb')
-TPU_ARGS = ['--name', 'tvit', '--zone', 'us-central2-b', '--accelerator-type', 'v4-32',
-            '--recipe', 'configs/in1k.py:variant=5m',
-            '--workdir', 'gs://bucket/runs/5m', '--data-dir', 'gs://bucket/tfds']
+TPU_ARGS = [
+    '--name', 'tvit', '--zone', 'us-central2-b', '--accelerator-type', 'v4-32', '--recipe',
+    'configs/in1k.py:variant=5m', '--workdir', 'gs://bucket/runs/5m', '--data-dir',
+    'gs://bucket/tfds'
+]
 SLURM_ARGS = ['--recipe', 'configs/in1k.py:variant=5m', '--workdir', '/shared/runs/5m']
-TPU_MAIN = ['python3', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
-            '--workdir=/mnt/gcs/bucket/runs/5m', '--distributed',
-            '--data_dir=/mnt/gcs/bucket/tfds']
+TPU_MAIN = [
+    'python3', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
+    '--workdir=/mnt/gcs/bucket/runs/5m', '--distributed', '--data_dir=/mnt/gcs/bucket/tfds'
+]
 # The one bucket of --workdir and --data-dir, mounted on every worker.
 TPU_MOUNT = ('sudo mkdir -p /mnt/gcs/bucket && sudo chown "$USER" /mnt/gcs/bucket && '
              '{ mountpoint -q /mnt/gcs/bucket || gcsfuse --implicit-dirs '
@@ -46,9 +49,10 @@ WHERE = ['--zone=us-central2-b']
 def _run(script, args, env=None):
   """The launcher, its recipe check (and plan) run by ``true`` (it passes, in no time)
   unless ``env`` names a PYTHON: the tests of the check itself give the real one."""
-  return subprocess.run(['bash', script, *args], capture_output=True, text=True,
-                        env={**os.environ, 'PYTHON': 'true', **(env or {})}, cwd=ROOT,
-                        timeout=120)
+  return subprocess.run(['bash', script, *args], capture_output=True, text=True, env={
+      **os.environ, 'PYTHON': 'true',
+      **(env or {})
+  }, cwd=ROOT, timeout=120)
 
 
 def _printed(result):
@@ -118,13 +122,13 @@ def test_tpu_dry_run_prints_every_step():
   check, plan, create, archive, scp, install, mount, run = _printed(result)
   assert check == ['true', *TPU_MAIN[1:], '--config.epochs=1', '--check']  # what runs, + --check
   assert plan == [*check[:-1], '--plan=v4-32']  # printed, not run: it compiles for minutes
-  assert create == [*GCLOUD_TPU, 'create', 'tvit', *WHERE, '--accelerator-type=v4-32',
-                    '--version=tpu-ubuntu2204-base']
+  assert create == [
+      *GCLOUD_TPU, 'create', 'tvit', *WHERE, '--accelerator-type=v4-32',
+      '--version=tpu-ubuntu2204-base'
+  ]
   tarball = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'tinyvit_jax-tvit.tar.gz')
-  assert archive == ['git', '-C', ROOT, 'archive', '--format=tar.gz',
-                     f'--output={tarball}', 'HEAD']
-  assert scp == [*GCLOUD_TPU, 'scp', tarball, 'tvit:tinyvit_jax.tar.gz', *WHERE,
-                 '--worker=all']
+  assert archive == ['git', '-C', ROOT, 'archive', '--format=tar.gz', f'--output={tarball}', 'HEAD']
+  assert scp == [*GCLOUD_TPU, 'scp', tarball, 'tvit:tinyvit_jax.tar.gz', *WHERE, '--worker=all']
   assert install[:8] == [*GCLOUD_TPU, 'ssh', 'tvit', *WHERE, '--worker=all']
   assert 'tar -xzf tinyvit_jax.tar.gz -C tinyvit_jax' in install[-1]
   assert 'pip install -q -U "jax[tpu]" -e ./tinyvit_jax' in install[-1]
@@ -143,8 +147,8 @@ def test_tpu_runs_what_its_dry_run_prints(tmp_path):
   assert not os.path.exists(gcloud + '.jsonl')
   result = _run(TPU, TPU_ARGS, env)
   assert result.returncode == 0, result.stderr
-  assert [call['argv'] for call in _calls(gcloud)] == [
-      words for words in printed if words[0] == 'gcloud']
+  assert [call['argv'] for call in _calls(gcloud)
+         ] == [words for words in printed if words[0] == 'gcloud']
   with tarfile.open(tmp_path / 'tinyvit_jax-tvit.tar.gz') as archive:
     names = archive.getnames()
   assert 'setup.cfg' in names and 'tinyvit_jax/__init__.py' in names
@@ -152,10 +156,10 @@ def test_tpu_runs_what_its_dry_run_prints(tmp_path):
 
 def test_tpu_pip_spec_replaces_the_copy():
   spec = 'git+https://example.com/tinyvit_jax.git@v1'
-  _, install, _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--pip', spec,
-                                            '--dry-run']))
+  _, install, _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--pip', spec, '--dry-run']))
   assert shlex.split(install[-1].split(' && ')[0]) == [
-      'python3', '-m', 'pip', 'install', '-q', '-U', 'jax[tpu]', spec]
+      'python3', '-m', 'pip', 'install', '-q', '-U', 'jax[tpu]', spec
+  ]
   assert _remote(run)[:3] == ['python3', '-m', 'tinyvit_jax.main']
   assert run[-1].startswith('python3 ')
 
@@ -167,8 +171,10 @@ def test_tpu_rerun_skips_create_and_install():
 
 
 def test_tpu_shared_file_system_paths_need_no_mount():
-  args = [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--workdir', '/shared/runs',
-          '--data-dir', '/shared/tfds']
+  args = [
+      *TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--workdir', '/shared/runs',
+      '--data-dir', '/shared/tfds'
+  ]
   _, run = _printed(_run(TPU, args))
   assert '--workdir=/shared/runs' in _remote(run)
   assert '--data_dir=/shared/tfds' in _remote(run)
@@ -176,22 +182,26 @@ def test_tpu_shared_file_system_paths_need_no_mount():
 
 def test_tpu_mounts_bucket_paths_in_config_flags():
   """A teacher (or store, or weights) in a bucket is mounted and given as its mount path."""
-  check, mount, run = _printed(_run(TPU, [
-      *TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--',
-      '--config.distill.teacher=gs://models/teacher/export']))
+  check, mount, run = _printed(
+      _run(TPU, [
+          *TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--',
+          '--config.distill.teacher=gs://models/teacher/export'
+      ]))
   flag = '--config.distill.teacher=/mnt/gcs/models/teacher/export'
   assert _remote(run)[-1] == flag and check[-2:] == [flag, '--check']
   assert 'gcsfuse --implicit-dirs --rename-dir-limit=200000 models /mnt/gcs/models' in mount[-1]
 
 
 def test_tpu_delete():
-  printed = _printed(_run(TPU, ['--name', 'tvit', '--zone', 'us-central2-b', '--project',
-                                'proj', '--delete', '--dry-run']))
+  printed = _printed(
+      _run(TPU, [
+          '--name', 'tvit', '--zone', 'us-central2-b', '--project', 'proj', '--delete', '--dry-run'
+      ]))
   assert printed == [[*GCLOUD_TPU, 'delete', 'tvit', *WHERE, '--project=proj', '--quiet']]
 
 
-@pytest.mark.parametrize('flag', ['--name', '--zone', '--recipe', '--workdir',
-                                  '--accelerator-type'])
+@pytest.mark.parametrize('flag',
+                         ['--name', '--zone', '--recipe', '--workdir', '--accelerator-type'])
 def test_tpu_missing_flag_is_named(flag):
   args = list(TPU_ARGS)
   del args[args.index(flag):args.index(flag) + 2]
@@ -202,7 +212,7 @@ def test_tpu_missing_flag_is_named(flag):
 
 @pytest.mark.parametrize('args,message', [
     (['--workdir', 'runs/5m'], "--workdir must be gs://BUCKET/... or an absolute path "
-                               "every worker sees, not 'runs/5m'"),
+     "every worker sees, not 'runs/5m'"),
     (['--data-dir', 's3://bucket/tfds'], '--data-dir must be gs://BUCKET/...'),
     (['--bogus'], "unknown option '--bogus'"),
     (['--zone'], '--zone needs a value'),
@@ -214,22 +224,25 @@ def test_tpu_bad_flags_are_named(args, message):
 
 
 @hypothesis.settings(max_examples=25, deadline=None)
-@hypothesis.given(st.lists(st.text(st.characters(blacklist_categories=['Cc', 'Cs', 'Zl', 'Zp']),
-                                   max_size=12), max_size=3))
+@hypothesis.given(
+    st.lists(st.text(st.characters(blacklist_categories=['Cc', 'Cs', 'Zl', 'Zp']), max_size=12),
+             max_size=3))
 def test_tpu_extra_flags_reach_main_unchanged(extra):
-  _, _, run = _printed(_run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--',
-                                  *extra]))
+  _, _, run = _printed(
+      _run(TPU, [*TPU_ARGS, '--no-create', '--no-install', '--dry-run', '--', *extra]))
   assert _remote(run) == [*TPU_MAIN, *extra]
 
 
 def test_slurm_outside_a_job_submits_itself():
   env = {'SLURM_JOB_ID': ''}
-  printed = _printed(_run(SLURM, ['--nodes', '4', '--time', '2:00:00', *SLURM_ARGS,
-                                  '--dry-run', '--', '--config.epochs=1'], env))
-  assert printed == [
-      ['true', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
-       '--workdir=/shared/runs/5m', '--distributed', '--config.epochs=1', '--check'],
-      ['sbatch', '--nodes=4', '--time=2:00:00', SLURM, *SLURM_ARGS, '--', '--config.epochs=1']]
+  printed = _printed(
+      _run(SLURM, [
+          '--nodes', '4', '--time', '2:00:00', *SLURM_ARGS, '--dry-run', '--', '--config.epochs=1'
+      ], env))
+  assert printed == [[
+      'true', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
+      '--workdir=/shared/runs/5m', '--distributed', '--config.epochs=1', '--check'
+  ], ['sbatch', '--nodes=4', '--time=2:00:00', SLURM, *SLURM_ARGS, '--', '--config.epochs=1']]
 
 
 # srun: starts the command once per node, each task with the variables real srun sets.
@@ -259,47 +272,53 @@ def _slurm_job(tmp_path, hosts=('gpu-a17', 'gpu-a18')):
 
 def test_slurm_dry_run_in_a_job_prints_env_and_srun(tmp_path):
   env = _slurm_job(tmp_path)
-  result = _run(SLURM, [*SLURM_ARGS, '--data-dir', '/shared/tfds', '--port', '1234',
-                        '--dry-run', '--', '--config.epochs=1'], env)
+  result = _run(SLURM, [
+      *SLURM_ARGS, '--data-dir', '/shared/tfds', '--port', '1234', '--dry-run', '--',
+      '--config.epochs=1'
+  ], env)
   check, *exports, srun = _printed(result)
-  main = ['-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
-          '--workdir=/shared/runs/5m', '--distributed', '--data_dir=/shared/tfds',
-          '--config.epochs=1']
+  main = [
+      '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m', '--workdir=/shared/runs/5m',
+      '--distributed', '--data_dir=/shared/tfds', '--config.epochs=1'
+  ]
   assert check == ['true', *main, '--check']
   assert exports == [['export', 'JAX_COORDINATOR_ADDRESS=gpu-a17:1234'],
-                     ['export', 'JAX_NUM_PROCESSES=2'],
-                     ['export', 'JAX_LOCAL_DEVICE_IDS=0,1,2,3']]
+                     ['export', 'JAX_NUM_PROCESSES=2'], ['export', 'JAX_LOCAL_DEVICE_IDS=0,1,2,3']]
   assert srun[:3] == ['srun', '--ntasks-per-node=1', '--kill-on-bad-exit=1']
   assert srun[srun.index('true'):] == ['true', *main]
-  assert _calls(os.path.join(tmp_path, 'bin', 'scontrol'))[0]['argv'] == [
-      'scontrol', 'show', 'hostnames', 'gpu-a[17-18]']
+  assert _calls(os.path.join(
+      tmp_path, 'bin', 'scontrol'))[0]['argv'] == ['scontrol', 'show', 'hostnames', 'gpu-a[17-18]']
   assert not os.path.exists(os.path.join(tmp_path, 'bin', 'srun.jsonl'))
 
 
 def test_slurm_tasks_get_their_process_ids(tmp_path):
   env = _slurm_job(tmp_path)
-  env['PYTHON'] = _fake(tmp_path / 'bin', 'python', """
+  env['PYTHON'] = _fake(
+      tmp_path / 'bin', 'python', """
 record.update({k: v for k, v in os.environ.items() if k.startswith('JAX_')})""")
   result = _run(SLURM, SLURM_ARGS, env)
   assert result.returncode == 0, result.stderr
   assert len(_calls(os.path.join(tmp_path, 'bin', 'srun'))) == 1
-  main = ['python', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
-          '--workdir=/shared/runs/5m', '--distributed']
+  main = [
+      'python', '-m', 'tinyvit_jax.main', '--config=configs/in1k.py:variant=5m',
+      '--workdir=/shared/runs/5m', '--distributed'
+  ]
   port = 20000 + 4242 % 20000
   check, *calls = _calls(env['PYTHON'])  # the check runs first, before srun
   assert check['argv'] == [*main, '--check']
   calls = sorted(calls, key=lambda call: call['JAX_PROCESS_ID'])
   assert calls == [
       dict(argv=main, JAX_COORDINATOR_ADDRESS=f'gpu-a17:{port}', JAX_NUM_PROCESSES='2',
-           JAX_LOCAL_DEVICE_IDS='0,1,2,3', JAX_PROCESS_ID=str(task))
-      for task in range(2)]
+           JAX_LOCAL_DEVICE_IDS='0,1,2,3', JAX_PROCESS_ID=str(task)) for task in range(2)
+  ]
 
 
 def test_slurm_env_brings_up_jax_distributed(tmp_path):
   """main's bare jax.distributed.initialize() in each task: 2 processes, all 4 GPUs each."""
   env = _slurm_job(tmp_path, hosts=('localhost', 'localhost'))
   env['JAX_PLATFORMS'] = 'cpu'
-  env['PYTHON'] = _fake(tmp_path / 'bin', 'python', """
+  env['PYTHON'] = _fake(
+      tmp_path / 'bin', 'python', """
 if '--check' in sys.argv:
   sys.exit()
 import jax
@@ -313,8 +332,8 @@ jax.distributed.shutdown()""")
   result = _run(SLURM, [*SLURM_ARGS, '--port', str(port)], env)
   assert result.returncode == 0, result.stderr
   calls = sorted(_calls(env['PYTHON']), key=lambda call: call['process'])
-  assert [(c['process'], c['count'], c['gpus']) for c in calls] == [
-      (0, 2, '0,1,2,3'), (1, 2, '0,1,2,3')]
+  assert [(c['process'], c['count'], c['gpus']) for c in calls] == [(0, 2, '0,1,2,3'),
+                                                                    (1, 2, '0,1,2,3')]
 
 
 @pytest.mark.parametrize('flag', ['--recipe', '--workdir'])
@@ -336,8 +355,10 @@ def test_slurm_job_without_gpus_is_refused(tmp_path):
 # What the recipe check runs on: this Python, which imports the code under test.
 REAL_CHECK = {'PYTHON': sys.executable}
 # Recipes in configs/ that no launcher's --data-dir fits, and why the check refuses them.
-REFUSED = {'quickstart': 'this recipe reads no data files (data.source digits)',
-           'preview_digits': 'is not a training run'}
+REFUSED = {
+    'quickstart': 'this recipe reads no data files (data.source digits)',
+    'preview_digits': 'is not a training run'
+}
 
 
 def _examples(script):
@@ -395,8 +416,9 @@ def test_headers_show_runs_with_data(script):
   assert len(runs) >= 2 and any('configs/fpd_21k.py:variant=5m' in run for run in runs)
 
 
-@pytest.mark.parametrize('script,example', [
-    (script, example) for script in (TPU, SLURM) for example in _examples(script)],
+@pytest.mark.parametrize(
+    'script,example',
+    [(script, example) for script in (TPU, SLURM) for example in _examples(script)],
     ids=lambda value: ' '.join(value) if isinstance(value, list) else os.path.basename(value))
 def test_documented_examples_pass_the_check(script, example, tmp_path):
   """Each example of the header, as written, with --dry-run: the real check passes it.
@@ -411,13 +433,17 @@ def test_documented_examples_pass_the_check(script, example, tmp_path):
   assert not [name for name in _started(tmp_path) if name != 'scontrol']
 
 
-RECIPES = sorted(os.path.splitext(os.path.basename(p))[0]
-                 for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+RECIPES = sorted(
+    os.path.splitext(os.path.basename(p))[0]
+    for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 # Checked, not planned: a plan of a full-size recipe compiles for minutes (test_plan.py).
-LAUNCHES = {TPU: ['--name', 'tvit', '--zone', 'us-central2-b', '--accelerator-type', 'v4-32',
-                  '--workdir', 'gs://bucket/runs/x', '--data-dir', 'gs://bucket/data',
-                  '--no-plan'],
-            SLURM: ['--workdir', '/shared/runs/x', '--data-dir', '/shared/data']}
+LAUNCHES = {
+    TPU: [
+        '--name', 'tvit', '--zone', 'us-central2-b', '--accelerator-type', 'v4-32', '--workdir',
+        'gs://bucket/runs/x', '--data-dir', 'gs://bucket/data', '--no-plan'
+    ],
+    SLURM: ['--workdir', '/shared/runs/x', '--data-dir', '/shared/data']
+}
 
 
 @pytest.mark.parametrize('recipe', RECIPES)
@@ -439,19 +465,22 @@ def test_every_recipe_with_a_data_dir_passes_the_check(script, recipe, tmp_path)
   assert sent[len(sent) - len(overrides):] == overrides
 
 
-@pytest.mark.parametrize('script,recipe,flags,message', [
-    (TPU, 'fpd_21k.py:variant=5m', ['--config.data.train.data_dir=/d'],
-     "Unknown config key 'data.train.data_dir'. Did you mean data.train.directory"),
-    (TPU, 'in1k.py', ['--config.optim.lrr=3'], "Unknown config key 'optim.lrr'"),
-    (TPU, 'in1k.py', ['--config.epochs=ten'], "flag --config.epochs=ten: invalid literal"),
-    (TPU, 'fpd_21k.py:variant=5m', [], "distill.kind='fpd' needs distill.teacher"),
-    (TPU, 'in1k.py:variant=7m', [], "variant='7m'; expected one of"),
-    (SLURM, 'in1k.py', ['--config.optim.lrr=3'], "Unknown config key 'optim.lrr'"),
-    (SLURM, 'fpd_21k.py:variant=5m', [], "distill.kind='fpd' needs distill.teacher"),
-], ids=['wrong data key', 'misspelt key', 'wrong type', 'no teacher', 'wrong variant',
-        'slurm misspelt key', 'slurm no teacher'])
+@pytest.mark.parametrize(
+    'script,recipe,flags,message', [
+        (TPU, 'fpd_21k.py:variant=5m', ['--config.data.train.data_dir=/d'],
+         "Unknown config key 'data.train.data_dir'. Did you mean data.train.directory"),
+        (TPU, 'in1k.py', ['--config.optim.lrr=3'], "Unknown config key 'optim.lrr'"),
+        (TPU, 'in1k.py', ['--config.epochs=ten'], "flag --config.epochs=ten: invalid literal"),
+        (TPU, 'fpd_21k.py:variant=5m', [], "distill.kind='fpd' needs distill.teacher"),
+        (TPU, 'in1k.py:variant=7m', [], "variant='7m'; expected one of"),
+        (SLURM, 'in1k.py', ['--config.optim.lrr=3'], "Unknown config key 'optim.lrr'"),
+        (SLURM, 'fpd_21k.py:variant=5m', [], "distill.kind='fpd' needs distill.teacher"),
+    ], ids=[
+        'wrong data key', 'misspelt key', 'wrong type', 'no teacher', 'wrong variant',
+        'slurm misspelt key', 'slurm no teacher'
+    ])
 def test_a_bad_recipe_or_flag_stops_the_launch_before_anything_starts(script, recipe, flags,
-                                                                    message, tmp_path):
+                                                                      message, tmp_path):
   """No slice created, no checkout packed, nothing submitted: one line naming the key."""
   args = [*LAUNCHES[script], '--recipe', f'configs/{recipe}', '--', *flags]
   result = _launch(script, args, tmp_path, REAL_CHECK)
@@ -464,14 +493,17 @@ def test_a_bad_recipe_or_flag_stops_the_launch_before_anything_starts(script, re
 def test_a_stage_that_does_not_fit_stops_the_launch_before_anything_starts(tmp_path):
   """The real plan (a tiny recipe's save pass, its batch made far too large for a v5e
   chip): its line, and no slice created; --no-plan goes on to create it."""
-  args = ['--name', 'tvit', '--zone', 'us-west4-a', '--accelerator-type', 'v5litepod-4',
-          '--recipe', 'configs/fpd_21k.py:runlocal', '--workdir', 'gs://bucket/runs/x', '--',
-          '--mode=save_logits', '--config.runs.student.batch_size=4194304']
+  args = [
+      '--name', 'tvit', '--zone', 'us-west4-a', '--accelerator-type', 'v5litepod-4', '--recipe',
+      'configs/fpd_21k.py:runlocal', '--workdir', 'gs://bucket/runs/x', '--', '--mode=save_logits',
+      '--config.runs.student.batch_size=4194304'
+  ]
   result = _launch(TPU, args, tmp_path, REAL_CHECK)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
-  assert re.search(r'the plan for v5litepod-4 stopped the launch, nothing was started: run '
-                   r'student, stage save_logits on v5litepod-4: needs [\d.]+ GiB per chip of '
-                   r'16\.00 GiB.* \(--no-plan goes on regardless\)', result.stderr)
+  assert re.search(
+      r'the plan for v5litepod-4 stopped the launch, nothing was started: run '
+      r'student, stage save_logits on v5litepod-4: needs [\d.]+ GiB per chip of '
+      r'16\.00 GiB.* \(--no-plan goes on regardless\)', result.stderr)
   assert 'does not fit' in result.stderr  # the plan's table
   assert not _started(tmp_path)
   result = _launch(TPU, ['--no-plan', *args], tmp_path, REAL_CHECK)
@@ -481,8 +513,9 @@ def test_a_stage_that_does_not_fit_stops_the_launch_before_anything_starts(tmp_p
 
 def test_a_bad_flag_stops_a_job_before_srun(tmp_path):
   """``sbatch launch/slurm_gpu.sh ...`` directly: the job checks before it starts tasks."""
-  result = _launch(SLURM, [*LAUNCHES[SLURM], '--recipe', 'configs/in1k.py', '--',
-                           '--config.optim.lrr=3'], tmp_path, REAL_CHECK, allocation=True)
+  result = _launch(SLURM,
+                   [*LAUNCHES[SLURM], '--recipe', 'configs/in1k.py', '--', '--config.optim.lrr=3'],
+                   tmp_path, REAL_CHECK, allocation=True)
   assert result.returncode != 0 and "Unknown config key 'optim.lrr'" in result.stderr
   assert not _started(tmp_path)
 
@@ -524,9 +557,10 @@ def test_notebook_installs_the_checkout_it_is_opened_from(tmp_path, monkeypatch)
     exec(install, namespace)
     assert namespace['CHECKOUT'] == checkout and os.getcwd() == os.path.realpath(checkout)
   monkeypatch.chdir(tmp_path / 'elsewhere')
-  with pytest.raises(RuntimeError, match='No tinyvit_jax checkout in or above .*elsewhere, '
-                     'nor directly under it. This notebook installs the checkout it is '
-                     'opened from'):
+  with pytest.raises(
+      RuntimeError, match='No tinyvit_jax checkout in or above .*elsewhere, '
+      'nor directly under it. This notebook installs the checkout it is '
+      'opened from'):
     exec(install, dict(os=os, sys=sys, UNDER_CI=True))
 
 
@@ -543,8 +577,9 @@ def test_notebook_runs_top_to_bottom(quickstart, monkeypatch):
   before = _modified(workdir)
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
-                                  resources={'metadata': {'path': os.path.join(ROOT,
-                                                                               'launch')}})
+                                   resources={'metadata': {
+                                       'path': os.path.join(ROOT, 'launch')
+                                   }})
   try:
     client.execute()
   except nbclient.exceptions.CellExecutionError as error:
@@ -566,5 +601,5 @@ def _modified(workdir) -> dict:
 
 
 def _printed_text(notebook):
-  return ''.join(output.get('text', '') for cell in notebook.cells
-                 for output in cell.get('outputs', []))
+  return ''.join(
+      output.get('text', '') for cell in notebook.cells for output in cell.get('outputs', []))

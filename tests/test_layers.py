@@ -5,13 +5,14 @@ import ast
 import functools
 import os
 
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       'tinyvit_jax')
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tinyvit_jax')
 # Areas (a subpackage, or a top-level module), lowest layer first. A module imports its
 # own layer and those below; models and data, one layer, never each other.
 LAYERS = (
-    {'errors', 'writes', 'progress', 'target', 'compile_cache', 'normalisation', 'chips',
-     'fault_broadcast'},
+    {
+        'errors', 'writes', 'progress', 'target', 'compile_cache', 'normalisation', 'chips',
+        'fault_broadcast'
+    },
     {'models', 'data'},
     {'model_checkpoint', 'torch_state_dicts'},
     {'distill'},
@@ -67,10 +68,12 @@ def test_every_module_has_a_layer():
 
 
 def test_no_module_imports_upwards_or_sideways():
-  wrong = [f'{module} -> {target}' for module, targets in sorted(_imports().items())
-           if module != 'tinyvit_jax' for target in sorted(targets)
-           if _rank(_area(target)) > _rank(_area(module))
-           or {_area(module), _area(target)} == {'models', 'data'}]
+  wrong = [
+      f'{module} -> {target}' for module, targets in sorted(_imports().items())
+      if module != 'tinyvit_jax' for target in sorted(targets)
+      if _rank(_area(target)) > _rank(_area(module))
+      or {_area(module), _area(target)} == {'models', 'data'}
+  ]
   assert not wrong
 
 

@@ -50,8 +50,8 @@ def test_bfloat16_compute_keeps_float32_params_and_close_logits(name):
   assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
   ref.eval()
   half.eval()
-  images = jnp.asarray(np.random.RandomState(1).randn(2, kwargs['img_size'],
-                                                      kwargs['img_size'], 3), jnp.float32)
+  images = jnp.asarray(
+      np.random.RandomState(1).randn(2, kwargs['img_size'], kwargs['img_size'], 3), jnp.float32)
   apply = nnx.jit(lambda model, x: model(x))  # one compile, not one per op
   a, b = np.asarray(apply(ref, images)), apply(half, images)
   assert b.dtype == jnp.bfloat16

@@ -26,8 +26,8 @@ _REGNETY_002 = regnet.RegNetCfg(depth=13, w0=24, wa=36.44, wm=2.49, group_size=8
 
 def create_model(name, *, num_classes=1000, rngs=None, **overrides):
   if name == 'regnety_002':
-    return regnet.RegNet(_REGNETY_002, num_classes=num_classes,
-                         rngs=rngs or nnx.Rngs(0), **overrides)
+    return regnet.RegNet(_REGNETY_002, num_classes=num_classes, rngs=rngs or nnx.Rngs(0),
+                         **overrides)
   return create_registered(name, num_classes=num_classes, rngs=rngs, **overrides)
 
 
@@ -53,15 +53,17 @@ def _check_parity(name, *, size, conv_impl='auto', num_classes=10):
     assert_logits_close(ours, timm_logits(timm_model, images))
   # Train mode moved both models' running statistics the same way; export them back.
   exported = to_timm_state_dict(model)
-  theirs = {k: v for k, v in timm_model.state_dict().items()
-            if not k.endswith('num_batches_tracked')}
+  theirs = {
+      k: v for k, v in timm_model.state_dict().items() if not k.endswith('num_batches_tracked')
+  }
   assert set(exported) - set(theirs) == {k for k in exported if k.endswith('num_batches_tracked')}
   for key, value in theirs.items():
     np.testing.assert_allclose(exported[key], value.numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
 
 
-@pytest.mark.parametrize('name', ['resnet18', 'regnety_002'] + [
-    pytest.param(n, marks=pytest.mark.slow) for n in _NUMERIC if n != 'resnet18'])
+@pytest.mark.parametrize(
+    'name', ['resnet18', 'regnety_002']
+    + [pytest.param(n, marks=pytest.mark.slow) for n in _NUMERIC if n != 'resnet18'])
 def test_logits_and_weights_match_timm(name):
   _check_parity(name, size=72)
 
@@ -89,8 +91,8 @@ def test_train_mode_gradients_match_timm(name):
   theirs = {k: p.grad.numpy() for k, p in timm_model.named_parameters()}
   grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(jnp.asarray(images)) * weights)))(model)
   # The gradient tree has the model's structure: export it as if it were weights.
-  exported = to_timm_state_dict(nnx.merge(nnx.graphdef(model), grads,
-                                          nnx.state(model, nnx.BatchStat)))
+  exported = to_timm_state_dict(
+      nnx.merge(nnx.graphdef(model), grads, nnx.state(model, nnx.BatchStat)))
   for key, value in theirs.items():
     bound = 1e-4 * max(1e-3, float(np.abs(value).max()))
     assert np.abs(exported[key] - value).max() <= bound, key
@@ -105,8 +107,8 @@ def test_state_dict_layout_and_param_count_equal_timms(name):
     timm_model = timm.create_model(name, num_classes=1000)
   theirs = {k: np.zeros(v.shape, np.float32) for k, v in timm_model.state_dict().items()}
   model = load_timm_state_dict(registry.create_unfilled(name, num_classes=1000), theirs)
-  assert (sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-          == sum(p.numel() for p in timm_model.parameters()))
+  assert (sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == sum(
+      p.numel() for p in timm_model.parameters()))
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'regnety_016'])
@@ -115,8 +117,11 @@ def test_initialisation_follows_timm(name):
   has ones, else the same spread (He fan-out convs; torch/pycls Linears)."""
   import timm
   torch.manual_seed(0)
-  theirs = {k: v.numpy() for k, v in timm.create_model(name, num_classes=1000).state_dict().items()
-            if not k.endswith('num_batches_tracked')}
+  theirs = {
+      k: v.numpy()
+      for k, v in timm.create_model(name, num_classes=1000).state_dict().items()
+      if not k.endswith('num_batches_tracked')
+  }
   ours = to_timm_state_dict(create_model(name, num_classes=1000, rngs=nnx.Rngs(0)))
   for key, value in theirs.items():
     mine = ours[key]
@@ -133,10 +138,16 @@ def test_initialisation_follows_timm(name):
 def test_drop_path_rates_per_block_equal_timms(name):
   timm_model = create_timm_model(name, drop_path_rate=0.2)
   model = create_model(name, drop_path_rate=0.2)
-  theirs = {n: getattr(m.drop_path, 'drop_prob', 0.0) for n, m in timm_model.named_modules()
-            if hasattr(m, 'drop_path')}
-  ours = {'.'.join(map(str, path)): m.drop_path.rate for path, m in nnx.iter_graph(model)
-          if isinstance(m, nnx.Module) and hasattr(m, 'drop_path')}
+  theirs = {
+      n: getattr(m.drop_path, 'drop_prob', 0.0)
+      for n, m in timm_model.named_modules()
+      if hasattr(m, 'drop_path')
+  }
+  ours = {
+      '.'.join(map(str, path)): m.drop_path.rate
+      for path, m in nnx.iter_graph(model)
+      if isinstance(m, nnx.Module) and hasattr(m, 'drop_path')
+  }
   assert ours.keys() == theirs.keys()
   for key, rate in theirs.items():
     assert ours[key] == pytest.approx(rate, abs=1e-6), key
@@ -145,8 +156,7 @@ def test_drop_path_rates_per_block_equal_timms(name):
 def test_bfloat16_compute_keeps_float32_params_and_close_logits():
   ref = create_model('regnety_002', num_classes=10, rngs=nnx.Rngs(3))
   half = create_model('regnety_002', num_classes=10, rngs=nnx.Rngs(3), dtype=jnp.bfloat16)
-  assert {x.dtype for x in jax.tree.leaves(nnx.state(half, nnx.Param))} == {
-      jnp.dtype(jnp.float32)}
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(half, nnx.Param))} == {jnp.dtype(jnp.float32)}
   ref.eval()
   half.eval()
   images = jnp.asarray(np.random.RandomState(1).randn(2, 48, 48, 3), jnp.float32)
@@ -163,4 +173,4 @@ def test_preprocessing_config_is_timms_default(name):
   info = model_info(name)
   assert (3, info.input_size, info.input_size) == tuple(cfg['input_size'])
   assert (info.crop_pct, info.mean, info.std) == (cfg['crop_pct'], tuple(cfg['mean']),
-                                                   tuple(cfg['std']))
+                                                  tuple(cfg['std']))

@@ -16,8 +16,7 @@ from tinyvit_jax.models.timm_weights import load_timm_state_dict
 _NUMERIC = ('tiny_vit_5m_224', 'tiny_vit_21m_512', 'deit_tiny_patch16_224',
             'deit_tiny_distilled_patch16_224', 'deit_tiny_distilled_patch16_384')
 _SLOW = {'tiny_vit_21m_512'}
-_LAYOUT = [n for n in list_models() if n.startswith(('tiny_vit_', 'deit_')) and
-           n not in _NUMERIC]
+_LAYOUT = [n for n in list_models() if n.startswith(('tiny_vit_', 'deit_')) and n not in _NUMERIC]
 # The convnets' parity (eval and train, weights exported back) is
 # tests/test_models_convnets.py's, at 72 px; the ViT/CLIP teachers' is
 # tests/test_models_vit.py's, one option per test at small widths.
@@ -46,8 +45,8 @@ def check_parity(name, *, img_size=None, conv_impl='auto', batch=2, seed=0):
   assert_logits_close(ours, timm_logits(timm_model, images))
 
 
-@pytest.mark.parametrize('name', [
-    pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in _NUMERIC])
+@pytest.mark.parametrize(
+    'name', [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in _NUMERIC])
 def test_parity_with_timm(name):
   check_parity(name)
 

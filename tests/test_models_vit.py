@@ -26,16 +26,18 @@ def _ours(name, sd, **kwargs):
   return model
 
 
-@pytest.mark.parametrize('name,img_size,options', [
-    ('vit_base_patch16_224', 48, {}),                       # patch 16, class token, GELU
-    ('vit_base_patch32_224', 64, {}),                       # patch 32
-    ('vit_base_patch16_clip_224', 48, {}),                  # norm_pre, bias-free patch conv
-    ('vit_large_patch14_clip_quickgelu_224', 42, {}),       # patch 14, QuickGELU
-    ('vit_base_patch16_224', 48, dict(global_pool='avg')),  # avg of patches, fc_norm
-    ('vit_base_patch16_224', 48, dict(class_token=False, global_pool='avg')),
-    ('vit_base_patch16_224', 48, dict(fc_norm=True)),       # class token, then fc_norm
-    ('vit_base_patch16_clip_224', 48, dict(init_values=0.1)),  # LayerScale ls1/ls2
-])
+@pytest.mark.parametrize(
+    'name,img_size,options',
+    [
+        ('vit_base_patch16_224', 48, {}),  # patch 16, class token, GELU
+        ('vit_base_patch32_224', 64, {}),  # patch 32
+        ('vit_base_patch16_clip_224', 48, {}),  # norm_pre, bias-free patch conv
+        ('vit_large_patch14_clip_quickgelu_224', 42, {}),  # patch 14, QuickGELU
+        ('vit_base_patch16_224', 48, dict(global_pool='avg')),  # avg of patches, fc_norm
+        ('vit_base_patch16_224', 48, dict(class_token=False, global_pool='avg')),
+        ('vit_base_patch16_224', 48, dict(fc_norm=True)),  # class token, then fc_norm
+        ('vit_base_patch16_clip_224', 48, dict(init_values=0.1)),  # LayerScale ls1/ls2
+    ])
 def test_parity_with_timm(name, img_size, options):
   timm_model = create_timm_model(name, img_size=img_size, **_SMALL, **options).eval()
   ours = _ours(name, timm_model.state_dict(), img_size=img_size, **options)
@@ -43,10 +45,12 @@ def test_parity_with_timm(name, img_size, options):
   assert_logits_close(jit_forward(ours, images), timm_logits(timm_model, images))
 
 
-@pytest.mark.parametrize('trained,used,options', [
-    (48, 64, {}),                                           # 3x3 -> 4x4 grid, cls kept
-    (64, 48, dict(class_token=False, global_pool='avg')),  # 4x4 -> 3x3, no prefix
-])
+@pytest.mark.parametrize(
+    'trained,used,options',
+    [
+        (48, 64, {}),  # 3x3 -> 4x4 grid, cls kept
+        (64, 48, dict(class_token=False, global_pool='avg')),  # 4x4 -> 3x3, no prefix
+    ])
 def test_weights_of_another_size_load_as_timm_loads_them(trained, used, options):
   """The pos_embed resampled as timm's checkpoint_filter_fn does (bicubic, antialiased,
   prefix tokens kept), then the same logits as timm's model at the new size."""
@@ -65,8 +69,7 @@ def test_round_trip_through_timm_safetensors(tmp_path):
   """ours -> timm-named safetensors -> timm (strict load): the same logits."""
   from safetensors.torch import load_file
   name, options = 'vit_large_patch14_clip_quickgelu_224', dict(init_values=0.1, img_size=28)
-  ours = _ours(name, create_timm_model(name, seed=3, **_SMALL, **options).state_dict(),
-               **options)
+  ours = _ours(name, create_timm_model(name, seed=3, **_SMALL, **options).state_dict(), **options)
   path = str(tmp_path / 'vit.safetensors')
   timm_weights.write_timm_safetensors(ours, path)
   fresh = create_timm_model(name, seed=99, **_SMALL, **options)
@@ -79,14 +82,18 @@ def test_round_trip_through_timm_safetensors(tmp_path):
 # and std only). The L/14 CLIP names take the OpenAI tag's normalisation, as the registry
 # says (timm's default tag, laion2b, uses 0.5/0.5). Cream's clip_vit_large14_224 is not
 # timm's (test_convert holds it against Cream's own checkpoint).
-_TIMM_384 = {f'deit_{size}{kind}_patch16_384': f'deit_{size}{kind}_patch16_224'
-             for size in ('tiny', 'small') for kind in ('', '_distilled')}
+_TIMM_384 = {
+    f'deit_{size}{kind}_patch16_384': f'deit_{size}{kind}_patch16_224' for size in ('tiny', 'small')
+    for kind in ('', '_distilled')
+}
 _TAGS = {'vit_large_patch14_clip_224': 'openai', 'vit_large_patch14_clip_336': 'openai'}
 _ACTS = {'gelu': 'GELU', 'quick_gelu': 'QuickGELU'}
 # DeiT at 224 is evaluated as the official code does (resize 256, crop 224:
 # --eval-crop-ratio 0.875); timm's config says 0.9.
-_OFFICIAL_CROP = {f'deit_{size}{kind}_patch16_224': 0.875
-                  for size in ('tiny', 'small', 'base') for kind in ('', '_distilled')}
+_OFFICIAL_CROP = {
+    f'deit_{size}{kind}_patch16_224': 0.875 for size in ('tiny', 'small', 'base')
+    for kind in ('', '_distilled')
+}
 
 
 def _architecture(model, depth: int | None = None) -> dict:
@@ -107,17 +114,18 @@ def _architecture(model, depth: int | None = None) -> dict:
     patch_bias, qkv_bias = model.patch_embed.proj.bias, first.attn.qkv.bias
     reg_tokens, depth = model.num_reg_tokens, len(model.blocks)
   present = lambda module: module is not None and type(module).__name__ != 'Identity'
-  return dict(width=width, depth=depth, heads=heads, mlp_ratio=hidden / width, eps=eps,
-              act=act, patch=patch, img_size=img_size, patch_bias=patch_bias is not None,
-              qkv_bias=qkv_bias is not None, norm_pre=present(model.norm_pre),
-              norm=present(model.norm), fc_norm=present(model.fc_norm),
-              layer_scale=present(first.ls1), class_token=model.cls_token is not None,
-              reg_tokens=reg_tokens, global_pool=model.global_pool,
-              distilled=getattr(model, 'head_dist', None) is not None)
+  return dict(width=width, depth=depth, heads=heads, mlp_ratio=hidden / width, eps=eps, act=act,
+              patch=patch, img_size=img_size, patch_bias=patch_bias is not None, qkv_bias=qkv_bias
+              is not None, norm_pre=present(model.norm_pre), norm=present(model.norm),
+              fc_norm=present(model.fc_norm), layer_scale=present(first.ls1),
+              class_token=model.cls_token is not None, reg_tokens=reg_tokens,
+              global_pool=model.global_pool, distilled=getattr(model, 'head_dist',
+                                                               None) is not None)
 
 
 def _registry_depth(name: str) -> int:
   """The depth the registry passes to VisionTransformer for ``name``."""
+
   class Called(Exception):
     pass
 

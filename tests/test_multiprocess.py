@@ -62,8 +62,8 @@ def teacher(tmp_path_factory):
   model = create_model(config.model.name, num_classes=config.num_classes, rngs=nnx.Rngs(7),
                        **kwargs)
   directory = str(tmp_path_factory.mktemp('teacher') / 'export')
-  model_checkpoint.save_model(directory, model, config.model.name,
-                              num_classes=config.num_classes, **kwargs)
+  model_checkpoint.save_model(directory, model, config.model.name, num_classes=config.num_classes,
+                              **kwargs)
   return directory
 
 
@@ -73,8 +73,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_processes(workdir, *overrides, heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
-                    process_1_prefix: tuple = ()) -> list:
+def start_processes(
+    workdir, *overrides, heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+    process_1_prefix: tuple = ()) -> list:
   """Both processes of a 2-process run, logging to ``workdir/../<name>.process<i>.log``;
   process 1's command starts with ``process_1_prefix``."""
   address = f'127.0.0.1:{free_port()}'
@@ -83,11 +84,12 @@ def start_processes(workdir, *overrides, heartbeat_timeout: int = HEARTBEAT_TIME
     env = dict(environment(devices=DEVICES_PER_PROCESS), JAX_COORDINATOR_ADDRESS=address,
                JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(index))
     log = open(f'{workdir}.process{index}.log', 'a')
-    processes.append(subprocess.Popen(
-        [*(process_1_prefix if index else ()), sys.executable, '-m', 'tinyvit_jax.main',
-         f'--config={CONFIG}', f'--workdir={workdir}', '--distributed',
-         f'--heartbeat_timeout={heartbeat_timeout}', *overrides],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    processes.append(
+        subprocess.Popen([
+            *(process_1_prefix if index else ()), sys.executable, '-m', 'tinyvit_jax.main',
+            f'--config={CONFIG}', f'--workdir={workdir}', '--distributed',
+            f'--heartbeat_timeout={heartbeat_timeout}', *overrides
+        ], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     log.close()
   _STARTED.extend(processes)
   return processes
@@ -107,11 +109,11 @@ def finish(processes, workdir) -> None:
 def one_process(teacher, tmp_path_factory):
   """The reference: one process holding all the devices of both."""
   workdir = tmp_path_factory.mktemp('one') / 'run'
-  result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
-       f'--config.distill.teacher={teacher}'], cwd=REPO,
-      env=environment(devices=2 * DEVICES_PER_PROCESS), capture_output=True, text=True,
-      timeout=900)
+  result = subprocess.run([
+      sys.executable, '-m', 'tinyvit_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
+      f'--config.distill.teacher={teacher}'
+  ], cwd=REPO, env=environment(devices=2 * DEVICES_PER_PROCESS), capture_output=True, text=True,
+                          timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   return workdir
 
@@ -168,9 +170,9 @@ def two_processes(teacher, tmp_path_factory):
   # died fails sooner, its socket reset or closed (Gloo's "Connection reset by peer" or
   # "Connection closed by peer", as the kill lands).
   survivor_log = process_log(workdir, survivor)
-  assert any(cause in survivor_log for cause in (
-      'another task died', 'Connection reset by peer', 'Connection closed by peer')), (
-          survivor_log[-3000:])
+  assert any(cause in survivor_log
+             for cause in ('another task died', 'Connection reset by peer',
+                           'Connection closed by peer')), (survivor_log[-3000:])
   assert max(checkpoint_steps(workdir)) < STEPS, f'killed after step {kill_after}'
   last_saved = max(checkpoint_steps(workdir))
 
@@ -183,22 +185,24 @@ def two_processes(teacher, tmp_path_factory):
 def test_two_processes_stopped_twice_equal_one_with_all_their_devices(one_process, two_processes):
   one, two = step_losses(one_process), step_losses(two_processes)
   assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
-  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
-                             rtol=0, atol=1e-5)
+  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=0,
+                             atol=1e-5)
   assert examples_seen(two_processes) == examples_seen(one_process)
   assert [row['step'] for row in examples_seen(two_processes)] == list(range(1, STEPS + 1))
   # Each process saved its own block of the store: together, the one process's bytes.
-  assert (store_files(os.path.join(two_processes, 'logits'))
-          == store_files(os.path.join(one_process, 'logits')))
+  assert (store_files(os.path.join(two_processes,
+                                   'logits')) == store_files(os.path.join(one_process, 'logits')))
   # The final state is checked through its eval loss: weight by weight, Adam turns the
   # other order of the sums over 2 processes into gaps of a whole step on weights whose
   # gradient is near 0. (Resuming bit for bit is tested in one process, in
   # tests/test_train_system.py.)
-  evals = [[row for row in metrics.read_metrics(w) if 'eval_top1' in row]
+  evals = [[row
+            for row in metrics.read_metrics(w)
+            if 'eval_top1' in row]
            for w in (one_process, two_processes)]
   assert [r['eval_examples'] for r in evals[0]] == [r['eval_examples'] for r in evals[1]]
-  np.testing.assert_allclose([r['eval_loss'] for r in evals[1]],
-                             [r['eval_loss'] for r in evals[0]], rtol=0, atol=1e-5)
+  np.testing.assert_allclose([r['eval_loss'] for r in evals[1]], [r['eval_loss'] for r in evals[0]],
+                             rtol=0, atol=1e-5)
 
 
 def stop_times(processes, timeout: float = 600) -> list:
@@ -240,19 +244,20 @@ def test_a_fault_on_process_1_stops_both_with_its_line(tmp_path, small_disk):
     config.distill.teacher = teacher
   saved = factory.make_teacher(config.distill, config.aug, config.num_classes)
   source = sources.from_config(config.data, 'train')
-  full = store.LogitStore.create(str(tmp_path / 'full'), manifest.store_fields(
-      source, dataset_name=config.data.source, aug_config=config.aug, seed=config.seed, k=3,
-      teacher=saved, repeats=order.repeats_of(config.data)), chunk_rows=32)
+  full = store.LogitStore.create(
+      str(tmp_path / 'full'),
+      manifest.store_fields(source, dataset_name=config.data.source, aug_config=config.aug,
+                            seed=config.seed, k=3, teacher=saved,
+                            repeats=order.repeats_of(config.data)), chunk_rows=32)
   folder = os.path.dirname(full.chunk_path(0, 0))
   os.makedirs(folder)
   small_disk.fill()
   mount_over_folder = ('unshare', '-m', '--propagation', 'private', 'sh', '-c',
                        f'mount --bind {small_disk.path} {folder} && exec "$@"', 'sh')
-  for index, (store_path, expected, prefix) in enumerate((
-      (logits.path, f'epoch 0, rows [32, 64): chunk {damaged} is unusable: ', ()),
-      (full.path, f'no space left writing {full.chunk_path(0, full.owned_chunks(1, 2)[0])} '
-       '(0 bytes free)',
-       mount_over_folder))):
+  for index, (store_path, expected, prefix) in enumerate(
+      ((logits.path, f'epoch 0, rows [32, 64): chunk {damaged} is unusable: ', ()),
+       (full.path, f'no space left writing {full.chunk_path(0, full.owned_chunks(1, 2)[0])} '
+        '(0 bytes free)', mount_over_folder))):
     workdir = tmp_path / f'run{index}'
     processes = start_processes(workdir, f'--config.distill.teacher={teacher}',
                                 f'--config.distill.store={store_path}',

@@ -27,10 +27,11 @@ pytestmark = pytest.mark.skipif(not importlib.util.find_spec('libtpu'),
 
 
 def _main(*flags, workdir):
-  return subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', f'--config={RECIPE}', f'--workdir={workdir}',
-       f'--plan={SLICE}', *flags], cwd=REPO, capture_output=True, text=True,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'), check=False)
+  return subprocess.run([
+      sys.executable, '-m', 'tinyvit_jax.main', f'--config={RECIPE}', f'--workdir={workdir}',
+      f'--plan={SLICE}', *flags
+  ], cwd=REPO, capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                        check=False)
 
 
 @pytest.fixture(scope='module')
@@ -66,8 +67,8 @@ def test_hbm_holds_the_models_parameters_and_adamws_two_moments(planned):
   student, teacher = _runs()['student'], _runs()['teacher']
 
   def parameter_bytes(config):
-    model = nnx.eval_shape(lambda: create_model(
-        config.model.name, num_classes=config.num_classes, **config.model.kwargs))
+    model = nnx.eval_shape(lambda: create_model(config.model.name, num_classes=config.num_classes,
+                                                **config.model.kwargs))
     return sum(p.size * 4 for p in jax.tree.leaves(nnx.state(model, nnx.Param))), model
 
   student_bytes, _ = parameter_bytes(student)
@@ -87,8 +88,8 @@ def test_xla_flops_agree_with_count_macs(planned):
   runs = _runs()
   for stage, config, passes in (('train', runs['student'], 3), ('eval', runs['student'], 1),
                                 ('save_logits', runs['teacher'], 1)):
-    model = nnx.eval_shape(lambda: create_model(
-        config.model.name, num_classes=config.num_classes, **config.model.kwargs))
+    model = nnx.eval_shape(lambda: create_model(config.model.name, num_classes=config.num_classes,
+                                                **config.model.kwargs))
     expected = passes * 2 * macs.count_macs(model, config.aug.image_size) / 1e9
     assert rows[stage]['model_gflop_per_image'] == pytest.approx(expected)
     assert expected <= rows[stage]['xla_gflop_per_image'] <= 1.6 * expected, stage
@@ -99,8 +100,8 @@ def test_a_tpu_plan_compiles_the_tpu_formulations_and_a_cpu_one_the_cpus(tmp_pat
   """The same stage lowered for the slice and for this CPU: XLA's grouped convolution and
   dot_product_attention for the TPU, the shifted-view depthwise convs (their optimisation
   barriers) and the head-major einsum attention for the CPU."""
-  runs = main.check_recipe(config_lib.load_recipe(RECIPE.split(':')[0]).get_config(
-      'runlocal'), str(tmp_path))
+  runs = main.check_recipe(
+      config_lib.load_recipe(RECIPE.split(':')[0]).get_config('runlocal'), str(tmp_path))
   slice_ = chips.parse(SLICE)
 
   def lowered(devices, compiled_for):
@@ -136,12 +137,14 @@ def test_an_unknown_accelerator_is_refused_in_one_line_naming_the_known_ones():
   assert '\n' not in str(error.value) and 'v5litepod-1/4/8/16' in str(error.value)
 
 
-@pytest.mark.parametrize('planned_batch, compiles, found', [
-    (8, 4, 64),  # fits: 16, 32, 64, then 128 does not
-    (8, 7, 104),  # ... then bisected: 96, 112 (no), 104
-    (512, 4, 96),  # does not fit: 256, 128 (no), 64, then 96
-    (2048, 3, None),  # three halvings do not reach a batch that fits
-])
+@pytest.mark.parametrize(
+    'planned_batch, compiles, found',
+    [
+        (8, 4, 64),  # fits: 16, 32, 64, then 128 does not
+        (8, 7, 104),  # ... then bisected: 96, 112 (no), 104
+        (512, 4, 96),  # does not fit: 256, 128 (no), 64, then 96
+        (2048, 3, None),  # three halvings do not reach a batch that fits
+    ])
 def test_the_largest_batch_search_doubles_or_halves_then_bisects(monkeypatch, planned_batch,
                                                                  compiles, found):
   """On a chip where 105 images fit, compiles stubbed: the search's own logic."""

@@ -14,6 +14,7 @@ def test_progress_counts_images(capsys):
 
 
 class _Terminal(io.StringIO):
+
   def isatty(self):
     return True
 

@@ -24,8 +24,8 @@ def test_quickstart_trains_distils_evaluates_and_exports(quickstart, tmp_path):
     rows = {row['run']: row for row in json.load(f)}
   assert list(rows) == ['teacher', 'student_fpd', 'student_labels']
   # The 547K-parameter students are not TinyViT-5M, whose constructor they use.
-  assert [row['model'] for row in rows.values()] == [
-      'tiny_vit_5m_32', 'tiny_vit_0.5m_32', 'tiny_vit_0.5m_32']
+  assert [row['model'] for row in rows.values()
+         ] == ['tiny_vit_5m_32', 'tiny_vit_0.5m_32', 'tiny_vit_0.5m_32']
   for row in rows.values():  # 10 classes: chance is 0.1
     assert row['top1'] > 0.5, rows
   assert 'student_fpd' in stdout and 'top1' in stdout  # the final table
@@ -38,10 +38,10 @@ def test_quickstart_trains_distils_evaluates_and_exports(quickstart, tmp_path):
   for i in range(8):
     paths.append(str(tmp_path / f'digit{i}.png'))
     Image.fromarray(test[i]['image']).save(paths[-1])
-  predicted = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.predict', '--checkpoint',
-       str(workdir / 'teacher' / 'export'), *paths], cwd=REPO, capture_output=True, text=True,
-      timeout=300)
+  predicted = subprocess.run([
+      sys.executable, '-m', 'tinyvit_jax.predict', '--checkpoint',
+      str(workdir / 'teacher' / 'export'), *paths
+  ], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   top1 = [line.split()[-1] for line in predicted.stdout.splitlines() if line.startswith('  ')][::5]
   hits = np.mean([label == str(test[i]['label']) for i, label in enumerate(top1)])
@@ -53,8 +53,7 @@ def _check_teacher_agreement(workdir, rows, stdout):
   the teacher's eval probabilities kept in its workdir; runs without a teacher report
   neither, and keep no such file."""
   for run in ('teacher', 'student_labels'):
-    assert not any('teacher' in key for row in metrics.read_metrics(workdir / run)
-                   for key in row)
+    assert not any('teacher' in key for row in metrics.read_metrics(workdir / run) for key in row)
     assert not any('teacher' in key for key in rows[run])
     assert not (workdir / run / teacher_eval.FILE).exists()
   evals = [row for row in metrics.read_metrics(workdir / 'student_fpd') if 'eval_top1' in row]

@@ -42,16 +42,16 @@ STEPS = EPOCHS * (1438 // BATCH)
 def made_up_store(config, path: str) -> None:
   """Every epoch of the run's store, with teacher-like rows (no teacher needed)."""
   source = sources.from_config(config.data, 'train')
-  fields = manifest.store_fields(source, dataset_name=config.data.source,
-                                 aug_config=config.aug, seed=config.seed, k=config.distill.k,
+  fields = manifest.store_fields(source, dataset_name=config.data.source, aug_config=config.aug,
+                                 seed=config.seed, k=config.distill.k,
                                  num_classes=config.num_classes,
                                  repeats=order.repeats_of(config.data))
-  logits = store.LogitStore.create(path, dict(fields, teacher_name='made_up',
-                                              teacher_checkpoint_hash='0'))
+  logits = store.LogitStore.create(
+      path, dict(fields, teacher_name='made_up', teacher_checkpoint_hash='0'))
   n = logits.rows_per_epoch
   for epoch in range(EPOCHS):
     values, indices = made_up_rows.teacher_like_topk(n, config.distill.k, config.num_classes,
-                                                  seed=epoch)
+                                                     seed=epoch)
     with logits.epoch_writer(epoch) as writer:
       writer.write(0, values, indices, order.epoch_permutation(config.seed, epoch, n))
     logits.mark_epoch_done(epoch)
@@ -104,18 +104,17 @@ class Sampler(threading.Thread):
           shm |= shared_memory_bytes(process.pid)
         except (psutil.NoSuchProcess, FileNotFoundError):  # a worker that just ended
           continue
-      self.samples.append(dict(step=self.logged_step(), rss=rss, fds=fds,
-                               shm_bytes=sum(size for _, size in shm),
-                               live_arrays=len(jax.live_arrays()),
-                               disk=disk_bytes(self.workdir)))
+      self.samples.append(
+          dict(step=self.logged_step(), rss=rss, fds=fds, shm_bytes=sum(size for _, size in shm),
+               live_arrays=len(jax.live_arrays()), disk=disk_bytes(self.workdir)))
 
 
 @pytest.mark.slow
 def test_a_long_run_holds_its_memory_files_shared_memory_and_disk(tmp_path):
   config = quickstart.student_config(runlocal=True)
   config.distill.update(kind='fpd', from_store=True, k=3, store=str(tmp_path / 'logits'))
-  config.update(epochs=EPOCHS, batch_size=BATCH, checkpoint_every_steps=200,
-                log_every_steps=5, stages=('train',))
+  config.update(epochs=EPOCHS, batch_size=BATCH, checkpoint_every_steps=200, log_every_steps=5,
+                stages=('train',))
   config.data.num_workers = WORKERS
   made_up_store(config, config.distill.store)
   workdir = str(tmp_path / 'run')
@@ -135,6 +134,6 @@ def test_a_long_run_holds_its_memory_files_shared_memory_and_disk(tmp_path):
   for name in ('rss', 'fds', 'shm_bytes', 'live_arrays', 'disk'):
     before = statistics.median(s[name] for s in settled)
     after = statistics.median(s[name] for s in last)
-    limit = (before + MORE if name in ('fds', 'live_arrays') else
-             DISK_GROWTH * before if name == 'disk' else GROWTH * before)
+    limit = (before + MORE if name in ('fds', 'live_arrays') else DISK_GROWTH
+             * before if name == 'disk' else GROWTH * before)
     assert after <= limit, (name, before, after, [s[name] for s in last])

@@ -25,8 +25,8 @@ def records_of(quickstart, tmp_path, *, with_config: bool = True):
   copy = tmp_path / 'qs'
   for run in RUNS:
     record = json.loads((workdir / run / 'stages.json').read_text())
-    assert set(record) == {'save_logits', 'train', 'eval', 'export'} - (
-        set() if run == 'student_fpd' else {'save_logits'})
+    assert set(record) == {'save_logits', 'train', 'eval', 'export'
+                          } - (set() if run == 'student_fpd' else {'save_logits'})
     for result in record.values():
       if not with_config:
         del result['inputs']
@@ -49,8 +49,8 @@ def quickstart_in(copy, capfd, *overrides):
     ('student_fpd.distill.teacher=/elsewhere/export', 'student_fpd', 'save_logits',
      'distill.teacher "{workdir}/teacher/export", now "/elsewhere/export"'),
 ])
-def test_a_changed_config_is_refused_by_name_before_any_work(quickstart, tmp_path, capfd,
-                                                             override, run, stage, change):
+def test_a_changed_config_is_refused_by_name_before_any_work(quickstart, tmp_path, capfd, override,
+                                                             run, stage, change):
   copy = records_of(quickstart, tmp_path)
   line = error_line(quickstart_in(copy, capfd, override))
   assert line == (f'error: {copy}/{run}: stage {stage} was made by another config '
@@ -65,13 +65,13 @@ def test_a_change_that_changes_no_result_is_not_refused(quickstart, tmp_path, ca
   """Log, checkpoint and eval cadences, the eval batch: every stage stays done, and the
   rerun reports the quickstart's own figures."""
   copy = records_of(quickstart, tmp_path)
-  result = quickstart_in(copy, capfd, 'teacher.log_every_steps=7',
-                         'student_fpd.eval_batch_size=16', 'student_fpd.distill.verify_rows=8',
+  result = quickstart_in(copy, capfd, 'teacher.log_every_steps=7', 'student_fpd.eval_batch_size=16',
+                         'student_fpd.distill.verify_rows=8',
                          'student_labels.checkpoint_every_steps=3',
                          'student_labels.eval_every_epochs=4')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert (json.loads((copy / 'summary.json').read_text())
-          == json.loads((quickstart[0] / 'summary.json').read_text()))
+  assert (json.loads((copy / 'summary.json').read_text()) == json.loads(
+      (quickstart[0] / 'summary.json').read_text()))
 
 
 @pytest.mark.slow

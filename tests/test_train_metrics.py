@@ -43,15 +43,22 @@ def test_crc32c_check_value():
        tag=st.text(min_size=1, max_size=200), value=st.floats(width=32, allow_nan=False),
        kind=st.sampled_from(['file_version', 'scalar', 'purge']))
 def test_each_event_is_the_bytes_protobuf_writes(wall_time, step, tag, value, kind):
-  ours = tensorboard_events.event(wall_time, step, **{
-      'file_version': dict(file_version=tag), 'scalar': dict(scalar=(tag, value)),
-      'purge': dict(purge=True)}[kind])
-  reference = event_pb2.Event(wall_time=wall_time, step=step, **{
-      'file_version': dict(file_version=tag),
-      'scalar': dict(summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(
-          tag=tag, simple_value=value)])),
-      'purge': dict(session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)),
-  }[kind])
+  ours = tensorboard_events.event(
+      wall_time, step, **{
+          'file_version': dict(file_version=tag),
+          'scalar': dict(scalar=(tag, value)),
+          'purge': dict(purge=True)
+      }[kind])
+  reference = event_pb2.Event(
+      wall_time=wall_time, step=step, **{
+          'file_version':
+              dict(file_version=tag),
+          'scalar':
+              dict(summary=summary_pb2.Summary(
+                  value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])),
+          'purge':
+              dict(session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)),
+      }[kind])
   assert ours == reference.SerializeToString()
   assert tensorboard_events.masked_crc32c(ours) == masked_crc32c(ours)
 
@@ -121,9 +128,10 @@ def test_full_disk_names_the_file_and_leaves_only_whole_rows(small_disk):
   writer = metrics.MetricsWriter(workdir)
   writer.write(1, loss=1.0)
   small_disk.fill()
-  with pytest.raises(writes.DiskFull, match=r'^no space left writing .*/run/'
-                     r'(metrics\.jsonl|tensorboard) \(\d[\d,]* bytes free\): free space or '
-                     r'move --workdir, then rerun\.$'):
+  with pytest.raises(
+      writes.DiskFull, match=r'^no space left writing .*/run/'
+      r'(metrics\.jsonl|tensorboard) \(\d[\d,]* bytes free\): free space or '
+      r'move --workdir, then rerun\.$'):
     for step in range(2, 100_000):  # the file's last page takes rows until it is full
       writer.write(step, loss=1.0, note='x' * 100)
   steps = [row['step'] for row in metrics.read_metrics(workdir)]
@@ -164,8 +172,11 @@ def test_resume_marks_the_event_file_with_a_purge_step(tmp_path):
   files = sorted(glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')))
   second = _read_events(files[-1])
   # TensorBoard drops the earlier events at or after the step of a SessionLog.START.
-  starts = [e.step for e in second if e.HasField('session_log')
-            and e.session_log.status == event_pb2.SessionLog.START]
+  starts = [
+      e.step
+      for e in second
+      if e.HasField('session_log') and e.session_log.status == event_pb2.SessionLog.START
+  ]
   assert starts == [3]
 
 
@@ -194,8 +205,8 @@ def test_the_curves_are_the_logged_series_and_the_png_draws_them(tmp_path):
   assert series['eval loss'] == ([10, 20, 30, 40], pytest.approx([0.1, 0.05, 1 / 30, 0.025]))
   assert series['top-1'] == ([10, 20, 30, 40], pytest.approx([0.2, 0.4, 0.6, 0.8]))
   assert series['top-5'][0] == [10, 20, 30, 40]
-  assert series['teacher agreement'] == ([10, 20, 30, 40], pytest.approx(
-      [10 / 42, 20 / 42, 30 / 42, 40 / 42]))
+  assert series['teacher agreement'] == ([10, 20, 30,
+                                          40], pytest.approx([10 / 42, 20 / 42, 30 / 42, 40 / 42]))
   assert series['teacher KL'] == ([10, 20, 30, 40], pytest.approx([0.05, 0.025, 1 / 60, 0.0125]))
 
   from PIL import Image
@@ -216,16 +227,24 @@ def test_curves_of_a_run_without_eval_rows(tmp_path):
   writer.write(1, loss=1.0)
   writer.close()
   series = metrics.curves(metrics.read_metrics(workdir))
-  assert series == {'train loss': ([1], [1.0]), 'eval loss': ([], []), 'teacher KL': ([], []),
-                    'top-1': ([], []), 'top-5': ([], []), 'teacher agreement': ([], [])}
+  assert series == {
+      'train loss': ([1], [1.0]),
+      'eval loss': ([], []),
+      'teacher KL': ([], []),
+      'top-1': ([], []),
+      'top-5': ([], []),
+      'teacher agreement': ([], [])
+  }
   assert os.path.exists(metrics.plot_curves(workdir, str(tmp_path / 'c.png')))
 
 
 def test_summary_table():
-  rows = [dict(model='tiny_vit_5m_224', role='teacher', top1=0.9512345, top5=1.0,
-               images_per_second=123.456),
-          dict(model='tiny_vit_5m_224', role='FPD student', top1=0.8, top5=None,
-               images_per_second=12345.6)]
+  rows = [
+      dict(model='tiny_vit_5m_224', role='teacher', top1=0.9512345, top5=1.0,
+           images_per_second=123.456),
+      dict(model='tiny_vit_5m_224', role='FPD student', top1=0.8, top5=None,
+           images_per_second=12345.6)
+  ]
   lines = metrics.summary_table(rows).splitlines()
   assert len(lines) == 4 and set(lines[1]) == {'-', ' '}
   assert lines[0].split() == ['model', 'role', 'top1', 'top5', 'images_per_second']
@@ -234,8 +253,8 @@ def test_summary_table():
   # Fixed width: every column starts where its header does, numbers end where it ends.
   assert lines[2].index('teacher') == lines[3].index('FPD') == lines[0].index('role')
   assert lines[2].endswith('123.5') and len(lines[2]) == len(lines[3]) == len(lines[1])
-  assert metrics.summary_table(rows, columns=['role', 'top1']).splitlines()[0].split() == [
-      'role', 'top1']
+  assert metrics.summary_table(rows, columns=['role',
+                                              'top1']).splitlines()[0].split() == ['role', 'top1']
 
 
 def test_jsonl_rows_are_plain_json(tmp_path):

@@ -42,8 +42,7 @@ def deit_params():
 
 
 def _named(tree) -> dict:
-  return {optim.param_name(path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {optim.param_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _timm_lr(base_lr, total, warmup, min_lr, warmup_lr, t):
@@ -56,20 +55,18 @@ def _timm_lr(base_lr, total, warmup, min_lr, warmup_lr, t):
 
 
 @settings(max_examples=30, deadline=None)
-@given(total=st.integers(2, 5000), warmup_frac=st.floats(0, 1),
-       base_lr=st.floats(1e-5, 1e-2), min_ratio=st.floats(0, 0.5),
-       warm_ratio=st.floats(0, 0.5), t_frac=st.floats(0, 1.2))
-def test_schedule_matches_timm_cosine_scheduler(total, warmup_frac, base_lr, min_ratio,
-                                                warm_ratio, t_frac):
+@given(total=st.integers(2, 5000), warmup_frac=st.floats(0, 1), base_lr=st.floats(1e-5, 1e-2),
+       min_ratio=st.floats(0, 0.5), warm_ratio=st.floats(0, 0.5), t_frac=st.floats(0, 1.2))
+def test_schedule_matches_timm_cosine_scheduler(total, warmup_frac, base_lr, min_ratio, warm_ratio,
+                                                t_frac):
   warmup = int(warmup_frac * total)
   min_lr, warmup_lr = base_lr * min_ratio, base_lr * warm_ratio
   schedule = optim.make_schedule(base_lr=base_lr, total_steps=total, warmup_steps=warmup,
                                  min_lr=min_lr, warmup_lr=warmup_lr)
-  for t in {0, max(warmup - 1, 0), warmup, total // 2, total - 1, total,
-            int(t_frac * total)}:
+  for t in {0, max(warmup - 1, 0), warmup, total // 2, total - 1, total, int(t_frac * total)}:
     np.testing.assert_allclose(float(schedule(t)),
-                               _timm_lr(base_lr, total, warmup, min_lr, warmup_lr, t),
-                               rtol=2e-5, atol=1e-7 * base_lr)
+                               _timm_lr(base_lr, total, warmup, min_lr, warmup_lr, t), rtol=2e-5,
+                               atol=1e-7 * base_lr)
 
 
 def test_schedule_key_steps():
@@ -105,8 +102,7 @@ def test_decay_mask_equals_timm_param_groups(name, tiny_vit_params, deit_params)
   groups = param_groups_weight_decay(timm_model, 0.05,
                                      no_weight_decay_list=timm_model.no_weight_decay())
   names_of = {id(p): n for n, p in timm_model.named_parameters()}
-  timm_decayed = {names_of[id(p)] for g in groups if g['weight_decay'] > 0
-                  for p in g['params']}
+  timm_decayed = {names_of[id(p)] for g in groups if g['weight_decay'] > 0 for p in g['params']}
   mask = _named(optim.decay_mask(params))
   assert {_to_timm_name(n) for n in mask} == set(names_of.values())
   assert {_to_timm_name(n) for n, decays in mask.items() if decays} == timm_decayed
@@ -187,8 +183,7 @@ def test_layer_decay_scales_each_leafs_update(name, tiny_vit_params, deit_params
   assert jax.tree.structure(updates) == jax.tree.structure(params)  # an nnx.State in, out
   top = max(jax.tree.leaves(ids))
   for (n, u), i in zip(_named(updates).items(), _named(ids).values()):
-    np.testing.assert_allclose(np.abs(np.asarray(u)), lr * decay ** (top - i), rtol=1e-5,
-                               err_msg=n)
+    np.testing.assert_allclose(np.abs(np.asarray(u)), lr * decay**(top - i), rtol=1e-5, err_msg=n)
   with pytest.raises(ValueError, match='needs layer_ids'):
     optim.make_optimizer(params, schedule=lr, weight_decay=0.0, layer_decay=decay)
 
@@ -202,8 +197,8 @@ def _toy_params(seed=0):
 def _random_grads(params, seed, scale):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(treedef, [scale * jax.random.normal(k, x.shape)
-                                      for k, x in zip(keys, leaves)])
+  return jax.tree.unflatten(treedef,
+                            [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
 
 
 @settings(max_examples=20, deadline=None)
@@ -259,7 +254,7 @@ def test_frozen_leaves_never_change_and_do_not_count_in_the_norm():
 
 
 def _linear_loss(params, x, y):
-  return jnp.mean((x @ params['dense']['kernel'] + params['dense']['bias'] - y) ** 2)
+  return jnp.mean((x @ params['dense']['kernel'] + params['dense']['bias'] - y)**2)
 
 
 _ACCUM_KWARGS = dict(schedule=optim.make_schedule(base_lr=0.1, total_steps=4, warmup_steps=1),
@@ -300,14 +295,14 @@ def test_accumulation_equals_one_step_on_the_whole_batch(k, micro, seed):
 def test_adamw_matches_torch_with_param_groups_and_clipping():
   """torch AdamW with a decay and a no-decay group and clip_grad_norm_, per step lr."""
   params = _toy_params(3)
-  lr = optim.make_schedule(base_lr=1e-2, total_steps=6, warmup_steps=2, min_lr=1e-4,
-                           warmup_lr=1e-3)
+  lr = optim.make_schedule(base_lr=1e-2, total_steps=6, warmup_steps=2, min_lr=1e-4, warmup_lr=1e-3)
   tx = optim.make_optimizer(params, schedule=lr, weight_decay=0.3, clip_grad_norm=0.7)
   named = {n: torch.tensor(np.asarray(v), requires_grad=True) for n, v in _named(params).items()}
   decay = [named['dense/kernel']]
   no_decay = [v for n, v in named.items() if n != 'dense/kernel']
-  torch_opt = torch.optim.AdamW([dict(params=decay, weight_decay=0.3),
-                                 dict(params=no_decay, weight_decay=0.0)], lr=1.0, eps=1e-8)
+  torch_opt = torch.optim.AdamW(
+      [dict(params=decay, weight_decay=0.3),
+       dict(params=no_decay, weight_decay=0.0)], lr=1.0, eps=1e-8)
   state, p = tx.init(params), params
   for t in range(6):
     grads = _random_grads(params, t, 2.0)
@@ -325,6 +320,7 @@ def test_adamw_matches_torch_with_param_groups_and_clipping():
 
 
 class _Small(nnx.Module):
+
   def __init__(self, rngs):
     self.fc = nnx.Linear(4, 3, rngs=rngs)
     self.bn = nnx.BatchNorm(3, rngs=rngs)
@@ -340,13 +336,15 @@ def test_a_jitted_train_step_on_nnx_state():
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   ids = optim.map_named(lambda n, _: 1 if n.startswith('head/') else 0, params)
   tx = optim.make_optimizer(params, schedule=1e-2, weight_decay=0.05, clip_grad_norm=5.0,
-                            layer_decay=0.5, layer_ids=ids,
-                            frozen=lambda n, _: n.startswith('bn/'), grad_accum_steps=2)
+                            layer_decay=0.5, layer_ids=ids, frozen=lambda n, _: n.startswith('bn/'),
+                            grad_accum_steps=2)
 
   @jax.jit
   def step(params, opt_state, x):
+
     def loss(params):
-      return jnp.mean(nnx.merge(graphdef, params, rest, copy=True)(x) ** 2)
+      return jnp.mean(nnx.merge(graphdef, params, rest, copy=True)(x)**2)
+
     updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
@@ -358,8 +356,8 @@ def test_a_jitted_train_step_on_nnx_state():
   before, after = _named(params), _named(new)
   for name in before:
     assert np.array_equal(before[name], after[name]) == name.startswith('bn/'), name
-  assert sorted(n for n, d in _named(optim.decay_mask(params)).items() if d) == [
-      'fc/kernel', 'head/kernel']
+  assert sorted(
+      n for n, d in _named(optim.decay_mask(params)).items() if d) == ['fc/kernel', 'head/kernel']
 
 
 def test_the_train_step_updates_the_state_in_place_of_the_old_one():
@@ -369,9 +367,8 @@ def test_the_train_step_updates_the_state_in_place_of_the_old_one():
   mesh = pipeline.data_mesh()
   tx = optax.adamw(1e-3)
   state = step_lib.TrainState.create(model, tx, mesh)
-  step = step_lib.make_train_step(
-      state, tx, mesh, inputs=lambda batch: (batch['x'], batch),
-      loss_fn=lambda outputs, batch: jnp.mean(outputs ** 2))
+  step = step_lib.make_train_step(state, tx, mesh, inputs=lambda batch: (batch['x'], batch),
+                                  loss_fn=lambda outputs, batch: jnp.mean(outputs**2))
   old = state.leaves
   state.leaves, metrics = step(old, dict(x=jnp.ones((8, 4))), None)
   assert np.isfinite(float(metrics['loss']))
@@ -389,7 +386,7 @@ def test_ema_update(decay, n, seed):
   for _ in range(n):
     ema = optim.ema_update(ema, target, decay)
   for key in start:
-    closed_form = decay ** n * start[key] + (1 - decay ** n) * target[key]
+    closed_form = decay**n * start[key] + (1 - decay**n) * target[key]
     np.testing.assert_allclose(ema[key], closed_form, rtol=1e-9, atol=1e-12)
   once = optim.ema_update(start, target, decay)
   np.testing.assert_allclose(once['w'], decay * start['w'] + (1 - decay) * target['w'])

@@ -8,13 +8,15 @@ from tinyvit_jax import model_checkpoint
 from tinyvit_jax.models import WEIGHTS, create_model
 from tinyvit_jax.train import pretrained
 
-SMALL = dict(img_size=32, embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4],
-             depths=[1, 1, 2, 1], window_sizes=[4, 4, 2, 1])
+SMALL = dict(img_size=32, embed_dims=[32, 64, 96, 128], num_heads=[1, 2, 3, 4], depths=[1, 1, 2, 1],
+             window_sizes=[4, 4, 2, 1])
 
 
 def flat(model) -> dict:
-  return {'/'.join(map(str, path)): np.asarray(v.value)
-          for path, v in nnx.to_flat_state(nnx.state(model, WEIGHTS))}
+  return {
+      '/'.join(map(str, path)): np.asarray(v.value)
+      for path, v in nnx.to_flat_state(nnx.state(model, WEIGHTS))
+  }
 
 
 @pytest.fixture(scope='module')
@@ -62,10 +64,11 @@ def test_keep_with_another_class_count_says_what_to_set(checkpoint_21k):
   assert '\n' not in str(error.value)  # main's one error: line
 
 
-@pytest.mark.parametrize('lines, message', [
-    (['1'] * 999, 'has 999 lines; the model has 1000 classes'),
-    (['5'] * 999 + ['21841'], "line 1000 holds 21841, outside the checkpoint's 21841"),
-    (['x'] * 1000, 'every line must be one integer')])
+@pytest.mark.parametrize(
+    'lines, message',
+    [(['1'] * 999, 'has 999 lines; the model has 1000 classes'),
+     (['5'] * 999 + ['21841'], "line 1000 holds 21841, outside the checkpoint's 21841"),
+     (['x'] * 1000, 'every line must be one integer')])
 def test_bad_class_index_file_is_named(checkpoint_21k, tmp_path, lines, message):
   index_file = tmp_path / 'classes.txt'
   index_file.write_text('\n'.join(lines))

@@ -24,8 +24,9 @@ RECIPES = {
     'fpd_21k': ['variant=5m', 'variant=11m', 'variant=21m'],
     'finetune_1k': ['variant=5m', 'variant=21m,res=384', 'variant=21m,res=512'],
     'in1k': ['variant=5m', 'variant=11m', 'variant=21m'],
-    'deit': [f'size={s},distill={d}' for s in ('tiny', 'small', 'base')
-             for d in ('none', 'soft', 'hard')] + ['distill=hard,store'],
+    'deit': [
+        f'size={s},distill={d}' for s in ('tiny', 'small', 'base') for d in ('none', 'soft', 'hard')
+    ] + ['distill=hard,store'],
 }
 
 
@@ -90,10 +91,13 @@ def test_quickstart_computes_in_float32_everywhere():
       assert config_lib.compute_dtype(run) == 'float32'
 
 
-@pytest.mark.parametrize('source,key,train,eval_', [
-    ('tfds', 'data_dir', '/d', '/d'),  # a tfds data_dir holds every split
-    ('array_record', 'directory', '/d/train', '/d/val'),  # a prepared folder holds one
-    ('folder', 'root', '/d/train', '/d/val')])
+@pytest.mark.parametrize(
+    'source,key,train,eval_',
+    [
+        ('tfds', 'data_dir', '/d', '/d'),  # a tfds data_dir holds every split
+        ('array_record', 'directory', '/d/train', '/d/val'),  # a prepared folder holds one
+        ('folder', 'root', '/d/train', '/d/val')
+    ])
 def test_data_dir_points_each_source_at_its_files(source, key, train, eval_):
   config = config_lib.base_config()
   config.data.source = source
@@ -102,8 +106,8 @@ def test_data_dir_points_each_source_at_its_files(source, key, train, eval_):
   config.data.eval[key] = '/mine'
   config.data.train[key] = ''
   config_lib.fill_data_dir(config, '/e')  # a path the user gave is kept
-  assert (config.data.train[key], config.data.eval[key]) == ('/e' if source == 'tfds'
-                                                             else '/e/train', '/mine')
+  assert (config.data.train[key],
+          config.data.eval[key]) == ('/e' if source == 'tfds' else '/e/train', '/mine')
 
 
 def test_data_dir_does_not_fit_a_recipe_without_files():
@@ -128,7 +132,7 @@ def test_recipe_arguments_are_checked():
 def test_the_paper_numbers_are_in_the_recipes():
   fpd = load_recipe('fpd_21k').get_config('variant=21m')
   assert (fpd.epochs, fpd.batch_size, fpd.optim.lr, fpd.optim.weight_decay) == (90, 4096, 2e-3,
-                                                                              0.01)
+                                                                                0.01)
   assert (fpd.distill.k, fpd.num_classes, fpd.model.kwargs.drop_path_rate) == (100, 21841, 0.1)
   fine = load_recipe('finetune_1k').get_config('variant=21m')
   assert (fine.epochs, fine.optim.lr, fine.optim.weight_decay, fine.optim.layer_decay,
@@ -150,8 +154,8 @@ def test_impossible_values_are_all_named_with_their_fix():
     config_lib.check_config(config)
   for problem in ('epochs=0 must be a positive integer', "dtype='float16'",
                   'data.num_repeats=0 must be a whole number >= 1',
-                  'optim.ema_decay=1.0 must be in [0, 1)',
-                  "distill.teacher_dtype='float16'", "distill.teacher_sharding='fsdp'",
+                  'optim.ema_decay=1.0 must be in [0, 1)', "distill.teacher_dtype='float16'",
+                  "distill.teacher_sharding='fsdp'",
                   "distill.store='gs://bucket/store': paths go through local file APIs, so "
                   'mount the bucket on every host (gcsfuse --implicit-dirs bucket '
                   '/mnt/gcs/bucket) and give /mnt/gcs/bucket/store'):
@@ -161,10 +165,10 @@ def test_impossible_values_are_all_named_with_their_fix():
 @pytest.mark.parametrize('distill, problem', [
     (dict(views_per_example=2, kind='soft', teacher='/t'),
      'views_per_example=2 bounds a logit store: it needs distill.from_store=True'),
-    (dict(views_per_example=31, kind='fpd', from_store=True, store='/s'),
-     'views_per_example=31 exceeds epochs=30'),
-    (dict(views_per_example=-1, kind='fpd', from_store=True, store='/s'),
-     'views_per_example=-1 must be a whole number'),
+    (dict(views_per_example=31, kind='fpd', from_store=True,
+          store='/s'), 'views_per_example=31 exceeds epochs=30'),
+    (dict(views_per_example=-1, kind='fpd', from_store=True,
+          store='/s'), 'views_per_example=-1 must be a whole number'),
 ])
 def test_a_bound_on_store_views_needs_a_store_and_fits_the_epochs(distill, problem):
   config = config_lib.base_config()
@@ -182,8 +186,8 @@ def test_distill_fields_are_checked_only_when_the_run_distils():
   config.data.update(source='digits', train=dict(split='train'), eval=dict(split='test'))
   config.distill.update(views_per_example=2, teacher_sharding='fsdp', store='gs://b/s')
   config_lib.check_config(config)
-  config.distill.update(kind='fpd', teacher='/t', views_per_example=0,
-                        teacher_sharding='auto', store='')
+  config.distill.update(kind='fpd', teacher='/t', views_per_example=0, teacher_sharding='auto',
+                        store='')
   config_lib.check_config(config)  # online: no store, so no top-k
   config.distill.from_store = True
   with pytest.raises(config_lib.ConfigError) as error:
@@ -196,25 +200,23 @@ def test_distill_fields_are_checked_only_when_the_run_distils():
 def test_fpd_runlocal_saves_a_vit_teachers_store_and_trains_its_student(tmp_path):
   """runlocal: a CLIP-normalised ViT, exported untrained, stores its top-k of the
   student's views; the TinyViT-5M student trains from that store (2 steps)."""
-  result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main',
-       '--config=configs/fpd_21k.py:variant=5m,runlocal', f'--workdir={tmp_path}'],
-      cwd=REPO, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS='cpu', TQDM_DISABLE='1'))
+  result = subprocess.run([
+      sys.executable, '-m', 'tinyvit_jax.main', '--config=configs/fpd_21k.py:variant=5m,runlocal',
+      f'--workdir={tmp_path}'
+  ], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu', TQDM_DISABLE='1'))
   assert result.returncode == 0, result.stderr[-4000:]
   teacher = json.loads((tmp_path / 'teacher' / 'export' / 'model.json').read_text())
   assert teacher['metadata']['preprocess']['mean'] == list(normalisation.OPENAI_CLIP_MEAN)
   manifest = json.loads((tmp_path / 'student' / 'logits' / 'manifest.json').read_text())
-  assert (manifest['teacher_name'], manifest['epochs_done']) == ('vit_base_patch16_clip_224',
-                                                                [0])
+  assert (manifest['teacher_name'], manifest['epochs_done']) == ('vit_base_patch16_clip_224', [0])
   stages = json.loads((tmp_path / 'student' / 'stages.json').read_text())
   assert stages['save_logits']['top1_agreement'] == 1.0 and stages['train']['steps'] == 2
   # The teacher eval: its export's recorded hash, its top-10 rows (21k's k=100, in small).
   assert 0 <= stages['eval']['teacher_agreement'] <= 1 and stages['eval']['teacher_kl'] > 0
   with np.load(tmp_path / 'student' / teacher_eval.FILE) as kept:
     assert kept['values'].dtype == np.float16 and kept['values'].shape[1] == 10
-    assert json.loads(str(kept['made_for']))['teacher_checkpoint_hash'] == (
-        teacher['weights_hash'])
+    assert json.loads(str(kept['made_for']))['teacher_checkpoint_hash'] == (teacher['weights_hash'])
   assert 'tiny_vit_5m_224' in result.stdout and os.path.isdir(tmp_path / 'student' / 'export')
 
 
@@ -225,10 +227,10 @@ def test_a_wrong_recipe_path_is_named():
 
 def test_a_bucket_workdir_is_refused_in_one_line_before_anything_is_written(tmp_path):
   """``os.makedirs('gs://b/x')`` would make a local folder named 'gs:': refused instead."""
-  result = subprocess.run(
-      [sys.executable, '-m', 'tinyvit_jax.main', f'--config={REPO}/configs/quickstart.py',
-       '--workdir=gs://bucket/runs/qs'], capture_output=True, text=True, cwd=tmp_path,
-      timeout=300)
+  result = subprocess.run([
+      sys.executable, '-m', 'tinyvit_jax.main', f'--config={REPO}/configs/quickstart.py',
+      '--workdir=gs://bucket/runs/qs'
+  ], capture_output=True, text=True, cwd=tmp_path, timeout=300)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(
       "error: --workdir='gs://bucket/runs/qs': paths go through local file APIs")

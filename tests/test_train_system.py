@@ -25,6 +25,7 @@ from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.train import workdir_lock
 
+
 @pytest.fixture(scope='module')
 def straight_run(tmp_path_factory):
   """Run A: one uninterrupted epoch on 1 device."""
@@ -91,18 +92,19 @@ def test_nan_loss_stops_the_run_then_a_changed_config_is_refused_or_starts_over(
   the train starts over (the run equals one that never met the NaN) and the NaN run's
   checkpoints, logs and run.json are kept under previous/0."""
   nan = ('--config.optim.lr=1e30', '--config.optim.clip_grad_norm=0.')
-  line = error_line(run_main(tmp_path, *nan, '--config.checkpoint_every_steps=1',
-                             check=False))
+  line = error_line(run_main(tmp_path, *nan, '--config.checkpoint_every_steps=1', check=False))
   assert line.startswith('error: The loss is ') and 'last good checkpoint is step' in line
   losses = step_losses(tmp_path)
   good = [s for s, loss in losses.items() if np.isfinite(loss)]
   assert checkpoint_steps(tmp_path) and max(checkpoint_steps(tmp_path)) == max(good)
-  assert all(np.all(np.isfinite(leaf)) for leaf in final_state(tmp_path, max(good))
-             if leaf.dtype.kind == 'f')
+  assert all(
+      np.all(np.isfinite(leaf))
+      for leaf in final_state(tmp_path, max(good))
+      if leaf.dtype.kind == 'f')
 
   saved = checkpoint_steps(tmp_path)
-  line = error_line(main_in_process(capfd, '--config=tests/helpers/train_config.py',
-                                    f'--workdir={tmp_path}'))
+  line = error_line(
+      main_in_process(capfd, '--config=tests/helpers/train_config.py', f'--workdir={tmp_path}'))
   assert line == (
       f'error: {tmp_path}: stage train was made by another config (optim.clip_grad_norm 0.0, '
       'now 5.0; optim.lr 1e+30, now 0.002). Use another --workdir, --mode=train to redo that '
@@ -138,14 +140,13 @@ def test_full_disk_stops_with_one_line_and_the_rerun_resumes_exactly(straight_ru
   small_disk.free_up()
   run_main(workdir)
   assert resumed_from(workdir) == saved
-  assert not [name for name in os.listdir(os.path.join(workdir, 'checkpoints'))
-              if 'tmp' in name]
+  assert not [name for name in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in name]
   assert_same_run(straight_run, workdir)
 
 
 def test_unknown_config_key_names_the_nearest(tmp_path, capfd):
-  result = main_in_process(capfd, '--config=tests/helpers/train_config.py',
-                           f'--workdir={tmp_path}', '--config.optim.lrr=1')
+  result = main_in_process(capfd, '--config=tests/helpers/train_config.py', f'--workdir={tmp_path}',
+                           '--config.optim.lrr=1')
   assert error_line(result) == (
       "error: Unknown config key 'optim.lrr'. Did you mean optim.lr, optim.min_lr, optim? Every "
       'key, with its default, is in tinyvit_jax/train/config.py.')
@@ -161,8 +162,8 @@ def test_batch_that_does_not_split_over_devices_names_the_numbers(tmp_path):
 def test_workdir_of_another_model_is_refused(tmp_path, capfd):
   with open(tmp_path / 'run.json', 'w') as f:
     json.dump(dict(model='deit_tiny_patch16_224', kwargs={}, num_classes=1000), f)
-  line = error_line(main_in_process(capfd, '--config=tests/helpers/train_config.py',
-                                    f'--workdir={tmp_path}'))
+  line = error_line(
+      main_in_process(capfd, '--config=tests/helpers/train_config.py', f'--workdir={tmp_path}'))
   assert line.startswith(f'error: {tmp_path} holds a run of another model, refusing to '
                          'resume or overwrite it: kwargs: workdir has {}, this config ')
   assert ("; model: workdir has 'deit_tiny_patch16_224', this config 'tiny_vit_5m_224'; "
@@ -203,12 +204,11 @@ def digits_store(path: str, chunk_rows: int = 256) -> store.LogitStore:
   """A complete store of made-up top-3 rows for train_config's student (its epoch 0)."""
   config = train_config.get_config()
   source = sources.from_config(config.data, 'train')
-  fields = manifest.store_fields(source, dataset_name=config.data.source,
-                                 aug_config=config.aug, seed=config.seed, k=3,
-                                 num_classes=config.num_classes,
+  fields = manifest.store_fields(source, dataset_name=config.data.source, aug_config=config.aug,
+                                 seed=config.seed, k=3, num_classes=config.num_classes,
                                  repeats=order.repeats_of(config.data))
-  logits = store.LogitStore.create(path, dict(fields, teacher_name='made_up',
-                                              teacher_checkpoint_hash='0'), chunk_rows)
+  logits = store.LogitStore.create(
+      path, dict(fields, teacher_name='made_up', teacher_checkpoint_hash='0'), chunk_rows)
   n = logits.rows_per_epoch
   values, indices = made_up_rows.teacher_like_topk(n, 3, config.num_classes, seed=0)
   with logits.epoch_writer(0) as writer:
@@ -231,9 +231,8 @@ def test_a_damaged_store_stops_the_student_after_its_last_good_checkpoint(tmp_pa
     f.write(good[:40] + bytes([good[40] ^ 1]) + good[41:])
   os.remove(deleted)
   workdir = tmp_path / 'run'
-  fpd = ('--config.distill.kind=fpd', '--config.distill.from_store=True',
-         '--config.distill.k=3', f'--config.distill.store={logits.path}',
-         '--config.checkpoint_every_steps=2')
+  fpd = ('--config.distill.kind=fpd', '--config.distill.from_store=True', '--config.distill.k=3',
+         f'--config.distill.store={logits.path}', '--config.checkpoint_every_steps=2')
 
   result = run_main(workdir, *fpd, '--config.seed=1', check=False)  # another config's store
   assert error_line(result) == (

@@ -32,8 +32,8 @@ def test_teacher_sums_match_numpy_over_the_unmasked_rows():
 
   agree = np.argmax(teacher, -1) == np.argmax(logits, -1)
   log_student = log_softmax(logits.astype(np.float64), -1)
-  kl = np.array([np.sum(t[t > 0] * (np.log(t[t > 0]) - s[t > 0]))
-                 for t, s in zip(teacher, log_student)])
+  kl = np.array(
+      [np.sum(t[t > 0] * (np.log(t[t > 0]) - s[t > 0])) for t, s in zip(teacher, log_student)])
   assert 0 < agree[mask].sum() < 9 and agree[~mask].all()
   assert float(sums['teacher_agreement']) == agree[mask].sum()
   assert np.isfinite(kl[0]) and kl[0] > 0
@@ -48,8 +48,8 @@ def _config(teacher: str, num_examples: int = 10):
   config = config_lib.base_config()
   config.num_classes = 4
   config.data.source = 'synthetic'
-  config.data.eval = ml_collections.ConfigDict(dict(num_examples=num_examples, num_classes=4,
-                                                    image_size=8, seed=1))
+  config.data.eval = ml_collections.ConfigDict(
+      dict(num_examples=num_examples, num_classes=4, image_size=8, seed=1))
   config.eval_aug.update(image_size=8, crop_pct=1.0, mean=(0.0,) * 3, std=(1.0,) * 3)
   config.aug.update(mean=(0.5,) * 3, std=(0.5,) * 3)  # the teacher's inputs, not eval_aug's
   config.eval_batch_size = 4  # 10 images: the last batch is half padding
@@ -120,13 +120,14 @@ def test_teacher_eval_rows_are_kept_and_recognised_without_restoring_the_teacher
   assert teacher_eval.rows(config, source, workdir).values.shape == (10, 3)
   assert (fake.restores, fake.calls) == (4, 9)
   smaller = _config(fake.directory, num_examples=9)
-  assert teacher_eval.rows(
-      smaller, sources.from_config(smaller.data, 'eval'), workdir).values.shape == (9, 2)
+  assert teacher_eval.rows(smaller, sources.from_config(smaller.data, 'eval'),
+                           workdir).values.shape == (9, 2)
   assert (fake.restores, fake.calls) == (5, 12)
   with open(os.path.join(workdir, teacher_eval.FILE), 'wb') as f:
     f.write(b'PK\x03\x04 torn')  # not a whole file: recomputed, not trusted
-  np.testing.assert_array_equal(teacher_eval.rows(smaller, sources.from_config(
-      smaller.data, 'eval'), workdir).indices, top[:9])
+  np.testing.assert_array_equal(
+      teacher_eval.rows(smaller, sources.from_config(smaller.data, 'eval'), workdir).indices,
+      top[:9])
   assert fake.calls == 15
 
 
@@ -139,8 +140,9 @@ def test_the_teacher_eval_split_over_processes_computes_each_row_once(tmp_path):
   source = sources.from_config(config.data, 'eval')
   preprocess = dict(config.eval_aug, mean=(0.5,) * 3, std=(0.5,) * 3)
   teacher = fake.make(config.distill, None, 4)
-  shares = [teacher_eval.compute_share(teacher, source, preprocess, 8, 2, index, 2)
-            for index in (0, 1)]
+  shares = [
+      teacher_eval.compute_share(teacher, source, preprocess, 8, 2, index, 2) for index in (0, 1)
+  ]
   assert [share['mask'].sum() for share in shares] == [6, 4]  # 10 rows: 4 + 2 and 4 + 0
   assert shares[0]['values'].shape == shares[1]['values'].shape == (8, 2)  # gatherable
   gathered = {name: np.stack([share[name] for share in shares]) for name in shares[0]}

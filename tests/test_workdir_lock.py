@@ -30,9 +30,10 @@ def dead_pid() -> int:
 
 def test_a_held_workdir_refuses_a_second_holder_and_is_released_after(tmp_path):
   with workdir_lock.hold(str(tmp_path)):
-    with pytest.raises(workdir_lock.Locked, match=(
-        f'workdir {tmp_path} is in use by another run \\(pid {os.getpid()} on .*, since '
-        f'.*\\): wait for it, stop it \\(kill {os.getpid()}\\), or use another workdir')):
+    with pytest.raises(
+        workdir_lock.Locked,
+        match=(f'workdir {tmp_path} is in use by another run \\(pid {os.getpid()} on .*, since '
+               f'.*\\): wait for it, stop it \\(kill {os.getpid()}\\), or use another workdir')):
       with workdir_lock.hold(str(tmp_path)):
         pass
   assert not os.path.exists(tmp_path / workdir_lock.LOCK)
@@ -55,8 +56,9 @@ def test_a_dead_holder_on_this_host_is_taken_over_with_a_warning(tmp_path, caplo
 
 def test_another_hosts_lock_is_refused_until_its_heartbeat_is_stale(tmp_path, caplog):
   write_lock(tmp_path, host='other-vm')
-  with pytest.raises(workdir_lock.Locked, match=(
-      f'on other-vm, .*if it is dead, delete {tmp_path}/{workdir_lock.LOCK}')):
+  with pytest.raises(
+      workdir_lock.Locked,
+      match=(f'on other-vm, .*if it is dead, delete {tmp_path}/{workdir_lock.LOCK}')):
     with workdir_lock.hold(str(tmp_path)):
       pass
   silent = time.time() - workdir_lock.STALE_S - 1
@@ -122,7 +124,7 @@ def test_process_0s_answer_reaches_every_process(tmp_path, monkeypatch, free):
       pass
     assert sent == [0]
     with pytest.raises(workdir_lock.Locked, match=f'workdir {tmp_path}: process 0 was '
-                                                  'refused its lock'), process(1):
+                       'refused its lock'), process(1):
       pass
     return
   with process(0):

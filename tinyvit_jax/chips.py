@@ -78,8 +78,16 @@ def _cubes(smallest, largest):
   return shapes
 
 
-_PLANES = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
-           256: (16, 16)}
+_PLANES = {
+    1: (1, 1),
+    4: (2, 2),
+    8: (2, 4),
+    16: (4, 4),
+    32: (4, 8),
+    64: (8, 8),
+    128: (8, 16),
+    256: (16, 16)
+}
 
 _FAMILIES = (
     _Family('v2', 'v2', {4: (2, 2)}, True, True, 16, 45, 0.7, 'TPU v2'),
@@ -87,8 +95,7 @@ _FAMILIES = (
     _Family('v4', 'v4', _cubes(4, 2048), True, False, 32, 275, 1.2, 'TPU v4', megacore=True),
     _Family('v5litepod', 'v5e', _PLANES, False, False, 16, 197, 0.82, 'TPU v5 lite',
             aliases=('v5e',)),
-    _Family('v5p', 'v5p', _cubes(4, 4096), True, False, 95, 459, 2.76, 'TPU v5',
-            megacore=True),
+    _Family('v5p', 'v5p', _cubes(4, 4096), True, False, 95, 459, 2.76, 'TPU v5', megacore=True),
     _Family('v6e', 'v6e', _PLANES, False, False, 32, 918, 1.64, 'TPU v6 lite'),
 )
 
@@ -117,14 +124,12 @@ def _target(family, chips):
   if family.megacore:
     args += (('chip_config_name', 'megacore'),)
   split = 2 if family.core_is_device else 1
-  return Target(
-      name=f'{family.cloud}-{chips * 2 if family.counts_cores else chips}',
-      topology=f'{family.libtpu}:' + 'x'.join(map(str, shape)),
-      chips=chips, hosts=hosts, devices=chips * split,
-      hbm_bytes=int(family.hbm_gib * GiB) // split,
-      peak_flops=family.peak_tflops * 1e12 / split,
-      hbm_bandwidth=family.bandwidth_tbs * 1e12 / split,
-      device_kind=family.device_kind, topology_args=args)
+  return Target(name=f'{family.cloud}-{chips * 2 if family.counts_cores else chips}',
+                topology=f'{family.libtpu}:' + 'x'.join(map(str, shape)), chips=chips, hosts=hosts,
+                devices=chips * split, hbm_bytes=int(family.hbm_gib * GiB) // split,
+                peak_flops=family.peak_tflops * 1e12 / split,
+                hbm_bandwidth=family.bandwidth_tbs * 1e12 / split, device_kind=family.device_kind,
+                topology_args=args)
 
 
 _SPECS = os.path.join(os.path.dirname(__file__), 'gpu_specs')
@@ -203,9 +208,8 @@ def _topology(target):
     return _gpu_topology(target)
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # as compile_only
   if importlib.util.find_spec('libtpu') is None:
-    raise errors.UserError(
-        f'planning for {target.name} compiles for a TPU and needs libtpu: '
-        "pip install 'jax[tpu]' (it runs without a TPU)")
+    raise errors.UserError(f'planning for {target.name} compiles for a TPU and needs libtpu: '
+                           "pip install 'jax[tpu]' (it runs without a TPU)")
   return topologies.get_topology_desc(target.topology, 'tpu', **dict(target.topology_args))
 
 

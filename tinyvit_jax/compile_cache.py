@@ -12,8 +12,8 @@ def enable() -> None:
   however quick to compile: a model's initialisers are dozens of small programs, one per
   weight shape. The directory is ``$TINYVIT_JAX_COMPILATION_CACHE`` (empty: off), by
   default ``~/.cache/tinyvit_jax/xla``."""
-  directory = os.environ.get(ENV, os.path.join(os.path.expanduser('~'), '.cache',
-                                               'tinyvit_jax', 'xla'))
+  directory = os.environ.get(ENV,
+                             os.path.join(os.path.expanduser('~'), '.cache', 'tinyvit_jax', 'xla'))
   if directory:
     jax.config.update('jax_compilation_cache_dir', directory)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)

@@ -32,22 +32,27 @@ def _parse_args(argv):
   p = argparse.ArgumentParser(prog='python -m tinyvit_jax.convert', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--model', help='registered model name of a --from FILE, e.g. tiny_vit_5m_224')
-  p.add_argument('--from', dest='src', required=True,
-                 help='timm/Cream .pth/.safetensors file, an hf-hub:ORG/NAME[@REV] repo, or '
-                 '(with --to-timm) our checkpoint dir')
+  p.add_argument(
+      '--from', dest='src', required=True,
+      help='timm/Cream .pth/.safetensors file, an hf-hub:ORG/NAME[@REV] repo, or '
+      '(with --to-timm) our checkpoint dir')
   p.add_argument('--out', help='output directory for our (orbax) model checkpoint')
-  p.add_argument('--to-timm', help='write a timm-named .safetensors file, or a Hub folder '
-                 'in timm\'s layout, instead')
-  p.add_argument('--push', metavar='ORG/NAME', help='with --to-timm FOLDER: upload it to this '
-                 'Hub model repo (huggingface_hub\'s token: `hf auth login` or HF_TOKEN)')
-  p.add_argument('--allow-pickle', action='store_true',
-                 help='read an hf-hub repo that has only a pickled pytorch_model.bin '
-                 '(torch.load(weights_only=True))')
+  p.add_argument(
+      '--to-timm', help='write a timm-named .safetensors file, or a Hub folder '
+      'in timm\'s layout, instead')
+  p.add_argument(
+      '--push', metavar='ORG/NAME', help='with --to-timm FOLDER: upload it to this '
+      'Hub model repo (huggingface_hub\'s token: `hf auth login` or HF_TOKEN)')
+  p.add_argument(
+      '--allow-pickle', action='store_true',
+      help='read an hf-hub repo that has only a pickled pytorch_model.bin '
+      '(torch.load(weights_only=True))')
   p.add_argument('--num-classes', type=int, default=None,
                  help='classifier size; default: read from the checkpoint head')
-  p.add_argument('--img-size', type=int, default=None,
-                 help="input size to build the model at; default: the name's. A ViT's "
-                 'pos_embed is resampled to it')
+  p.add_argument(
+      '--img-size', type=int, default=None,
+      help="input size to build the model at; default: the name's. A ViT's "
+      'pos_embed is resampled to it')
   args = p.parse_args(argv)
   if bool(args.out) == bool(args.to_timm):
     p.error('give exactly one of --out (timm/Cream -> ours) or --to-timm (ours -> timm)')
@@ -68,20 +73,25 @@ def _head_classes(sd: dict) -> int | None:
 def model_card(directory: str, meta: dict, repo: str = 'ORG/NAME') -> str:
   """A Hub model card for the checkpoint ``directory``: its model, and where the run's
   ``summary.json`` (beside the export, or one level up) has it, the recipe's figures."""
-  lines = ['---', 'library_name: timm', 'tags: [image-classification, timm, tinyvit_jax]',
-           '---', f'# {meta["model"]}', '',
-           f'Trained with tinyvit_jax; `timm.create_model("hf-hub:{repo}", pretrained=True)` '
-           'loads it.', '']
+  lines = [
+      '---', 'library_name: timm', 'tags: [image-classification, timm, tinyvit_jax]', '---',
+      f'# {meta["model"]}', '',
+      f'Trained with tinyvit_jax; `timm.create_model("hf-hub:{repo}", pretrained=True)` '
+      'loads it.', ''
+  ]
   run_dir = os.path.dirname(os.path.abspath(directory))
-  for path, run in ((os.path.join(run_dir, 'summary.json'), ''),
-                    (os.path.join(os.path.dirname(run_dir), 'summary.json'),
-                     os.path.basename(run_dir))):
+  for path, run in ((os.path.join(run_dir,
+                                  'summary.json'), ''), (os.path.join(os.path.dirname(run_dir),
+                                                                      'summary.json'),
+                                                         os.path.basename(run_dir))):
     if os.path.isfile(path):
       with open(path) as f:
         rows = [row for row in json.load(f) if row.get('run') in (run, meta['model'])]
       if rows:
-        lines += ['| ' + ' | '.join(rows[0]) + ' |', '|' + '---|' * len(rows[0]),
-                  '| ' + ' | '.join(str(value) for value in rows[0].values()) + ' |', '']
+        lines += [
+            '| ' + ' | '.join(rows[0]) + ' |', '|' + '---|' * len(rows[0]),
+            '| ' + ' | '.join(str(value) for value in rows[0].values()) + ' |', ''
+        ]
         break
   preprocess = meta.get('metadata', {}).get('preprocess')
   if preprocess:
@@ -129,8 +139,8 @@ def run(argv=None) -> int:
           f'{args.out}')
     return 0
   except writes.DiskFull as error:  # the writers' fix names --workdir; here the output flag
-    return errors.refuse(writes.DiskFull(error.path, move='--to-timm' if args.to_timm
-                                         else '--out'), status=2)
+    return errors.refuse(writes.DiskFull(error.path, move='--to-timm' if args.to_timm else '--out'),
+                         status=2)
   except errors.UserError as error:
     return errors.refuse(error, status=2)
 

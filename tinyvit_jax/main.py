@@ -82,16 +82,18 @@ PLAN_DOES_NOT_FIT = 3  # --plan: a stage does not fit the accelerator, or does n
 PLAN_DATA_DIR = '/data'  # --plan without --data_dir: a plan reads no data, any path will do
 
 
-def run_recipe(config, workdir: str, mode: str | None = None,
-               data_dir: str | None = None, redo: bool = False) -> list[dict]:
+def run_recipe(config, workdir: str, mode: str | None = None, data_dir: str | None = None,
+               redo: bool = False) -> list[dict]:
   """Runs every run of the recipe; returns one summary row per run."""
   runs = check_recipe(config, workdir, data_dir)
   redone = stage_records.plan(runs, workdir, mode, redo)
   rows = []
   for name, run_config in runs.items():
-    rows.append(dict(run=name or run_config.model.name,
-                     **run_stages(run_config, stage_records.run_workdir(workdir, name), mode,
-                                  redo=redone[name], recipe_workdir=workdir)))
+    rows.append(
+        dict(
+            run=name or run_config.model.name,
+            **run_stages(run_config, stage_records.run_workdir(workdir, name), mode,
+                         redo=redone[name], recipe_workdir=workdir)))
   if jax.process_index() == 0:
     writes.write_json(os.path.join(workdir, 'summary.json'), rows)
     print(metrics.summary_table(rows), flush=True)
@@ -133,8 +135,7 @@ def run_stages(config, workdir: str, mode: str | None, *, redo=(),
 
 def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: str) -> dict:
   record_path = os.path.join(workdir, stage_records.FILE)
-  done = (stage_records.set_aside(config, workdir, redo) if redo
-          else stage_records.read(workdir))
+  done = (stage_records.set_aside(config, workdir, redo) if redo else stage_records.read(workdir))
   run, record = None, stage_records.recorder(config, recipe_workdir)
   for stage in [mode] if mode else config.stages:
     if stage in done and not mode:
@@ -144,8 +145,8 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
       if not (config.distill.from_store and config.distill.kind != 'none'):
         continue
       path = store.location(config.distill, workdir)
-      outside = os.path.commonpath([os.path.abspath(path), os.path.abspath(workdir)]) != (
-          os.path.abspath(workdir))
+      outside = os.path.commonpath([os.path.abspath(path),
+                                    os.path.abspath(workdir)]) != (os.path.abspath(workdir))
       with workdir_lock.hold(path, 'logit store') if outside else contextlib.nullcontext():
         result = save_stage.run(config, workdir)
     else:
@@ -156,8 +157,8 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
           writes.write_json(record_path, done)
         result = run.train()
         if result.get('stopped_by_sigterm'):
-          logging.warning('SIGTERM: checkpointed step %d in %s; rerun to resume.',
-                          result['steps'], workdir)
+          logging.warning('SIGTERM: checkpointed step %d in %s; rerun to resume.', result['steps'],
+                          workdir)
           sys.exit(SIGTERM_EXIT)
       elif stage == 'eval':
         result = run.evaluate()
@@ -171,8 +172,9 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
     if jax.process_index() == 0:
       writes.write_json(record_path, done)
   evaluated = done.get('eval', {})
-  agreement = {key: evaluated[key] for key in ('teacher_agreement', 'teacher_kl')
-               if key in evaluated}  # only a run with a teacher has them
+  agreement = {
+      key: evaluated[key] for key in ('teacher_agreement', 'teacher_kl') if key in evaluated
+  }  # only a run with a teacher has them
   return dict(model=config.model.display_name or config.model.name, distill=config.distill.kind,
               top1=evaluated.get('top1'), top5=evaluated.get('top5'), **agreement,
               train_images_per_second=done.get('train', {}).get('images_per_second'))
@@ -189,8 +191,9 @@ def _resolve_workdir(config, workdir: str):
 
 def main(argv):
   if len(argv) > 1:
-    sys.exit(errors.refuse(f'unexpected arguments {argv[1:]}; flags are --name=value (see '
-                           '--help).'))
+    sys.exit(
+        errors.refuse(f'unexpected arguments {argv[1:]}; flags are --name=value (see '
+                      '--help).'))
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; -v 0 shows it
   for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
@@ -208,8 +211,7 @@ def main(argv):
       plan_recipe(_CONFIG.value, _WORKDIR.value, _PLAN.value, _PLAN_JSON.value,
                   _PLAN_FIT_BATCH.value, _DATA_DIR.value, _MODE.value)
       return
-    torch_teacher.share_gpu_with_jax(run.distill
-                                     for run in config_lib.runs(_CONFIG.value).values())
+    torch_teacher.share_gpu_with_jax(run.distill for run in config_lib.runs(_CONFIG.value).values())
     compile_cache.enable()
     if _DISTRIBUTED.value:
       initialize_distributed(_HEARTBEAT_TIMEOUT.value)
@@ -225,18 +227,19 @@ def plan_recipe(config, workdir: str, accelerator: str, json_path: str | None = 
   """``--plan``: prints the table of every run's stages (or stage ``mode``'s) compiled
   for ``accelerator``; exits with ``PLAN_DOES_NOT_FIT`` and one ``error:`` line when a
   stage does not fit or does not compile."""
-  if data_dir is None and any(run.data.source in config_lib.DATA_PATH_KEYS
-                              for run in config_lib.runs(config).values()):
+  if data_dir is None and any(
+      run.data.source in config_lib.DATA_PATH_KEYS for run in config_lib.runs(config).values()):
     data_dir = PLAN_DATA_DIR
-  rows = plan.plan_recipe(check_recipe(config, workdir, data_dir), workdir, accelerator,
-                          mode=mode, fit_batch=fit_batch)
+  rows = plan.plan_recipe(check_recipe(config, workdir, data_dir), workdir, accelerator, mode=mode,
+                          fit_batch=fit_batch)
   if json_path:
     writes.write_json(json_path, rows)
   print(plan.table(rows), flush=True)
   problems = plan.problems(rows)
   if problems:
-    print(f'error: {problems[0]}' + (f' (and {len(problems) - 1} more above)'
-                                     if len(problems) > 1 else ''), flush=True)
+    print(
+        f'error: {problems[0]}' +
+        (f' (and {len(problems) - 1} more above)' if len(problems) > 1 else ''), flush=True)
     sys.exit(PLAN_DOES_NOT_FIT)
   return rows
 

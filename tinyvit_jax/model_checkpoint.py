@@ -66,9 +66,14 @@ def save_model(directory: str, model: nnx.Module, name: str, *, overwrite: bool 
     checkpointer.save(os.path.join(tmp, 'state'), state)
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, 'model.json'), 'w') as f:
-      json.dump({'format': FORMAT_VERSION, 'model': name, 'kwargs': kwargs,
-                 'metadata': metadata or {}, 'weights_hash': weights_hash(state)}, f,
-                indent=1)
+      json.dump(
+          {
+              'format': FORMAT_VERSION,
+              'model': name,
+              'kwargs': kwargs,
+              'metadata': metadata or {},
+              'weights_hash': weights_hash(state)
+          }, f, indent=1)
     if os.path.exists(directory):
       shutil.rmtree(directory)
 
@@ -133,8 +138,7 @@ def restore_model(directory: str, *, rngs: nnx.Rngs | None = None, **overrides) 
   directory = os.path.abspath(directory)
   meta = read_model_json(directory)
   try:
-    model = registry.create_unfilled(meta['model'], rngs=rngs,
-                                     **{**meta['kwargs'], **overrides})
+    model = registry.create_unfilled(meta['model'], rngs=rngs, **{**meta['kwargs'], **overrides})
   except (TypeError, ValueError) as error:  # an unknown model name or argument
     raise CheckpointError(f'{directory}/model.json: {error}; expected a registered model '
                           'and its arguments.') from None

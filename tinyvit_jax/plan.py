@@ -99,12 +99,14 @@ def plan_recipe(runs: dict, workdir: str, accelerator: str, *, mode: str | None 
                                            and config.distill.kind != 'none'):
           continue
         if stage == 'save_logits' and jax_teacher.check_online(config.distill):
-          rows.append(dict(row, status='not planned', error=(
-              f'distill.teacher_adapter={config.distill.teacher_adapter!r}: a torch '
-              'teacher runs outside XLA')))
+          rows.append(
+              dict(
+                  row, status='not planned',
+                  error=(f'distill.teacher_adapter={config.distill.teacher_adapter!r}: a torch '
+                         'teacher runs outside XLA')))
           continue
-        build = functools.partial(build_stage, stage, runs=runs, workdir=workdir,
-                                  devices=devices, slice_=slice_)
+        build = functools.partial(build_stage, stage, runs=runs, workdir=workdir, devices=devices,
+                                  slice_=slice_)
         try:
           built = build(config)
         except ValueError as error:  # e.g. a batch the slice's devices do not split
@@ -127,8 +129,7 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
   row.update(weights_gib=weights / GiB, inputs_gib=inputs / GiB,
              capacity_gib=slice_.hbm_bytes / GiB)
   try:
-    compiled = stage.fn.lower(*stage.args).compile(
-        compiler_options=chips.compiler_options(slice_))
+    compiled = stage.fn.lower(*stage.args).compile(compiler_options=chips.compiler_options(slice_))
   except Exception as error:  # any compiler error is this stage's result, in one line
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     row['compile_seconds'] = time.time() - started
@@ -142,9 +143,8 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
     return dict(row, status='does not compile', error=first[:300])
   row['compile_seconds'] = time.time() - started
   memory = compiled.memory_analysis()
-  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-           - memory.alias_size_in_bytes + memory.temp_size_in_bytes
-           + memory.generated_code_size_in_bytes)
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+           + memory.temp_size_in_bytes + memory.generated_code_size_in_bytes)
   row.update(temp_gib=memory.temp_size_in_bytes / GiB, total_gib=total / GiB,
              headroom_gib=(slice_.hbm_bytes - total) / GiB)
   cost = compiled.cost_analysis()
@@ -172,13 +172,15 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
 
 
 def _bytes_per_device(tree) -> int:
-  return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
-             for leaf in jax.tree.leaves(tree))
+  return sum(
+      math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
+      for leaf in jax.tree.leaves(tree))
 
 
 def _abstract(shapes: dict, sharding) -> dict:
-  return {name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding)
-          for name, s in shapes.items()}
+  return {
+      name: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for name, s in shapes.items()
+  }
 
 
 def build_stage(stage: str, config, *, runs: dict, workdir: str, devices: list,
@@ -200,8 +202,7 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
   batch = order.process_batch_size(config.batch_size, slice_.hosts)
   meta = _teacher_meta(distill, runs, workdir)
   model, normalise = jax_teacher.model_of(distill, config.aug, meta)
-  forward, state = jax_teacher.probabilities_fn(model, normalise, mesh,
-                                                distill.teacher_sharding)
+  forward, state = jax_teacher.probabilities_fn(model, normalise, mesh, distill.teacher_sharding)
   inputs = save_pass.teacher_inputs(config.aug, mesh, batch, config.num_classes)
   k = distill.k
 
@@ -212,16 +213,18 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
   shapes = loader.batch_shapes(train_augment.host, batch, config.aug.image_size)
   host_batch = _abstract({n: shapes[n] for n in ('image', 'key', 'label')},
                          NamedSharding(mesh, P('data')))
-  knobs = ['a smaller --config.batch_size for the save pass alone (--mode=save_logits: '
-           'its rows do not depend on the batch)']
+  knobs = [
+      'a smaller --config.batch_size for the save pass alone (--mode=save_logits: '
+      'its rows do not depend on the batch)'
+  ]
   if target_lib.compute_dtype(distill.teacher_dtype) == 'float32':
     knobs.append('--config.distill.teacher_dtype=bfloat16')
   if (distill.teacher_sharding != 'sharded'
       and _bytes_per_device(state) > slice_.hbm_bytes / 10):  # weights worth splitting
     knobs.append('--config.distill.teacher_sharding=sharded')
   return Stage(jax.jit(step), (state, host_batch), state, host_batch, config.batch_size,
-               len(host) * slice_.hosts,
-               2 * macs.count_macs(model, config.aug.image_size), ', '.join(knobs))
+               len(host) * slice_.hosts, 2 * macs.count_macs(model, config.aug.image_size),
+               ', '.join(knobs))
 
 
 def _student_stage(stage, config, runs, workdir, devices) -> Stage:
@@ -239,14 +242,13 @@ def _student_stage(stage, config, runs, workdir, devices) -> Stage:
                                  config.eval_aug.image_size, train=False)
     batch = {n: shapes[n] for n in ('image', 'label', 'mask')}
     if teacher_eval.knows_teacher(config):
-      batch['teacher_probs'] = jax.ShapeDtypeStruct(
-          (config.eval_batch_size, config.num_classes), 'float32')
+      batch['teacher_probs'] = jax.ShapeDtypeStruct((config.eval_batch_size, config.num_classes),
+                                                    'float32')
     tree = state.tree()
     batch = _abstract(batch, data)
     weights = (tree['ema'] if config.optim.ema_decay > 0 else tree['params'], tree['rest'])
     return Stage(evaluate, (state.leaves, batch), weights, batch, config.eval_batch_size,
-                 len(devices),
-                 2 * macs.count_macs(model, config.eval_aug.image_size),
+                 len(devices), 2 * macs.count_macs(model, config.eval_aug.image_size),
                  'a smaller --config.eval_batch_size')
   train_augment = augment.make_train_augment(config.aug)
   device_augment = pipeline.make_device_augment(train_augment, mesh, config.batch_size,
@@ -257,25 +259,26 @@ def _student_stage(stage, config, runs, workdir, devices) -> Stage:
   if distill.kind != 'none' and distill.from_store:  # the rows StoreTargets joins
     rows = (config.batch_size, distill.k)
     batch.update(teacher_values=jax.ShapeDtypeStruct(rows, 'float16'),
-                 teacher_indices=jax.ShapeDtypeStruct(rows, store.index_dtype(
-                     config.num_classes)))
+                 teacher_indices=jax.ShapeDtypeStruct(rows, store.index_dtype(config.num_classes)))
   elif distill.kind != 'none':
     meta = _teacher_meta(distill, runs, workdir)
-    teacher, teacher_leaves = jax_teacher.online(distill, config.aug, mesh,
-                                                 config.num_classes, meta=meta)
+    teacher, teacher_leaves = jax_teacher.online(distill, config.aug, mesh, config.num_classes,
+                                                 meta=meta)
     teacher_model, _ = jax_teacher.model_of(distill, config.aug, meta)
     flops += 2 * macs.count_macs(teacher_model, config.aug.image_size)
-  train_step = step_lib.make_train_step(
-      state, tx, mesh, inputs=trainer.train_inputs(device_augment),
-      loss_fn=student.make_loss(config), ema_decay=config.optim.ema_decay, teacher=teacher)
+  train_step = step_lib.make_train_step(state, tx, mesh,
+                                        inputs=trainer.train_inputs(device_augment),
+                                        loss_fn=student.make_loss(config),
+                                        ema_decay=config.optim.ema_decay, teacher=teacher)
   batch = _abstract(batch, data)
-  knobs = ['a smaller --config.batch_size with a larger --config.optim.grad_accum_steps '
-           '(the same images per update)', 'a slice of more chips']
+  knobs = [
+      'a smaller --config.batch_size with a larger --config.optim.grad_accum_steps '
+      '(the same images per update)', 'a slice of more chips'
+  ]
   if config_lib.compute_dtype(config) == 'float32':
     knobs.insert(1, '--config.dtype=bfloat16')
-  return Stage(train_step, (state.leaves, batch, teacher_leaves),
-               (state.leaves, teacher_leaves), batch, config.batch_size, len(devices), flops,
-               ', '.join(knobs))
+  return Stage(train_step, (state.leaves, batch, teacher_leaves), (state.leaves, teacher_leaves),
+               batch, config.batch_size, len(devices), flops, ', '.join(knobs))
 
 
 def _teacher_meta(distill, runs: dict, workdir: str) -> dict:
@@ -342,8 +345,7 @@ def _schedule(stage: str, config, row: dict, slice_: chips.Target) -> dict:
   return out
 
 
-def largest_batch(build, config, row: dict, slice_: chips.Target,
-                  compiles: int = 4) -> int | None:
+def largest_batch(build, config, row: dict, slice_: chips.Target, compiles: int = 4) -> int | None:
   """The largest per-chip batch found to fit in at most ``compiles`` more compiles (each
   can take minutes): doubling from the planned batch if it fits, halving if not, then
   bisecting (in multiples of 8 above 8) between the largest that fits and the smallest
@@ -390,14 +392,15 @@ def problems(rows: list[dict]) -> list[str]:
   return lines
 
 
-TABLE = (('run', 'run'), ('stage', 'stage'), ('status', 'status'),
-         ('batch_per_chip', 'B/chip'), ('weights_gib', 'weights GiB'),
-         ('inputs_gib', 'inputs GiB'), ('temp_gib', 'temp GiB'), ('total_gib', 'total GiB'),
-         ('headroom_gib', 'headroom GiB'), ('xla_gflop_per_image', 'XLA GFLOP/img'),
+TABLE = (('run', 'run'), ('stage', 'stage'), ('status', 'status'), ('batch_per_chip', 'B/chip'),
+         ('weights_gib', 'weights GiB'), ('inputs_gib', 'inputs GiB'), ('temp_gib', 'temp GiB'),
+         ('total_gib', 'total GiB'), ('headroom_gib', 'headroom GiB'), ('xla_gflop_per_image',
+                                                                        'XLA GFLOP/img'),
          ('model_gflop_per_image', 'MACs GFLOP/img'), ('step_seconds', 'modelled step s'),
-         ('images_per_second', 'modelled img/s'), ('mfu', 'modelled MFU'),
-         ('schedule_hours', 'modelled h'), ('chip_hours', 'modelled chip-h'),
-         ('host_cores_needed', 'host cores'), ('compile_seconds', 'compile s'))
+         ('images_per_second', 'modelled img/s'), ('mfu', 'modelled MFU'), ('schedule_hours',
+                                                                            'modelled h'),
+         ('chip_hours', 'modelled chip-h'), ('host_cores_needed', 'host cores'), ('compile_seconds',
+                                                                                  'compile s'))
 
 
 def table(rows: list[dict]) -> str:

@@ -61,9 +61,8 @@ def pick_run(config, run: str | None) -> ml_collections.ConfigDict:
       raise config_lib.ConfigError(f'one run, not several; drop --run={run}.')
     return runs['']
   if run not in runs:
-    raise config_lib.ConfigError(
-        f'several runs ({", ".join(runs)}); '
-        + (f'--run={run} is none of them.' if run else 'pick one with --run=NAME.'))
+    raise config_lib.ConfigError(f'several runs ({", ".join(runs)}); ' + (
+        f'--run={run} is none of them.' if run else 'pick one with --run=NAME.'))
   return runs[run]
 
 
@@ -84,8 +83,8 @@ def augmented_examples(config, epoch: int, count: int):
   run = pipeline.make_input_pipeline(
       source, config.aug, seed=data.seed, global_batch=count,
       mesh=pipeline.data_mesh(jax.devices()[:1]), label_smoothing=data.label_smoothing,
-      start_step=epoch * order.steps_per_epoch(len(source), count, repeats),
-      num_steps=1, repeats=repeats)
+      start_step=epoch * order.steps_per_epoch(len(source), count, repeats), num_steps=1,
+      repeats=repeats)
   batch = next(run.batches)
   images, targets = run.device_augment(batch)
   return (np.asarray(images), np.asarray(batch['index']), np.asarray(targets),

@@ -36,8 +36,7 @@ _PLANNED: list[Target] = []
 def local() -> Target:
   """This process's backend and its first local device."""
   platform = jax.default_backend()
-  cuda = platform == 'gpu' and (
-      'cuda' in jax.extend.backend.get_backend().platform_version.lower())
+  cuda = platform == 'gpu' and ('cuda' in jax.extend.backend.get_backend().platform_version.lower())
   memory = (jax.local_devices()[0].memory_stats() or {}).get('bytes_limit')
   return Target(platform, cuda, memory)
 

@@ -15,7 +15,6 @@ import numpy as np
 from tinyvit_jax import model_checkpoint
 from tinyvit_jax.models.timm_weights import as_numpy
 
-
 # Cream (microsoft/Cream, TinyViT) -> timm key renaming, applied in order.
 _CREAM_TO_TIMM = [
     (r'^patch_embed\.seq\.0\.', 'patch_embed.conv1.'),
@@ -132,8 +131,7 @@ def load_state_dict_file(path: str, *, as_torch: bool = False) -> dict:
       except pickle.UnpicklingError:
         # weights_only refuses every class torch does not vet, e.g. the yacs CfgNode that
         # Cream's checkpoints keep under 'config': read again, those classes made inert.
-        sd = torch.load(path, map_location='cpu', weights_only=False,
-                        pickle_module=_InertPickle)
+        sd = torch.load(path, map_location='cpu', weights_only=False, pickle_module=_InertPickle)
   except Exception as error:  # torch and safetensors raise many types for a file not theirs
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
     raise model_checkpoint.CheckpointError(

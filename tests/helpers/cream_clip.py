@@ -36,9 +36,9 @@ class ResidualAttentionBlock(nn.Module):
     super().__init__()
     self.attn = nn.MultiheadAttention(width, heads)
     self.ln_1 = LayerNorm(width)
-    self.mlp = nn.Sequential(OrderedDict([('c_fc', nn.Linear(width, 4 * width)),
-                                          ('gelu', QuickGELU()),
-                                          ('c_proj', nn.Linear(4 * width, width))]))
+    self.mlp = nn.Sequential(
+        OrderedDict([('c_fc', nn.Linear(width, 4 * width)), ('gelu', QuickGELU()),
+                     ('c_proj', nn.Linear(4 * width, width))]))
     self.ln_2 = LayerNorm(width)
 
   def forward(self, x):  # x: (tokens, batch, width), MultiheadAttention's layout
@@ -51,8 +51,7 @@ class Transformer(nn.Module):
 
   def __init__(self, width: int, layers: int, heads: int):
     super().__init__()
-    self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads)
-                                     for _ in range(layers)])
+    self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
   def forward(self, x):
     return self.resblocks(x)
@@ -62,14 +61,14 @@ class VisionTransformer(nn.Module):
   """OpenAI CLIP's visual tower: bias-free patch conv, class embedding, ln_pre, blocks,
   ln_post on the class token, then ``x @ proj``."""
 
-  def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int,
-               heads: int, output_dim: int):
+  def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
+               output_dim: int):
     super().__init__()
     self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
-    scale = width ** -0.5
+    scale = width**-0.5
     self.class_embedding = nn.Parameter(scale * torch.randn(width))
-    self.positional_embedding = nn.Parameter(
-        scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+    self.positional_embedding = nn.Parameter(scale * torch.randn(
+        (input_resolution // patch_size)**2 + 1, width))
     self.ln_pre = LayerNorm(width)
     self.transformer = Transformer(width, layers, heads)
     self.ln_post = LayerNorm(width)
@@ -87,8 +86,8 @@ class VisionTransformer(nn.Module):
 class CLIP(nn.Module):
   """Cream's classifier: the visual tower (heads = width // 64), then ``head``."""
 
-  def __init__(self, embed_dim: int, image_resolution: int, vision_layers: int,
-               vision_width: int, vision_patch_size: int, num_classes: int = 1000):
+  def __init__(self, embed_dim: int, image_resolution: int, vision_layers: int, vision_width: int,
+               vision_patch_size: int, num_classes: int = 1000):
     super().__init__()
     self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width,
                                     vision_layers, vision_width // 64, embed_dim)

@@ -16,7 +16,7 @@ def dense(values, indices, num_classes: int) -> np.ndarray:
 def tempered(values, indices, num_classes: int, tau: float) -> np.ndarray:
   """``dense``'s row, its tail share clipped at 0 (float16 rounding can make it
   negative), every entry to the power ``1 / tau``, renormalised to sum 1."""
-  row = np.maximum(dense(values, indices, num_classes), 0) ** (1 / tau)
+  row = np.maximum(dense(values, indices, num_classes), 0)**(1 / tau)
   return row / row.sum(axis=-1, keepdims=True)
 
 

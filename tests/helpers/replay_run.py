@@ -47,8 +47,10 @@ def augmented(global_batch: int, spans, augment_on: str = 'device', num_workers:
       images, targets = run.device_augment(batch)
       rows = zip(local_rows(batch['epoch']), local_rows(batch['index']),
                  local_rows(batch['repeat']), local_rows(images), local_rows(targets))
-      seen.update({(int(epoch), int(index), int(repeat)): (image, target)
-                   for epoch, index, repeat, image, target in rows})
+      seen.update({
+          (int(epoch), int(index), int(repeat)): (image, target)
+          for epoch, index, repeat, image, target in rows
+      })
   return seen
 
 
@@ -60,8 +62,11 @@ def save(seen: dict, path: str):
 
 def load(path: str) -> dict:
   saved = np.load(path)
-  return {tuple(int(n) for n in view): (image, target) for view, image, target
-          in zip(saved['views'], saved['images'], saved['targets'])}
+  return {
+      tuple(int(n) for n in view): (
+          image, target
+      ) for view, image, target in zip(saved['views'], saved['images'], saved['targets'])
+  }
 
 
 def main():

@@ -64,8 +64,7 @@ def save(store_path: str, global_batch: int = 32, teacher=None, **overrides):
               store_path=store_path, global_batch=global_batch, progress=False,
               chunk_rows=CHUNK_ROWS)
   args.update(overrides)
-  return save_pass.save_logits(teacher or linear_teacher(), args.pop('source', source()),
-                               **args)
+  return save_pass.save_logits(teacher or linear_teacher(), args.pop('source', source()), **args)
 
 
 def student_fields(**overrides):
@@ -85,12 +84,13 @@ def student_rows(store_path: str, global_batch: int, start_step: int, num_steps:
   batches carry, on however many devices this process has."""
   hook = student.StoreTargets(store_path, student_fields())
   steps = pipeline.make_input_pipeline(source(), AUG, seed=SEED, global_batch=global_batch,
-                                       host_hook=hook, start_step=start_step,
-                                       num_steps=num_steps)
+                                       host_hook=hook, start_step=start_step, num_steps=num_steps)
   seen = {}
   for batch in steps.batches:
-    columns = [local_rows(batch[name]) for name in ('epoch', 'position', 'index',
-                                                    'teacher_values', 'teacher_indices')]
+    columns = [
+        local_rows(batch[name])
+        for name in ('epoch', 'position', 'index', 'teacher_values', 'teacher_indices')
+    ]
     seen.update({(int(e), int(p)): (int(i), v, t) for e, p, i, v, t in zip(*columns)})
   return seen
 
@@ -100,8 +100,9 @@ def main():
   parser.add_argument('--store', required=True)
   parser.add_argument('--global_batch', type=int, default=32)
   parser.add_argument('--stall_at', type=int)
-  parser.add_argument('--read_out', help='read the store as a student at --global_batch '
-                      'for --num_steps steps from --start_step, and save the rows (.npz)')
+  parser.add_argument(
+      '--read_out', help='read the store as a student at --global_batch '
+      'for --num_steps steps from --start_step, and save the rows (.npz)')
   parser.add_argument('--start_step', type=int, default=0)
   parser.add_argument('--num_steps', type=int, default=4)
   parser.add_argument('--coordinator')

@@ -45,8 +45,10 @@ def main(directory: str) -> None:
     distill = ml_collections.ConfigDict(dict(teacher=directory, teacher_sharding=sharding))
     forward, leaves = jax_teacher.online(distill, None, mesh, KWARGS['num_classes'])
     online[sharding] = np.asarray(jax.nn.softmax(jax.jit(forward)(leaves, batch)))
-    online_replicated[sharding] = [sum(leaf.sharding.is_fully_replicated for leaf in leaves),
-                                   len(leaves)]
+    online_replicated[sharding] = [
+        sum(leaf.sharding.is_fully_replicated for leaf in leaves),
+        len(leaves)
+    ]
   state = nnx.split(model_checkpoint.restore_model(directory))[1]
   placed, sharded = jax_teacher.place_weights(state, mesh, 'sharded')
   qkv = placed['blocks'][0]['attn']['qkv']['kernel']
@@ -56,16 +58,18 @@ def main(directory: str) -> None:
                       ('below', size / jax_teacher.SHARD_ABOVE + 8)):
     with target.compiling_for(target.Target('cpu', device_memory=limit)):  # a device this size
       auto[name] = jax_teacher.place_weights(state, mesh, 'auto')[1]
-  print(json.dumps(dict(
-      devices=mesh.size, max_abs_diff=float(np.abs(found['sharded'] - found['replicated']).max()),
-      online_max_abs_diff=float(np.abs(online['sharded'] - online['replicated']).max()),
-      online_vs_save_pass=float(np.abs(online['replicated'] - found['replicated']).max()),
-      online_replicated_leaves=online_replicated,
-      sharded=sharded, auto_sharded_when_weights_are=auto,
-      qkv_shape=list(qkv.shape), qkv_spec=[str(s) for s in qkv.sharding.spec],
-      qkv_shard_shape=list(qkv.addressable_shards[0].data.shape),
-      replicated_leaves=sum(leaf.sharding.is_fully_replicated
-                            for leaf in jax.tree.leaves(placed)))))
+  print(
+      json.dumps(
+          dict(
+              devices=mesh.size,
+              max_abs_diff=float(np.abs(found['sharded'] - found['replicated']).max()),
+              online_max_abs_diff=float(np.abs(online['sharded'] - online['replicated']).max()),
+              online_vs_save_pass=float(np.abs(online['replicated'] - found['replicated']).max()),
+              online_replicated_leaves=online_replicated, sharded=sharded,
+              auto_sharded_when_weights_are=auto, qkv_shape=list(qkv.shape), qkv_spec=[
+                  str(s) for s in qkv.sharding.spec
+              ], qkv_shard_shape=list(qkv.addressable_shards[0].data.shape), replicated_leaves=sum(
+                  leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(placed)))))
 
 
 if __name__ == '__main__':

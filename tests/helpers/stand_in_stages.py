@@ -35,10 +35,11 @@ def fake_stages(config, workdir, mode, *, redo=(), recipe_workdir=None):
       continue
     if stage == 'save_logits':
       spend(0.06)
-      logits = store.LogitStore.create(store.location(config.distill, workdir), dict(
-          dataset_name='digits', dataset_size=ROWS, dataset_fingerprint='f', seed=config.seed,
-          augmentation={}, repeats=order.Repeats()._asdict(), views_per_example=0,
-          k=config.distill.k, num_classes=10, teacher_name='t', teacher_checkpoint_hash='h'),
+      logits = store.LogitStore.create(
+          store.location(config.distill, workdir),
+          dict(dataset_name='digits', dataset_size=ROWS, dataset_fingerprint='f', seed=config.seed,
+               augmentation={}, repeats=order.Repeats()._asdict(), views_per_example=0,
+               k=config.distill.k, num_classes=10, teacher_name='t', teacher_checkpoint_hash='h'),
           chunk_rows=64)
       for epoch in range(config.epochs):
         values, indices = made_up_rows.teacher_like_topk(ROWS, config.distill.k, 10, epoch)
@@ -50,10 +51,9 @@ def fake_stages(config, workdir, mode, *, redo=(), recipe_workdir=None):
       spend(0.04 if online else 0.02)
       with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
         for step, rate in ((10, 100.0), (20, 160.0)):
-          f.write(json.dumps(dict(step=step, loss=1.0, epoch=step / 5,
-                                  images_per_second=rate)) + '\n')
+          f.write(
+              json.dumps(dict(step=step, loss=1.0, epoch=step / 5, images_per_second=rate)) + '\n')
     done[stage] = {}
   with open(path, 'w') as f:
     json.dump(done, f)
-  return dict(top1=(sum(map(ord, os.path.basename(workdir))) % 97) / 97 if 'eval' in done
-              else None)
+  return dict(top1=(sum(map(ord, os.path.basename(workdir))) % 97) / 97 if 'eval' in done else None)

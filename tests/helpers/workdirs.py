@@ -25,8 +25,10 @@ QUICKSTART = ('--config=configs/quickstart.py',
 
 
 def main_command(workdir, *overrides, config='tests/helpers/train_config.py'):
-  return [sys.executable, '-m', 'tinyvit_jax.main', f'--config={config}',
-          f'--workdir={workdir}', *overrides]
+  return [
+      sys.executable, '-m', 'tinyvit_jax.main', f'--config={config}', f'--workdir={workdir}',
+      *overrides
+  ]
 
 
 def environment(devices: int = 1) -> dict:

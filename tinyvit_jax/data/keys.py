@@ -31,7 +31,7 @@ def views_key(seed: int, cycle: int) -> jax.Array:
   """Key of cycle ``cycle`` of a bounded store's schedule (``order.stored_epoch``): which
   stored epoch each student epoch of the cycle replays. Its root is epoch 2^32 - 1's key,
   an epoch no run reaches, so it shares no stream with any epoch's."""
-  return jax.random.fold_in(epoch_key(seed, 2 ** 32 - 1), cycle)
+  return jax.random.fold_in(epoch_key(seed, 2**32 - 1), cycle)
 
 
 def order_key(seed: int, epoch: int) -> jax.Array:

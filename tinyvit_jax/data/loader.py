@@ -43,8 +43,9 @@ def raw_image(record: dict, key_data: np.ndarray) -> dict:
 
 @jax.jit
 def _sample_key_data(seed, epoch, indices, repeats):
-  return jax.vmap(lambda index, repeat: jax.random.key_data(
-      keys.sample_key(seed, epoch, index, repeat)))(indices, repeats)
+  return jax.vmap(
+      lambda index, repeat: jax.random.key_data(keys.sample_key(seed, epoch, index, repeat)))(
+          indices, repeats)
 
 
 def _cpu():
@@ -87,8 +88,9 @@ class _ProcessBatch:
         indices, valid = order.eval_positions(step, n, self.global_batch, self.process_index,
                                               self.process_count)
         positions, repeats, mask = indices, np.zeros_like(indices), dict(mask=valid)
-    return dict(_examples(self.source, self.transform, self.seed, epoch, positions, indices,
-                          repeats), **mask)
+    return dict(
+        _examples(self.source, self.transform, self.seed, epoch, positions, indices, repeats),
+        **mask)
 
 
 def _examples(source, transform: Transform, seed: int, epoch: int, positions, indices,
@@ -106,13 +108,13 @@ def _examples(source, transform: Transform, seed: int, epoch: int, positions, in
       example = transform(record, key)
     except decode.UndecodableImage as error:
       raise decode.located(error, source, index, epoch) from None
-    examples.append(dict(example, label=record['label'], index=index, repeat=repeat,
-                         position=position, epoch=epoch))
+    examples.append(
+        dict(example, label=record['label'], index=index, repeat=repeat, position=position,
+             epoch=epoch))
   return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
 
 
-def batch_shapes(transform: Transform, batch: int, image_size: int,
-                 train: bool = True) -> dict:
+def batch_shapes(transform: Transform, batch: int, image_size: int, train: bool = True) -> dict:
   """The arrays of a ``train_batches`` (or, ``train=False``, ``eval_batches``) batch of
   ``batch`` examples as ``jax.ShapeDtypeStruct``s, from one blank ``image_size`` image
   through ``transform`` and the code that builds every batch: what a plan compiles for,
@@ -122,8 +124,10 @@ def batch_shapes(transform: Transform, batch: int, image_size: int,
                   np.zeros(1, np.int64))
   if not train:
     one['mask'] = np.ones(1, bool)
-  return {name: jax.ShapeDtypeStruct((batch, *value.shape[1:]), value.dtype)
-          for name, value in one.items()}
+  return {
+      name: jax.ShapeDtypeStruct((batch, *value.shape[1:]), value.dtype)
+      for name, value in one.items()
+  }
 
 
 @dataclasses.dataclass
@@ -146,10 +150,11 @@ class _PositionBatch:
     mask = wanted < len(self.positions)
     positions = self.positions[np.minimum(wanted, len(self.positions) - 1)]
     with jax.default_device(_cpu()):
-      indices, repeats = order.epoch_examples(self.seed, self.epoch, len(self.source),
-                                              positions, self.repeats)
-    return dict(_examples(self.source, self.transform, self.seed, self.epoch, positions,
-                          indices, repeats), mask=mask)
+      indices, repeats = order.epoch_examples(self.seed, self.epoch, len(self.source), positions,
+                                              self.repeats)
+    return dict(
+        _examples(self.source, self.transform, self.seed, self.epoch, positions, indices, repeats),
+        mask=mask)
 
 
 def _use_cpu_only(worker_index: int, worker_count: int):
@@ -188,9 +193,8 @@ def _iterate(batch: _ProcessBatch, start_step: int, num_steps: int | None, num_w
 
 def train_batches(source, *, seed: int, global_batch: int, transform: Transform = raw_image,
                   process_index: int = 0, process_count: int = 1, start_step: int = 0,
-                  num_steps: int | None = None, num_workers: int = 0,
-                  prefetch: int = 2, repeats: order.Repeats = order.Repeats(),
-                  views: int = 0) -> Iterator[dict]:
+                  num_steps: int | None = None, num_workers: int = 0, prefetch: int = 2,
+                  repeats: order.Repeats = order.Repeats(), views: int = 0) -> Iterator[dict]:
   """This process's training batches from global step ``start_step`` on, epoch after epoch.
 
   Each epoch has ``epoch_length // global_batch`` steps (the incomplete tail is dropped,
@@ -221,9 +225,8 @@ def eval_batches(source, *, global_batch: int, transform: Transform = raw_image,
 
 
 def position_batches(source, *, seed: int, epoch: int, positions, batch: int,
-                     transform: Transform = raw_image, num_workers: int = 0,
-                     prefetch: int = 2, repeats: order.Repeats = order.Repeats()
-                     ) -> Iterator[dict]:
+                     transform: Transform = raw_image, num_workers: int = 0, prefetch: int = 2,
+                     repeats: order.Repeats = order.Repeats()) -> Iterator[dict]:
   """Batches of the given epoch positions, in the order given, exactly as training sees
   them (same transform, same sample keys): what the FPD save pass feeds its teacher.
 

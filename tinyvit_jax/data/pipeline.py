@@ -28,7 +28,6 @@ from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data.augment import mix
 
-
 DEVICE_PREFETCH = 2  # global batches on their way to the devices, as big_vision keeps
 
 
@@ -52,12 +51,10 @@ def data_mesh(devices=None) -> Mesh:
 
 
 def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
-                        mesh: Mesh | None = None, label_smoothing: float = 0.0,
-                        start_step: int = 0, num_steps: int | None = None,
-                        num_workers: int = 0,
+                        mesh: Mesh | None = None, label_smoothing: float = 0.0, start_step: int = 0,
+                        num_steps: int | None = None, num_workers: int = 0,
                         host_hook: Callable[[dict], dict] | None = None,
-                        repeats: order.Repeats = order.Repeats(),
-                        views: int = 0) -> InputPipeline:
+                        repeats: order.Repeats = order.Repeats(), views: int = 0) -> InputPipeline:
   """The input of a training run from global step ``start_step`` on (a resume is just a
   later start step). ``aug_config``: ``augment.make_train_augment``'s settings;
   ``repeats``: repeated augmentation; ``views``: a bounded store's (``order``).
@@ -71,15 +68,17 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
   sharding = NamedSharding(mesh, P('data'))
   device_augment = make_device_augment(train_augment, mesh, global_batch, source.num_classes,
                                        label_smoothing)
-  host_batches = loader.train_batches(
-      source, seed=seed, global_batch=global_batch, transform=train_augment.host,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      start_step=start_step, num_steps=num_steps, num_workers=num_workers, repeats=repeats,
-      views=views)
+  host_batches = loader.train_batches(source, seed=seed, global_batch=global_batch,
+                                      transform=train_augment.host,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count(), start_step=start_step,
+                                      num_steps=num_steps, num_workers=num_workers, repeats=repeats,
+                                      views=views)
   if host_hook is not None:
     host_batches = map(host_hook, host_batches)
-  batches = ({name: jax.make_array_from_process_local_data(sharding, value)
-              for name, value in batch.items()} for batch in host_batches)
+  batches = ({
+      name: jax.make_array_from_process_local_data(sharding, value) for name, value in batch.items()
+  } for batch in host_batches)
   return InputPipeline(prefetch(batches, DEVICE_PREFETCH), device_augment,
                        order.steps_per_epoch(len(source), global_batch, repeats))
 

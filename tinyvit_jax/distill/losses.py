@@ -33,8 +33,8 @@ def soft_target_cross_entropy(logits, targets):
   return jnp.mean(-jnp.sum(jnp.asarray(targets, jnp.float32) * logp, axis=-1))
 
 
-def deit_loss(outputs, label_targets, teacher_logits, *, kind: str = 'none',
-              alpha: float = 0.5, tau: float = 1.0):
+def deit_loss(outputs, label_targets, teacher_logits, *, kind: str = 'none', alpha: float = 0.5,
+              tau: float = 1.0):
   """DeiT's loss against a teacher run online.
 
   Args:

@@ -16,8 +16,8 @@ META_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed', 'a
                'teacher_checkpoint_hash')
 # What a student must share with the store for its rows to be the teacher's view of its
 # own images (the teacher itself may differ: any teacher's rows train any student).
-STUDENT_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed',
-                  'augmentation', 'repeats', 'views_per_example', 'k', 'num_classes')
+STUDENT_FIELDS = ('dataset_name', 'dataset_size', 'dataset_fingerprint', 'seed', 'augmentation',
+                  'repeats', 'views_per_example', 'k', 'num_classes')
 
 
 def dataset_fingerprint(source, samples: int = 16) -> str:
@@ -27,8 +27,9 @@ def dataset_fingerprint(source, samples: int = 16) -> str:
   splits, image sizes and orders, though not one edited image among the unread ones.
   """
   n = len(source)
-  digest = hashlib.sha256(json.dumps([n, getattr(source, 'num_classes', None),
-                                      getattr(source, 'class_names', None)]).encode())
+  digest = hashlib.sha256(
+      json.dumps([n, getattr(source, 'num_classes', None),
+                  getattr(source, 'class_names', None)]).encode())
   for index in sorted({int(i) for i in np.linspace(0, n - 1, min(samples, n)).round()}):
     try:
       record = source[index]
@@ -66,9 +67,7 @@ def store_fields(source, *, dataset_name: str, aug_config, seed: int, k: int,
                 dataset_fingerprint=dataset_fingerprint(source), seed=int(seed),
                 augmentation=augmentation_fields(aug_config),
                 repeats=order.check_repeats(repeats)._asdict(),
-                views_per_example=order.check_views(views), k=int(k),
-                num_classes=int(num_classes))
+                views_per_example=order.check_views(views), k=int(k), num_classes=int(num_classes))
   if teacher is None:
     return fields
-  return dict(fields, teacher_name=teacher.name,
-              teacher_checkpoint_hash=teacher.checkpoint_hash)
+  return dict(fields, teacher_name=teacher.name, teacher_checkpoint_hash=teacher.checkpoint_hash)

@@ -42,12 +42,11 @@ from tinyvit_jax.distill import store
 
 def local_mesh(mesh: Mesh | None = None) -> Mesh:
   """A 'data' mesh over this process's devices (of ``mesh``, default all local ones)."""
-  return pipeline.data_mesh(jax.local_devices() if mesh is None else [
-      d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+  return pipeline.data_mesh(jax.local_devices(
+  ) if mesh is None else [d for d in mesh.devices.flat if d.process_index == jax.process_index()])
 
 
-def make_teacher_view(teacher, aug_config, *, mesh: Mesh, batch: int,
-                      source_classes: int):
+def make_teacher_view(teacher, aug_config, *, mesh: Mesh, batch: int, source_classes: int):
   """``host batch -> (B, C) probabilities``: training's device augmentation of a loader
   batch (with ``augment.make_train_augment(aug_config).host`` as transform), then the
   teacher. ``batch`` rows are spread over the mesh's devices."""
@@ -55,8 +54,9 @@ def make_teacher_view(teacher, aug_config, *, mesh: Mesh, batch: int,
   sharding = NamedSharding(mesh, P('data'))
 
   def view(host_batch: dict):
-    on_device = {name: jax.device_put(host_batch[name], sharding)
-                 for name in ('image', 'key', 'label')}
+    on_device = {
+        name: jax.device_put(host_batch[name], sharding) for name in ('image', 'key', 'label')
+    }
     return teacher.probabilities(device_augment(on_device)[0])
 
   return view
@@ -75,10 +75,9 @@ def top_k_rows(probabilities, k: int):
   return values.astype(jnp.float16), indices, jnp.isfinite(probabilities).all(axis=-1)
 
 
-def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, epochs: int,
-                k: int, store_path: str, global_batch: int, mesh: Mesh | None = None,
-                num_workers: int = 0, progress: bool = True,
-                chunk_rows: int = store.DEFAULT_CHUNK_ROWS,
+def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, epochs: int, k: int,
+                store_path: str, global_batch: int, mesh: Mesh | None = None, num_workers: int = 0,
+                progress: bool = True, chunk_rows: int = store.DEFAULT_CHUNK_ROWS,
                 repeats: order.Repeats = order.Repeats(), views: int = 0) -> store.LogitStore:
   """Stores ``teacher``'s top-k rows of epochs ``0..epochs-1`` at ``store_path``.
 
@@ -99,20 +98,24 @@ def save_logits(teacher, source, *, dataset_name: str, aug_config, seed: int, ep
   batch = order.process_batch_size(global_batch, process_count)
   view = make_teacher_view(teacher, aug_config, mesh=mesh, batch=batch,
                            source_classes=source.num_classes)
-  logits = _create_or_resume(store_path, manifest.store_fields(
-      source, dataset_name=dataset_name, aug_config=aug_config, seed=seed, k=k,
-      teacher=teacher, repeats=repeats, views=views), chunk_rows)
+  logits = _create_or_resume(
+      store_path,
+      manifest.store_fields(source, dataset_name=dataset_name, aug_config=aug_config, seed=seed,
+                            k=k, teacher=teacher, repeats=repeats, views=views), chunk_rows)
   host = augment.make_train_augment(aug_config).host
-  todo = {epoch: _missing_positions(logits, epoch, process_index, process_count)
-          for epoch in range(epochs) if epoch not in logits.epochs_done}
+  todo = {
+      epoch: _missing_positions(logits, epoch, process_index, process_count)
+      for epoch in range(epochs)
+      if epoch not in logits.epochs_done
+  }
   shown = _Progress(sum(len(p) for p in todo.values()), progress, os.path.basename(store_path))
   with contextlib.closing(shown.bar):
     for epoch, positions in todo.items():
       batches = loader.position_batches(source, seed=seed, epoch=epoch, positions=positions,
                                         batch=batch, transform=host, num_workers=num_workers,
                                         repeats=repeats)
-      with contextlib.closing(batches), logits.epoch_writer(
-          epoch, process_index, process_count) as writer:
+      with contextlib.closing(batches), logits.epoch_writer(epoch, process_index,
+                                                            process_count) as writer:
         finish = functools.partial(_write_rows, writer, epoch, shown)
         pending = None
         for host_batch in batches:
@@ -137,9 +140,11 @@ def _create_or_resume(path: str, meta: dict, chunk_rows: int) -> store.LogitStor
   _sync('fpd store created', jax.process_count())
   logits = store.LogitStore.open(path)
   logits.check_compatible(meta)
-  teacher_changes = [f'{field}: store {logits.manifest[field]!r}, this save {meta[field]!r}'
-                     for field in ('teacher_name', 'teacher_checkpoint_hash')
-                     if logits.manifest[field] != meta[field]]
+  teacher_changes = [
+      f'{field}: store {logits.manifest[field]!r}, this save {meta[field]!r}'
+      for field in ('teacher_name', 'teacher_checkpoint_hash')
+      if logits.manifest[field] != meta[field]
+  ]
   if teacher_changes:
     raise store.IncompatibleStore(
         f'The logit store at {path} was saved with another teacher; resuming would mix two '
@@ -158,8 +163,9 @@ def _missing_positions(logits: store.LogitStore, epoch: int, process_index: int,
   chunks = logits.missing_chunks(epoch, process_index, process_count)
   if not chunks:
     return np.zeros(0, np.int64)
-  return np.concatenate([np.arange(logits.chunk_positions(c).start,
-                                   logits.chunk_positions(c).stop) for c in chunks])
+  return np.concatenate(
+      [np.arange(logits.chunk_positions(c).start,
+                 logits.chunk_positions(c).stop) for c in chunks])
 
 
 class NonFiniteTeacher(errors.UserError, FloatingPointError):

@@ -20,18 +20,17 @@ def run(config, workdir: str) -> dict:
   source = sources.from_config(config.data, 'train')
   views = config.distill.views_per_example
   epochs = views or config.epochs  # a bounded store's views are its first epochs
-  save_pass.save_logits(
-      teacher, source, dataset_name=config.data.name or config.data.source,
-      aug_config=config.aug, seed=config.seed, epochs=epochs,
-      k=config.distill.k, store_path=path, global_batch=config.batch_size,
-      num_workers=config.data.num_workers, repeats=order.repeats_of(config.data),
-      views=views)
+  save_pass.save_logits(teacher, source, dataset_name=config.data.name or config.data.source,
+                        aug_config=config.aug, seed=config.seed, epochs=epochs, k=config.distill.k,
+                        store_path=path, global_batch=config.batch_size,
+                        num_workers=config.data.num_workers, repeats=order.repeats_of(config.data),
+                        views=views)
   result = dict(store=path, epochs=epochs)
   if config.distill.verify_rows:
-    result.update(verify.verify(
-        path, teacher, source, sample=config.distill.verify_rows, seed=config.seed,
-        min_top1_agreement=config.distill.verify_min_top1,
-        max_mean_abs_diff=config.distill.verify_max_mean_abs_diff))
+    result.update(
+        verify.verify(path, teacher, source, sample=config.distill.verify_rows, seed=config.seed,
+                      min_top1_agreement=config.distill.verify_min_top1,
+                      max_mean_abs_diff=config.distill.verify_max_mean_abs_diff))
   del teacher
   torch_teacher.release_gpu_memory()
   return result

@@ -137,11 +137,11 @@ class LogitStore:
       raise ValueError(f'dataset_size={meta["dataset_size"]} must be at least 1.')
     if os.path.exists(os.path.join(path, _MANIFEST)):
       raise FileExistsError(f'{path} already holds a logit store; open it to resume.')
-    rows = order.epoch_length(meta['dataset_size'], order.check_repeats(
-        order.Repeats(**meta['repeats'])))
-    manifest = dict(writes.plain_json(meta), format_version=FORMAT_VERSION,
-                    rows_per_epoch=rows, chunk_rows=chunk_rows,
-                    value_dtype='float16', index_dtype=index_dtype(num_classes).name,
+    rows = order.epoch_length(meta['dataset_size'],
+                              order.check_repeats(order.Repeats(**meta['repeats'])))
+    manifest = dict(writes.plain_json(meta), format_version=FORMAT_VERSION, rows_per_epoch=rows,
+                    chunk_rows=chunk_rows, value_dtype='float16',
+                    index_dtype=index_dtype(num_classes).name,
                     example_index_dtype=_EXAMPLE_DTYPE.name, epochs_done=[])
     os.makedirs(path, exist_ok=True)
     _write_manifest(path, manifest)
@@ -167,10 +167,10 @@ class LogitStore:
       else:
         problems += _differences(field, self.manifest[field], student[field])
     if problems:
-      raise IncompatibleStore(
-          f'The logit store at {self.path} does not match this student: '
-          + '; '.join(problems) + '. Use the settings it was saved with, or another '
-          '--config.distill.store.')
+      raise IncompatibleStore(f'The logit store at {self.path} does not match this student: '
+                              + '; '.join(problems)
+                              + '. Use the settings it was saved with, or another '
+                              '--config.distill.store.')
 
   @property
   def epochs_done(self) -> list:
@@ -178,8 +178,7 @@ class LogitStore:
 
   def chunk_positions(self, chunk: int) -> range:
     """Epoch positions held by chunk ``chunk``; the last chunk may be short."""
-    return range(chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows,
-                                              self.rows_per_epoch))
+    return range(chunk * self.chunk_rows, min((chunk + 1) * self.chunk_rows, self.rows_per_epoch))
 
   def owned_chunks(self, process_index: int = 0, process_count: int = 1) -> range:
     """The contiguous block of chunks that process ``process_index`` of ``process_count`` writes."""
@@ -194,8 +193,10 @@ class LogitStore:
     A chunk counts as present when its header is valid and its file has the length the
     header gives; CRCs are checked by ``mark_epoch_done`` and on every read.
     """
-    return [c for c in self.owned_chunks(process_index, process_count)
-            if not self._chunk_is_whole(epoch, c)]
+    return [
+        c for c in self.owned_chunks(process_index, process_count)
+        if not self._chunk_is_whole(epoch, c)
+    ]
 
   def epoch_writer(self, epoch: int, process_index: int = 0,
                    process_count: int = 1) -> 'EpochWriter':
@@ -244,8 +245,8 @@ class LogitStore:
       columns = self._chunk_columns(epoch, chunk)
       pieces.append([c[max(start - first, 0):start + count - first] for c in columns])
     if not pieces:
-      return (np.empty((0, self.k), np.float16), np.empty((0, self.k), self.index_dtype),
-              np.empty((0,), _EXAMPLE_DTYPE))
+      return (np.empty((0, self.k), np.float16), np.empty(
+          (0, self.k), self.index_dtype), np.empty((0,), _EXAMPLE_DTYPE))
     return tuple(np.concatenate(column) for column in zip(*pieces))
 
   def chunk_path(self, epoch: int, chunk: int) -> str:
@@ -254,8 +255,9 @@ class LogitStore:
   def _chunk_columns(self, epoch: int, chunk: int):
     if self._cached_chunk[0] != (epoch, chunk):
       payload = self._chunk_payload(epoch, chunk)
-      self._cached_chunk = ((epoch, chunk), _decode(payload, len(self.chunk_positions(chunk)),
-                                                    self.k, self.index_dtype))
+      self._cached_chunk = ((epoch, chunk),
+                            _decode(payload, len(self.chunk_positions(chunk)), self.k,
+                                    self.index_dtype))
     return self._cached_chunk[1]
 
   def _chunk_payload(self, epoch: int, chunk: int) -> bytes:
@@ -317,11 +319,11 @@ class EpochWriter:
     self.store = store
     self.epoch = epoch
     self.chunks = store.owned_chunks(process_index, process_count)
-    self.positions = range(store.chunk_positions(self.chunks[0]).start if self.chunks else 0,
-                           store.chunk_positions(self.chunks[-1]).stop if self.chunks else 0)
+    self.positions = range(
+        store.chunk_positions(self.chunks[0]).start if self.chunks else 0,
+        store.chunk_positions(self.chunks[-1]).stop if self.chunks else 0)
     os.makedirs(os.path.dirname(store.chunk_path(epoch, 0)), exist_ok=True)
-    self._done = set(self.chunks) - set(store.missing_chunks(epoch, process_index,
-                                                             process_count))
+    self._done = set(self.chunks) - set(store.missing_chunks(epoch, process_index, process_count))
     for chunk in self.chunks:  # a killed writer's leftovers; this process alone owns them
       if os.path.exists(store.chunk_path(epoch, chunk) + '.tmp'):
         os.remove(store.chunk_path(epoch, chunk) + '.tmp')
@@ -344,8 +346,8 @@ class EpochWriter:
       rows = store.chunk_positions(chunk)
       lo, hi = max(start, rows.start), min(start + count, rows.stop)
       if chunk not in self._pending:
-        self._pending[chunk] = (np.zeros((len(rows), store.k), np.float16),
-                                np.zeros((len(rows), store.k), store.index_dtype),
+        self._pending[chunk] = (np.zeros(
+            (len(rows), store.k), np.float16), np.zeros((len(rows), store.k), store.index_dtype),
                                 np.zeros(len(rows), _EXAMPLE_DTYPE), np.zeros(len(rows), bool))
       *columns, filled = self._pending[chunk]
       for column, new in zip(columns, (values, indices, example_index)):
@@ -357,8 +359,9 @@ class EpochWriter:
   def close(self) -> None:
     """Raises if some chunk got only part of its rows: those rows would be lost."""
     if self._pending:
-      partial = ', '.join(f'chunk {c} has {f.sum()} of {len(f)} rows'
-                          for c, (*_, f) in sorted(self._pending.items()))
+      partial = ', '.join(
+          f'chunk {c} has {f.sum()} of {len(f)} rows' for c, (*_,
+                                                              f) in sorted(self._pending.items()))
       raise ValueError(f'epoch {self.epoch}: writer closed with incomplete chunks ({partial}).')
 
   def __enter__(self):
@@ -394,8 +397,7 @@ def _check_rows(values, indices, example_index, store: LogitStore) -> None:
   if count and (indices.min() < 0 or indices.max() >= store.num_classes):
     raise ValueError(f'class indices must be in [0, {store.num_classes}); got '
                      f'[{indices.min()}, {indices.max()}].')
-  if count and (example_index.min() < 0
-                or example_index.max() >= store.manifest['dataset_size']):
+  if count and (example_index.min() < 0 or example_index.max() >= store.manifest['dataset_size']):
     raise ValueError(f'example indices must be in [0, {store.manifest["dataset_size"]}); got '
                      f'[{example_index.min()}, {example_index.max()}].')
 
@@ -454,9 +456,10 @@ def _write_manifest(path: str, manifest: dict) -> None:
 def _differences(name: str, stored, given) -> list:
   """'name: store X, student Y' for each differing leaf, recursing into dicts."""
   if isinstance(stored, dict) and isinstance(given, dict):
-    return [problem for key in sorted(set(stored) | set(given))
-            for problem in _differences(f'{name}.{key}', stored.get(key, '<absent>'),
-                                        given.get(key, '<absent>'))]
+    return [
+        problem for key in sorted(set(stored) | set(given)) for problem in _differences(
+            f'{name}.{key}', stored.get(key, '<absent>'), given.get(key, '<absent>'))
+    ]
   return [] if stored == given else [f'{name}: store {stored!r}, student {given!r}']
 
 

@@ -99,8 +99,7 @@ def student_targets(batch: dict, num_classes: int, mode: str = 'dense', tau: flo
   if mode == 'soft':
     return targets.tempered_targets(values, indices, num_classes, tau)
   if mode == 'hard':
-    return jax.nn.one_hot(jnp.asarray(indices[..., 0], jnp.int32), num_classes,
-                          dtype=jnp.float32)
+    return jax.nn.one_hot(jnp.asarray(indices[..., 0], jnp.int32), num_classes, dtype=jnp.float32)
   raise ValueError(f'student_targets mode={mode!r}; expected one of {MODES}.')
 
 
@@ -127,11 +126,10 @@ def make_loss(config) -> Callable:
   if kind == 'fpd':
     return lambda outputs, batch: heads_mean(outputs, teacher_targets(batch, num_classes))
   if config.distill.from_store:
-    return lambda outputs, batch: losses.deit_loss_from_topk(
-        outputs, batch['targets'], batch['teacher_values'], batch['teacher_indices'],
-        kind=kind, alpha=alpha, tau=tau)
-  return lambda outputs, batch: losses.deit_loss(
-      outputs, batch['targets'], batch['teacher_logits'], kind=kind, alpha=alpha, tau=tau)
+    return lambda outputs, batch: losses.deit_loss_from_topk(outputs, batch['targets'], batch[
+        'teacher_values'], batch['teacher_indices'], kind=kind, alpha=alpha, tau=tau)
+  return lambda outputs, batch: losses.deit_loss(outputs, batch['targets'], batch['teacher_logits'],
+                                                 kind=kind, alpha=alpha, tau=tau)
 
 
 class Student(NamedTuple):
@@ -148,10 +146,12 @@ def make(config, source, workdir: str, mesh) -> Student:
   distill, host_hook, teacher, leaves = config.distill, None, None, None
   views = distill.views_per_example if distill.from_store else 0
   if distill.kind != 'none' and distill.from_store:
-    host_hook = StoreTargets(store.location(distill, workdir), manifest.store_fields(
-        source, dataset_name=config.data.name or config.data.source, aug_config=config.aug,
-        seed=config.seed, k=distill.k, num_classes=config.num_classes,
-        repeats=order.repeats_of(config.data), views=views))
+    host_hook = StoreTargets(
+        store.location(distill, workdir),
+        manifest.store_fields(source, dataset_name=config.data.name or config.data.source,
+                              aug_config=config.aug, seed=config.seed, k=distill.k,
+                              num_classes=config.num_classes, repeats=order.repeats_of(config.data),
+                              views=views))
   elif distill.kind != 'none':
     teacher, leaves = jax_teacher.online(distill, config.aug, mesh, config.num_classes)
   return Student(views, host_hook, teacher, leaves, make_loss(config))

@@ -16,8 +16,7 @@ def dense_targets(values, indices, num_classes: int):
   hair below zero.
   """
   values = jnp.asarray(values, jnp.float32)
-  return _scatter_over_tail(values, indices, num_classes, _tail_probability(values,
-                                                                            num_classes))
+  return _scatter_over_tail(values, indices, num_classes, _tail_probability(values, num_classes))
 
 
 def tempered_targets(values, indices, num_classes: int, tau: float):
@@ -34,7 +33,7 @@ def tempered_targets(values, indices, num_classes: int, tau: float):
   """
   values = jnp.asarray(values, jnp.float32)
   tail = jnp.maximum(_tail_probability(values, num_classes), 0.)
-  tempered = _scatter_over_tail(values ** (1 / tau), indices, num_classes, tail ** (1 / tau))
+  tempered = _scatter_over_tail(values**(1 / tau), indices, num_classes, tail**(1 / tau))
   return tempered / tempered.sum(axis=-1, keepdims=True)
 
 
@@ -49,5 +48,4 @@ def _tail_probability(values, num_classes: int):
 def _scatter_over_tail(top, indices, num_classes: int, tail):
   """A (..., C) row holding ``tail`` everywhere and ``top`` at ``indices``."""
   dense = jnp.broadcast_to(tail, top.shape[:-1] + (num_classes,))
-  return jnp.put_along_axis(dense, jnp.asarray(indices, jnp.int32), top, axis=-1,
-                            inplace=False)
+  return jnp.put_along_axis(dense, jnp.asarray(indices, jnp.int32), top, axis=-1, inplace=False)

@@ -36,8 +36,8 @@ class VerificationError(errors.UserError, ValueError):
 
 
 def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0,
-           min_top1_agreement: float = 0.99, max_mean_abs_diff: float = 1e-3,
-           batch: int = 32, mesh=None, log=print) -> dict:
+           min_top1_agreement: float = 0.99, max_mean_abs_diff: float = 1e-3, batch: int = 32,
+           mesh=None, log=print) -> dict:
   """Checks every chunk's checksum (``VerificationError`` lists each damaged one), then
   compares ``sample`` random stored rows (of the done epochs; ``seed`` picks them) with
   ``teacher`` on their regenerated images; returns the figures, raises
@@ -49,9 +49,10 @@ def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0
     raise VerificationError(f'The logit store at {store_path} has {len(damaged)} unusable '
                             'chunks: ' + '; '.join(damaged))
   meta = logits.manifest
-  logits.check_compatible(manifest.store_fields(
-      source, dataset_name=meta['dataset_name'], aug_config=meta['augmentation'],
-      seed=meta['seed'], k=logits.k, num_classes=logits.num_classes))
+  logits.check_compatible(
+      manifest.store_fields(source, dataset_name=meta['dataset_name'],
+                            aug_config=meta['augmentation'], seed=meta['seed'], k=logits.k,
+                            num_classes=logits.num_classes))
   if teacher.num_classes != logits.num_classes:
     raise VerificationError(f'The teacher has {teacher.num_classes} classes, the store '
                             f'{logits.num_classes}: it cannot be the teacher of this store.')
@@ -62,16 +63,15 @@ def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0
     log(f'note: the store was saved by {meta["teacher_name"]} '
         f'{meta["teacher_checkpoint_hash"][:12]}, this is {teacher.name} '
         f'{teacher.checkpoint_hash[:12]}')
-  view = save_pass.make_teacher_view(teacher, meta['augmentation'],
-                                     mesh=save_pass.local_mesh(mesh), batch=batch,
-                                     source_classes=source.num_classes)
+  view = save_pass.make_teacher_view(teacher, meta['augmentation'], mesh=save_pass.local_mesh(mesh),
+                                     batch=batch, source_classes=source.num_classes)
   host = augment.make_train_augment(meta['augmentation']).host
   stored_top1, live_top1, diffs = [], [], []
   for epoch, positions in _sampled_rows(logits, sample, seed).items():
     for host_batch in loader.position_batches(
         source, seed=meta['seed'], epoch=epoch, batch=batch, transform=host,
-        positions=_with_pairs(positions, logits.rows_per_epoch),
-        repeats=order.Repeats(**meta['repeats'])):
+        positions=_with_pairs(positions,
+                              logits.rows_per_epoch), repeats=order.Repeats(**meta['repeats'])):
       live = np.asarray(jax.device_get(view(host_batch)))
       for row, position in enumerate(host_batch['position']):
         if not host_batch['mask'][row] or position not in positions:
@@ -100,8 +100,9 @@ def verify(store_path: str, teacher, source, *, sample: int = 256, seed: int = 0
 def _sampled_rows(logits: store.LogitStore, sample: int, seed: int) -> dict:
   """{epoch: set of positions}: ``sample`` distinct (epoch, position)s of done epochs."""
   epochs, n = sorted(logits.epochs_done), logits.rows_per_epoch
-  picks = np.random.default_rng(seed).choice(len(epochs) * n, min(sample, len(epochs) * n),
-                                             replace=False)
+  picks = np.random.default_rng(seed).choice(
+      len(epochs) * n, min(sample,
+                           len(epochs) * n), replace=False)
   rows = {}
   for pick in sorted(picks):
     rows.setdefault(epochs[pick // n], set()).add(int(pick % n))

@@ -29,19 +29,18 @@ from tinyvit_jax.models import switch
 ENV = 'TINYVIT_JAX_ATTENTION'
 IMPLS = ('auto', 'einsum', 'xla', 'cudnn')
 _SWITCH = switch.Switch('attention_impl', ENV, IMPLS)
-get_attention_impl, set_attention_impl, attention_impl = (
-    _SWITCH.get, _SWITCH.set, _SWITCH.using)
+get_attention_impl, set_attention_impl, attention_impl = (_SWITCH.get, _SWITCH.set, _SWITCH.using)
 
 
 def cudnn_supports(q, bias) -> bool:
   """Whether jax's cuDNN attention takes this case (its checks: check_layout and
   check_is_flash_attention in jax/_src/cudnn/fused_attention_stablehlo.py)."""
   _, t, _, hd = q.shape
-  return (target.current().cuda and q.dtype in (jnp.bfloat16, jnp.float16) and hd % 8 == 0
-          and hd <= 128
-          # With a bias, cuDNN's backward needs even sequence lengths; whether a
-          # gradient will be taken is unknown here. TinyViT's 7x7 windows (49) fail.
-          and (bias is None or t % 2 == 0))
+  return (
+      target.current().cuda and q.dtype in (jnp.bfloat16, jnp.float16) and hd % 8 == 0 and hd <= 128
+      # With a bias, cuDNN's backward needs even sequence lengths; whether a
+      # gradient will be taken is unknown here. TinyViT's 7x7 windows (49) fail.
+      and (bias is None or t % 2 == 0))
 
 
 def resolve_attention_impl(q, bias) -> str:
@@ -58,7 +57,7 @@ def attend(q, k, v, bias=None):
   """q, k, v: (B, T, heads, hd), one dtype; bias: (heads, T, T), shared by the whole
   batch (TinyViT's windows), float32. Returns (B, T, heads, hd) in v's dtype."""
   impl = resolve_attention_impl(q, bias)
-  scale = q.shape[-1] ** -0.5
+  scale = q.shape[-1]**-0.5
   if impl == 'einsum':
     return _attend_einsum(q, k, v, bias, scale)
   if bias is not None:

@@ -53,10 +53,9 @@ def _shifted_views(x, k: int, stride: int, pad: int):
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
   for i in range(k):
     for j in range(k):
-      yield (i, j), lax.slice(
-          xp, (0, i, j, 0),
-          (xp.shape[0], i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, xp.shape[3]),
-          (1, stride, stride, 1))
+      yield (i, j), lax.slice(xp, (0, i, j, 0),
+                              (xp.shape[0], i + stride * (ho - 1) + 1, j + stride *
+                               (wo - 1) + 1, xp.shape[3]), (1, stride, stride, 1))
 
 
 def _shift_sum(x, kernel, stride: int, pad: int):
@@ -99,9 +98,10 @@ def _depthwise_shifts_bwd(stride, pad, residuals, g):
   ho, wo = g.shape[1], g.shape[2]
   # dx: correlate the stride-dilated cotangent with the flipped kernel.
   lo = k - 1 - pad
-  g_dilated = lax.pad(g, jnp.zeros((), g.dtype), (
-      (0, 0, 0), (lo, h - 1 + pad - stride * (ho - 1), stride - 1),
-      (lo, w - 1 + pad - stride * (wo - 1), stride - 1), (0, 0, 0)))
+  g_dilated = lax.pad(g, jnp.zeros((), g.dtype),
+                      ((0, 0, 0), (lo, h - 1 + pad - stride *
+                                   (ho - 1), stride - 1), (lo, w - 1 + pad - stride *
+                                                           (wo - 1), stride - 1), (0, 0, 0)))
   dx = _shift_sum(g_dilated, kernel[::-1, ::-1], 1, 0)
   # dkernel[i, j] = sum over batch and space of view_ij(x) * g, chunked over the batch.
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -111,8 +111,10 @@ def _depthwise_shifts_bwd(stride, pad, residuals, g):
 
   def chunk_grad(args):
     x_chunk, g_chunk = args
-    return jnp.stack([jnp.sum(view * g_chunk, axis=(0, 1, 2))
-                      for _, view in _shifted_views(x_chunk, k, stride, 0)])
+    return jnp.stack([
+        jnp.sum(view * g_chunk, axis=(0, 1, 2))
+        for _, view in _shifted_views(x_chunk, k, stride, 0)
+    ])
 
   dkernel = jnp.sum(lax.map(chunk_grad, (xp, gc)), axis=0).reshape(k, k, 1, c)
   return dx, dkernel.astype(kernel.dtype)
@@ -155,13 +157,13 @@ def _dense_shifts(x, kernel, stride: int, pad: int):
 
 
 def _xla_conv(x, kernel, stride: int, pad: int, groups: int):
-  return lax.conv_general_dilated(
-      x, kernel, window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+  return lax.conv_general_dilated(x, kernel, window_strides=(stride, stride),
+                                  padding=((pad, pad), (pad, pad)),
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                  feature_group_count=groups)
 
 
-def conv2d(x, kernel, *, stride: int = 1, pad: int = 0, groups: int = 1,
-           impl: str | None = None):
+def conv2d(x, kernel, *, stride: int = 1, pad: int = 0, groups: int = 1, impl: str | None = None):
   """NHWC conv without bias; ``groups`` divides the channels. ``impl``: a formulation for
   this conv alone, by default the switch's. Convs neither dense (``groups=1``) nor
   depthwise (the channel count), such as RegNet's, have one formulation: XLA's."""

@@ -17,8 +17,15 @@ def _register(size: str, distilled: bool, img_size: int):
   dim, heads = _SIZES[size]
 
   def constructor(**kwargs):
-    return VisionTransformer(**{'embed_dim': dim, 'depth': 12, 'num_heads': heads,
-                                'distilled': distilled, 'img_size': img_size, **kwargs})
+    return VisionTransformer(
+        **{
+            'embed_dim': dim,
+            'depth': 12,
+            'num_heads': heads,
+            'distilled': distilled,
+            'img_size': img_size,
+            **kwargs
+        })
 
   constructor.__name__ = name
   crop_pct = 0.875 if img_size == 224 else 1.0

@@ -27,16 +27,26 @@ PICKLED_WEIGHTS = 'pytorch_model.bin'
 
 # timm's default tag (its first pretrained config) of each registered model it publishes.
 DEFAULT_TAGS = {
-    'deit_base_distilled_patch16_224': 'fb_in1k', 'deit_base_distilled_patch16_384': 'fb_in1k',
-    'deit_base_patch16_224': 'fb_in1k', 'deit_base_patch16_384': 'fb_in1k',
-    'deit_small_distilled_patch16_224': 'fb_in1k', 'deit_small_patch16_224': 'fb_in1k',
-    'deit_tiny_distilled_patch16_224': 'fb_in1k', 'deit_tiny_patch16_224': 'fb_in1k',
-    'regnety_016': 'tv2_in1k', 'regnety_160': 'sw_in12k_ft_in1k',
-    'resnet18': 'a1_in1k', 'resnet34': 'a1_in1k', 'resnet50': 'a1_in1k',
-    'tiny_vit_5m_224': 'dist_in22k', 'tiny_vit_11m_224': 'dist_in22k',
-    'tiny_vit_21m_224': 'dist_in22k', 'tiny_vit_21m_384': 'dist_in22k_ft_in1k',
+    'deit_base_distilled_patch16_224': 'fb_in1k',
+    'deit_base_distilled_patch16_384': 'fb_in1k',
+    'deit_base_patch16_224': 'fb_in1k',
+    'deit_base_patch16_384': 'fb_in1k',
+    'deit_small_distilled_patch16_224': 'fb_in1k',
+    'deit_small_patch16_224': 'fb_in1k',
+    'deit_tiny_distilled_patch16_224': 'fb_in1k',
+    'deit_tiny_patch16_224': 'fb_in1k',
+    'regnety_016': 'tv2_in1k',
+    'regnety_160': 'sw_in12k_ft_in1k',
+    'resnet18': 'a1_in1k',
+    'resnet34': 'a1_in1k',
+    'resnet50': 'a1_in1k',
+    'tiny_vit_5m_224': 'dist_in22k',
+    'tiny_vit_11m_224': 'dist_in22k',
+    'tiny_vit_21m_224': 'dist_in22k',
+    'tiny_vit_21m_384': 'dist_in22k_ft_in1k',
     'tiny_vit_21m_512': 'dist_in22k_ft_in1k',
-    'vit_base_patch16_224': 'augreg2_in21k_ft_in1k', 'vit_base_patch32_224': 'augreg_in21k_ft_in1k',
+    'vit_base_patch16_224': 'augreg2_in21k_ft_in1k',
+    'vit_base_patch32_224': 'augreg_in21k_ft_in1k',
     'vit_large_patch16_224': 'augreg_in21k_ft_in1k',
     'vit_base_patch16_clip_224': 'laion2b_ft_in12k_in1k',
     'vit_base_patch16_clip_quickgelu_224': 'metaclip_2pt5b',
@@ -101,8 +111,7 @@ def model_json(name: str) -> dict:
     raise HubError(f'{repo}@{revision}/{CONFIG}: no "num_classes"; not a model in timm\'s '
                    'Hub layout.')
   cfg = config.get('pretrained_cfg', {})
-  kwargs = dict(_our_args(arch, config.get('model_args') or {}),
-                num_classes=config['num_classes'])
+  kwargs = dict(_our_args(arch, config.get('model_args') or {}), num_classes=config['num_classes'])
   preprocess = dict(image_size=int(cfg.get('input_size', (3, info.input_size))[-1]),
                     crop_pct=float(cfg.get('crop_pct', info.crop_pct)),
                     interpolation=cfg.get('interpolation', 'bicubic'),
@@ -136,17 +145,16 @@ def load_model(name: str, *, rngs: nnx.Rngs | None = None, allow_pickle: bool = 
   meta = model_json(name)
   repo, revision = meta['metadata']['hub']['repo'], meta['metadata']['hub']['revision']
   try:
-    model = registry.create_unfilled(meta['model'], rngs=rngs,
-                                     **{**meta['kwargs'], **overrides})
+    model = registry.create_unfilled(meta['model'], rngs=rngs, **{**meta['kwargs'], **overrides})
   except TypeError as error:  # a model_args entry our constructor does not take
     raise HubError(f'{repo}@{revision}/{CONFIG}: model_args {meta["kwargs"]} do not build our '
                    f'{meta["model"]} ({error}).') from None
   try:
     timm_weights.load_timm_state_dict(model, _state_dict(repo, revision, allow_pickle))
   except timm_weights.StateDictMismatch as error:
-    raise HubError(f'{repo}@{revision}: its weights do not fit {meta["model"]} with '
-                   f'{meta["kwargs"]}; first differences: {"; ".join(error.offenders[:3])}.'
-                   ) from None
+    raise HubError(
+        f'{repo}@{revision}: its weights do not fit {meta["model"]} with '
+        f'{meta["kwargs"]}; first differences: {"; ".join(error.offenders[:3])}.') from None
   return model
 
 
@@ -191,8 +199,8 @@ def _download(repo: str, filename: str, revision: str, *, missing_ok: bool = Fal
     cached = huggingface_hub.try_to_load_from_cache(repo, filename, revision=revision)
     if missing_ok and cached is huggingface_hub._CACHED_NO_EXIST:
       return None  # the cache recorded that the repo lacks it
-    reason = ('HF_HUB_OFFLINE=1 forbids downloading it' if huggingface_hub.is_offline_mode()
-              else 'the Hub could not be reached')
+    reason = ('HF_HUB_OFFLINE=1 forbids downloading it'
+              if huggingface_hub.is_offline_mode() else 'the Hub could not be reached')
     raise HubError(f'{where}: {filename} is not in the Hub cache '
                    f'({huggingface_hub.constants.HF_HUB_CACHE}) and {reason}; download it '
                    f'where there is network (`hf download {repo} --revision {revision}`) into '
@@ -214,11 +222,12 @@ def write_folder(model: nnx.Module, name: str, kwargs: dict, directory: str, *,
   preprocess = metadata.get('preprocess') or {}
   size = int(preprocess.get('image_size', kwargs.get('img_size', info.input_size)))
   model_args = {k: v for k, v in kwargs.items() if k != 'num_classes'}
-  pretrained_cfg = dict(
-      input_size=[3, size, size], interpolation=preprocess.get('interpolation', 'bicubic'),
-      crop_pct=float(preprocess.get('crop_pct', info.crop_pct)), crop_mode='center',
-      mean=list(preprocess.get('mean', info.mean)), std=list(preprocess.get('std', info.std)),
-      num_classes=model.num_classes, fixed_input_size=False)
+  pretrained_cfg = dict(input_size=[3, size,
+                                    size], interpolation=preprocess.get('interpolation', 'bicubic'),
+                        crop_pct=float(preprocess.get('crop_pct', info.crop_pct)),
+                        crop_mode='center', mean=list(preprocess.get('mean', info.mean)),
+                        std=list(preprocess.get('std', info.std)), num_classes=model.num_classes,
+                        fixed_input_size=False)
   config = dict(architecture=name, num_classes=model.num_classes,
                 num_features=int(getattr(model, 'num_features', 0)) or None,
                 pretrained_cfg=pretrained_cfg)
@@ -247,6 +256,6 @@ def push_folder(directory: str, repo: str) -> str:
   from huggingface_hub import HfApi
   api = HfApi(library_name='tinyvit_jax')
   api.create_repo(repo, exist_ok=True)
-  return str(api.upload_folder(repo_id=repo, folder_path=directory,
-                               commit_message='Upload a tinyvit_jax export'))
-
+  return str(
+      api.upload_folder(repo_id=repo, folder_path=directory,
+                        commit_message='Upload a tinyvit_jax export'))

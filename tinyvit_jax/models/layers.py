@@ -33,8 +33,8 @@ def quick_gelu(x):
 def linear(din: int, dout: int, *, rngs: nnx.Rngs, dtype=None, use_bias: bool = True):
   """A Linear initialised as in timm/DeiT: truncated normal(0.02) weight, zero bias."""
   return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=trunc_normal_02,
-                    bias_init=nnx.initializers.zeros_init(), dtype=dtype,
-                    param_dtype=jnp.float32, rngs=rngs)
+                    bias_init=nnx.initializers.zeros_init(), dtype=dtype, param_dtype=jnp.float32,
+                    rngs=rngs)
 
 
 def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs, dtype=None):
@@ -44,7 +44,7 @@ def layer_norm(dim: int, *, eps: float, rngs: nnx.Rngs, dtype=None):
 def conv_kernel_init(key, shape):
   """timm leaves convs at torch's default init, kaiming_uniform(a=sqrt(5)), which is
   uniform(+-1/sqrt(fan_in)). ``shape`` is HWIO."""
-  bound = 1.0 / (shape[0] * shape[1] * shape[2]) ** 0.5
+  bound = 1.0 / (shape[0] * shape[1] * shape[2])**0.5
   return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
 
@@ -88,10 +88,8 @@ class ConvNorm(nnx.Module):
   """Bias-free conv followed by BatchNorm (timm's ``ConvNorm``, Cream's ``Conv2d_BN``)."""
 
   def __init__(self, cin: int, cout: int, *, k: int = 1, stride: int = 1, pad: int = 0,
-               groups: int = 1, bn_weight_init: float = 1.0,
-               dtype=None, rngs: nnx.Rngs):
-    self.conv = Conv(cin, cout, k, stride=stride, pad=pad, groups=groups,
-                     dtype=dtype, rngs=rngs)
+               groups: int = 1, bn_weight_init: float = 1.0, dtype=None, rngs: nnx.Rngs):
+    self.conv = Conv(cin, cout, k, stride=stride, pad=pad, groups=groups, dtype=dtype, rngs=rngs)
     self.bn = BatchNorm(cout, scale_init=bn_weight_init)
 
   def __call__(self, x):
@@ -103,8 +101,8 @@ class Conv(nnx.Module):
   formulation of ``conv_ops``' switch, or in ``impl`` when a model fixes one."""
 
   def __init__(self, cin: int, cout: int, k: int = 1, *, stride: int = 1, pad: int = 0,
-               groups: int = 1, kernel_init: Callable = conv_kernel_init,
-               impl: str | None = None, dtype=None, rngs: nnx.Rngs):
+               groups: int = 1, kernel_init: Callable = conv_kernel_init, impl: str | None = None,
+               dtype=None, rngs: nnx.Rngs):
     self.kernel = nnx.Param(kernel_init(rngs.params(), (k, k, cin // groups, cout)))
     self.stride, self.pad, self.groups = stride, pad, groups
     self.impl = impl

@@ -24,10 +24,12 @@ _MODELS: dict[str, ModelInfo] = {}
 
 
 def register_model(*, input_size: int, crop_pct: float, mean, std):
+
   def wrap(constructor):
     name = constructor.__name__
     _MODELS[name] = ModelInfo(name, constructor, input_size, crop_pct, tuple(mean), tuple(std))
     return constructor
+
   return wrap
 
 

@@ -57,12 +57,10 @@ class ConvNormAct(nnx.Module):
   """Bias-free conv (``conv``), BatchNorm (``bn``) and optionally ReLU (timm's names)."""
 
   def __init__(self, cin: int, cout: int, k: int = 1, *, stride: int = 1, groups: int = 1,
-               act: bool = True, bn_weight_init: float = 1.0, dtype,
-               rngs: nnx.Rngs):
+               act: bool = True, bn_weight_init: float = 1.0, dtype, rngs: nnx.Rngs):
     # timm pads symmetrically by ((stride - 1) + (k - 1)) // 2: k // 2 for k in {1, 3}.
     self.conv = conv(cin, cout, k, stride=stride, pad=k // 2, groups=groups,
-                     kernel_init=he_normal_fan_out(groups), dtype=dtype,
-                     rngs=rngs)
+                     kernel_init=he_normal_fan_out(groups), dtype=dtype, rngs=rngs)
     self.bn = BatchNorm(cout, scale_init=bn_weight_init)
     self.act = act
 
@@ -130,9 +128,10 @@ class RegStage(nnx.Module):
                drop_paths: Sequence[float], *, dtype, rngs: nnx.Rngs):
     self.depth = depth
     for i in range(depth):
-      setattr(self, f'b{i + 1}', Bottleneck(
-          cin if i == 0 else cout, cout, 2 if i == 0 else 1, group_size, se_ratio,
-          drop_paths[i], dtype=dtype, rngs=rngs))
+      setattr(
+          self, f'b{i + 1}',
+          Bottleneck(cin if i == 0 else cout, cout, 2 if i == 0 else 1, group_size, se_ratio,
+                     drop_paths[i], dtype=dtype, rngs=rngs))
 
   def __call__(self, x):
     for i in range(self.depth):
@@ -156,8 +155,7 @@ class RegNet(nnx.Module):
   """RegNetY: stem, stages ``s1``..``s4``, head. ``img_size`` is nominal: any size works."""
 
   def __init__(self, cfg: RegNetCfg, *, num_classes: int = 1000, img_size: int = 224,
-               in_chans: int = 3, drop_path_rate: float = 0.0,
-               dtype=None, rngs: nnx.Rngs):
+               in_chans: int = 3, drop_path_rate: float = 0.0, dtype=None, rngs: nnx.Rngs):
     self.num_classes = num_classes
     self.img_size = img_size
     kw = dict(dtype=dtype, rngs=rngs)
@@ -166,8 +164,8 @@ class RegNet(nnx.Module):
     dpr = drop_path_rates(drop_path_rate, sum(depth for _, depth, _ in layout))
     cin, start = cfg.stem_width, 0
     for s, (width, depth, group) in enumerate(layout):
-      setattr(self, f's{s + 1}', RegStage(cin, width, depth, group, cfg.se_ratio,
-                                          dpr[start:start + depth], **kw))
+      setattr(self, f's{s + 1}',
+              RegStage(cin, width, depth, group, cfg.se_ratio, dpr[start:start + depth], **kw))
       cin, start = width, start + depth
     self.num_stages = len(layout)
     self.num_features = cin

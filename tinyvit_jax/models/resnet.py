@@ -28,9 +28,11 @@ def he_normal_fan_out(groups: int = 1) -> Callable:
   torch's kaiming_normal_(mode='fan_out') (ResNet) ignores groups; pycls/timm's RegNet
   divides by them. Both agree for dense convs.
   """
+
   def init(key, shape):
     fan_out = shape[0] * shape[1] * shape[3] // groups
-    return jax.random.normal(key, shape, jnp.float32) * (2.0 / fan_out) ** 0.5
+    return jax.random.normal(key, shape, jnp.float32) * (2.0 / fan_out)**0.5
+
   return init
 
 
@@ -49,9 +51,8 @@ def conv(cin: int, cout: int, k: int = 1, *, groups: int = 1, **kwargs) -> Conv:
 
 def torch_linear(din: int, dout: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
   """torch's default Linear: weight and bias uniform(+-1/sqrt(din))."""
-  bound = din ** -0.5
-  init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
-                                                                   bound)
+  bound = din**-0.5
+  init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
   return nnx.Linear(din, dout, kernel_init=init, bias_init=init, dtype=dtype,
                     param_dtype=jnp.float32, rngs=rngs)
 
@@ -65,8 +66,8 @@ class BasicBlock(nnx.Module):
   """conv3x3 (strided) + BN + ReLU, conv3x3 + BN (gamma 0), add the shortcut, ReLU."""
   expansion = 1
 
-  def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *,
-               dtype, rngs: nnx.Rngs):
+  def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *, dtype,
+               rngs: nnx.Rngs):
     kw = dict(kernel_init=he_normal_fan_out(), dtype=dtype, rngs=rngs)
     self.conv1 = conv(cin, planes, 3, stride=stride, pad=1, **kw)
     self.bn1 = BatchNorm(planes)
@@ -85,8 +86,8 @@ class Bottleneck(nnx.Module):
   """1x1 + BN + ReLU, 3x3 (strided) + BN + ReLU, 1x1 to 4x + BN (gamma 0), add, ReLU."""
   expansion = 4
 
-  def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *,
-               dtype, rngs: nnx.Rngs):
+  def __init__(self, cin: int, planes: int, stride: int, drop_path: float, *, dtype,
+               rngs: nnx.Rngs):
     kw = dict(kernel_init=he_normal_fan_out(), dtype=dtype, rngs=rngs)
     cout = planes * self.expansion
     self.conv1 = conv(cin, planes, **kw)
@@ -127,8 +128,8 @@ class ResNet(nnx.Module):
 
   def __init__(self, *, block: type, layers: Sequence[int],
                channels: Sequence[int] = (64, 128, 256, 512), num_classes: int = 1000,
-               img_size: int = 224, in_chans: int = 3, drop_path_rate: float = 0.0,
-               dtype=None, rngs: nnx.Rngs):
+               img_size: int = 224, in_chans: int = 3, drop_path_rate: float = 0.0, dtype=None,
+               rngs: nnx.Rngs):
     self.num_classes = num_classes
     self.img_size = img_size
     self.conv1 = conv(in_chans, 64, 7, stride=2, pad=3, kernel_init=he_normal_fan_out(),
@@ -140,8 +141,7 @@ class ResNet(nnx.Module):
       blocks = []
       for i in range(depth):
         stride = 2 if s > 0 and i == 0 else 1
-        blocks.append(block(cin, planes, stride, next(dpr), dtype=dtype,
-                            rngs=rngs))
+        blocks.append(block(cin, planes, stride, next(dpr), dtype=dtype, rngs=rngs))
         cin = planes * block.expansion
       setattr(self, f'layer{s + 1}', nnx.List(blocks))
     self.num_stages = len(layers)

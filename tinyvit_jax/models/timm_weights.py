@@ -15,8 +15,12 @@ from tinyvit_jax import writes
 from tinyvit_jax.models.layers import WEIGHTS
 from tinyvit_jax.models.vision_transformer import VisionTransformer, resample_abs_pos_embed
 
-_LEAF_TO_TIMM = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
-                 'var': 'running_var'}
+_LEAF_TO_TIMM = {
+    'kernel': 'weight',
+    'scale': 'weight',
+    'mean': 'running_mean',
+    'var': 'running_var'
+}
 # Keys timm/Cream carry that hold no weights of ours.
 _IGNORED_SUFFIXES = ('num_batches_tracked', 'attention_bias_idxs')
 
@@ -99,8 +103,8 @@ def load_timm_state_dict(model: nnx.Module, state_dict) -> nnx.Module:
   unexpected = sorted(set(sd) - expected_keys)
   if missing or unexpected or wrong_shape:
     lines = [f'State dict does not fit {type(model).__name__}:{hint}']
-    for title, items in (('missing', missing), ('unexpected', unexpected),
-                         ('wrong shape', wrong_shape)):
+    for title, items in (('missing', missing), ('unexpected', unexpected), ('wrong shape',
+                                                                            wrong_shape)):
       if items:
         lines.append(f'  {len(items)} {title}:')
         lines += [f'    {item}' for item in items]

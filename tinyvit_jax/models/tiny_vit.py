@@ -49,10 +49,10 @@ class MBConv(nnx.Module):
 class ConvStage(nnx.Module):
   """Stage 0: MBConv blocks at the stem's resolution (timm's ``ConvLayer``)."""
 
-  def __init__(self, dim: int, drop_paths: Sequence[float], expand_ratio: float, *,
-               dtype, rngs: nnx.Rngs):
-    self.blocks = nnx.List([MBConv(dim, expand_ratio, dp, dtype=dtype,
-                                   rngs=rngs) for dp in drop_paths])
+  def __init__(self, dim: int, drop_paths: Sequence[float], expand_ratio: float, *, dtype,
+               rngs: nnx.Rngs):
+    self.blocks = nnx.List(
+        [MBConv(dim, expand_ratio, dp, dtype=dtype, rngs=rngs) for dp in drop_paths])
 
   def __call__(self, x):
     for block in self.blocks:
@@ -91,7 +91,7 @@ class Attention(nnx.Module):
     self.norm = layers.layer_norm(dim, eps=1e-5, dtype=dtype, rngs=rngs)
     self.qkv = layers.linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
     self.proj = layers.linear(dim, dim, dtype=dtype, rngs=rngs)
-    self.attention_biases = nnx.Param(jnp.zeros((num_heads, window_size ** 2), jnp.float32))
+    self.attention_biases = nnx.Param(jnp.zeros((num_heads, window_size**2), jnp.float32))
 
   def __call__(self, x):
     b, n, _ = x.shape
@@ -137,8 +137,8 @@ def window_reverse(x, ws: int, b: int, h: int, w: int):
 class TinyVitBlock(nnx.Module):
   """x + DP(window attention(x)); local dw3x3 conv + BN; x + DP(mlp(x))."""
 
-  def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float,
-               drop_path: float, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float, drop_path: float,
+               *, dtype, rngs: nnx.Rngs):
     self.window_size = window_size
     self.attn = Attention(dim, num_heads, window_size, dtype=dtype, rngs=rngs)
     self.drop_path1 = DropPath(drop_path, rngs=rngs)
@@ -158,13 +158,13 @@ class TinyVitBlock(nnx.Module):
 class TinyVitStage(nnx.Module):
   """Patch merging from the previous stage's width, then TinyViT blocks."""
 
-  def __init__(self, dim: int, out_dim: int, num_heads: int, window_size: int,
-               mlp_ratio: float, drop_paths: Sequence[float], *, dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, dim: int, out_dim: int, num_heads: int, window_size: int, mlp_ratio: float,
+               drop_paths: Sequence[float], *, dtype, rngs: nnx.Rngs):
     self.downsample = PatchMerging(dim, out_dim, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
         TinyVitBlock(out_dim, num_heads, window_size, mlp_ratio, dp, dtype=dtype, rngs=rngs)
-        for dp in drop_paths])
+        for dp in drop_paths
+    ])
 
   def __call__(self, x):
     x = self.downsample(x)
@@ -191,8 +191,7 @@ class TinyVit(nnx.Module):
                window_sizes: Sequence[int], depths: Sequence[int] = (2, 2, 6, 2),
                num_classes: int = 1000, img_size: int = 224, in_chans: int = 3,
                mlp_ratio: float = 4.0, mbconv_expand_ratio: float = 4.0,
-               drop_path_rate: float = 0.0, dtype=None,
-               rngs: nnx.Rngs):
+               drop_path_rate: float = 0.0, dtype=None, rngs: nnx.Rngs):
     if not (len(embed_dims) == len(num_heads) == len(window_sizes) == len(depths)):
       raise ValueError('embed_dims, num_heads, window_sizes and depths need one entry per '
                        f'stage; got {embed_dims}, {num_heads}, {window_sizes}, {depths}.')
@@ -206,9 +205,9 @@ class TinyVit(nnx.Module):
     starts = np.cumsum([0, *depths])
     stages = [ConvStage(embed_dims[0], dpr[:depths[0]], mbconv_expand_ratio, **kw)]
     for s in range(1, len(depths)):
-      stages.append(TinyVitStage(embed_dims[s - 1], embed_dims[s], num_heads[s],
-                                 window_sizes[s], mlp_ratio, dpr[starts[s]:starts[s + 1]],
-                                 **kw))
+      stages.append(
+          TinyVitStage(embed_dims[s - 1], embed_dims[s], num_heads[s], window_sizes[s], mlp_ratio,
+                       dpr[starts[s]:starts[s + 1]], **kw))
     self.stages = nnx.List(stages)
     self.head = ClassifierHead(embed_dims[-1], num_classes, dtype=dtype, rngs=rngs)
 
@@ -230,8 +229,8 @@ def _tiny_vit(dims, heads, default_size, default_drop_path, **overrides):
   variant's own windows and pads where they do not tile."""
   img_size = overrides.pop('img_size', default_size)
   windows = _WINDOWS.get(img_size, _WINDOWS[default_size])
-  kwargs = dict(embed_dims=dims, num_heads=heads, img_size=img_size,
-                window_sizes=windows, drop_path_rate=default_drop_path)
+  kwargs = dict(embed_dims=dims, num_heads=heads, img_size=img_size, window_sizes=windows,
+                drop_path_rate=default_drop_path)
   kwargs.update(overrides)
   return TinyVit(**kwargs)
 

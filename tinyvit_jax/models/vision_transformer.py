@@ -27,13 +27,12 @@ _ACTIVATIONS = {'gelu': layers.gelu, 'quick_gelu': layers.quick_gelu}
 class PatchProj(nnx.Module):
   """The stride-``patch`` patch conv, computed as reshape + matmul (kernel kept HWIO)."""
 
-  def __init__(self, patch: int, cin: int, dim: int, *, use_bias: bool, dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, patch: int, cin: int, dim: int, *, use_bias: bool, dtype, rngs: nnx.Rngs):
     self.patch = patch
     self.dtype = dtype
     self.kernel = nnx.Param(layers.conv_kernel_init(rngs.params(), (patch, patch, cin, dim)))
     if use_bias:
-      bound = 1.0 / (patch * patch * cin) ** 0.5
+      bound = 1.0 / (patch * patch * cin)**0.5
       self.bias = nnx.Param(nnx.initializers.uniform(2 * bound)(rngs.params(), (dim,)) - bound)
     else:
       self.bias = None
@@ -54,8 +53,7 @@ class PatchProj(nnx.Module):
 
 class PatchEmbed(nnx.Module):
 
-  def __init__(self, patch: int, cin: int, dim: int, *, use_bias: bool, dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, patch: int, cin: int, dim: int, *, use_bias: bool, dtype, rngs: nnx.Rngs):
     self.proj = PatchProj(patch, cin, dim, use_bias=use_bias, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
@@ -102,8 +100,8 @@ class Block(nnx.Module):
   """Pre-norm transformer block: x + DP(ls1(attn(LN(x)))), x + DP(ls2(mlp(LN(x))))."""
 
   def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, qkv_bias: bool,
-               init_values: float | None, act: str, norm_eps: float, drop_path: float,
-               dtype, rngs: nnx.Rngs):
+               init_values: float | None, act: str, norm_eps: float, drop_path: float, dtype,
+               rngs: nnx.Rngs):
     self.norm1 = layers.layer_norm(dim, eps=norm_eps, dtype=dtype, rngs=rngs)
     self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, rngs=rngs)
     self.ls1 = LayerScale(dim, init_values) if init_values else None
@@ -130,14 +128,13 @@ class VisionTransformer(nnx.Module):
   their mean in eval mode.
   """
 
-  def __init__(self, *, embed_dim: int, depth: int, num_heads: int,
-               num_classes: int = 1000, img_size: int = 224, patch_size: int = 16,
-               in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-               init_values: float | None = None, class_token: bool = True,
-               distilled: bool = False, global_pool: str = 'token',
-               fc_norm: bool | None = None, pre_norm: bool = False, act: str = 'gelu',
-               norm_eps: float = 1e-6, proj_dim: int | None = None,
-               drop_path_rate: float = 0.0, dtype=None, rngs: nnx.Rngs):
+  def __init__(self, *, embed_dim: int, depth: int, num_heads: int, num_classes: int = 1000,
+               img_size: int = 224, patch_size: int = 16, in_chans: int = 3, mlp_ratio: float = 4.0,
+               qkv_bias: bool = True, init_values: float | None = None, class_token: bool = True,
+               distilled: bool = False, global_pool: str = 'token', fc_norm: bool | None = None,
+               pre_norm: bool = False, act: str = 'gelu', norm_eps: float = 1e-6,
+               proj_dim: int | None = None, drop_path_rate: float = 0.0, dtype=None,
+               rngs: nnx.Rngs):
     if img_size % patch_size:
       raise ValueError(f'img_size={img_size} is not a multiple of patch_size={patch_size}.')
     if global_pool not in ('token', 'avg'):
@@ -164,14 +161,14 @@ class VisionTransformer(nnx.Module):
                                   dtype=dtype, rngs=rngs)
     self.cls_token = nnx.Param(init(rngs.params(), (1, 1, embed_dim))) if class_token else None
     self.dist_token = nnx.Param(init(rngs.params(), (1, 1, embed_dim))) if distilled else None
-    self.pos_embed = nnx.Param(init(
-        rngs.params(), (1, self.grid_size ** 2 + self.num_prefix_tokens, embed_dim)))
+    self.pos_embed = nnx.Param(
+        init(rngs.params(), (1, self.grid_size**2 + self.num_prefix_tokens, embed_dim)))
     self.norm_pre = norm() if pre_norm else None
     self.blocks = nnx.List([
-        Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-              init_values=init_values, act=act, norm_eps=norm_eps, drop_path=dp,
-              dtype=dtype, rngs=rngs)
-        for dp in layers.drop_path_rates(drop_path_rate, depth)])
+        Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, init_values=init_values,
+              act=act, norm_eps=norm_eps, drop_path=dp, dtype=dtype, rngs=rngs)
+        for dp in layers.drop_path_rates(drop_path_rate, depth)
+    ])
     self.norm = None if use_fc_norm else norm()
     self.fc_norm = norm() if use_fc_norm else None
     self.proj = (layers.linear(embed_dim, proj_dim, use_bias=False, dtype=dtype, rngs=rngs)
@@ -220,12 +217,13 @@ def resample_abs_pos_embed(pos_embed: np.ndarray, grid_size: int,
   prefix tokens' rows kept, the square grid resized bicubic with antialiasing (torch's
   ``F.interpolate(mode='bicubic', antialias=True)``, which jax's resize equals)."""
   prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[0, num_prefix_tokens:]
-  old = int(round(grid.shape[0] ** 0.5))
+  old = int(round(grid.shape[0]**0.5))
   if old * old != grid.shape[0]:
     raise ValueError(f'pos_embed holds {grid.shape[0]} patch positions after '
                      f'{num_prefix_tokens} prefix tokens: not a square grid.')
-  grid = jax.image.resize(jnp.asarray(grid, jnp.float32).reshape(old, old, -1),
-                          (grid_size, grid_size, grid.shape[-1]), 'bicubic', antialias=True)
+  grid = jax.image.resize(
+      jnp.asarray(grid, jnp.float32).reshape(old, old, -1), (grid_size, grid_size, grid.shape[-1]),
+      'bicubic', antialias=True)
   grid = np.asarray(grid).reshape(1, grid_size * grid_size, -1).astype(pos_embed.dtype)
   return np.concatenate([prefix, grid], axis=1)
 
@@ -236,28 +234,35 @@ def resample_abs_pos_embed(pos_embed: np.ndarray, grid_size: int,
 _INCEPTION = dict(mean=normalisation.INCEPTION_MEAN, std=normalisation.INCEPTION_STD)
 _CLIP = dict(mean=normalisation.OPENAI_CLIP_MEAN, std=normalisation.OPENAI_CLIP_STD)
 _CLIP_ARGS = dict(pre_norm=True, norm_eps=1e-5)
-_SHAPES = {'base': dict(embed_dim=768, depth=12, num_heads=12),
-           'large': dict(embed_dim=1024, depth=24, num_heads=16),
-           'huge': dict(embed_dim=1280, depth=32, num_heads=16)}
+_SHAPES = {
+    'base': dict(embed_dim=768, depth=12, num_heads=12),
+    'large': dict(embed_dim=1024, depth=24, num_heads=16),
+    'huge': dict(embed_dim=1280, depth=32, num_heads=16)
+}
 
 
 def _register(name: str, *, size: str, patch: int, img_size: int, crop_pct: float, cfg,
               **model_args):
+
   def constructor(**kwargs):
-    return VisionTransformer(**{**_SHAPES[size], 'patch_size': patch, 'img_size': img_size,
-                                **model_args, **kwargs})
+    return VisionTransformer(**{
+        **_SHAPES[size], 'patch_size': patch,
+        'img_size': img_size,
+        **model_args,
+        **kwargs
+    })
 
   constructor.__name__ = name
   register_model(input_size=img_size, crop_pct=crop_pct, **cfg)(constructor)
 
 
 for _patch in (16, 32):
-  _register(f'vit_base_patch{_patch}_224', size='base', patch=_patch, img_size=224,
-            crop_pct=0.9, cfg=_INCEPTION)
+  _register(f'vit_base_patch{_patch}_224', size='base', patch=_patch, img_size=224, crop_pct=0.9,
+            cfg=_INCEPTION)
 _register('vit_large_patch16_224', size='large', patch=16, img_size=224, crop_pct=0.9,
           cfg=_INCEPTION)
-_register('vit_base_patch32_clip_224', size='base', patch=32, img_size=224, crop_pct=0.9,
-          cfg=_CLIP, **_CLIP_ARGS)
+_register('vit_base_patch32_clip_224', size='base', patch=32, img_size=224, crop_pct=0.9, cfg=_CLIP,
+          **_CLIP_ARGS)
 for _act, _suffix in (('gelu', ''), ('quick_gelu', '_quickgelu')):  # OpenAI's: QuickGELU
   _register(f'vit_base_patch16_clip{_suffix}_224', size='base', patch=16, img_size=224,
             crop_pct=0.95 if _act == 'gelu' else 1.0, cfg=_CLIP, act=_act, **_CLIP_ARGS)
@@ -268,5 +273,5 @@ for _act, _suffix in (('gelu', ''), ('quick_gelu', '_quickgelu')):  # OpenAI's: 
             crop_pct=1.0, cfg=_CLIP, act=_act, **_CLIP_ARGS)
 # The TinyViT paper's teacher as Cream builds it (model type clip_vit_large14_224, its
 # teacher config's MEAN_AND_STD_TYPE: clip, Cream's test crop 224/256).
-_register('clip_vit_large14_224', size='large', patch=14, img_size=224, crop_pct=0.875,
-          cfg=_CLIP, act='quick_gelu', proj_dim=768, **_CLIP_ARGS)
+_register('clip_vit_large14_224', size='large', patch=14, img_size=224, crop_pct=0.875, cfg=_CLIP,
+          act='quick_gelu', proj_dim=768, **_CLIP_ARGS)

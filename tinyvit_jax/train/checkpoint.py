@@ -36,9 +36,11 @@ def check_workdir_identity(workdir: str, identity: dict) -> None:
   identity = writes.plain_json(identity)
   if path.exists():
     stored = json.loads(path.read_text())
-    differences = [f'{key}: workdir has {stored.get(key)!r}, this config {identity.get(key)!r}'
-                   for key in sorted(set(stored) | set(identity))
-                   if stored.get(key) != identity.get(key)]
+    differences = [
+        f'{key}: workdir has {stored.get(key)!r}, this config {identity.get(key)!r}'
+        for key in sorted(set(stored) | set(identity))
+        if stored.get(key) != identity.get(key)
+    ]
     if differences:
       raise WorkdirMismatch(
           f'{workdir} holds a run of another model, refusing to resume or overwrite it: '
@@ -70,21 +72,26 @@ class Checkpoints:
     """Starts an asynchronous save of ``leaves`` at ``step`` (PRNG keys as key data)."""
     data = [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
     with self._writing():  # the previous save's error surfaces here
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(data), meta=ocp.args.JsonSave(dict(step=step))),
-                        force=True)
+      self.manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(data),
+                                        meta=ocp.args.JsonSave(dict(step=step))), force=True)
 
   def restore(self, step: int, template: list, mesh) -> list:
     """The leaves saved at ``step``, replicated on ``mesh``, shaped like ``template``."""
     replicated = NamedSharding(mesh, P())
-    target = [jax.ShapeDtypeStruct(
-        jax.random.key_data(x).shape if _is_key(x) else x.shape,
-        jax.random.key_data(x).dtype if _is_key(x) else x.dtype, sharding=replicated)
-              for x in template]
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    return [jax.random.wrap_key_data(data, impl=jax.random.key_impl(x)) if _is_key(x) else data
-            for x, data in zip(template, restored['state'])]
+    target = [
+        jax.ShapeDtypeStruct(
+            jax.random.key_data(x).shape if _is_key(x) else x.shape,
+            jax.random.key_data(x).dtype if _is_key(x) else x.dtype, sharding=replicated)
+        for x in template
+    ]
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                      meta=ocp.args.JsonRestore()))
+    return [
+        jax.random.wrap_key_data(data, impl=jax.random.key_impl(x)) if _is_key(x) else data
+        for x, data in zip(template, restored['state'])
+    ]
 
   def wait(self) -> None:
     with self._writing():

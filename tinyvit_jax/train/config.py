@@ -71,8 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = 'tfds'  # a name of data.sources.make_source
   c.data.name = ''  # the dataset's name in a logit store; default: the source's name
-  c.data.train = ml_collections.ConfigDict(dict(name='imagenet2012', split='train',
-                                                data_dir=''))
+  c.data.train = ml_collections.ConfigDict(dict(name='imagenet2012', split='train', data_dir=''))
   c.data.eval = ml_collections.ConfigDict(dict(name='imagenet2012', split='validation',
                                                data_dir=''))
   c.data.num_workers = 8
@@ -145,8 +144,7 @@ def load_recipe(path: str):
   ``get_config`` and helpers; a FileNotFoundError names a wrong path."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no recipe file {path!r}; see configs/.')
-  spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0], path)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -158,8 +156,11 @@ def runs(config) -> dict:
   Each run is a ``base_config()`` with changes; a config without its sections (such as
   ``configs/preview_digits.py``, which is for ``tinyvit_jax.preview``) is refused.
   """
-  found = ({name: config.runs[name] for name in config.run_order} if 'runs' in config
-           else {'': config})
+  found = ({
+      name: config.runs[name] for name in config.run_order
+  } if 'runs' in config else {
+      '': config
+  })
   for name, run in found.items():
     missing = [key for key in base_config() if key not in run]
     if missing:
@@ -182,8 +183,8 @@ def fill_data_dir(config, data_dir: str) -> list[str]:
   with config.unlocked():
     for split, folder in SPLIT_FOLDERS.items():
       if not config.data[split].get(key):
-        config.data[split][key] = (data_dir if config.data.source == 'tfds'
-                                   else os.path.join(data_dir, folder))
+        config.data[split][key] = (data_dir if config.data.source == 'tfds' else os.path.join(
+            data_dir, folder))
   return data_path_keys(config)
 
 
@@ -204,12 +205,11 @@ def shrink_for_runlocal(config, *, image_size: int = 64, num_examples: int = 256
   """``:runlocal``: the same recipe on ``num_examples`` synthetic images (a quarter as many
   held out) at ``image_size``, 1 epoch, on a CPU in a minute or two: a check that it runs,
   not of what it learns."""
-  synthetic = dict(num_examples=num_examples, num_classes=config.num_classes,
-                   image_size=image_size)
+  synthetic = dict(num_examples=num_examples, num_classes=config.num_classes, image_size=image_size)
   config.data.source = 'synthetic'
   config.data.train = ml_collections.ConfigDict(dict(synthetic, seed=0))
-  config.data.eval = ml_collections.ConfigDict(dict(synthetic, num_examples=num_examples // 4,
-                                                    seed=1))
+  config.data.eval = ml_collections.ConfigDict(
+      dict(synthetic, num_examples=num_examples // 4, seed=1))
   config.data.num_workers = 0
   config.aug.update(image_size=image_size, augment_on='host')
   config.eval_aug.image_size = image_size
@@ -232,8 +232,8 @@ def check_config(config) -> None:
   elif distill.kind != 'none':
     problems += _distill_problems(config)
   for key in ('batch_size', 'eval_batch_size', 'epochs', 'optim.grad_accum_steps',
-              'checkpoint_every_steps', 'log_every_steps', 'eval_every_epochs',
-              'keep_checkpoints', 'num_classes'):
+              'checkpoint_every_steps', 'log_every_steps', 'eval_every_epochs', 'keep_checkpoints',
+              'num_classes'):
     value = _get(config, key)
     if not isinstance(value, int) or value < 1:
       problems.append(f'{key}={value!r} must be a positive integer.')
@@ -275,8 +275,11 @@ def stage_inputs(config, stage: str) -> dict:
   """Every key ``stage`` reads -> its value: the config less ``NO_RESULT_KEYS`` and
   ``NOT_READ_BY[stage]``; data paths included (their data's fingerprint decides)."""
   skipped = NO_RESULT_KEYS + NOT_READ_BY[stage]
-  return {key: value for key, value in _flat_items(config)
-          if not any(key == s or key.startswith(s + '.') for s in skipped)}
+  return {
+      key: value
+      for key, value in _flat_items(config)
+      if not any(key == s or key.startswith(s + '.') for s in skipped)
+  }
 
 
 def data_path_keys(config) -> list[str]:
@@ -320,7 +323,6 @@ def _distill_problems(config) -> list[str]:
   return problems
 
 
-
 def check_local_path(value, name: str) -> None:
   """Refuses a URL (``gs://...``) where a path is read or written.
 
@@ -349,7 +351,8 @@ def check_override_keys(config, keys) -> None:
     if key not in known and not any(k.startswith(key + '.') for k in known):
       close = difflib.get_close_matches(key, known, n=3, cutoff=0.6) or [
           full for near in difflib.get_close_matches(key, within_run, n=1, cutoff=0.6)
-          for full in within_run[near]]
+          for full in within_run[near]
+      ]
       hint = f' Did you mean {", ".join(close)}?' if close else ''
       raise ConfigError(f'Unknown config key {key!r}.{hint} Every key, with its '
                         'default, is in tinyvit_jax/train/config.py.')

@@ -79,9 +79,12 @@ class MetricsWriter:
       if self._tb is None:
         self._tb = tensorboard_events.EventFile(os.path.join(self.workdir, TENSORBOARD_DIR),
                                                 self._purge_step)
-      self._tb.write_scalars(row['step'], {
-          name: value for name, value in row.items() if name != 'step'
-          and isinstance(value, (int, float)) and not isinstance(value, bool)})
+      self._tb.write_scalars(
+          row['step'], {
+              name: value
+              for name, value in row.items()
+              if name != 'step' and isinstance(value, (int, float)) and not isinstance(value, bool)
+          })
 
   def close(self) -> None:
     if self._tb is not None:
@@ -90,9 +93,14 @@ class MetricsWriter:
         tb.close()
 
 
-CURVES = {'train loss': 'loss', 'eval loss': 'eval_loss', 'teacher KL': 'eval_teacher_kl',
-          'top-1': 'eval_top1', 'top-5': 'eval_top5',
-          'teacher agreement': 'eval_teacher_agreement'}  # what ``plot_curves`` draws
+CURVES = {
+    'train loss': 'loss',
+    'eval loss': 'eval_loss',
+    'teacher KL': 'eval_teacher_kl',
+    'top-1': 'eval_top1',
+    'top-5': 'eval_top5',
+    'teacher agreement': 'eval_teacher_agreement'
+}  # what ``plot_curves`` draws
 
 
 def curves(rows: list) -> dict:
@@ -153,12 +161,15 @@ def summary_table(rows: list[dict], columns: list[str] | None = None) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
   cells = [[_cell(row.get(c)) for c in columns] for row in rows]
   widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
-  numeric = [all(isinstance(row.get(c), (int, float)) or row.get(c) is None for row in rows)
-             for c in columns]
+  numeric = [
+      all(isinstance(row.get(c), (int, float)) or row.get(c) is None
+          for row in rows)
+      for c in columns
+  ]
 
   def line(values):
-    return '  '.join(v.rjust(w) if num else v.ljust(w)
-                     for v, w, num in zip(values, widths, numeric)).rstrip()
+    return '  '.join(
+        v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
 
   rule = '  '.join('-' * w for w in widths)
   return '\n'.join([line(columns), rule] + [line(values) for values in cells])

@@ -33,8 +33,8 @@ import optax
 NO_WEIGHT_DECAY = frozenset({'attention_biases', 'cls_token', 'dist_token', 'pos_embed'})
 
 
-def make_schedule(*, base_lr: float, total_steps: int, warmup_steps: int,
-                  min_lr: float = 0., warmup_lr: float = 0.) -> optax.Schedule:
+def make_schedule(*, base_lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.,
+                  warmup_lr: float = 0.) -> optax.Schedule:
   """Per-step linear warmup from ``warmup_lr``, then cosine decay to ``min_lr``.
 
   This is timm's ``CosineLRScheduler(t_initial=total_steps, warmup_t=warmup_steps,
@@ -51,7 +51,7 @@ def make_schedule(*, base_lr: float, total_steps: int, warmup_steps: int,
   def schedule(step):
     t = jnp.asarray(step, jnp.float32)
     # 0.5 * (1 + cos(x)) as cos(x / 2)**2: no cancellation near the end in float32.
-    cosine = min_lr + (base_lr - min_lr) * jnp.cos(0.5 * math.pi * t / total_steps) ** 2
+    cosine = min_lr + (base_lr - min_lr) * jnp.cos(0.5 * math.pi * t / total_steps)**2
     decay = jnp.where(t < total_steps, cosine, min_lr)
     return jnp.where(t < warmup_steps, warmup_lr + t * warm_slope, decay)
 
@@ -74,8 +74,7 @@ def param_name(path) -> str:
 
 def map_named(fn: Callable[[str, Any], Any], params):
   """``fn(name, leaf)`` over the params tree, keeping its structure."""
-  return jax.tree_util.tree_map_with_path(lambda path, leaf: fn(param_name(path), leaf),
-                                          params)
+  return jax.tree_util.tree_map_with_path(lambda path, leaf: fn(param_name(path), leaf), params)
 
 
 def decays(name: str, leaf) -> bool:
@@ -112,8 +111,8 @@ def layer_ids(params, model_name: str):
 
 
 def _tiny_vit_ids(names) -> Callable[[str], int]:
-  blocks = sorted({(int(m[1]), int(m[2])) for m in
-                   (re.match(r'stages/(\d+)/blocks/(\d+)/', n) for n in names) if m})
+  blocks = sorted({(int(m[1]), int(m[2])) for m in (re.match(r'stages/(\d+)/blocks/(\d+)/', n)
+                                                    for n in names) if m})
   index = {block: i for i, block in enumerate(blocks)}
 
   def id_of(name: str) -> int:
@@ -148,10 +147,11 @@ def _deit_ids(names) -> Callable[[str], int]:
 def layer_scales(ids, layer_decay: float):
   """``layer_decay ** (max_id - id)`` per leaf: 1 at the top layer, decaying inwards."""
   top = max(jax.tree.leaves(ids))
-  return jax.tree.map(lambda i: float(layer_decay ** (top - i)), ids)
+  return jax.tree.map(lambda i: float(layer_decay**(top - i)), ids)
 
 
 def _scale_leaves(scales) -> optax.GradientTransformation:
+
   def update(updates, state, params=None):
     del params
     return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
@@ -159,10 +159,9 @@ def _scale_leaves(scales) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(params, *, schedule: optax.Schedule, weight_decay: float,
-                   b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   clip_grad_norm: float | None = None, layer_decay: float | None = None,
-                   layer_ids=None, frozen=None,
+def make_optimizer(params, *, schedule: optax.Schedule, weight_decay: float, b1: float = 0.9,
+                   b2: float = 0.999, eps: float = 1e-8, clip_grad_norm: float | None = None,
+                   layer_decay: float | None = None, layer_ids=None, frozen=None,
                    grad_accum_steps: int = 1) -> optax.GradientTransformation:
   """AdamW for ``params`` (an nnx.State of the model's ``nnx.Param`` or a plain tree).
 
@@ -180,9 +179,11 @@ def make_optimizer(params, *, schedule: optax.Schedule, weight_decay: float,
     chain.append(optax.masked(optax.set_to_zero(), frozen_mask))
   if clip_grad_norm:
     chain.append(optax.clip_by_global_norm(clip_grad_norm))
-  chain += [optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
-            optax.add_decayed_weights(weight_decay, mask=decay_mask(params)),
-            optax.scale_by_learning_rate(schedule)]
+  chain += [
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(weight_decay, mask=decay_mask(params)),
+      optax.scale_by_learning_rate(schedule)
+  ]
   if layer_decay is not None and layer_decay != 1:
     if layer_ids is None:
       raise ValueError(f'layer_decay={layer_decay} needs layer_ids '

@@ -41,8 +41,8 @@ def load_into(model: nnx.Module, directory: str, *, head: str = 'keep') -> None:
     if not os.path.isfile(head):
       raise FileNotFoundError(f'init.head={head!r} is neither keep, reinit nor a '
                               'class-index file.')
-    mapping = class_index.read_class_index(head, model.num_classes, source_classes,
-                                           target='model', source='checkpoint', unique=False)
+    mapping = class_index.read_class_index(head, model.num_classes, source_classes, target='model',
+                                           source='checkpoint', unique=False)
   ours = nnx.state(model, WEIGHTS)
   theirs = dict(nnx.to_flat_state(nnx.state(source, WEIGHTS)))
   problems = []

@@ -33,9 +33,13 @@ REDO_FLAG = '--redo_changed'
 PREVIOUS = 'previous'
 # What each stage leaves in its workdir besides its record (save_logits: its store, where
 # the config puts it): moved aside, with stages.json, when the stage is redone.
-OUTPUTS = {'save_logits': (), 'eval': (), 'export': ('export', 'curves.png'),
-           'train': ('checkpoints', 'run.json', metrics.METRICS_FILE, metrics.TENSORBOARD_DIR,
-                     'examples.jsonl')}
+OUTPUTS = {
+    'save_logits': (),
+    'eval': (),
+    'export': ('export', 'curves.png'),
+    'train':
+        ('checkpoints', 'run.json', metrics.METRICS_FILE, metrics.TENSORBOARD_DIR, 'examples.jsonl')
+}
 SHOWN = 3  # differing keys a refusal names; the rest are counted
 
 
@@ -61,6 +65,7 @@ def recorder(config, recipe_workdir: str):
     entry = dict(digest=_digest(config, recipe_workdir),
                  values=_values(config, stage, recipe_workdir))
     return dict(entry, data=fingerprints()) if fingerprints() else entry
+
   return record
 
 
@@ -86,8 +91,9 @@ def stale(config, workdir: str, recipe_workdir: str) -> dict:
     if stage in done:
       entry = done[stage].get(INPUTS)
       if entry is None:
-        logging.warning('%s: stage %s was recorded without the config that made it (by an '
-                        'older version); taken as made by this one.', workdir, stage)
+        logging.warning(
+            '%s: stage %s was recorded without the config that made it (by an '
+            'older version); taken as made by this one.', workdir, stage)
         continue
     elif stage in done.get(UNFINISHED, {}) and _has_checkpoints(workdir):
       entry = done[UNFINISHED][stage]
@@ -155,16 +161,16 @@ def set_aside(config, workdir: str, stages) -> dict:
     for name in names + [FILE]:
       if os.path.exists(os.path.join(workdir, name)):
         os.replace(os.path.join(workdir, name), os.path.join(target, name))
-    logging.warning('%s: redoing %s under the changed config; what was there is in %s.',
-                    workdir, ', '.join(s for s in later if s in config.stages), target)
+    logging.warning('%s: redoing %s under the changed config; what was there is in %s.', workdir,
+                    ', '.join(s for s in later if s in config.stages), target)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('stage_records.set_aside')
   return {stage: done[stage] for stage in config_lib.STAGES[:first] if stage in done}
 
 
 def _values(config, stage: str, recipe_workdir: str) -> dict:
-  return json.loads(_relative(json.dumps(config_lib.stage_inputs(config, stage),
-                                         default=str), recipe_workdir))
+  return json.loads(
+      _relative(json.dumps(config_lib.stage_inputs(config, stage), default=str), recipe_workdir))
 
 
 def _digest(config, recipe_workdir: str) -> str:
@@ -183,8 +189,10 @@ def _fingerprints(config) -> dict:
   """Each split's ``manifest.dataset_fingerprint`` when the run's data are files."""
   if not config_lib.data_path_keys(config):
     return {}
-  return {split: manifest.dataset_fingerprint(sources.from_config(config.data, split))
-          for split in config_lib.SPLIT_FOLDERS}
+  return {
+      split: manifest.dataset_fingerprint(sources.from_config(config.data, split))
+      for split in config_lib.SPLIT_FOLDERS
+  }
 
 
 def _has_checkpoints(workdir: str) -> bool:

@@ -54,8 +54,7 @@ class TrainState:
     abstract = isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)
     state = jax.eval_shape(initial, params, rest) if abstract else initial(params, rest)
     leaves, treedef = jax.tree.flatten(state)
-    return cls(graphdef, eval_graphdef, treedef,
-               target.place(leaves, NamedSharding(mesh, P())))
+    return cls(graphdef, eval_graphdef, treedef, target.place(leaves, NamedSharding(mesh, P())))
 
   def tree(self, leaves=None) -> dict:
     return jax.tree.unflatten(self.treedef, self.leaves if leaves is None else leaves)
@@ -75,8 +74,8 @@ def set_frozen_batchnorm(model: nnx.Module) -> None:
       module.use_running_average = True
 
 
-def make_train_step(state: TrainState, tx: optax.GradientTransformation, mesh, *,
-                    inputs: Callable, loss_fn: LossFn, ema_decay: float = 0.0,
+def make_train_step(state: TrainState, tx: optax.GradientTransformation, mesh, *, inputs: Callable,
+                    loss_fn: LossFn, ema_decay: float = 0.0,
                     teacher: Callable | None = None) -> Callable:
   """``step(leaves, batch, teacher_leaves) -> (leaves, metrics)``, jitted, state donated.
 
@@ -143,7 +142,6 @@ def topk_sums(logits, labels, mask) -> dict:
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   return dict(loss=jnp.sum(loss * weight), top1=jnp.sum(hits[:, 0] * weight),
               top5=jnp.sum(hits.any(axis=-1) * weight), count=jnp.sum(weight))
-
 
 
 def teacher_sums(logits, teacher_probs, mask) -> dict:

@@ -47,8 +47,8 @@ from tinyvit_jax.distill.teachers import torch_teacher
 
 FILE = 'teacher_eval.npz'
 # The distill settings besides the weights that change the teacher's rows.
-_TEACHER_FIELDS = ('teacher_adapter', 'teacher_model', 'teacher_kwargs',
-                   'teacher_num_classes', 'teacher_mean', 'teacher_std')
+_TEACHER_FIELDS = ('teacher_adapter', 'teacher_model', 'teacher_kwargs', 'teacher_num_classes',
+                   'teacher_mean', 'teacher_std')
 
 
 class Rows(NamedTuple):
@@ -79,10 +79,10 @@ def rows(config, source, workdir: str) -> Rows:
     return kept
   teacher = teacher or factory.make_teacher(distill, config.aug, config.num_classes)
   made_for = _made_for(config, source, teacher.checkpoint_hash)  # the weights' own hash
-  share = compute_share(teacher, source, _preprocess(config), config.eval_batch_size,
-                        distill.k, jax.process_index(), jax.process_count())
-  kept = assemble(jax.tree.map(np.asarray, multihost_utils.process_allgather(share)),
-                  len(source), config.num_classes)
+  share = compute_share(teacher, source, _preprocess(config), config.eval_batch_size, distill.k,
+                        jax.process_index(), jax.process_count())
+  kept = assemble(jax.tree.map(np.asarray, multihost_utils.process_allgather(share)), len(source),
+                  config.num_classes)
   if jax.process_index() == 0:
     _write(path, kept, made_for)
   del teacher  # the last reference: torch's cached GPU memory can only then be released
@@ -90,8 +90,8 @@ def rows(config, source, workdir: str) -> Rows:
   return kept
 
 
-def compute_share(teacher, source, preprocess: dict, global_batch: int, k: int,
-                  process_index: int, process_count: int) -> dict:
+def compute_share(teacher, source, preprocess: dict, global_batch: int, k: int, process_index: int,
+                  process_count: int) -> dict:
   """This process's share: the teacher over the rows of the eval batches it reads,
   spread over its devices. Every process's share has the same shape (the batches are
   padded), as a gather needs: ``index``, ``mask``, ``values`` and ``indices`` per row."""
@@ -102,13 +102,13 @@ def compute_share(teacher, source, preprocess: dict, global_batch: int, k: int,
                        disable=process_index != 0)
   with shown:
     for host_batch in loader.eval_batches(source, global_batch=global_batch,
-                                          transform=eval_augment.host,
-                                          process_index=process_index,
+                                          transform=eval_augment.host, process_index=process_index,
                                           process_count=process_count):
       images = eval_augment.device(jax.device_put(host_batch['image'], sharding))
       values, indices, _ = save_pass.top_k_rows(teacher.probabilities(images), k)
-      parts.append(dict(index=host_batch['index'], mask=host_batch['mask'],
-                        values=np.asarray(values), indices=np.asarray(indices)))
+      parts.append(
+          dict(index=host_batch['index'], mask=host_batch['mask'], values=np.asarray(values),
+               indices=np.asarray(indices)))
       shown.update(int(host_batch['mask'].sum()))
   return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
@@ -138,13 +138,12 @@ def _made_for(config, source, checkpoint_hash: str) -> dict:
   if class_index:
     with open(class_index, 'rb') as f:
       class_index = hashlib.sha256(f.read()).hexdigest()
-  return writes.plain_json(dict(
-      teacher_checkpoint_hash=checkpoint_hash,
-      teacher_dtype=target.compute_dtype(distill.get('teacher_dtype', 'float32')),
-      teacher_class_index=class_index,
-      **{name: distill.get(name) for name in _TEACHER_FIELDS},
-      dataset=config.data.name or config.data.source, eval_size=len(source),
-      num_classes=config.num_classes, preprocess=_preprocess(config), k=distill.k))
+  return writes.plain_json(
+      dict(teacher_checkpoint_hash=checkpoint_hash,
+           teacher_dtype=target.compute_dtype(distill.get('teacher_dtype', 'float32')),
+           teacher_class_index=class_index, **{name: distill.get(name) for name in _TEACHER_FIELDS},
+           dataset=config.data.name or config.data.source, eval_size=len(source),
+           num_classes=config.num_classes, preprocess=_preprocess(config), k=distill.k))
 
 
 def _preprocess(config) -> dict:
@@ -164,8 +163,7 @@ def _read(path: str, made_for: dict) -> Rows | None:
   except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
     return None
   shape = (made_for['eval_size'], made_for['k'])
-  whole = (kept.values.shape == kept.indices.shape == shape
-           and kept.values.dtype == np.float16
+  whole = (kept.values.shape == kept.indices.shape == shape and kept.values.dtype == np.float16
            and kept.indices.dtype == store.index_dtype(made_for['num_classes']))
   return kept if whole else None
 

@@ -84,8 +84,7 @@ class EventFile:
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     wall_time = time.time()
-    self._write([event(wall_time, step, scalar=(name, value))
-                 for name, value in scalars.items()])
+    self._write([event(wall_time, step, scalar=(name, value)) for name, value in scalars.items()])
 
   def close(self) -> None:
     self._file.close()
@@ -95,8 +94,11 @@ class EventFile:
     records = []
     for data in events:
       header = struct.pack('<Q', len(data))
-      records += [header, struct.pack('<I', masked_crc32c(header)), data,
-                  struct.pack('<I', masked_crc32c(data))]
+      records += [
+          header,
+          struct.pack('<I', masked_crc32c(header)), data,
+          struct.pack('<I', masked_crc32c(data))
+      ]
     view = memoryview(b''.join(records))
     while view:  # unbuffered: a full disk raises here, and close() has nothing left to write
       view = view[self._file.write(view):]

@@ -42,7 +42,6 @@ from tinyvit_jax.train import pretrained
 from tinyvit_jax.train import step as step_lib
 from tinyvit_jax.train import teacher_eval
 
-
 # Reads that stop a run with its state intact, so the steps before them are saved.
 BAD_READS = (store.CorruptChunkError, decode.UndecodableImage)
 
@@ -92,16 +91,15 @@ def make_optimizer(config, params, steps_per_epoch: int):
   ``grad_accum_steps`` batches."""
   o = config.optim
   updates_per_epoch = steps_per_epoch / o.grad_accum_steps
-  schedule = optim.make_schedule(
-      base_lr=o.lr, total_steps=max(1, int(config.epochs * updates_per_epoch)),
-      warmup_steps=int(o.warmup_epochs * updates_per_epoch), min_lr=o.min_lr,
-      warmup_lr=o.warmup_lr)
+  schedule = optim.make_schedule(base_lr=o.lr,
+                                 total_steps=max(1, int(config.epochs * updates_per_epoch)),
+                                 warmup_steps=int(o.warmup_epochs * updates_per_epoch),
+                                 min_lr=o.min_lr, warmup_lr=o.warmup_lr)
   layer_ids = (optim.layer_ids(params, config.model.name) if o.layer_decay != 1 else None)
-  return optim.make_optimizer(
-      params, schedule=schedule, weight_decay=o.weight_decay,
-      clip_grad_norm=o.clip_grad_norm or None,
-      layer_decay=o.layer_decay if o.layer_decay != 1 else None, layer_ids=layer_ids,
-      grad_accum_steps=o.grad_accum_steps)
+  return optim.make_optimizer(params, schedule=schedule, weight_decay=o.weight_decay,
+                              clip_grad_norm=o.clip_grad_norm or None,
+                              layer_decay=o.layer_decay if o.layer_decay != 1 else None,
+                              layer_ids=layer_ids, grad_accum_steps=o.grad_accum_steps)
 
 
 class Run:
@@ -117,10 +115,11 @@ class Run:
     self.total_steps = config.epochs * self.steps_per_epoch
     model = build_model(config)
     self.tx = make_optimizer(config, nnx.state(model, nnx.Param), self.steps_per_epoch)
-    self.state = step_lib.TrainState.create(model, self.tx, self.mesh,
-                                            ema=config.optim.ema_decay > 0)
-    checkpoint.check_workdir_identity(workdir, dict(
-        model=config.model.name, kwargs=model_kwargs(config), num_classes=config.num_classes))
+    self.state = step_lib.TrainState.create(model, self.tx, self.mesh, ema=config.optim.ema_decay
+                                            > 0)
+    checkpoint.check_workdir_identity(
+        workdir,
+        dict(model=config.model.name, kwargs=model_kwargs(config), num_classes=config.num_classes))
     self.checkpoints = checkpoint.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                               keep=config.keep_checkpoints)
     self._eval = None  # (source, host transform, jitted eval step), on first use
@@ -136,15 +135,16 @@ class Run:
     sharding = NamedSharding(self.mesh, P('data'))
     totals = None
     for batch in loader.eval_batches(source, global_batch=config.eval_batch_size,
-                                     transform=transform,
-                                     process_index=jax.process_index(),
+                                     transform=transform, process_index=jax.process_index(),
                                      process_count=jax.process_count()):
       if teacher_rows is not None:  # the rows of this batch's examples, padding included
         batch = dict(batch, teacher_values=teacher_rows.values[batch['index']],
                      teacher_indices=teacher_rows.indices[batch['index']])
-      batch = {name: jax.make_array_from_process_local_data(sharding, batch[name])
-               for name in ('image', 'label', 'mask', 'teacher_values', 'teacher_indices')
-               if name in batch}
+      batch = {
+          name: jax.make_array_from_process_local_data(sharding, batch[name])
+          for name in ('image', 'label', 'mask', 'teacher_values', 'teacher_indices')
+          if name in batch
+      }
       sums = evaluate(self.state.leaves, batch)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.tree.map(float, totals)
@@ -166,10 +166,8 @@ class Run:
       teacher_rows = (teacher_eval.rows(config, source, self.workdir)
                       if teacher_eval.knows_teacher(config) else None)
       self._eval = (source, eval_augment.host,
-                    step_lib.make_eval_step(self.state, self.mesh,
-                                            normalise=eval_augment.device,
-                                            use_ema=config.optim.ema_decay > 0),
-                    teacher_rows)
+                    step_lib.make_eval_step(self.state, self.mesh, normalise=eval_augment.device,
+                                            use_ema=config.optim.ema_decay > 0), teacher_rows)
     return self._eval
 
   def train(self) -> dict:
@@ -182,15 +180,14 @@ class Run:
     writer.truncate_after(self.step)
     distill = student.make(config, self.source, workdir, self.mesh)
     data = pipeline.make_input_pipeline(
-        self.source, config.aug, seed=config.seed, global_batch=config.batch_size,
-        mesh=self.mesh, label_smoothing=config.label_smoothing, start_step=self.step,
+        self.source, config.aug, seed=config.seed, global_batch=config.batch_size, mesh=self.mesh,
+        label_smoothing=config.label_smoothing, start_step=self.step,
         num_steps=self.total_steps - self.step, num_workers=config.data.num_workers,
-        host_hook=distill.host_hook, repeats=order.repeats_of(config.data),
-        views=distill.views)
-    train_step = step_lib.make_train_step(
-        self.state, self.tx, self.mesh, inputs=train_inputs(data.device_augment),
-        loss_fn=distill.loss,
-        ema_decay=config.optim.ema_decay, teacher=distill.teacher)
+        host_hook=distill.host_hook, repeats=order.repeats_of(config.data), views=distill.views)
+    train_step = step_lib.make_train_step(self.state, self.tx, self.mesh,
+                                          inputs=train_inputs(data.device_augment),
+                                          loss_fn=distill.loss, ema_decay=config.optim.ema_decay,
+                                          teacher=distill.teacher)
     examples = _ExampleLog(workdir, self.step) if config.record_examples else None
     stop = _StopRequest()
     pending, started, first = [], time.time(), self.step
@@ -210,8 +207,8 @@ class Run:
           last = self.step == self.total_steps
           if self.step % config.log_every_steps == 0 or last or epoch_end:
             self._flush(pending, writer, started, first)
-          if epoch_end and (last or (self.step // self.steps_per_epoch)
-                            % config.eval_every_epochs == 0):
+          if epoch_end and (last or
+                            (self.step // self.steps_per_epoch) % config.eval_every_epochs == 0):
             writer.write(self.step, **{f'eval_{k}': v for k, v in self.evaluate().items()})
           if self.step % config.checkpoint_every_steps == 0 or last or stopping:
             self._flush(pending, writer, started, first)
@@ -233,8 +230,8 @@ class Run:
       hint = self.checkpoints.resume_hint()
       if isinstance(error, writes.DiskFull):
         raise writes.DiskFull(error.path, hint) from None
-      repair = ('repair the store (README, "When things go wrong"), then '
-                if isinstance(error, store.CorruptChunkError) else '')
+      repair = ('repair the store (README, "When things go wrong"), then ' if isinstance(
+          error, store.CorruptChunkError) else '')
       raise type(error)(f'{error} The run stopped before the step that needs it; '
                         f'{repair}{hint}.') from None
     seconds = time.time() - started
@@ -268,8 +265,9 @@ def export(config, workdir: str, run: Run) -> str:
   if jax.process_index() == 0:
     model_checkpoint.save_model(
         directory, model, config.model.name, overwrite=True,
-        metadata=dict(labels=_labels(run.source), preprocess=dict(config.eval_aug)),
-        num_classes=config.num_classes, **model_kwargs(config))
+        metadata=dict(labels=_labels(run.source),
+                      preprocess=dict(config.eval_aug)), num_classes=config.num_classes,
+        **model_kwargs(config))
   return directory
 
 

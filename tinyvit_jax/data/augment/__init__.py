@@ -53,12 +53,12 @@ from tinyvit_jax.data.augment import host_mode
 from tinyvit_jax.data.augment import jax_ops
 from tinyvit_jax.data.augment import mix
 
-TRAIN_DEFAULTS = dict(
-    image_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
-    interpolation='bicubic', rand_augment='rand-m9-mstd0.5-inc1', color_jitter=0.0,
-    mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD, erase_prob=0.25,
-    mixup_alpha=0.8, cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5, augment_on='device',
-    jpeg_draft=False)
+TRAIN_DEFAULTS = dict(image_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
+                      interpolation='bicubic', rand_augment='rand-m9-mstd0.5-inc1',
+                      color_jitter=0.0, mean=normalisation.IMAGENET_MEAN,
+                      std=normalisation.IMAGENET_STD, erase_prob=0.25, mixup_alpha=0.8,
+                      cutmix_alpha=1.0, mix_prob=1.0, switch_prob=0.5, augment_on='device',
+                      jpeg_draft=False)
 
 EVAL_DEFAULTS = dict(image_size=224, crop_pct=0.875, interpolation='bicubic',
                      mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD)
@@ -80,18 +80,19 @@ class Augment(NamedTuple):
   mixes: bool = False
 
 
-def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean, std,
-                 erase_prob, mixing):
+def train_images(images, key_data, targets, *, rand_augment, color_jitter, mean, std, erase_prob,
+                 mixing):
   """The training device half; ``make_train_augment`` binds the keyword settings."""
   settings = None if rand_augment is None else {
-      name: value for name, value in rand_augment.items() if name != 'fill'}
+      name: value for name, value in rand_augment.items() if name != 'fill'
+  }
 
   def one_image(image, key):
     drawn = draws.sample_draws(key, image.shape[0], rand_augment=settings,
                                color_jitter=color_jitter, erase_prob=erase_prob)
     if 'ops' in drawn:
-      image = jax_ops.rand_augment(image, drawn['ops'], drawn['arguments'],
-                                   rand_augment['ops'], rand_augment['fill'])
+      image = jax_ops.rand_augment(image, drawn['ops'], drawn['arguments'], rand_augment['ops'],
+                                   rand_augment['fill'])
     if 'jitter' in drawn:
       image = jax_ops.colour_jitter(image, drawn['jitter'])
     image = jax_ops.normalise(image, mean, std)
@@ -151,10 +152,10 @@ def make_train_augment(config=None, **overrides) -> Augment:
     device = functools.partial(host_augmented_images, mean=tuple(cfg['mean']),
                                std=tuple(cfg['std']), mixing=mixing)
     return Augment(host, device, mixing is not None)
-  device = functools.partial(
-      train_images, rand_augment=rand_augment and dict(rand_augment, fill=fill),
-      color_jitter=jitter, mean=tuple(cfg['mean']), std=tuple(cfg['std']),
-      erase_prob=cfg['erase_prob'], mixing=mixing)
+  device = functools.partial(train_images, rand_augment=rand_augment
+                             and dict(rand_augment, fill=fill), color_jitter=jitter,
+                             mean=tuple(cfg['mean']), std=tuple(cfg['std']),
+                             erase_prob=cfg['erase_prob'], mixing=mixing)
   return Augment(crop, device, mixing is not None)
 
 
@@ -165,8 +166,7 @@ def make_eval_augment(config=None, **overrides) -> Augment:
   if not 0 < cfg['crop_pct'] <= 1:
     raise ValueError(f'crop_pct={cfg["crop_pct"]} must be in (0, 1].')
   host = host_crop.EvalResizeCrop(cfg['image_size'], cfg['crop_pct'], cfg['interpolation'])
-  device = functools.partial(jax_ops.normalise, mean=tuple(cfg['mean']),
-                             std=tuple(cfg['std']))
+  device = functools.partial(jax_ops.normalise, mean=tuple(cfg['mean']), std=tuple(cfg['std']))
   return Augment(host, device)
 
 

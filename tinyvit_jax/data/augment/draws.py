@@ -39,7 +39,6 @@ OPS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 
        'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateXRel',
        'TranslateYRel')
 
-
 # Op arguments are written in the magnitude m (0 to 10), not timm's level m / 10, with
 # exact integer products first and one division, so float32 rounds each argument once,
 # as float64 then float32 round timm's (PIL's blend factor is a C float): 1 - 0.81 and
@@ -73,7 +72,8 @@ LUT_ARGUMENTS = {
     'PosterizeIncreasing': lambda m: 4 - _posterize_bits(m),
     'Solarize': _solarize_threshold,
     'SolarizeIncreasing': lambda m: 256 - _solarize_threshold(m),
-    'SolarizeAdd': lambda m: jnp.minimum(128, jnp.trunc(m * 11).astype(jnp.int32)),
+    'SolarizeAdd': lambda m: jnp.minimum(128,
+                                         jnp.trunc(m * 11).astype(jnp.int32)),
 }
 
 
@@ -104,13 +104,16 @@ BLEND_FACTORS = {
 # Warp ops: (signed m, height, width) -> PIL affine matrix, as timm builds them: rotate
 # by 3m degrees, shear by 0.03m, translate by 0.045m of the side (translate_pct 0.45).
 WARP_MATRICES = {
-    'Rotate': lambda signed_m, h, w: uint8_ops.rotate_matrix(signed_m * 3, h, w),
-    'ShearX': lambda signed_m, h, w: (1.0, _divide(signed_m * 3, 100), 0.0, 0.0, 1.0, 0.0),
-    'ShearY': lambda signed_m, h, w: (1.0, 0.0, 0.0, _divide(signed_m * 3, 100), 1.0, 0.0),
-    'TranslateXRel': lambda signed_m, h, w: (1.0, 0.0, _divide(signed_m * 45 * w, 1000),
-                                             0.0, 1.0, 0.0),
-    'TranslateYRel': lambda signed_m, h, w: (1.0, 0.0, 0.0,
-                                             0.0, 1.0, _divide(signed_m * 45 * h, 1000)),
+    'Rotate':
+        lambda signed_m, h, w: uint8_ops.rotate_matrix(signed_m * 3, h, w),
+    'ShearX':
+        lambda signed_m, h, w: (1.0, _divide(signed_m * 3, 100), 0.0, 0.0, 1.0, 0.0),
+    'ShearY':
+        lambda signed_m, h, w: (1.0, 0.0, 0.0, _divide(signed_m * 3, 100), 1.0, 0.0),
+    'TranslateXRel':
+        lambda signed_m, h, w: (1.0, 0.0, _divide(signed_m * 45 * w, 1000), 0.0, 1.0, 0.0),
+    'TranslateYRel':
+        lambda signed_m, h, w: (1.0, 0.0, 0.0, 0.0, 1.0, _divide(signed_m * 45 * h, 1000)),
 }
 
 KNOWN_OPS = frozenset(LUT_ARGUMENTS) | frozenset(BLEND_FACTORS) | frozenset(WARP_MATRICES)
@@ -144,8 +147,7 @@ def op_arguments(op, magnitude, negate, ops, height: int, width: int) -> OpArgum
     elif name in BLEND_FACTORS:
       factor = jnp.where(is_chosen, BLEND_FACTORS[name](magnitude, signed), factor)
     else:
-      matrix = jnp.where(is_chosen, jnp.stack(WARP_MATRICES[name](signed, height, width)),
-                         matrix)
+      matrix = jnp.where(is_chosen, jnp.stack(WARP_MATRICES[name](signed, height, width)), matrix)
   return OpArguments(lut, factor, matrix)
 
 
@@ -183,7 +185,8 @@ def draw_jitter(key, brightness: float, contrast: float, saturation: float):
   order_key, *factor_keys = jax.random.split(key, 4)
   factors = jnp.stack([
       jax.random.uniform(k, (), jnp.float32, max(0.0, 1.0 - s), 1.0 + s)
-      for k, s in zip(factor_keys, (brightness, contrast, saturation))])
+      for k, s in zip(factor_keys, (brightness, contrast, saturation))
+  ])
   return jax.random.permutation(order_key, 3), factors
 
 
@@ -210,10 +213,10 @@ def draw_erase(key, height: int, width: int, prob: float, min_area: float = 0.02
   (apply, area, aspect, top, left, noise).
   """
   apply_key, area_key, aspect_key, top_key, left_key, noise_key = jax.random.split(key, 6)
-  area = (jax.random.uniform(area_key, (ERASE_ATTEMPTS,), jnp.float32, min_area, max_area)
-          * height * width)
-  log_aspect = jax.random.uniform(aspect_key, (ERASE_ATTEMPTS,), jnp.float32,
-                                  math.log(min_aspect), -math.log(min_aspect))
+  area = (jax.random.uniform(area_key,
+                             (ERASE_ATTEMPTS,), jnp.float32, min_area, max_area) * height * width)
+  log_aspect = jax.random.uniform(aspect_key, (ERASE_ATTEMPTS,), jnp.float32, math.log(min_aspect),
+                                  -math.log(min_aspect))
   aspect = jnp.exp(log_aspect)
   box_h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
   box_w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)

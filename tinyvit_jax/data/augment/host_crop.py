@@ -127,13 +127,11 @@ class TrainCrop:
     """The flipped crop of decoded pixels or encoded bytes, as a PIL image."""
     draws = _Draws(key_data)
     if isinstance(image, bytes):
-      crop = _encoded_crop(image, draws, self.size, self.scale, self.ratio,
-                           self.interpolation, self.draft)
+      crop = _encoded_crop(image, draws, self.size, self.scale, self.ratio, self.interpolation,
+                           self.draft)
     else:
-      top, left, h, w = crop_params(draws, image.shape[0], image.shape[1], self.scale,
-                                    self.ratio)
-      crop = _crop_resize(Image.fromarray(image), top, left, h, w, self.size,
-                          self.interpolation)
+      top, left, h, w = crop_params(draws, image.shape[0], image.shape[1], self.scale, self.ratio)
+      crop = _crop_resize(Image.fromarray(image), top, left, h, w, self.size, self.interpolation)
     if draws.random() < self.hflip:
       crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return crop

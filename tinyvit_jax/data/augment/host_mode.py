@@ -40,12 +40,12 @@ def draw_tree(key_data, *, size: int, rand_augment: tuple | None, color_jitter: 
               erase_prob: float) -> dict:
   """``draws.sample_draws`` of a sample's key data (2,) uint32, the erasing noise key as
   its data. ``rand_augment``: the settings as sorted (name, value) items (hashable)."""
-  drawn = draws_lib.sample_draws(
-      jax.random.wrap_key_data(key_data), size, color_jitter=color_jitter,
-      erase_prob=erase_prob, rand_augment=None if rand_augment is None else dict(rand_augment))
+  drawn = draws_lib.sample_draws(jax.random.wrap_key_data(key_data), size,
+                                 color_jitter=color_jitter, erase_prob=erase_prob,
+                                 rand_augment=None if rand_augment is None else dict(rand_augment))
   if 'erase' in drawn:
-    drawn['erase'] = drawn['erase']._replace(noise_key=jax.random.key_data(
-        drawn['erase'].noise_key))
+    drawn['erase'] = drawn['erase']._replace(
+        noise_key=jax.random.key_data(drawn['erase'].noise_key))
   return drawn
 
 
@@ -58,8 +58,8 @@ def _as_words(leaf):
 
 @functools.partial(jax.jit, static_argnames=('settings',))
 def _packed_draws(key_data, settings: tuple):
-  return jnp.concatenate([_as_words(leaf) for leaf in jax.tree.leaves(
-      draw_tree(key_data, **dict(settings)))])
+  return jnp.concatenate(
+      [_as_words(leaf) for leaf in jax.tree.leaves(draw_tree(key_data, **dict(settings)))])
 
 
 @functools.lru_cache(maxsize=8)

@@ -94,7 +94,7 @@ def random_erase(image, box: draws_lib.EraseBox):
   per-pixel N(0, 1) noise drawn from its noise key (the normalised image's scale)."""
   h, w, _ = image.shape
   rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
-  inside = ((rows >= box.top) & (rows < box.top + box.height) & (cols >= box.left)
-            & (cols < box.left + box.width))
+  inside = ((rows >= box.top) & (rows < box.top + box.height) & (cols >= box.left) &
+            (cols < box.left + box.width))
   noise = jax.random.normal(box.noise_key, image.shape, image.dtype)
   return jnp.where((inside & box.erase)[..., None], noise, image)

@@ -70,10 +70,10 @@ def mix_pair(first, second, first_target, second_target, lam, box, use_cutmix):
   cut_second = jnp.where(in_box, first, second)
   blend_first = first * lam + second * (1.0 - lam)
   blend_second = second * lam + first * (1.0 - lam)
-  return (jnp.where(use_cutmix, cut_first, blend_first),
-          jnp.where(use_cutmix, cut_second, blend_second),
-          first_target * lam + second_target * (1.0 - lam),
-          second_target * lam + first_target * (1.0 - lam))
+  return (jnp.where(use_cutmix, cut_first,
+                    blend_first), jnp.where(use_cutmix, cut_second,
+                                            blend_second), first_target * lam + second_target *
+          (1.0 - lam), second_target * lam + first_target * (1.0 - lam))
 
 
 def check_even(batch: int):
@@ -92,9 +92,9 @@ def mix_pairs(images, targets, pair_keys, **draw_kwargs):
   """
   batch, height, width = images.shape[:3]
   check_even(batch)
-  lam, box, use_cutmix = jax.vmap(
-      lambda key: draw_pair(key, height, width, **draw_kwargs))(pair_keys)
-  first, second, first_t, second_t = jax.vmap(mix_pair)(
-      images[0::2], images[1::2], targets[0::2], targets[1::2], lam, box, use_cutmix)
+  lam, box, use_cutmix = jax.vmap(lambda key: draw_pair(key, height, width, **draw_kwargs))(
+      pair_keys)
+  first, second, first_t, second_t = jax.vmap(mix_pair)(images[0::2], images[1::2], targets[0::2],
+                                                        targets[1::2], lam, box, use_cutmix)
   interleave = lambda a, b: jnp.stack([a, b], axis=1).reshape((batch,) + a.shape[1:])
   return interleave(first, second), interleave(first_t, second_t)

@@ -71,16 +71,17 @@ def apply_arguments(image: Image.Image, op: int, arguments: draws_lib.OpArgument
   if name in BLEND_OPS:
     return BLEND_OPS[name](image, float(arguments.factor))
   return image.transform(image.size, Image.Transform.AFFINE,
-                         tuple(float(m) for m in arguments.matrix),
-                         Image.Resampling.BICUBIC, fillcolor=tuple(fill))
+                         tuple(float(m) for m in arguments.matrix), Image.Resampling.BICUBIC,
+                         fillcolor=tuple(fill))
 
 
 def rand_augment(image: Image.Image, drawn_ops, arguments: draws_lib.OpArguments, ops,
                  fill) -> Image.Image:
   """RandAugment's layers (``sample_draws``' 'ops' and 'arguments') on an RGB image."""
   for layer, op in enumerate(drawn_ops):
-    image = apply_arguments(image, int(op), draws_lib.OpArguments(
-        *(argument[layer] for argument in arguments)), ops, fill)
+    image = apply_arguments(image, int(op),
+                            draws_lib.OpArguments(*(argument[layer] for argument in arguments)),
+                            ops, fill)
   return image
 
 

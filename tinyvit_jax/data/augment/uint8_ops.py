@@ -160,8 +160,9 @@ def affine(image, matrix, fill):
   """
   h, w, _ = image.shape
   a, b, c, d, e, f = (jnp.asarray(m, jnp.float32) for m in matrix)
-  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5,
-                        jnp.arange(w, dtype=jnp.float32) + 0.5, indexing='ij')
+  ys, xs = jnp.meshgrid(
+      jnp.arange(h, dtype=jnp.float32) + 0.5,
+      jnp.arange(w, dtype=jnp.float32) + 0.5, indexing='ij')
   x_in, y_in = a * xs + b * ys + c, d * xs + e * ys + f
   inside = (x_in >= 0) & (x_in < w) & (y_in >= 0) & (y_in < h)
   x0, y0 = jnp.floor(x_in - 0.5), jnp.floor(y_in - 0.5)
@@ -172,8 +173,8 @@ def affine(image, matrix, fill):
   # Each tap gathers whole RGB pixels of the flattened image (1.5x faster on CPU than
   # indexing [row, col]).
   pixels = image.reshape(h * w, 3).astype(jnp.float32)
-  along_x = [_cubic(*(pixels[rows[..., i] * w + cols[..., j]] for j in range(4)), dx)
-             for i in range(4)]
+  along_x = [
+      _cubic(*(pixels[rows[..., i] * w + cols[..., j]] for j in range(4)), dx) for i in range(4)
+  ]
   value = jnp.clip(jnp.floor(_cubic(*along_x, dy)), 0, 255).astype(jnp.uint8)
   return jnp.where(inside[..., None], value, jnp.asarray(fill, jnp.uint8))
-

@@ -65,8 +65,8 @@ class ArrayRecordSource:
                                  f'{metadata["num_skipped"]} images were skipped as undecodable.')
     self.directory = directory
     self._shards = [shard['file'] for shard in metadata['shards']]
-    self._shard_starts = list(itertools.accumulate(
-        [shard['num_records'] for shard in metadata['shards']], initial=0))
+    self._shard_starts = list(
+        itertools.accumulate([shard['num_records'] for shard in metadata['shards']], initial=0))
     self._records = grain.sources.ArrayRecordDataSource(
         [os.path.join(directory, shard) for shard in self._shards])
 

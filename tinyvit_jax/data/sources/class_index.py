@@ -36,8 +36,8 @@ def read_class_index(path: str, num_classes: int | None, source_classes: int, *,
   try:
     mapping = np.asarray([int(line) for line in lines], np.int64)
   except ValueError as error:
-    raise ClassIndexError(f'{path}: every line must be one integer class index ({error}).'
-                          ) from None
+    raise ClassIndexError(
+        f'{path}: every line must be one integer class index ({error}).') from None
   if num_classes is not None and len(mapping) != num_classes:
     raise ClassIndexError(f'{path} has {len(mapping)} lines; the {target} has {num_classes} '
                           'classes, one line each.')

@@ -32,8 +32,8 @@ def decoding():
     raise UndecodableImage(str(error) or type(error).__name__) from None
 
 
-def located(error: UndecodableImage, source, index: int, epoch: int | None = None
-            ) -> UndecodableImage:
+def located(error: UndecodableImage, source, index: int,
+            epoch: int | None = None) -> UndecodableImage:
   """The refusal for example ``index`` of ``source``: where it lives (``source.locate``),
   the example index and epoch, PIL's reason and how to repair it."""
   where, repair = (source.locate(int(index)) if hasattr(source, 'locate') else

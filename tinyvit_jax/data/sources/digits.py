@@ -37,6 +37,7 @@ def upsample_bilinear(images: np.ndarray, size: int) -> np.ndarray:
   Written as two small interpolation matrices so it is exact numpy, independent of any
   image library's resampler.
   """
+
   def weights(src: int) -> np.ndarray:
     centres = np.clip((np.arange(size) + 0.5) * src / size - 0.5, 0, src - 1)
     low = np.floor(centres).astype(int)
@@ -46,6 +47,7 @@ def upsample_bilinear(images: np.ndarray, size: int) -> np.ndarray:
     np.add.at(matrix, (np.arange(size), low), 1 - frac)
     np.add.at(matrix, (np.arange(size), high), frac)
     return matrix
+
   rows, cols = weights(images.shape[1]), weights(images.shape[2])
   return np.einsum('yh,nhw,xw->nyx', rows, images, cols)
 

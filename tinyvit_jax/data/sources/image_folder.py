@@ -20,8 +20,8 @@ def list_image_folder(root: str) -> tuple[list[str], list[tuple[str, int]]]:
   if not os.path.isdir(root):
     raise missing.NoData(f'Image folder {root!r} does not exist or is not a directory; '
                          'expected the layout ROOT/<class>/<image file>.')
-  classes = sorted(entry.name for entry in os.scandir(root)
-                   if entry.is_dir() and not entry.name.startswith('.'))
+  classes = sorted(
+      entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith('.'))
   files = []
   for label, name in enumerate(classes):
     for file in sorted(os.listdir(os.path.join(root, name))):

@@ -104,8 +104,8 @@ def prepare(folder: str, out: str, shard_size: int = 1000) -> dict:
   chunks = [files[start:start + shard_size] for start in range(0, len(files), shard_size)]
   names = [f'shard-{i:05d}-of-{len(chunks):05d}.array_record' for i in range(len(chunks))]
   os.makedirs(out, exist_ok=True)
-  foreign = sorted(set(map(os.path.basename, glob.glob(os.path.join(out, 'shard-*.array_record'))))
-                   - set(names))
+  foreign = sorted(
+      set(map(os.path.basename, glob.glob(os.path.join(out, 'shard-*.array_record')))) - set(names))
   if foreign:
     raise PrepareError(f'{out!r} holds shards of another conversion ({foreign[0]}, ...); '
                        'use a new --out, or delete them to convert again.')
@@ -132,11 +132,11 @@ def prepare(folder: str, out: str, shard_size: int = 1000) -> dict:
       class_counts[label] += 1
   metadata = dict(
       format_version=array_record_source.FORMAT_VERSION, class_names=class_names,
-      class_counts=class_counts,
-      num_records=sum(summary['num_records'] for summary in summaries),
-      shards=[dict(file=name, num_records=summary['num_records'])
-              for name, summary in zip(names, summaries)],
-      num_skipped=len(skipped), skipped=skipped)
+      class_counts=class_counts, num_records=sum(summary['num_records'] for summary in summaries),
+      shards=[
+          dict(file=name, num_records=summary['num_records'])
+          for name, summary in zip(names, summaries)
+      ], num_skipped=len(skipped), skipped=skipped)
   writes.write_json(metadata_path, metadata, sort_keys=True, move='--out')
   return metadata
 

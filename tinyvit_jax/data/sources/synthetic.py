@@ -10,8 +10,7 @@ import numpy as np
 class SyntheticSource:
   """Random-access source: ``source[i]`` is dict(image=uint8 HWC RGB, label, index)."""
 
-  def __init__(self, num_examples: int, num_classes: int = 10, image_size: int = 32,
-               seed: int = 0):
+  def __init__(self, num_examples: int, num_classes: int = 10, image_size: int = 32, seed: int = 0):
     if num_classes < 1:
       raise ValueError(f'num_classes={num_classes}; it must be at least 1.')
     self.num_examples = num_examples

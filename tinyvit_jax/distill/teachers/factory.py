@@ -24,22 +24,23 @@ def make_teacher(distill, aug=None, num_classes: int | None = None) -> record.Te
   kwargs = dict(distill.get('teacher_kwargs', None) or {})
   inputs = record.student_normalisation(aug)
   if adapter == 'ours':
-    teacher = jax_teacher.from_checkpoint(
-        distill.teacher, input_mean=inputs[0], input_std=inputs[1],
-        dtype=distill.get('teacher_dtype', 'float32'),
-        sharding=distill.get('teacher_sharding', 'auto'), **kwargs)
+    teacher = jax_teacher.from_checkpoint(distill.teacher, input_mean=inputs[0],
+                                          input_std=inputs[1],
+                                          dtype=distill.get('teacher_dtype', 'float32'),
+                                          sharding=distill.get('teacher_sharding',
+                                                               'auto'), **kwargs)
   elif adapter in ('timm', 'torch'):
     torch_args = dict(device=distill.get('teacher_device', 'cpu'), input_mean=inputs[0],
                       input_std=inputs[1], **kwargs)
     if adapter == 'timm':
-      teacher = torch_teacher.from_timm(
-          distill.teacher_model, distill.teacher,
-          num_classes=distill.get('teacher_num_classes', 0) or None, **torch_args)
+      teacher = torch_teacher.from_timm(distill.teacher_model, distill.teacher,
+                                        num_classes=distill.get('teacher_num_classes', 0) or None,
+                                        **torch_args)
     else:
-      teacher = torch_teacher.from_torch_module(
-          distill.teacher_model, distill.teacher or None,
-          num_classes=distill.teacher_num_classes, mean=tuple(distill.teacher_mean),
-          std=tuple(distill.teacher_std), **torch_args)
+      teacher = torch_teacher.from_torch_module(distill.teacher_model, distill.teacher or None,
+                                                num_classes=distill.teacher_num_classes,
+                                                mean=tuple(distill.teacher_mean),
+                                                std=tuple(distill.teacher_std), **torch_args)
   else:
     raise ValueError(f'distill.teacher_adapter={adapter!r}; expected one of {ADAPTERS}.')
   class_index = distill.get('teacher_class_index', '')

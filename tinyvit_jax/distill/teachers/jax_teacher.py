@@ -49,8 +49,7 @@ def check_online(distill) -> str | None:
   return None
 
 
-def online(distill, aug, mesh, num_classes: int,
-           meta: dict | None = None) -> tuple[Callable, list]:
+def online(distill, aug, mesh, num_classes: int, meta: dict | None = None) -> tuple[Callable, list]:
   """``(teacher(leaves, images) -> logits, leaves)``: ``factory.make_teacher``'s teacher
   for the jitted step, its weights placed over ``mesh`` as the save pass places them
   (``place_weights``, ``distill.teacher_sharding``): the leaves carry their shardings into
@@ -68,8 +67,8 @@ def online(distill, aug, mesh, num_classes: int,
   class_index = distill.get('teacher_class_index', '')
   mapping = (class_index_lib.read_class_index(class_index, num_classes, model.num_classes)
              if class_index else None)
-  record.check_class_count(distill.teacher,
-                           model.num_classes if mapping is None else len(mapping), num_classes)
+  record.check_class_count(distill.teacher, model.num_classes if mapping is None else len(mapping),
+                           num_classes)
 
   def teacher(leaves, images):
     logits = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(normalise(images))
@@ -109,15 +108,14 @@ def place_weights(state, mesh: Mesh, sharding: str = 'auto'):
     dims = [d for d in np.argsort(leaf.shape, kind='stable')[::-1] if leaf.shape[d] % count == 0]
     if not dims:
       return NamedSharding(mesh, P())
-    return NamedSharding(mesh, P(*['data' if d == dims[0] else None
-                                   for d in range(leaf.ndim)]))
+    return NamedSharding(mesh, P(*['data' if d == dims[0] else None for d in range(leaf.ndim)]))
 
   return target.place(state, jax.tree.map(spec, state)), True
 
 
 def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
-                    input_std=normalisation.IMAGENET_STD, dtype='float32',
-                    sharding: str = 'auto', **overrides) -> record.Teacher:
+                    input_std=normalisation.IMAGENET_STD, dtype='float32', sharding: str = 'auto',
+                    **overrides) -> record.Teacher:
   """The teacher held in one of our model checkpoints, in eval mode, jitted.
 
   ``input_mean``/``input_std``: the student's normalisation; the teacher's own is its
@@ -132,8 +130,8 @@ def from_checkpoint(directory: str, *, input_mean=normalisation.IMAGENET_MEAN,
   model, normalise = _restore(directory, input_mean, input_std, **_dtype_override(dtype),
                               **overrides)
   # Restored weights sit on one device; the save pass spreads images over all local ones.
-  forward, state = probabilities_fn(model, normalise,
-                                    pipeline.data_mesh(jax.local_devices()), sharding)
+  forward, state = probabilities_fn(model, normalise, pipeline.data_mesh(jax.local_devices()),
+                                    sharding)
   name = model_checkpoint.read_model_json(directory)['model']
   name = name if dtype == 'float32' else f'{name}@{dtype}'
   weights = nnx.to_pure_dict(nnx.state(model, WEIGHTS))
@@ -167,8 +165,7 @@ def _restore(directory: str, input_mean, input_std, meta: dict | None = None, **
   the teacher's own; given its ``meta`` (model.json's contents), the model that describes,
   shapes only (``nnx.eval_shape``), reading nothing."""
   if meta is not None:
-    model = nnx.eval_shape(lambda: create_model(meta['model'], **{**meta['kwargs'],
-                                                                   **overrides}))
+    model = nnx.eval_shape(lambda: create_model(meta['model'], **{**meta['kwargs'], **overrides}))
   elif not hub.is_hub_name(directory) and not os.path.exists(directory):
     raise model_checkpoint.CheckpointError(
         f'Teacher checkpoint {os.path.abspath(directory)!r} does not exist. Create one '

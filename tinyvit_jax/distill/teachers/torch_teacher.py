@@ -58,21 +58,17 @@ def from_timm(model_name: str, checkpoint_path: str, *, num_classes: int | None 
     state_dict = torch_state_dicts.cream_to_timm(state_dict)
   if num_classes is None:
     num_classes = _head_classes(state_dict, timm.models.get_pretrained_cfg(model_name))
-  model = timm.create_model(model_name, pretrained=False, num_classes=num_classes,
-                            **model_kwargs)
+  model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **model_kwargs)
   _load(model, state_dict, f'timm:{model_name}', checkpoint_path)
   cfg = model.pretrained_cfg
-  return _torch_teacher(model, f'timm:{model_name}', _file_hash(checkpoint_path),
-                        model.num_classes, device=device,
-                        mean=cfg['mean'], std=cfg['std'], input_mean=input_mean,
+  return _torch_teacher(model, f'timm:{model_name}', _file_hash(checkpoint_path), model.num_classes,
+                        device=device, mean=cfg['mean'], std=cfg['std'], input_mean=input_mean,
                         input_std=input_std)
 
 
-def from_torch_module(import_path: str, checkpoint_path: str | None = None, *,
-                      num_classes: int, mean, std, device: str = 'cpu',
-                      input_mean=normalisation.IMAGENET_MEAN,
-                      input_std=normalisation.IMAGENET_STD,
-                      **factory_kwargs) -> record.Teacher:
+def from_torch_module(import_path: str, checkpoint_path: str | None = None, *, num_classes: int,
+                      mean, std, device: str = 'cpu', input_mean=normalisation.IMAGENET_MEAN,
+                      input_std=normalisation.IMAGENET_STD, **factory_kwargs) -> record.Teacher:
   """The ``torch.nn.Module`` built by ``import_path`` = ``'package.module:factory'``.
 
   ``factory(**factory_kwargs)`` must return a module mapping (B, 3, H, W) images,
@@ -88,8 +84,8 @@ def from_torch_module(import_path: str, checkpoint_path: str | None = None, *,
     digest = _file_hash(checkpoint_path)
   else:
     digest = _state_dict_hash(model.state_dict())
-  return _torch_teacher(model, name, digest, num_classes, device=device, mean=mean,
-                        std=std, input_mean=input_mean, input_std=input_std)
+  return _torch_teacher(model, name, digest, num_classes, device=device, mean=mean, std=std,
+                        input_mean=input_mean, input_std=input_std)
 
 
 class UnresolvedTeacher(errors.UserError, ImportError):
@@ -124,9 +120,10 @@ def share_gpu_with_jax(distills) -> None:
   hands torch's cache back once the save pass is done. A ``XLA_PYTHON_CLIENT_*`` setting
   of the user's wins.
   """
-  if any(distill.get('teacher_adapter', 'ours') in ('timm', 'torch')
-         and str(distill.get('teacher_device', 'cpu')).startswith('cuda')
-         for distill in distills):
+  if any(
+      distill.get('teacher_adapter', 'ours') in (
+          'timm', 'torch') and str(distill.get('teacher_device', 'cpu')).startswith('cuda')
+      for distill in distills):
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 
@@ -137,8 +134,8 @@ def release_gpu_memory() -> None:
     torch.cuda.empty_cache()
 
 
-def _torch_teacher(model, name: str, digest: str, num_classes: int, *, device: str, mean,
-                   std, input_mean, input_std) -> record.Teacher:
+def _torch_teacher(model, name: str, digest: str, num_classes: int, *, device: str, mean, std,
+                   input_mean, input_std) -> record.Teacher:
   """A Teacher running ``model`` (see the module doc for the image handling)."""
   import torch
   model.eval()
@@ -152,8 +149,7 @@ def _torch_teacher(model, name: str, digest: str, num_classes: int, *, device: s
     nchw = torch.from_numpy(views).permute(0, 3, 1, 2).to(device)  # channels-last strides
     logits = model(nchw)
     if not isinstance(logits, torch.Tensor) or logits.shape != (len(views), num_classes):
-      got = (tuple(logits.shape) if isinstance(logits, torch.Tensor)
-             else type(logits).__name__)
+      got = (tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__)
       raise ValueError(f'The teacher {name} returned {got}; expected ({len(views)}, '
                        f'{num_classes}) logits, one row per image.')
     return jnp.asarray(torch.softmax(logits.float(), dim=-1).cpu().numpy())
