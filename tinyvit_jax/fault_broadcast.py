@@ -26,6 +26,10 @@ _KEY = 'tinyvit_jax/fault'
 _SEEN = 'tinyvit_jax/fault_seen/'  # + process index: that process has printed the line
 _POLL_MS = 500  # how long one wait on the key lasts; a stop waits at most this
 _SEEN_WAIT_S = 5.0  # process 0 serves the key: it exits last, once every process read it
+# Each other process exits the moment it has said so; process 0, whose exit ends the
+# coordination service, waits this long more, or a peer's JAX error poller, seeing the
+# service gone, may abort that peer (SIGABRT) before its own exit.
+_PEERS_EXIT_S = 1.0
 
 
 @contextlib.contextmanager
@@ -103,6 +107,7 @@ class _Watcher:
         for other in range(1, self._count):
           left_ms = int((deadline - time.monotonic()) * 1000)
           self._client.blocking_key_value_get(_SEEN + str(other), max(left_ms, 1))
+        time.sleep(_PEERS_EXIT_S)
     os._exit(STATUS)  # pylint: disable=protected-access  # the main thread may be in a collective
 
 
