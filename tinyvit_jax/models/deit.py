@@ -9,30 +9,81 @@ from tinyvit_jax.models.registry import register_model
 from tinyvit_jax.models.vision_transformer import VisionTransformer
 
 _CFG = dict(mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD)
-_SIZES = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
 
 
-def _register(size: str, distilled: bool, img_size: int):
-  name = f'deit_{size}_{"distilled_" if distilled else ""}patch16_{img_size}'
-  dim, heads = _SIZES[size]
-
-  def constructor(**kwargs):
-    return VisionTransformer(
-        **{
-            'embed_dim': dim,
-            'depth': 12,
-            'num_heads': heads,
-            'distilled': distilled,
-            'img_size': img_size,
-            **kwargs
-        })
-
-  constructor.__name__ = name
-  crop_pct = 0.875 if img_size == 224 else 1.0
-  return register_model(input_size=img_size, crop_pct=crop_pct, **_CFG)(constructor)
+@register_model(input_size=224, crop_pct=0.875, **_CFG)
+def deit_tiny_patch16_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, img_size=224)
+  return VisionTransformer(**dict(model_args, **kwargs))
 
 
-for _size in _SIZES:
-  for _distilled in (False, True):
-    for _img_size in (224, 384):
-      _register(_size, _distilled, _img_size)
+@register_model(input_size=384, crop_pct=1.0, **_CFG)
+def deit_tiny_patch16_384(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, img_size=384)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=0.875, **_CFG)
+def deit_tiny_distilled_patch16_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, img_size=224,
+                    distilled=True)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=384, crop_pct=1.0, **_CFG)
+def deit_tiny_distilled_patch16_384(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, img_size=384,
+                    distilled=True)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=0.875, **_CFG)
+def deit_small_patch16_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, img_size=224)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=384, crop_pct=1.0, **_CFG)
+def deit_small_patch16_384(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, img_size=384)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=0.875, **_CFG)
+def deit_small_distilled_patch16_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, img_size=224,
+                    distilled=True)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=384, crop_pct=1.0, **_CFG)
+def deit_small_distilled_patch16_384(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, img_size=384,
+                    distilled=True)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=0.875, **_CFG)
+def deit_base_patch16_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=224)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=384, crop_pct=1.0, **_CFG)
+def deit_base_patch16_384(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=384)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=0.875, **_CFG)
+def deit_base_distilled_patch16_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=224,
+                    distilled=True)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=384, crop_pct=1.0, **_CFG)
+def deit_base_distilled_patch16_384(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=384,
+                    distilled=True)
+  return VisionTransformer(**dict(model_args, **kwargs))

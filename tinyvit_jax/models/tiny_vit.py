@@ -224,15 +224,13 @@ class TinyVit(nnx.Module):
 _WINDOWS = {224: (7, 7, 14, 7), 384: (12, 12, 24, 12), 512: (16, 16, 32, 16)}
 
 
-def _tiny_vit(dims, heads, default_size, default_drop_path, **overrides):
-  """Variants at 224/384/512 use the paper's windows; any other ``img_size`` keeps the
-  variant's own windows and pads where they do not tile."""
-  img_size = overrides.pop('img_size', default_size)
-  windows = _WINDOWS.get(img_size, _WINDOWS[default_size])
-  kwargs = dict(embed_dims=dims, num_heads=heads, img_size=img_size, window_sizes=windows,
-                drop_path_rate=default_drop_path)
-  kwargs.update(overrides)
-  return TinyVit(**kwargs)
+def _tiny_vit(model_args: dict, kwargs: dict) -> TinyVit:
+  """TinyVit of ``dict(model_args, **kwargs)``, as timm: the caller's ``kwargs`` win. An
+  ``img_size`` of 224, 384 or 512 takes the paper's windows for that size; any other
+  keeps the variant's own and pads where they do not tile."""
+  args = dict(model_args, **kwargs)
+  windows = _WINDOWS.get(args['img_size'], _WINDOWS[model_args['img_size']])
+  return TinyVit(**{'window_sizes': windows, **args})
 
 
 _CFG = dict(mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD)
@@ -240,24 +238,34 @@ _CFG = dict(mean=normalisation.IMAGENET_MEAN, std=normalisation.IMAGENET_STD)
 
 @register_model(input_size=224, crop_pct=0.95, **_CFG)
 def tiny_vit_5m_224(**kwargs):
-  return _tiny_vit((64, 128, 160, 320), (2, 4, 5, 10), 224, 0.0, **kwargs)
+  model_args = dict(embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), num_heads=(2, 4, 5, 10),
+                    img_size=224, drop_path_rate=0.0)
+  return _tiny_vit(model_args, kwargs)
 
 
 @register_model(input_size=224, crop_pct=0.95, **_CFG)
 def tiny_vit_11m_224(**kwargs):
-  return _tiny_vit((64, 128, 256, 448), (2, 4, 8, 14), 224, 0.1, **kwargs)
+  model_args = dict(embed_dims=(64, 128, 256, 448), depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 14),
+                    img_size=224, drop_path_rate=0.1)
+  return _tiny_vit(model_args, kwargs)
 
 
 @register_model(input_size=224, crop_pct=0.95, **_CFG)
 def tiny_vit_21m_224(**kwargs):
-  return _tiny_vit((96, 192, 384, 576), (3, 6, 12, 18), 224, 0.2, **kwargs)
+  model_args = dict(embed_dims=(96, 192, 384, 576), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 18),
+                    img_size=224, drop_path_rate=0.2)
+  return _tiny_vit(model_args, kwargs)
 
 
 @register_model(input_size=384, crop_pct=1.0, **_CFG)
 def tiny_vit_21m_384(**kwargs):
-  return _tiny_vit((96, 192, 384, 576), (3, 6, 12, 18), 384, 0.1, **kwargs)
+  model_args = dict(embed_dims=(96, 192, 384, 576), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 18),
+                    img_size=384, drop_path_rate=0.1)
+  return _tiny_vit(model_args, kwargs)
 
 
 @register_model(input_size=512, crop_pct=1.0, **_CFG)
 def tiny_vit_21m_512(**kwargs):
-  return _tiny_vit((96, 192, 384, 576), (3, 6, 12, 18), 512, 0.1, **kwargs)
+  model_args = dict(embed_dims=(96, 192, 384, 576), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 18),
+                    img_size=512, drop_path_rate=0.1)
+  return _tiny_vit(model_args, kwargs)

@@ -234,44 +234,95 @@ def resample_abs_pos_embed(pos_embed: np.ndarray, grid_size: int,
 _INCEPTION = dict(mean=normalisation.INCEPTION_MEAN, std=normalisation.INCEPTION_STD)
 _CLIP = dict(mean=normalisation.OPENAI_CLIP_MEAN, std=normalisation.OPENAI_CLIP_STD)
 _CLIP_ARGS = dict(pre_norm=True, norm_eps=1e-5)
-_SHAPES = {
-    'base': dict(embed_dim=768, depth=12, num_heads=12),
-    'large': dict(embed_dim=1024, depth=24, num_heads=16),
-    'huge': dict(embed_dim=1280, depth=32, num_heads=16)
-}
 
 
-def _register(name: str, *, size: str, patch: int, img_size: int, crop_pct: float, cfg,
-              **model_args):
-
-  def constructor(**kwargs):
-    return VisionTransformer(**{
-        **_SHAPES[size], 'patch_size': patch,
-        'img_size': img_size,
-        **model_args,
-        **kwargs
-    })
-
-  constructor.__name__ = name
-  register_model(input_size=img_size, crop_pct=crop_pct, **cfg)(constructor)
+@register_model(input_size=224, crop_pct=0.9, **_INCEPTION)
+def vit_base_patch16_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=224)
+  return VisionTransformer(**dict(model_args, **kwargs))
 
 
-for _patch in (16, 32):
-  _register(f'vit_base_patch{_patch}_224', size='base', patch=_patch, img_size=224, crop_pct=0.9,
-            cfg=_INCEPTION)
-_register('vit_large_patch16_224', size='large', patch=16, img_size=224, crop_pct=0.9,
-          cfg=_INCEPTION)
-_register('vit_base_patch32_clip_224', size='base', patch=32, img_size=224, crop_pct=0.9, cfg=_CLIP,
-          **_CLIP_ARGS)
-for _act, _suffix in (('gelu', ''), ('quick_gelu', '_quickgelu')):  # OpenAI's: QuickGELU
-  _register(f'vit_base_patch16_clip{_suffix}_224', size='base', patch=16, img_size=224,
-            crop_pct=0.95 if _act == 'gelu' else 1.0, cfg=_CLIP, act=_act, **_CLIP_ARGS)
-  for _img_size in (224, 336):
-    _register(f'vit_large_patch14_clip{_suffix}_{_img_size}', size='large', patch=14,
-              img_size=_img_size, crop_pct=1.0, cfg=_CLIP, act=_act, **_CLIP_ARGS)
-  _register(f'vit_huge_patch14_clip{_suffix}_224', size='huge', patch=14, img_size=224,
-            crop_pct=1.0, cfg=_CLIP, act=_act, **_CLIP_ARGS)
+@register_model(input_size=224, crop_pct=0.9, **_INCEPTION)
+def vit_base_patch32_224(**kwargs):
+  model_args = dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, img_size=224)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=0.9, **_INCEPTION)
+def vit_large_patch16_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, img_size=224)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=0.9, **_CLIP)
+def vit_base_patch32_clip_224(**kwargs):
+  model_args = dict(patch_size=32, embed_dim=768, depth=12, num_heads=12, img_size=224,
+                    **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=0.95, **_CLIP)
+def vit_base_patch16_clip_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=224,
+                    **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=1.0, **_CLIP)
+def vit_large_patch14_clip_224(**kwargs):
+  model_args = dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, img_size=224,
+                    **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=336, crop_pct=1.0, **_CLIP)
+def vit_large_patch14_clip_336(**kwargs):
+  model_args = dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, img_size=336,
+                    **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=1.0, **_CLIP)
+def vit_huge_patch14_clip_224(**kwargs):
+  model_args = dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, img_size=224,
+                    **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+# OpenAI's CLIP and its reproductions use QuickGELU.
+@register_model(input_size=224, crop_pct=1.0, **_CLIP)
+def vit_base_patch16_clip_quickgelu_224(**kwargs):
+  model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, img_size=224,
+                    act='quick_gelu', **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=1.0, **_CLIP)
+def vit_large_patch14_clip_quickgelu_224(**kwargs):
+  model_args = dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, img_size=224,
+                    act='quick_gelu', **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=336, crop_pct=1.0, **_CLIP)
+def vit_large_patch14_clip_quickgelu_336(**kwargs):
+  model_args = dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, img_size=336,
+                    act='quick_gelu', **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
+@register_model(input_size=224, crop_pct=1.0, **_CLIP)
+def vit_huge_patch14_clip_quickgelu_224(**kwargs):
+  model_args = dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, img_size=224,
+                    act='quick_gelu', **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
+
+
 # The TinyViT paper's teacher as Cream builds it (model type clip_vit_large14_224, its
-# teacher config's MEAN_AND_STD_TYPE: clip, Cream's test crop 224/256).
-_register('clip_vit_large14_224', size='large', patch=14, img_size=224, crop_pct=0.875, cfg=_CLIP,
-          act='quick_gelu', proj_dim=768, **_CLIP_ARGS)
+# teacher config's MEAN_AND_STD_TYPE: clip, Cream's test crop 224/256): OpenAI's L/14
+# with its bias-free projection to 768 before the head.
+@register_model(input_size=224, crop_pct=0.875, **_CLIP)
+def clip_vit_large14_224(**kwargs):
+  model_args = dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16, img_size=224,
+                    act='quick_gelu', proj_dim=768, **_CLIP_ARGS)
+  return VisionTransformer(**dict(model_args, **kwargs))
