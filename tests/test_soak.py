@@ -8,8 +8,8 @@ in /dev/shm), JAX's live arrays and the workdir's bytes on disk, each tagged wit
 logged step.
 
 The warm-up (compiles, worker start, first evals and checkpoints) is the first quarter of
-the steps. Each figure is the median of its samples over the second quarter and over the
-last fifth, so a batch or a save in flight does not count, and a leak, which raises the
+the steps. Each figure is the median of its samples (for the counts, their lowest: their in-flight
+part swings by tens) over the second quarter and over the last fifth, so a batch or a save in flight does not count, and a leak, which raises the
 level, does: the later level may not exceed the earlier one by more than 5% (memory), 15%
 (disk: the two checkpoints kept are most of it, and orbax compresses them, so their size
 drifts with the weights, 6.1 to 6.5 MB within one run; one more checkpoint left behind
@@ -132,8 +132,11 @@ def test_a_long_run_holds_its_memory_files_shared_memory_and_disk(tmp_path):
   assert len(settled) >= 10 and len(last) >= 10, 'too few samples to tell'
   assert min(s['shm_bytes'] for s in settled) > 0, 'the workers handed over no shared memory'
   for name in ('rss', 'fds', 'shm_bytes', 'live_arrays', 'disk'):
-    before = statistics.median(s[name] for s in settled)
-    after = statistics.median(s[name] for s in last)
+    # A count's in-flight part (a step's metrics awaiting their fetch, a batch being
+    # handed over) swings it by tens between samples; what a leak raises is its floor.
+    level = min if name in ('fds', 'live_arrays') else statistics.median
+    before = level(s[name] for s in settled)
+    after = level(s[name] for s in last)
     limit = (before + MORE if name in ('fds', 'live_arrays') else DISK_GROWTH
              * before if name == 'disk' else GROWTH * before)
     assert after <= limit, (name, before, after, [s[name] for s in last])
