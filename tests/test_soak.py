@@ -10,11 +10,12 @@ logged step.
 The warm-up (compiles, worker start, first evals and checkpoints) is the first quarter of
 the steps. Each figure is the median of its samples (for the counts, their lowest: their
 in-flight part swings by tens) over the second quarter and over the last fifth, so a
-batch or a save in flight does not count, and a leak, which raises the level, does: the later level may not exceed the earlier one by more than 5% (memory), 15%
-(disk: the two checkpoints kept are most of it, and orbax compresses them, so their size
-drifts with the weights, 6.1 to 6.5 MB within one run; one more checkpoint left behind
-adds half) or 2 (the counts: between the two windows ~4 evals and ~4 checkpoints pass, so
-one descriptor or array left behind by each shows).
+batch or a save in flight does not count, and a leak, which raises the level, does: the
+later level may not exceed the earlier one by more than 5% (memory), 15% (disk: the two
+checkpoints kept are most of it, and orbax compresses them, so their size drifts with the
+weights, 6.1 to 6.5 MB within one run; one more checkpoint left behind adds half) or 2
+(the counts: between the two windows ~4 evals and ~4 checkpoints pass, so one descriptor
+or array left behind by each shows).
 """
 import contextlib
 import json
