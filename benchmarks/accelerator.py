@@ -327,11 +327,11 @@ def run_arm(args) -> None:
 def write_result(args, result: dict) -> None:
   """The arm's result so far, with the peak memory so far, for the parent to read."""
   import jax  # pylint: disable=import-outside-toplevel
-  with open(args.result + '.tmp', 'w') as f:
-    json.dump(
-        dict(result=result, memory=peak_memory(), backend=jax.default_backend(),
-             device=str(jax.local_devices()[0].device_kind)), f, indent=1)
-  os.replace(args.result + '.tmp', args.result)
+  from tinyvit_jax import writes  # pylint: disable=import-outside-toplevel
+  writes.write_json(
+      args.result,
+      dict(result=result, memory=peak_memory(), backend=jax.default_backend(),
+           device=str(jax.local_devices()[0].device_kind)), move='TMPDIR')
 
 
 # --- the parent: runs the arms, writes the report after each ---------------------------

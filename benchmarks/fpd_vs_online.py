@@ -52,6 +52,7 @@ from absl import flags
 import topk_ablation  # benchmarks/, the script's folder
 from tinyvit_jax import compile_cache
 from tinyvit_jax import main as main_lib
+from tinyvit_jax import writes
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.train import config as config_lib
@@ -139,9 +140,7 @@ class Timer:
     work()
     self.times.setdefault(name, {})[part] = dict(wall=time.perf_counter() - wall,
                                                  cpu=time.process_time() - cpu)
-    with open(self.path + '.tmp', 'w') as f:
-      json.dump(self.times, f, indent=1)
-    os.replace(self.path + '.tmp', self.path)
+    writes.write_json(self.path, self.times)
 
 
 def run_all(config, workdir: str) -> tuple[dict, dict, dict]:

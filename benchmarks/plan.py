@@ -24,6 +24,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # plans need no device: keep libt
 from tinyvit_jax import chips  # pylint: disable=wrong-import-position
 from tinyvit_jax import main  # pylint: disable=wrong-import-position
 from tinyvit_jax import plan  # pylint: disable=wrong-import-position
+from tinyvit_jax import writes  # pylint: disable=wrong-import-position
 from tinyvit_jax.train import config as config_lib  # pylint: disable=wrong-import-position
 
 # The teachers the recipes name by path: the papers' (model.json contents).
@@ -143,14 +144,13 @@ def main_(argv):
         row = dict(status='error', error=str(error).splitlines()[0][:300])
       done[name] = dict(row, name=name)
       print(json.dumps(done[name]), flush=True)
-      with open(args.out + '.tmp', 'w') as f:
-        json.dump(
-            dict(
-                machine='Intel Xeon (AVX-512), 2 cores, shared', modelled=(
-                    'step time = max(XLA flops / chip bf16 peak, XLA bytes accessed / chip HBM '
-                    'bandwidth); img/s, MFU, hours and chip-hours follow from it'),
-                rows=list(done.values())), f, indent=1)
-      os.replace(args.out + '.tmp', args.out)
+      writes.write_json(
+          args.out,
+          dict(
+              machine='Intel Xeon (AVX-512), 2 cores, shared',
+              modelled=('step time = max(XLA flops / chip bf16 peak, XLA bytes accessed / chip HBM '
+                        'bandwidth); img/s, MFU, hours and chip-hours follow from it'),
+              rows=list(done.values())), move='--out')
 
 
 if __name__ == '__main__':
