@@ -30,7 +30,7 @@ def batch(train):
   key_data = [np.asarray(jax.random.key_data(keys.sample_key(5, 3, i))) for i in range(BATCH)]
   examples = [train[0].host(source[i], key_data[i]) for i in range(BATCH)]
   images = np.stack([example['image'] for example in examples])
-  key_data = np.stack([example['key'] for example in examples])
+  key_data = np.stack(key_data)
   targets = mix.smooth_one_hot(jnp.arange(BATCH) % CLASSES, CLASSES, 0.1)
   return images, key_data, targets
 

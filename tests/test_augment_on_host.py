@@ -46,8 +46,8 @@ def _both(count, **settings):
   assert packed.dtype == np.float16
   on_host, _ = jax.jit(host.device)(packed, np.stack(key_data), jnp.zeros((count, 10)))
   crops = [device.host(source[i], key_data[i]) for i in range(count)]
-  on_device, _ = jax.jit(device.device)(np.stack([c['image'] for c in crops]),
-                                        np.stack([c['key'] for c in crops]), jnp.zeros((count, 10)))
+  on_device, _ = jax.jit(device.device)(np.stack([c['image'] for c in crops]), np.stack(key_data),
+                                        jnp.zeros((count, 10)))
   return np.asarray(on_host), np.asarray(on_device), key_data
 
 

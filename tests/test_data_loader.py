@@ -18,8 +18,9 @@ N = 256  # divisible by both batch sizes, so both see the same examples every ep
 
 
 def key_of(record, key_data):
-  """A transform that shows which key each example got (module-level: workers pickle it)."""
-  return dict(image=record['image'], key=key_data)
+  """A transform that shows which key each example got (module-level: workers pickle it),
+  beside the one the loader puts in the batch."""
+  return dict(image=record['image'], key_seen=key_data)
 
 
 def rows_of(batch) -> list[tuple]:
@@ -48,6 +49,7 @@ def test_keys_and_labels_belong_to_the_dataset_index():
   batch = next(
       loader.train_batches(source, seed=SEED, global_batch=8, transform=key_of, start_step=40))
   assert batch['epoch'].tolist() == [1] * 8 and batch['position'].tolist() == list(range(64, 72))
+  np.testing.assert_array_equal(batch['key'], batch['key_seen'])  # the transform's key
   for index, key, label, image in zip(batch['index'], batch['key'], batch['label'], batch['image']):
     expected = jax.random.key_data(keys.sample_key(SEED, 1, int(index)))
     assert key.dtype == np.uint32 and np.array_equal(key, expected)

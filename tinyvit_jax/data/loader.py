@@ -14,7 +14,8 @@ index, repeat)`` for the example's dataset index and view (``order.epoch_example
 Transforms must be picklable (module-level) to reach the workers. Workers are spawned and
 run JAX on CPU only, for the keys and the order, so they never claim an accelerator.
 
-Every batch carries ``label``, ``index`` (dataset index), ``repeat`` (which view of it,
+Every batch carries ``key`` (the sample keys' data, from which the device half of the
+augmentation draws), ``label``, ``index`` (dataset index), ``repeat`` (which view of it,
 under repeated augmentation), ``position`` (in the epoch's order) and ``epoch`` next to
 the transform's outputs; evaluation batches add ``mask``.
 """
@@ -109,7 +110,7 @@ def _examples(source, transform: Transform, seed: int, epoch: int, positions, in
     except decode.UndecodableImage as error:
       raise decode.located(error, source, index, epoch) from None
     examples.append(
-        dict(example, label=record['label'], index=index, repeat=repeat, position=position,
+        dict(example, key=key, label=record['label'], index=index, repeat=repeat, position=position,
              epoch=epoch))
   return {name: np.stack([example[name] for example in examples]) for name in examples[0]}
 

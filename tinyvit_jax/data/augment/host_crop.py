@@ -107,11 +107,10 @@ def _encoded_crop(data: bytes, draws, size: int, scale, ratio, interpolation: st
 
 @dataclasses.dataclass(frozen=True)
 class TrainCrop:
-  """Loader transform ``(record, key_data) -> dict(image, key)`` for training.
+  """Loader transform ``(record, key_data) -> dict(image)`` for training.
 
   ``image``: the RandomResizedCrop of the record's image, flipped left-right with
-  probability ``hflip``, uint8 (size, size, 3). ``key``: the sample key's data, passed on
-  so the device half draws its own ops from the same key. The record's image is decoded
+  probability ``hflip``, uint8 (size, size, 3). The record's image is decoded
   pixels, or encoded bytes (sources built with ``decode=False``), which skips copies and
   allows ``draft``: JPEG decoding at 1/2, 1/4 or 1/8 scale when the crop is at least that
   many times the output size (timm always decodes in full; off by default for parity).
@@ -137,8 +136,7 @@ class TrainCrop:
     return crop
 
   def __call__(self, record: dict, key_data: np.ndarray) -> dict:
-    return dict(image=np.asarray(self.crop(record['image'], key_data)),
-                key=np.asarray(key_data, np.uint32))
+    return dict(image=np.asarray(self.crop(record['image'], key_data)))
 
 
 @dataclasses.dataclass(frozen=True)

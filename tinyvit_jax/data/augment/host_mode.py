@@ -108,7 +108,7 @@ def unpack_normalised(images, mean, std):
 
 @dataclasses.dataclass(frozen=True)
 class TrainOnHost:
-  """Loader transform ``(record, key_data) -> dict(image float16 (size, size, 3), key)``:
+  """Loader transform ``(record, key_data) -> dict(image float16 (size, size, 3))``:
   crop and flip (``crop``), RandAugment, colour jitter and erasing; ``pack``'s layout.
 
   ``rand_augment``: ``draws.parse_spec``'s settings or None; the rest as
@@ -133,4 +133,4 @@ class TrainOnHost:
     packed = pack(np.asarray(image))
     if 'erase' in draws:
       pil_ops.random_erase(packed, draws['erase'])
-    return dict(image=packed, key=np.asarray(key_data, np.uint32))
+    return dict(image=packed)
