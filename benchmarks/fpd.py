@@ -6,7 +6,7 @@
 (a) Bytes per sample-epoch of our store (every file: chunks, headers, manifest) at k=10
     (C = 1,000) and k=100 (C = 21,841), against the official 4 + 4k bytes plus its key
     files (18 GB over 90 epochs x 13.2M images of the 21k release: ~15.2 B). Rows are
-    teacher-like softmaxes (``distill.made_up_rows``); target <= 0.9x official.
+    teacher-like softmaxes (``tests/helpers/made_up_rows.py``); target <= 0.9x official.
 (b) Save-pass images/s (``save_logits``: the loader's crop and flip, with RandAugment and
     erasing there too under ``--augment_on host`` (CPU runs) or on the device under
     ``device`` (accelerators); Mixup on the device; teacher, top-k, encode, write, mark
@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
@@ -54,12 +55,15 @@ from tinyvit_jax.data import loader
 from tinyvit_jax.data import order
 from tinyvit_jax.data import pipeline
 from tinyvit_jax.data.sources import synthetic
-from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
 from tinyvit_jax.distill.teachers import jax_teacher
 from tinyvit_jax.models import create_model
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests',
+                                'helpers'))
+import made_up_rows  # pylint: disable=wrong-import-position
 
 OFFICIAL_KEY_BYTES = 18e9 / (90 * 13.2e6)  # the 21k release's key files per sample-epoch
 STUDENT = 'tiny_vit_5m_224'

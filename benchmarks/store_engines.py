@@ -3,7 +3,7 @@
   python benchmarks/store_engines.py                 # N = 200k rows at k=10, 3 rounds
   python benchmarks/store_engines.py --rows 20000 --rounds 1   # smoke test
 
-Each engine holds one epoch of N teacher-like rows (``distill.made_up_rows``; 8,192
+Each engine holds one epoch of N teacher-like rows (``tests/helpers/made_up_rows.py``; 8,192
 distinct rows tiled, so no chunk sees a repeat) in chunks of 4,096 rows:
 
 * files-raw: one file per chunk, the three columns as raw bytes (temp, fsync, rename).
@@ -23,6 +23,7 @@ import argparse
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
@@ -31,8 +32,11 @@ import tensorstore as ts
 from array_record.python import array_record_module
 
 from tinyvit_jax import writes
-from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import store
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests',
+                                'helpers'))
+import made_up_rows  # pylint: disable=wrong-import-position
 
 CHUNK = 4096
 BATCH = 1024

@@ -29,10 +29,10 @@ import psutil
 import pytest
 
 from configs import quickstart
+import made_up_rows
 from tinyvit_jax import main
 from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
-from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.train import metrics

@@ -17,10 +17,10 @@ import train_config
 from workdirs import REPO, STEPS, checkpoint_steps, environment, examples_seen
 from workdirs import error_line, final_state, main_command, main_in_process, resumed_from
 from workdirs import run_main, step_losses, wait_for_steps
+import made_up_rows
 from tinyvit_jax import main
 from tinyvit_jax.data import order
 from tinyvit_jax.data import sources
-from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.train import workdir_lock

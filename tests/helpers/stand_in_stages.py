@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
+import made_up_rows
 from tinyvit_jax.data import order
-from tinyvit_jax.distill import made_up_rows
 from tinyvit_jax.distill import store
 
 ROWS = 100  # rows per epoch of the stand-in stores

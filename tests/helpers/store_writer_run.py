@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from tinyvit_jax.distill import made_up_rows
+import made_up_rows
 from tinyvit_jax.distill import store
 
 
