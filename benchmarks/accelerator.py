@@ -200,8 +200,8 @@ def augment_arm(args) -> dict:
   ready = dict(image=images, targets=targets)  # augmented once, before the timing
   tx = optax.adamw(1e-3, weight_decay=0.05)
 
-  def loss_fn(outputs, batch):
-    return losses.soft_target_cross_entropy(outputs, batch['targets'])
+  def loss_fn(outputs, targets):
+    return losses.soft_target_cross_entropy(outputs, targets)
 
   def make(inputs):
     model = create_model(name, num_classes=classes, img_size=size, rngs=nnx.Rngs(0),
@@ -210,12 +210,8 @@ def augment_arm(args) -> dict:
     step = step_lib.make_train_step(state, tx, mesh, inputs=inputs, loss_fn=loss_fn)
     return state, step
 
-  def augmented_inputs(batch):
-    images, targets = device_augment(batch)
-    return images, dict(batch, targets=targets)
-
-  arms = dict(augmented=(make(augmented_inputs), raw),
-              plain=(make(lambda batch: (batch['image'], batch)), ready))
+  arms = dict(augmented=(make(lambda batch, _: device_augment(batch)), raw),
+              plain=(make(lambda batch, _: (batch['image'], batch['targets'])), ready))
 
   def step_call(arm):
     (state, step), batch = arms[arm]

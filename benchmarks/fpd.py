@@ -19,7 +19,7 @@
     ``jax_teacher.from_checkpoint``. The loader alone (host augmentation) is timed too:
     on a CPU machine it shares the cores with the teacher.
 (c) Student train step (AdamW) from the store: the host hook's read and index check, the
-    rows' transfer, ``student_targets`` (dense rebuild) and soft cross-entropy, against the
+    rows' transfer, ``targets.dense_targets`` (dense rebuild) and soft cross-entropy, against the
     same step on integer labels with cross-entropy; both on the same images, already on
     the device. Target overhead <= 5%.
 (e) (b) with a ViT teacher (``--vit_teacher``, default CLIP ViT-B/16 at 224, the paper's
@@ -58,6 +58,7 @@ from tinyvit_jax.data.sources import synthetic
 from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import student
+from tinyvit_jax.distill import targets
 from tinyvit_jax.distill.teachers import jax_teacher
 from tinyvit_jax.models import create_model
 
@@ -219,7 +220,7 @@ def save_pass_speed(args, work: str, label: str = '(b)') -> dict:
   host = augment.make_train_augment(aug).host
   images = [
       device_augment({name: b[name]
-                      for name in ('image', 'key', 'label')})[0]
+                      for name in ('image', 'key')}, labels=False)[0]
       for b in loader.position_batches(source, seed=SEED, epoch=0, positions=range(n),
                                        batch=args.batch, transform=host)
   ]
@@ -302,7 +303,9 @@ def student_step(args, work: str) -> dict:
   label_step = make_step(
       lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
   store_step = make_step(lambda logits, rows: -jnp.mean(
-      jnp.sum(student.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
+      jnp.sum(
+          targets.dense_targets(rows['teacher_values'], rows['teacher_indices'], classes) * jax.nn.
+          log_softmax(logits), axis=-1)))
 
   def host_batch(s: int) -> dict:
     positions = np.arange(s * batch, (s + 1) * batch)
@@ -315,9 +318,9 @@ def student_step(args, work: str) -> dict:
     host = host_batch(s)
     if arm == 'store':
       rows = hook(host)
-      targets = dict(teacher_values=jax.device_put(rows['teacher_values']),
-                     teacher_indices=jax.device_put(rows['teacher_indices']))
-      state[0], state[1], loss = store_step(*state, rest, images, targets)
+      on_device = dict(teacher_values=jax.device_put(rows['teacher_values']),
+                       teacher_indices=jax.device_put(rows['teacher_indices']))
+      state[0], state[1], loss = store_step(*state, rest, images, on_device)
     else:
       state[0], state[1], loss = label_step(*state, rest, images, jax.device_put(host['label']))
     float(loss)
@@ -341,7 +344,9 @@ def student_step(args, work: str) -> dict:
   label_loss = jax.jit(
       lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean())
   store_loss = jax.jit(lambda logits, rows: -jnp.mean(
-      jnp.sum(student.student_targets(rows, classes) * jax.nn.log_softmax(logits), axis=-1)))
+      jnp.sum(
+          targets.dense_targets(rows['teacher_values'], rows['teacher_indices'], classes) * jax.nn.
+          log_softmax(logits), axis=-1)))
 
   def extra(arm: str, s: int) -> float:
     start = time.perf_counter()

@@ -156,5 +156,5 @@ def test_without_distillation_a_distilled_deit_trains_its_class_head_only():
   rng = np.random.default_rng(0)
   cls_out, dist_out = (jnp.asarray(rng.standard_normal((4, 10)) * 3, jnp.float32) for _ in range(2))
   targets = jax.nn.one_hot(jnp.arange(4), 10)
-  loss = student.make_loss(config)((cls_out, dist_out), dict(targets=targets))
+  loss = student.make_loss(config)((cls_out, dist_out), dict(labels=targets))
   np.testing.assert_allclose(loss, losses.soft_target_cross_entropy(cls_out, targets), rtol=1e-6)

@@ -119,15 +119,27 @@ def test_online_fpd_is_soft_cross_entropy_on_the_teachers_softmax():
   rng = np.random.default_rng(0)
   outputs, teacher_logits = (
       jnp.asarray(rng.standard_normal((4, 5)) * 2, jnp.float32) for _ in range(2))
-  labels = jax.nn.one_hot(jnp.arange(4), 5)  # ignored
-  loss = student.make_loss(config)(outputs, dict(targets=labels, teacher_logits=teacher_logits))
+  images = jnp.zeros((4, 8, 8, 3))
+  made = []
+
+  def device_augment(batch, labels):
+    made.append(labels)
+    return batch['image'], jax.nn.one_hot(batch['label'], 5) if labels else None
+
+  def loss_of(batch, teacher=None):
+    images, targets = student.make_inputs(config, device_augment, teacher)(batch, None)
+    return student.make_loss(config)(outputs, targets), images
+
+  loss, seen = loss_of(dict(image=images, label=jnp.arange(4)),
+                       teacher=lambda leaves, images: teacher_logits)
   probs = jax.nn.softmax(teacher_logits)
   np.testing.assert_allclose(loss, losses.soft_target_cross_entropy(outputs, probs), rtol=1e-6)
+  assert seen is images and made == [False]  # FPD makes no label targets
   order = jnp.argsort(-probs, axis=-1)
-  stored = dict(targets=labels, teacher_indices=order,
+  stored = dict(image=images, label=jnp.arange(4), teacher_indices=order,
                 teacher_values=jnp.take_along_axis(probs, order, -1).astype(jnp.float16))
   config.distill.from_store = True
-  np.testing.assert_allclose(student.make_loss(config)(outputs, stored), loss, rtol=2e-3)
+  np.testing.assert_allclose(loss_of(stored)[0], loss, rtol=2e-3)
 
 
 @pytest.mark.parametrize('change, message', [

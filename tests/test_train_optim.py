@@ -367,8 +367,8 @@ def test_the_train_step_updates_the_state_in_place_of_the_old_one():
   mesh = pipeline.data_mesh()
   tx = optax.adamw(1e-3)
   state = step_lib.TrainState.create(model, tx, mesh)
-  step = step_lib.make_train_step(state, tx, mesh, inputs=lambda batch: (batch['x'], batch),
-                                  loss_fn=lambda outputs, batch: jnp.mean(outputs**2))
+  step = step_lib.make_train_step(state, tx, mesh, inputs=lambda batch, _: (batch['x'], None),
+                                  loss_fn=lambda outputs, _: jnp.mean(outputs**2))
   old = state.leaves
   state.leaves, metrics = step(old, dict(x=jnp.ones((8, 4))), None)
   assert np.isfinite(float(metrics['loss']))

@@ -207,12 +207,11 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
   k = distill.k
 
   def step(state, host_batch):
-    return save_pass.top_k_rows(forward(state, inputs(host_batch)[0]), k)
+    return save_pass.top_k_rows(forward(state, inputs(host_batch, labels=False)[0]), k)
 
   train_augment = augment.make_train_augment(config.aug)
   shapes = loader.batch_shapes(train_augment.host, batch, config.aug.image_size)
-  host_batch = _abstract({n: shapes[n] for n in ('image', 'key', 'label')},
-                         NamedSharding(mesh, P('data')))
+  host_batch = _abstract({n: shapes[n] for n in ('image', 'key')}, NamedSharding(mesh, P('data')))
   knobs = [
       'a smaller --config.batch_size for the save pass alone (--mode=save_logits: '
       'its rows do not depend on the batch)'
@@ -267,9 +266,9 @@ def _student_stage(stage, config, runs, workdir, devices) -> Stage:
     teacher_model, _ = jax_teacher.model_of(distill, config.aug, meta)
     flops += 2 * macs.count_macs(teacher_model, config.aug.image_size)
   train_step = step_lib.make_train_step(state, tx, mesh,
-                                        inputs=trainer.train_inputs(device_augment),
+                                        inputs=student.make_inputs(config, device_augment, teacher),
                                         loss_fn=student.make_loss(config),
-                                        ema_decay=config.optim.ema_decay, teacher=teacher)
+                                        ema_decay=config.optim.ema_decay)
   batch = _abstract(batch, data)
   knobs = [
       'a smaller --config.batch_size with a larger --config.optim.grad_accum_steps '

@@ -14,6 +14,7 @@ same per-device shape as a single device would, so an example's bits do not depe
 device count.
 """
 import collections
+import functools
 import itertools
 from typing import Callable, Iterator, NamedTuple
 
@@ -35,13 +36,13 @@ class InputPipeline(NamedTuple):
   """``batches``: global batches from the start step on, dicts of arrays sharded over the
   mesh's ``'data'`` axis (the loader's image, key, label, index, position, epoch).
 
-  ``device_augment``: jitted ``(batch, targets=None) -> (images float32 (B, H, W, 3),
-  targets (B, classes))``, to call inside the train step. Without ``targets`` they are
-  the smoothed one-hot labels; FPD passes the teacher's dense rows for the batch instead.
+  ``device_augment``: jitted ``(batch, labels=True) -> (images float32 (B, H, W, 3),
+  labels (B, classes))``, to call inside the train step: the smoothed one-hot labels,
+  mixed as their images are; ``labels=False`` (FPD, whose targets are the teacher's)
+  makes none and gives None.
   """
   batches: Iterator[dict]
   device_augment: Callable
-  steps_per_epoch: int
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -79,8 +80,7 @@ def make_input_pipeline(source, aug_config, *, seed: int, global_batch: int,
   batches = ({
       name: jax.make_array_from_process_local_data(sharding, value) for name, value in batch.items()
   } for batch in host_batches)
-  return InputPipeline(prefetch(batches, DEVICE_PREFETCH), device_augment,
-                       order.steps_per_epoch(len(source), global_batch, repeats))
+  return InputPipeline(prefetch(batches, DEVICE_PREFETCH), device_augment)
 
 
 def prefetch(iterator: Iterator, size: int) -> Iterator:
@@ -117,10 +117,9 @@ def make_device_augment(train_augment: augment.Augment, mesh: Mesh, global_batch
   per_device = jax.shard_map(train_augment.device, mesh=mesh, in_specs=P('data'),
                              out_specs=P('data'))
 
-  @jax.jit
-  def device_augment(batch, targets=None):
-    if targets is None:
-      targets = mix.smooth_one_hot(batch['label'], num_classes, label_smoothing)
+  @functools.partial(jax.jit, static_argnames='labels')
+  def device_augment(batch, labels: bool = True):
+    targets = mix.smooth_one_hot(batch['label'], num_classes, label_smoothing) if labels else None
     return per_device(batch['image'], batch['key'], targets)
 
   return device_augment

@@ -54,10 +54,8 @@ def make_teacher_view(teacher, aug_config, *, mesh: Mesh, batch: int, source_cla
   sharding = NamedSharding(mesh, P('data'))
 
   def view(host_batch: dict):
-    on_device = {
-        name: jax.device_put(host_batch[name], sharding) for name in ('image', 'key', 'label')
-    }
-    return teacher.probabilities(device_augment(on_device)[0])
+    on_device = {name: jax.device_put(host_batch[name], sharding) for name in ('image', 'key')}
+    return teacher.probabilities(device_augment(on_device, labels=False)[0])
 
   return view
 

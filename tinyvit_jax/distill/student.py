@@ -1,12 +1,13 @@
 """The student's side of distillation: where its teacher's outputs come from, and its loss.
 
-``make(config, source, workdir, mesh)`` is all the trainer asks of this package. Per
-``distill.kind`` and ``distill.from_store``:
+``make(config, source, workdir, mesh)`` and ``make_inputs`` are all the trainer asks of
+this package: the first what the input pipeline needs (the store's hook), the second the
+train step's images and targets. Per ``distill.kind`` and ``distill.from_store``:
 
 - ``'none'``: labels, smoothed and mixed by the device augmentation; a distilled DeiT
   trains its class head only, as the official code does.
 - ``'fpd'``: soft-target cross-entropy against the teacher's distribution on the very
-  image the student sees, no labels (``teacher_targets``). From a store (FPD proper): the
+  image the student sees, no labels. From a store (FPD proper): the
   stored top-k row rebuilt dense; the teacher saw the mixed image, so the row is already
   the mixed image's target. Online: the teacher's full softmax at every step, the loss
   FPD approximates.
@@ -18,8 +19,8 @@ Stored rows reach the batch on the host: ``StoreTargets`` is the input pipeline'
 position)s and checks that each holds the example the student's own order puts there,
 so a store saved for other data or another order can never silently train a student.
 The rows ride with the batch to the devices as ``teacher_values`` (float16) and
-``teacher_indices``. An online teacher runs in the jitted step and adds
-``teacher_logits``.
+``teacher_indices``; an online teacher runs in the jitted step. Either way
+``make_inputs`` turns them, with the labels, into the step's targets.
 """
 from typing import Callable, NamedTuple
 
@@ -33,8 +34,6 @@ from tinyvit_jax.distill import manifest
 from tinyvit_jax.distill import store
 from tinyvit_jax.distill import targets
 from tinyvit_jax.distill.teachers import jax_teacher
-
-MODES = ('dense', 'soft', 'hard')
 
 
 class StoreMismatchError(store.IncompatibleStore):
@@ -85,51 +84,57 @@ class StoreTargets:
           'batch differ). The store was saved for another order: check the seed and data.')
 
 
-def student_targets(batch: dict, num_classes: int, mode: str = 'dense', tau: float = 1.0):
-  """Dense float32 (B, C) targets from a batch's stored rows; pure jax.numpy, for jit.
+def make_inputs(config, device_augment: Callable, teacher: Callable | None = None) -> Callable:
+  """``inputs(batch, teacher_leaves) -> (images, targets)``, called by the train step: the
+  one place a sample's targets are assembled, from its labels, its stored rows or the
+  online teacher, for ``make_loss``. ``device_augment``: the input pipeline's (it mixes
+  the labels with the images; FPD reads no labels, so none are made). ``teacher``:
+  ``Student.teacher``, for an online teacher.
 
-  ``mode``: 'dense', the official FPD rebuild (``targets.dense_targets``), for soft-target
-  cross-entropy; 'soft', DeiT's soft distillation at temperature ``tau``
-  (``targets.tempered_targets``); 'hard', DeiT's hard distillation: the one-hot of the
-  stored top-1 class.
+  ``targets``: ``labels`` (B, C), smoothed and mixed, unless FPD; FPD's ``teacher`` (B, C),
+  the dense distribution (the stored top-k rebuilt, ``targets.dense_targets``, or the
+  online teacher's softmax); DeiT's ``teacher_values`` and ``teacher_indices`` (stored) or
+  ``teacher_logits`` (online).
   """
-  values, indices = batch['teacher_values'], batch['teacher_indices']
-  if mode == 'dense':
-    return targets.dense_targets(values, indices, num_classes)
-  if mode == 'soft':
-    return targets.tempered_targets(values, indices, num_classes, tau)
-  if mode == 'hard':
-    return jax.nn.one_hot(jnp.asarray(indices[..., 0], jnp.int32), num_classes, dtype=jnp.float32)
-  raise ValueError(f'student_targets mode={mode!r}; expected one of {MODES}.')
+  kind, from_store, num_classes = config.distill.kind, config.distill.from_store, config.num_classes
 
+  def inputs(batch, teacher_leaves):
+    images, labels = device_augment(batch, labels=kind != 'fpd')
+    found = {} if kind == 'fpd' else dict(labels=labels)
+    if kind == 'none':
+      return images, found
+    if from_store:
+      values, indices = batch['teacher_values'], batch['teacher_indices']
+      if kind == 'fpd':
+        return images, dict(teacher=targets.dense_targets(values, indices, num_classes))
+      return images, dict(found, teacher_values=values, teacher_indices=indices)
+    logits = jax.lax.stop_gradient(teacher(teacher_leaves, images))
+    if kind == 'fpd':
+      return images, dict(teacher=jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+    return images, dict(found, teacher_logits=logits)
 
-def teacher_targets(batch: dict, num_classes: int):
-  """The teacher's distribution for each image of the batch, dense (B, C) float32: the
-  online teacher's softmax, or the stored top-k rebuilt (``targets.dense_targets``)."""
-  if 'teacher_logits' in batch:
-    return jax.nn.softmax(jnp.asarray(batch['teacher_logits'], jnp.float32), axis=-1)
-  return student_targets(batch, num_classes, mode='dense')
+  return inputs
 
 
 def make_loss(config) -> Callable:
-  """``loss(outputs, batch) -> mean loss`` for the config's distillation kind."""
-  kind, num_classes = config.distill.kind, config.num_classes
-  alpha, tau = config.distill.alpha, config.distill.tau
+  """``loss(outputs, targets) -> mean loss`` for the config's distillation kind, on
+  ``make_inputs``' targets."""
+  kind, alpha, tau = config.distill.kind, config.distill.alpha, config.distill.tau
 
-  def heads_mean(outputs, targets):
+  def heads_mean(outputs, dense):
     heads = outputs if isinstance(outputs, tuple) else (outputs,)
-    return sum(losses.soft_target_cross_entropy(h, targets) for h in heads) / len(heads)
+    return sum(losses.soft_target_cross_entropy(h, dense) for h in heads) / len(heads)
 
   if kind == 'none':
-    return lambda outputs, batch: losses.soft_target_cross_entropy(
-        outputs[0] if isinstance(outputs, tuple) else outputs, batch['targets'])
+    return lambda outputs, targets: losses.soft_target_cross_entropy(
+        outputs[0] if isinstance(outputs, tuple) else outputs, targets['labels'])
   if kind == 'fpd':
-    return lambda outputs, batch: heads_mean(outputs, teacher_targets(batch, num_classes))
+    return lambda outputs, targets: heads_mean(outputs, targets['teacher'])
   if config.distill.from_store:
-    return lambda outputs, batch: losses.deit_loss_from_topk(outputs, batch['targets'], batch[
-        'teacher_values'], batch['teacher_indices'], kind=kind, alpha=alpha, tau=tau)
-  return lambda outputs, batch: losses.deit_loss(outputs, batch['targets'], batch['teacher_logits'],
-                                                 kind=kind, alpha=alpha, tau=tau)
+    return lambda outputs, targets: losses.deit_loss_from_topk(outputs, targets['labels'], targets[
+        'teacher_values'], targets['teacher_indices'], kind=kind, alpha=alpha, tau=tau)
+  return lambda outputs, targets: losses.deit_loss(outputs, targets['labels'], targets[
+      'teacher_logits'], kind=kind, alpha=alpha, tau=tau)
 
 
 class Student(NamedTuple):
@@ -138,7 +143,7 @@ class Student(NamedTuple):
   host_hook: Callable | None  # joins stored rows to each host batch
   teacher: Callable | None  # online: (teacher_leaves, images) -> logits, in the step
   teacher_leaves: list | None
-  loss: Callable  # (outputs, batch) -> mean loss
+  loss: Callable  # (outputs, targets) -> mean loss
 
 
 def make(config, source, workdir: str, mesh) -> Student:

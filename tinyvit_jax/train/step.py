@@ -26,7 +26,7 @@ from tinyvit_jax.distill import targets
 from tinyvit_jax.models import layers
 from tinyvit_jax.train import optim
 
-# Outputs a loss reads: a model's logits, or a distilled DeiT's (cls, dist) pair.
+# (outputs, targets) -> loss; outputs: a model's logits, or a distilled DeiT's (cls, dist).
 LossFn = Callable[[Any, dict], jax.Array]
 
 
@@ -75,26 +75,22 @@ def set_frozen_batchnorm(model: nnx.Module) -> None:
 
 
 def make_train_step(state: TrainState, tx: optax.GradientTransformation, mesh, *, inputs: Callable,
-                    loss_fn: LossFn, ema_decay: float = 0.0,
-                    teacher: Callable | None = None) -> Callable:
+                    loss_fn: LossFn, ema_decay: float = 0.0) -> Callable:
   """``step(leaves, batch, teacher_leaves) -> (leaves, metrics)``, jitted, state donated.
 
-  ``inputs(batch) -> (images, batch)`` makes the step's images and puts whatever the loss
-  needs into the batch (targets, stored teacher rows). ``teacher(teacher_leaves, images)``
-  adds online teacher logits as ``batch['teacher_logits']``. ``loss_fn(outputs, batch)``
-  is the mean loss.
+  ``inputs(batch, teacher_leaves) -> (images, targets)``: the step's images and what the
+  loss compares the outputs with (``distill.student.make_inputs``; an online teacher runs
+  there, on ``teacher_leaves``). ``loss_fn(outputs, targets)`` is the mean loss.
   """
   graphdef = state.graphdef
 
   def step(leaves, batch, teacher_leaves):
     tree = jax.tree.unflatten(state.treedef, leaves)
-    images, batch = inputs(batch)
-    if teacher is not None:
-      batch = dict(batch, teacher_logits=jax.lax.stop_gradient(teacher(teacher_leaves, images)))
+    images, targets = inputs(batch, teacher_leaves)
 
     def loss_of(params):
       model = nnx.merge(graphdef, params, tree['rest'], copy=True)
-      loss = loss_fn(model(images), batch)
+      loss = loss_fn(model(images), targets)
       _, _, rest = nnx.split(model, nnx.Param, ...)
       return loss, rest
 

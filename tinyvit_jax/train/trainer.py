@@ -75,17 +75,6 @@ def build_model(config) -> nnx.Module:
   return model
 
 
-def train_inputs(device_augment):
-  """The train step's ``inputs``: the device augmentation's images, and its targets in
-  the batch."""
-
-  def inputs(batch):
-    images, targets = device_augment(batch)
-    return images, dict(batch, targets=targets)
-
-  return inputs
-
-
 def make_optimizer(config, params, steps_per_epoch: int):
   """AdamW per config; with gradient accumulation the schedule counts updates, each of
   ``grad_accum_steps`` batches."""
@@ -184,10 +173,10 @@ class Run:
         label_smoothing=config.label_smoothing, start_step=self.step,
         num_steps=self.total_steps - self.step, num_workers=config.data.num_workers,
         host_hook=distill.host_hook, repeats=order.repeats_of(config.data), views=distill.views)
-    train_step = step_lib.make_train_step(self.state, self.tx, self.mesh,
-                                          inputs=train_inputs(data.device_augment),
-                                          loss_fn=distill.loss, ema_decay=config.optim.ema_decay,
-                                          teacher=distill.teacher)
+    train_step = step_lib.make_train_step(
+        self.state, self.tx, self.mesh, inputs=student.make_inputs(config, data.device_augment,
+                                                                   distill.teacher),
+        loss_fn=distill.loss, ema_decay=config.optim.ema_decay)
     examples = _ExampleLog(workdir, self.step) if config.record_examples else None
     stop = _StopRequest()
     pending, started, first = [], time.time(), self.step

@@ -14,7 +14,7 @@ Where each op runs, and why:
 
 Keys: everything about view ``r`` of example ``i`` in epoch ``e`` comes from
 ``keys.sample_key(seed, e, i, r)`` (``r`` is 0 without repeated augmentation), whose data
-the loader gives the host transform and the host passes on as ``batch['key']``. The host
+the loader gives the host transform and puts in the batch as ``batch['key']``. The host
 draws crop and flip from it (see ``host_crop``); every other per-image draw comes from
 ``draws.sample_draws``, wherever the op runs. Pair ``j`` (positions 2j and 2j+1) mixes with
 the pair key of position 2j. Each image is thus a pure function of (seed, e, i, r), and
@@ -68,9 +68,10 @@ class Augment(NamedTuple):
   """``host``: the loader transform, ``(record, key_data) -> dict of numpy arrays``.
 
   ``device``: for training ``(images uint8 (B, H, W, 3), key_data uint32 (B, 2), targets
-  (B, classes)) -> (images float32, targets)`` (with ``augment_on='host'`` the images come
-  augmented, as ``host_mode.pack``'s float16); for evaluation ``images -> images``.
-  Pure and jittable; targets are dense rows (``mix.smooth_one_hot`` for labels).
+  (B, classes) or None) -> (images float32, targets mixed as their images, or None)``
+  (with ``augment_on='host'`` the images come augmented, as ``host_mode.pack``'s float16);
+  for evaluation ``images -> images``. Pure and jittable; targets are dense rows
+  (``mix.smooth_one_hot`` for labels).
 
   ``mixes``: whether ``device`` mixes pairs (Mixup/CutMix), which needs an even
   per-device batch.

@@ -86,7 +86,8 @@ def check_even(batch: int):
 
 def mix_pairs(images, targets, pair_keys, **draw_kwargs):
   """Mixes images (B, H, W, C) and targets (B, num_classes) pair by pair, pair ``j``
-  being rows 2j and 2j+1 with key ``pair_keys[j]``. Returns (images, targets).
+  being rows 2j and 2j+1 with key ``pair_keys[j]``. Returns (images, targets); targets
+  None: the images alone, and None.
 
   ``draw_kwargs``: ``draw_pair``'s mixup_alpha, cutmix_alpha, switch_prob, prob.
   """
@@ -94,7 +95,8 @@ def mix_pairs(images, targets, pair_keys, **draw_kwargs):
   check_even(batch)
   lam, box, use_cutmix = jax.vmap(lambda key: draw_pair(key, height, width, **draw_kwargs))(
       pair_keys)
-  first, second, first_t, second_t = jax.vmap(mix_pair)(images[0::2], images[1::2], targets[0::2],
-                                                        targets[1::2], lam, box, use_cutmix)
+  rows = jnp.zeros((batch, 0), images.dtype) if targets is None else targets
+  first, second, first_t, second_t = jax.vmap(mix_pair)(images[0::2], images[1::2], rows[0::2],
+                                                        rows[1::2], lam, box, use_cutmix)
   interleave = lambda a, b: jnp.stack([a, b], axis=1).reshape((batch,) + a.shape[1:])
-  return interleave(first, second), interleave(first_t, second_t)
+  return interleave(first, second), None if targets is None else interleave(first_t, second_t)
