@@ -38,8 +38,12 @@ from tinyvit_jax import errors
 from tinyvit_jax import fault_broadcast
 from tinyvit_jax import plan
 from tinyvit_jax import writes
-from tinyvit_jax.distill import save_stage
+from tinyvit_jax.data import order
+from tinyvit_jax.data import sources
+from tinyvit_jax.distill import save_pass
 from tinyvit_jax.distill import store
+from tinyvit_jax.distill import verify
+from tinyvit_jax.distill.teachers import factory
 from tinyvit_jax.distill.teachers import torch_teacher
 from tinyvit_jax.train import config as config_lib
 from tinyvit_jax.train import metrics
@@ -133,6 +137,32 @@ def run_stages(config, workdir: str, mode: str | None, *, redo=(),
     return _run_stages(config, workdir, mode, redo, recipe_workdir or workdir)
 
 
+def _save_logits(config, workdir: str) -> dict:
+  """The FPD save stage: the run's teacher over every epoch of its augmented images (a
+  bounded store: its ``distill.views_per_example`` first epochs) into its store, then
+  checked against the teacher (``verify``) when the config asks. Returns where, and
+  verify's figures."""
+  teacher = factory.make_teacher(config.distill, config.aug, config.num_classes)
+  path = store.location(config.distill, workdir)
+  source = sources.from_config(config.data, 'train')
+  views = config.distill.views_per_example
+  epochs = views or config.epochs  # a bounded store's views are its first epochs
+  save_pass.save_logits(teacher, source, dataset_name=config.data.name or config.data.source,
+                        aug_config=config.aug, seed=config.seed, epochs=epochs, k=config.distill.k,
+                        store_path=path, global_batch=config.batch_size,
+                        num_workers=config.data.num_workers, repeats=order.repeats_of(config.data),
+                        views=views)
+  result = dict(store=path, epochs=epochs)
+  if config.distill.verify_rows:
+    result.update(
+        verify.verify(path, teacher, source, sample=config.distill.verify_rows, seed=config.seed,
+                      min_top1_agreement=config.distill.verify_min_top1,
+                      max_mean_abs_diff=config.distill.verify_max_mean_abs_diff))
+  del teacher
+  torch_teacher.release_gpu_memory()
+  return result
+
+
 def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: str) -> dict:
   record_path = os.path.join(workdir, stage_records.FILE)
   done = (stage_records.set_aside(config, workdir, redo) if redo else stage_records.read(workdir))
@@ -148,7 +178,7 @@ def _run_stages(config, workdir: str, mode: str | None, redo, recipe_workdir: st
       outside = os.path.commonpath([os.path.abspath(path),
                                     os.path.abspath(workdir)]) != (os.path.abspath(workdir))
       with workdir_lock.hold(path, 'logit store') if outside else contextlib.nullcontext():
-        result = save_stage.run(config, workdir)
+        result = _save_logits(config, workdir)
     else:
       run = run or trainer.Run(config, workdir)
       if stage == 'train':
