@@ -1,7 +1,7 @@
 """DeiT's distillation table (its Table 3) at toy scale: a convnet teacher, DeiT students.
 
   python benchmarks/deit_distill.py --workdir /tmp/deit_distill [--seeds 0,1,2]
-      [--teacher_epochs 15] [--student_epochs 20]
+      [--teacher_epochs 15] [--student_epochs 20] [--settings none,soft,hard_cls,hard_dist]
 
 On the embedded digits at 32 px, with the quickstart's data and augmentation
 (``configs/quickstart.digits_run``: RandAugment m6, erasing, no Mixup), one run trains:
@@ -47,13 +47,15 @@ STUDENTS = {
 }
 
 
-def recipe(seeds, teacher_epochs: int, student_epochs: int) -> ml_collections.ConfigDict:
+def recipe(seeds, teacher_epochs: int, student_epochs: int,
+           settings=tuple(STUDENTS)) -> ml_collections.ConfigDict:
   digits_run = config_lib.load_recipe(QUICKSTART).digits_run
   teacher = digits_run(TEACHER['kwargs'], runlocal=False, epochs=teacher_epochs)
   teacher.model.name = TEACHER['name']
   runs = dict(teacher=teacher)
   for seed in seeds:
-    for setting, (model, kind) in STUDENTS.items():
+    for setting in settings:
+      model, kind = STUDENTS[setting]
       run = digits_run(STUDENT_KWARGS, runlocal=False, epochs=student_epochs)
       run.model.name = model
       run.seed = seed
@@ -116,16 +118,22 @@ def main():
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--teacher_epochs', type=int, default=15)
   parser.add_argument('--student_epochs', type=int, default=20)
+  parser.add_argument('--settings', default=','.join(STUDENTS),
+                      help='comma-separated students to train, of ' + ', '.join(STUDENTS))
   parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'out',
                                                     'deit_distill.json'))
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()
   compile_cache.enable()
   seeds = [int(s) for s in args.seeds.split(',')]
-  config = recipe(seeds, args.teacher_epochs, args.student_epochs)
+  settings = args.settings.split(',')
+  unknown = sorted(set(settings) - set(STUDENTS))
+  if unknown:
+    parser.error(f'unknown --settings {unknown}; known: {list(STUDENTS)}')
+  config = recipe(seeds, args.teacher_epochs, args.student_epochs, settings)
   summary = {row['run']: row for row in main_lib.run_recipe(config, args.workdir)}
   rows, agreement = {}, {}
-  for setting in STUDENTS:
+  for setting in settings:
     for seed in seeds:
       name = f'{setting}_seed{seed}'
       if setting != 'hard_dist':
