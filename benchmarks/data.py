@@ -199,7 +199,8 @@ def breakdown(args, folder) -> dict:
       pil_ops.random_erase(host_mode.pack(pixels), drawn['erase'])
 
   examples = [host(r, k) for r, k in zip(records[:args.batch], key_data)]
-  batch = {name: np.stack([example[name] for example in examples]) for name in ('image', 'key')}
+  batch = dict(image=np.stack([example['image'] for example in examples]),
+               key=key_data[:args.batch])
   device = jax.jit(pipeline.device)
   targets = mix.smooth_one_hot(np.arange(args.batch) % CLASSES, CLASSES, 0.1)
   run_device = lambda: jax.block_until_ready(
