@@ -131,6 +131,19 @@ def test_a_stage_too_large_for_the_chip_stops_the_plan_with_its_knobs(tmp_path):
   assert 'does not fit' in result.stdout
 
 
+def test_both_ways_the_tpu_compiler_refuses_a_program_for_memory_read_as_does_not_fit():
+  """Each message as libtpu printed it here (fpd_21k:variant=5m on v5litepod-8: the save
+  pass at 512 a chip, the train step at 512 a chip); any other error is not a fit."""
+  temporaries = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for '
+                 'HLO temporaries (20.53G) exceeds available HBM (15.75G).')
+  assert plan.memory_refusal(temporaries, 0.25) == dict(temp_gib=20.53, total_gib=20.78)
+  whole = ('RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran '
+           'out of memory in memory space hbm. Used 15.79G of 15.75G hbm. Exceeded hbm capacity '
+           'by 43.41M.')
+  assert plan.memory_refusal(whole, 0.25) == dict(total_gib=15.79, capacity_gib=15.75)
+  assert plan.memory_refusal('INVALID_ARGUMENT: a shape does not divide', 0.25) is None
+
+
 def test_an_unknown_accelerator_is_refused_in_one_line_naming_the_known_ones():
   with pytest.raises(chips.UnknownAccelerator) as error:
     plan.plan_recipe({}, '/nowhere', 'v5litepod-3')

@@ -120,6 +120,20 @@ def plan_recipe(runs: dict, workdir: str, accelerator: str, *, mode: str | None 
   return rows
 
 
+def memory_refusal(message: str, arguments_gib: float) -> dict | None:
+  """What a TPU compiler error says of a program refused for HBM (GiB per chip), or None
+  for any other error. XLA:TPU words it two ways: the temporaries alone (to which the
+  arguments add), or the whole use against the HBM it may use, which is less than the
+  chip's (15.75 of a v5e's 16 GiB)."""
+  temporaries = re.search(r'memory required for HLO temporaries \(([\d.]+)G\)', message)
+  if temporaries:
+    return dict(temp_gib=float(temporaries[1]), total_gib=float(temporaries[1]) + arguments_gib)
+  used = re.search(r'Used ([\d.]+)G of ([\d.]+)G hbm', message)
+  if used:
+    return dict(total_gib=float(used[1]), capacity_gib=float(used[2]))
+  return None
+
+
 def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
   """Compiles ``stage`` for ``slice_`` and reads its figures."""
   per_chip = stage.batch // stage.devices
@@ -133,13 +147,11 @@ def plan_stage(stage: Stage, slice_: chips.Target) -> dict:
   except Exception as error:  # any compiler error is this stage's result, in one line
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
     row['compile_seconds'] = time.time() - started
-    # The TPU compiler refuses a program whose temporaries exceed the chip's memory.
-    temporaries = re.search(r'memory required for HLO temporaries \(([\d.]+)G\)', first)
-    if temporaries:
-      total = float(temporaries[1]) * GiB + weights + inputs
+    refused = memory_refusal(first, (weights + inputs) / GiB)
+    if refused:
+      row.update(refused)
       return dict(row, status='does not fit', error=first[:300], knobs=stage.knobs,
-                  temp_gib=float(temporaries[1]), total_gib=total / GiB,
-                  headroom_gib=(slice_.hbm_bytes - total) / GiB)
+                  headroom_gib=row['capacity_gib'] - row['total_gib'])
     return dict(row, status='does not compile', error=first[:300])
   row['compile_seconds'] = time.time() - started
   memory = compiled.memory_analysis()
