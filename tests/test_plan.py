@@ -144,6 +144,20 @@ def test_both_ways_the_tpu_compiler_refuses_a_program_for_memory_read_as_does_no
   assert plan.memory_refusal('INVALID_ARGUMENT: a shape does not divide', 0.25) is None
 
 
+def test_the_batch_found_to_fit_is_in_the_line_and_the_table():
+  row = dict(run='student', stage='train', accelerator='v5litepod-8', status='does not fit',
+             batch_per_chip=512, total_gib=15.79, capacity_gib=15.75, knobs='a smaller batch',
+             largest_batch_per_chip=480)
+  assert plan.problems([row]) == [
+      'run student, stage train on v5litepod-8: needs 15.79 GiB per chip of 15.75 GiB (480 '
+      'images a chip fit); try a smaller batch'
+  ]
+  header, _, line = plan.table([row]).splitlines()
+  assert 'fits at B/chip' in header and line.split()[5:7] == ['512', '480']
+  del row['largest_batch_per_chip']  # no search: no column
+  assert 'fits at' not in plan.table([row])
+
+
 def test_an_unknown_accelerator_is_refused_in_one_line_naming_the_known_ones():
   with pytest.raises(chips.UnknownAccelerator) as error:
     plan.plan_recipe({}, '/nowhere', 'v5litepod-3')

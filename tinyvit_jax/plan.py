@@ -396,8 +396,10 @@ def problems(rows: list[dict]) -> list[str]:
   for row in rows:
     where = f'run {row["run"]}, stage {row["stage"]} on {row["accelerator"]}'
     if row.get('status') == 'does not fit':
+      found = row.get('largest_batch_per_chip')
+      fit = f' ({found} images a chip fit)' if found else ''
       lines.append(f'{where}: needs {row["total_gib"]:.2f} GiB per chip of '
-                   f'{row["capacity_gib"]:.2f} GiB; try {row["knobs"]}')
+                   f'{row["capacity_gib"]:.2f} GiB{fit}; try {row["knobs"]}')
     elif row.get('status') == 'does not compile':
       lines.append(f'{where} does not compile: {row["error"]}')
   return lines
@@ -415,9 +417,13 @@ TABLE = (('run', 'run'), ('stage', 'stage'), ('status', 'status'), ('batch_per_c
 
 
 def table(rows: list[dict]) -> str:
-  """The rows as text: the figures per chip; 'modelled' ones come from the roofline."""
-  shown = [{title: _round(row.get(key)) for key, title in TABLE} for row in rows]
-  return metrics.summary_table(shown, [title for _, title in TABLE])
+  """The rows as text: the figures per chip; 'modelled' ones come from the roofline; with
+  ``--plan_fit_batch``, the largest batch per chip found to fit."""
+  columns = TABLE
+  if any('largest_batch_per_chip' in row for row in rows):
+    columns = TABLE[:4] + (('largest_batch_per_chip', 'fits at B/chip'),) + TABLE[4:]
+  shown = [{title: _round(row.get(key)) for key, title in columns} for row in rows]
+  return metrics.summary_table(shown, [title for _, title in columns])
 
 
 def _round(value):
