@@ -97,6 +97,9 @@ def markdown(paths) -> str:
     r = rows[name]
     fmt = lambda key, spec: format(r[key], spec) if r.get(key) is not None else '-'
     speed = days = '-'
+    status = r.get('status')
+    if r.get('largest_batch_per_chip'):  # --plan_fit_batch's find
+      status = f'{status} ({r["largest_batch_per_chip"]} fits)'
     if r.get('step_seconds'):
       batch = r['images_per_second'] * r['step_seconds']  # over the slice
       compute = (r['xla_gflop_per_image'] * 1e9 * r['batch_per_chip']
@@ -107,8 +110,8 @@ def markdown(paths) -> str:
         days = f'{days:.1f} ({days * compute / r["step_seconds"]:.2f})'
     lines.append(
         f'| {r.get("recipe", name)} | {r.get("stage", "-")} | {r.get("accelerator", "-")} | '
-        f'{r.get("batch_per_chip", "-")} | {r.get("status")} | '
-        f'{fmt("total_gib", ".1f")} ({fmt("capacity_gib", ".0f")}) | '
+        f'{r.get("batch_per_chip", "-")} | {status} | '
+        f'{fmt("total_gib", ".1f")} ({fmt("capacity_gib", "g")}) | '
         f'{fmt("xla_gflop_per_image", ".2f")} ({fmt("model_gflop_per_image", ".2f")}) | '
         f'{speed} | {fmt("mfu", ".3f")} | {days} | '
         f'{fmt("host_cores_needed", ".1f")} | {fmt("compile_seconds", ".0f")} |')
