@@ -7,10 +7,9 @@ train step's images and targets. Per ``distill.kind`` and ``distill.from_store``
 - ``'none'``: labels, smoothed and mixed by the device augmentation; a distilled DeiT
   trains its class head only, as the official code does.
 - ``'fpd'``: soft-target cross-entropy against the teacher's distribution on the very
-  image the student sees, no labels. From a store (FPD proper): the
-  stored top-k row rebuilt dense; the teacher saw the mixed image, so the row is already
-  the mixed image's target. Online: the teacher's full softmax at every step, the loss
-  FPD approximates.
+  image the student sees, no labels. From a store (FPD proper): the stored top-k row
+  rebuilt dense; the teacher saw the mixed image, so the row is already the mixed image's
+  target. Online: the teacher's full softmax at every step, the loss FPD approximates.
 - ``'soft'`` / ``'hard'``: DeiT distillation (``losses``): the cls head learns from the
   labels, the distillation head from the teacher, online or from the store.
 
@@ -100,18 +99,18 @@ def make_inputs(config, device_augment: Callable, teacher: Callable | None = Non
 
   def inputs(batch, teacher_leaves):
     images, labels = device_augment(batch, labels=kind != 'fpd')
-    found = {} if kind == 'fpd' else dict(labels=labels)
+    wanted = {} if kind == 'fpd' else dict(labels=labels)
     if kind == 'none':
-      return images, found
+      return images, wanted
     if from_store:
       values, indices = batch['teacher_values'], batch['teacher_indices']
       if kind == 'fpd':
         return images, dict(teacher=targets.dense_targets(values, indices, num_classes))
-      return images, dict(found, teacher_values=values, teacher_indices=indices)
+      return images, dict(wanted, teacher_values=values, teacher_indices=indices)
     logits = jax.lax.stop_gradient(teacher(teacher_leaves, images))
     if kind == 'fpd':
       return images, dict(teacher=jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
-    return images, dict(found, teacher_logits=logits)
+    return images, dict(wanted, teacher_logits=logits)
 
   return inputs
 
