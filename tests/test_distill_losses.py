@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import official_targets
@@ -77,6 +77,9 @@ def _topk_rows(teacher, k):
 
 @settings(max_examples=40, deadline=None)
 @given(_cases, st.sampled_from([1, 5, 39]))
+@example(
+    dict(batch=3, classes=7, seed=31, kind='soft', alpha=1.0, tau=3.0, smoothing=0.0,
+         two_heads=False), 5)
 def test_stored_topk_loss_matches_the_official_formula_on_the_rebuilt_teacher(case, k):
   """The official loss with the teacher's tempered probabilities q rebuilt from the top-k
   by the official formula in float64 numpy (``tau * log q`` as its logits, so that
@@ -94,7 +97,10 @@ def test_stored_topk_loss_matches_the_official_formula_on_the_rebuilt_teacher(ca
   assert np.all(np.argmax(rebuilt, axis=-1) == indices[:, 0])
   tc, td, tl, tt = _torch(cls_out, dist_out, labels, rebuilt)
   theirs = official_deit_loss((tc, td), tl, tt, case['kind'], case['alpha'], case['tau'])
-  np.testing.assert_allclose(float(ours), theirs.item(), rtol=1e-5, atol=1e-5)
+  # Soft distillation scales the KL, a difference of near-equal float32 sums, by tau^2:
+  # its rounding too (6e-5 at tau 3 was seen). A wrong tau or rebuild is off by percents.
+  scale = max(1.0, case['tau']**2) if case['kind'] == 'soft' else 1.0
+  np.testing.assert_allclose(float(ours), theirs.item(), rtol=1e-5, atol=1e-5 * scale)
 
 
 @settings(max_examples=30, deadline=None)
