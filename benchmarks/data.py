@@ -207,13 +207,11 @@ def breakdown(args, folder) -> dict:
       device(jnp.asarray(batch['image']), batch['key'], targets))
   run_device()
   accelerator = augment.make_train_augment(image_size=args.size, augment_on='device')
-  accelerator_batch = {
-      name: np.stack([accelerator.host(r, k)[name] for r, k in zip(records[:args.batch], key_data)])
-      for name in ('image',)
-  }
+  accelerator_images = np.stack(
+      [accelerator.host(r, k)['image'] for r, k in zip(records[:args.batch], key_data)])
   accelerator_device = jax.jit(accelerator.device)
   run_accelerator_half = lambda: jax.block_until_ready(
-      accelerator_device(jnp.asarray(accelerator_batch['image']), batch['key'], targets))
+      accelerator_device(jnp.asarray(accelerator_images), batch['key'], targets))
   run_accelerator_half()
   ours = collections.OrderedDict([
       ('decode',
