@@ -14,6 +14,9 @@ Without an exact analogue: posterize to 0 bits (PosterizeIncreasing at magnitude
 Posterize below 2.5; Pillow 13 raises, earlier Pillow gave black, as we do) and colour
 jitter's random op order (torchvision draws it with torch's generator; each of its
 three ops is checked here instead).
+
+The RandAugment ops are checked in both formulations: the gathers a CPU or GPU runs, and
+the compares and one-hot matmuls a TPU runs (``augment.gather_free``).
 """
 import functools
 from unittest import mock
@@ -23,11 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 from timm.data import auto_augment, transforms, transforms_factory
 from torchvision.transforms import functional as tv
 
 from tinyvit_jax import normalisation
+from tinyvit_jax import target
 from tinyvit_jax.data.augment import draws
 from tinyvit_jax.data.augment import host_crop
 from tinyvit_jax.data.augment import jax_ops
@@ -51,23 +56,43 @@ def _lsb_difference(ours, reference):
   return difference.mean(), difference.max()
 
 
+def _compiled_for(platform: str, fn):
+  """``fn`` jitted, traced as for ``platform``: the formulations that platform runs."""
+  jitted = jax.jit(fn)
+
+  def call(*args):
+    with target.compiling_for(target.Target(platform)):
+      return jitted(*args)
+
+  return call
+
+
+def _apply_op(image, op, magnitude, negate, ops):
+  h, w, _ = image.shape
+  arguments = draws.op_arguments(op, magnitude, negate, ops, h, w)
+  return jax_ops.apply_arguments(image, op, arguments, ops, FILL)
+
+
 @pytest.fixture(scope='module')
 def apply_ops():
-  """Each op set's ops at a magnitude, jitted (compiled once): ``draws.op_arguments``
-  applied by ``jax_ops.apply_arguments``."""
-
-  def apply_op(image, op, magnitude, negate, ops):
-    h, w, _ = image.shape
-    arguments = draws.op_arguments(op, magnitude, negate, ops, h, w)
-    return jax_ops.apply_arguments(image, op, arguments, ops, FILL)
-
+  """Each op set's ops at a magnitude, jitted (compiled once) for each formulation:
+  ``draws.op_arguments`` applied by ``jax_ops.apply_arguments``."""
   return {
-      ops: jax.jit(functools.partial(apply_op, ops=ops)) for ops in (draws.INCREASING_OPS, draws.OPS)
+      (ops, platform): _compiled_for(platform, functools.partial(_apply_op, ops=ops))
+      for ops in (draws.INCREASING_OPS, draws.OPS) for platform in ('cpu', 'tpu')
   }
 
 
+def _timm_op(image, name, magnitude, negate):
+  op = auto_augment.AugmentOp(name, prob=1.0, magnitude=magnitude, hparams=HPARAMS)
+  # timm negates when random.random() > 0.5.
+  with mock.patch.object(auto_augment.random, 'random', return_value=0.9 if negate else 0.1):
+    return np.asarray(op(Image.fromarray(image)))
+
+
+@pytest.mark.parametrize('platform', ['cpu', 'tpu'])
 @pytest.mark.parametrize('ops', [draws.INCREASING_OPS, draws.OPS], ids=['inc1', 'inc0'])
-def test_every_rand_augment_op_matches_timm(apply_ops, ops):
+def test_every_rand_augment_op_matches_timm(apply_ops, ops, platform):
   exact = {
       'Equalize', 'Invert', 'PosterizeIncreasing', 'Posterize', 'SolarizeIncreasing', 'Solarize',
       'SolarizeAdd'
@@ -79,12 +104,8 @@ def test_every_rand_augment_op_matches_timm(apply_ops, ops):
                                                                                 HPARAMS)[0]:
           continue  # 0 bits: Pillow 13 raises (see the module doc)
         for negate in (False, True):
-          op = auto_augment.AugmentOp(name, prob=1.0, magnitude=magnitude, hparams=HPARAMS)
-          # timm negates when random.random() > 0.5.
-          with mock.patch.object(auto_augment.random, 'random',
-                                 return_value=0.9 if negate else 0.1):
-            reference = np.asarray(op(Image.fromarray(image)))
-          ours = apply_ops[ops](image, index, magnitude, negate)
+          reference = _timm_op(image, name, magnitude, negate)
+          ours = apply_ops[ops, platform](image, index, magnitude, negate)
           mean, worst = _lsb_difference(ours, reference)
           tolerance = ((0, 0) if name in exact else (0.03, 1) if name == 'AutoContrast' else
                        (0.01, 1))
@@ -92,9 +113,26 @@ def test_every_rand_augment_op_matches_timm(apply_ops, ops):
                                                                   worst)
 
 
+@settings(max_examples=8, deadline=None)
+@given(height=st.integers(3, 41), width=st.integers(3, 41),
+       name=st.sampled_from(['Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel']),
+       magnitude=st.floats(0, 10), negate=st.booleans(), seed=st.integers(0, 2**16))
+def test_the_tpus_warps_match_timm_at_any_size(height, width, name, magnitude, negate, seed):
+  """The TPU's warp reads the image a block of output pixels at a time, the last blocks
+  overhanging an image of any size; each pixel within a level of PIL's, as the gathers."""
+  image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+  ours = _compiled_for('tpu', functools.partial(_apply_op, ops=draws.OPS))(image,
+                                                                           draws.OPS.index(name),
+                                                                           magnitude, negate)
+  difference = np.abs(np.asarray(ours, np.int32) - _timm_op(image, name, magnitude, negate))
+  assert difference.max() <= 1 and np.count_nonzero(difference) <= 1 + difference.size // 100
+
+
 def test_no_op_leaves_the_image_bit_identical(apply_ops):
   for image in _test_images():
-    np.testing.assert_array_equal(apply_ops[draws.INCREASING_OPS](image, -1, 9.0, True), image)
+    for platform in ('cpu', 'tpu'):
+      np.testing.assert_array_equal(apply_ops[draws.INCREASING_OPS, platform](image, -1, 9.0, True),
+                                    image)
 
 
 def test_posterize_to_zero_bits_is_black():

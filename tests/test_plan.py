@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -15,6 +16,7 @@ from tinyvit_jax import chips
 from tinyvit_jax import main
 from tinyvit_jax import plan
 from tinyvit_jax import target
+from tinyvit_jax.data import augment
 from tinyvit_jax.models import create_model
 from tinyvit_jax.models import macs
 from tinyvit_jax.train import config as config_lib
@@ -118,6 +120,27 @@ def test_a_tpu_plan_compiles_the_tpu_formulations_and_a_cpu_one_the_cpus(tmp_pat
   assert 'stablehlo.convolution' not in cpu and 'optimization_barrier' in cpu
   assert '[0, 2]' in batch_dims(tpu) and '[0, 1]' not in batch_dims(tpu)  # B, heads of BTNH
   assert batch_dims(cpu) == {'[0, 1]'}  # head-major (B, heads, T, hd)
+
+
+def test_a_tpu_augments_without_pixel_gathers_or_histogram_scatters():
+  """The device RandAugment lowered for a TPU: its warp reads blocks of the image and picks
+  taps by one-hot matmuls, its histograms and tables are compares; for the CPU, each of a
+  warp's 16 taps gathers (1, 1, 3) pixels and each histogram scatters into (3, 256)."""
+  device = augment.make_train_augment(image_size=32, rand_augment='rand-m9-mstd0.5-inc1').device
+  args = (jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.uint8), jax.ShapeDtypeStruct((4, 2),
+                                                                                jnp.uint32), None)
+
+  def lowered(platform):
+    with target.compiling_for(target.Target(platform)):
+      return jax.jit(lambda *a: device(*a)).lower(*args).as_text()  # a fresh trace each
+
+  def scattered_into(text):
+    return set(re.findall(r'"stablehlo.scatter".*?\}\) : \(tensor<([\dx]+)x[a-z]', text, re.S))
+
+  gathered = lambda text: set(re.findall(r'slice_sizes = array<i64: ([\d, ]+)>', text))
+  tpu, cpu = lowered('tpu'), lowered('cpu')
+  assert '1, 1, 3' in gathered(cpu) and '1, 1, 3' not in gathered(tpu)
+  assert '4x3x256' in scattered_into(cpu) and scattered_into(tpu) <= {'4x32x32x3'}
 
 
 def test_a_stage_too_large_for_the_chip_stops_the_plan_with_its_knobs(tmp_path):
