@@ -119,13 +119,14 @@ def test_every_rand_augment_op_matches_timm(apply_ops, ops, platform):
        magnitude=st.floats(0, 10), negate=st.booleans(), seed=st.integers(0, 2**16))
 def test_the_tpus_warps_match_timm_at_any_size(height, width, name, magnitude, negate, seed):
   """The TPU's warp reads the image a block of output pixels at a time, the last blocks
-  overhanging an image of any size; each pixel within a level of PIL's, as the gathers."""
+  overhanging an image of any size: each value within a level of PIL's, as the gathers'
+  (a noise image, so a wrong tap is off by tens of levels)."""
   image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
   ours = _compiled_for('tpu', functools.partial(_apply_op, ops=draws.OPS))(image,
                                                                            draws.OPS.index(name),
                                                                            magnitude, negate)
-  difference = np.abs(np.asarray(ours, np.int32) - _timm_op(image, name, magnitude, negate))
-  assert difference.max() <= 1 and np.count_nonzero(difference) <= 1 + difference.size // 100
+  _, worst = _lsb_difference(ours, _timm_op(image, name, magnitude, negate))
+  assert worst <= 1
 
 
 def test_no_op_leaves_the_image_bit_identical(apply_ops):

@@ -34,42 +34,44 @@ def apply_lut(image, lut):
   return jnp.max(jnp.where(hits, lut, jnp.uint8(0)), axis=-1)
 
 
-def bicubic(image, rows, cols, dx, dy, cubic):
-  """``cubic`` (the 4-tap interpolation) of ``image[rows[..., i], cols[..., j]]`` along x
-  by ``dx``, then y by ``dy``, as float32 ``(h, w, 3)``: the bicubic warp's value before
-  rounding. ``rows``, ``cols``: ``(h, w, 4)`` int32 taps of every output pixel, already
-  clamped to the image; ``dx``, ``dy``: ``(h, w, 1)``."""
+def bicubic(image, x0, y0, dx, dy, cubic):
+  """``cubic`` (PIL's 4-tap interpolation) of the image's 4 x 4 pixels from ``(y0 - 1, x0
+  - 1)``, edge pixels repeated, along x by ``dx``, then y by ``dy``, as float32 ``(h, w,
+  3)``: the bicubic warp's value before rounding. The four are ``(h, w)``, one per output
+  pixel; ``x0``, ``y0`` int32."""
   h, w, _ = image.shape
   span = 2 * TILE
   pad_h, pad_w = -h % TILE, -w % TILE
   blocks_y, blocks_x = (h + pad_h) // TILE, (w + pad_w) // TILE
 
-  def blocked(x):  # (h, w, ...) -> (blocks, pixels, ...), each block TILE x TILE pixels
-    x = jnp.pad(x, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (x.ndim - 2), mode='edge')
-    x = x.reshape(blocks_y, TILE, blocks_x, TILE, *x.shape[2:]).swapaxes(1, 2)
-    return x.reshape(blocks_y * blocks_x, TILE * TILE, *x.shape[4:])
+  def blocked(x):  # (h, w) -> (blocks, pixels), each block TILE x TILE pixels
+    x = jnp.pad(x, ((0, pad_h), (0, pad_w)), mode='edge')
+    return x.reshape(blocks_y, TILE, blocks_x, TILE).swapaxes(1, 2).reshape(-1, TILE * TILE)
 
-  rows, cols = blocked(rows), blocked(cols)  # (blocks, pixels, 4)
+  # Every array below keeps (tap row i, pixel), 4 x 64, as its last axis q: a TPU pads the
+  # last axis to 128 lanes, so 4 taps, 16 columns or 3 channels there would cost 8-40x.
+  x0, y0, dx, dy = blocked(x0), blocked(y0), blocked(dx), blocked(dy)  # (blocks, pixels)
+  blocks = x0.shape[0]
+  offsets = jnp.arange(-1, 3)[:, None]
+  rows = jnp.clip(y0[:, None] + offsets, 0, h - 1).reshape(blocks, 1, -1)  # (b, 1, q)
+  cols = jnp.tile(jnp.clip(x0[:, None] + offsets, 0, w - 1), (1, 1, 4))  # (b, j, q)
   source = jnp.pad(image, ((0, max(span - h, 0)), (0, max(span - w, 0)), (0, 0)))
   top = jnp.clip(rows.min(axis=(1, 2)), 0, source.shape[0] - span)
   left = jnp.clip(cols.min(axis=(1, 2)), 0, source.shape[1] - span)
-  planar = jnp.moveaxis(source, -1, 0)  # (3, h, w): channels off the TPU's 128 lanes
-  square = lambda t, l: jax.lax.dynamic_slice(planar, (0, t, l), (3, span, span))
-  squares = jax.vmap(square)(top, left).transpose(0, 2, 1, 3)  # (blocks, row, 3, col)
-  blocks, pixels = rows.shape[:2]
-
-  def one_hot(taps, start):
-    return ((taps - start[:, None, None])[..., None] == jnp.arange(span)).astype(jnp.bfloat16)
-
-  # Rows by one matmul a block, (pixel, tap) x square row; then columns by a product and
-  # a sum (as a batched matmul of 4 x 16 by 16 x 12, XLA:TPU's cost is 25 times this).
-  hot_rows = one_hot(rows, top).reshape(blocks, pixels * 4, span)
-  picked_rows = jnp.einsum('bqr,brk->bqk', hot_rows, squares.reshape(blocks, span, 3 * span),
+  flat = source.reshape(source.shape[0], -1)  # (h, w x 3): a square's rows are contiguous
+  square = lambda t, l: jax.lax.dynamic_slice(flat, (t, 3 * l), (span, 3 * span))
+  squares = jax.vmap(square)(top, left)  # (blocks, row, (col, channel))
+  spans = jnp.arange(span)[None, :, None]
+  # A tap's row by a matmul a block, square rows x (columns x 3); its 4 columns by a
+  # select and a sum (as a batched matmul of 4 x 16 by 16 x 3, XLA:TPU's cost is 25x).
+  hot_rows = (rows - top[:, None, None] == spans).astype(jnp.bfloat16)  # (b, row, q)
+  picked_rows = jnp.einsum('brq,brk->bkq', hot_rows, squares.astype(jnp.bfloat16),
                            preferred_element_type=jnp.bfloat16)
-  picked_rows = picked_rows.reshape(blocks, pixels, 4, 1, 3, span)
-  hot_cols = one_hot(cols, left)[:, :, None, :, None, :]  # (blocks, pixels, 1, j, 1, col)
-  values = jnp.sum(hot_cols * picked_rows, axis=-1, dtype=jnp.float32)  # (..., i, j, channel)
-  dx, dy = blocked(dx), blocked(dy)
-  value = cubic(*(cubic(*(values[:, :, i, j] for j in range(4)), dx) for i in range(4)), dy)
-  value = value.reshape(blocks_y, blocks_x, TILE, TILE, 3).swapaxes(1, 2)
+  picked_rows = picked_rows.reshape(blocks, span, 3, 1, -1)  # (b, col, channel, 1, q)
+  hot_cols = cols[:, None, None] - left[:, None, None, None, None] == spans[..., None, None]
+  values = jnp.sum(jnp.where(hot_cols, picked_rows, 0), axis=1, dtype=jnp.float32)  # (b, 3, j, q)
+  along_x = cubic(*(values[:, :, j] for j in range(4)), jnp.tile(dx, (1, 4))[:, None])
+  along_x = along_x.reshape(blocks, 3, 4, -1)
+  value = cubic(*(along_x[:, :, i] for i in range(4)), dy[:, None])  # (blocks, 3, pixels)
+  value = value.reshape(blocks_y, blocks_x, 3, TILE, TILE).transpose(0, 3, 1, 4, 2)
   return value.reshape(h + pad_h, w + pad_w, 3)[:h, :w]
