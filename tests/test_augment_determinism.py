@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tinyvit_jax import target
 from tinyvit_jax.data import augment
 from tinyvit_jax.data import keys
 from tinyvit_jax.data.augment import mix
@@ -57,13 +58,17 @@ def test_each_pair_alone_gives_the_batch_bits(train, batch):
     np.testing.assert_array_equal(alone[1], targets[rows])
 
 
-def test_each_image_alone_gives_the_batch_bits_without_mixing(batch):
-  device = jax.jit(
-      augment.make_train_augment(image_size=SIZE, mixup_alpha=0.0, cutmix_alpha=0.0).device)
-  images, _ = device(*batch)
-  for i in range(BATCH):
-    alone, _ = device(*(array[i:i + 1] for array in batch))
-    np.testing.assert_array_equal(alone[0], images[i])
+@pytest.mark.parametrize('platform', ['cpu', 'tpu'])
+def test_each_image_alone_gives_the_batch_bits_without_mixing(batch, platform):
+  """On a TPU the batch goes through in ``augment.TPU_PASSES`` passes (8 images: one a
+  pass) and an image alone in one."""
+  augment_ = augment.make_train_augment(image_size=SIZE, mixup_alpha=0.0, cutmix_alpha=0.0)
+  device = jax.jit(lambda *args: augment_.device(*args))  # traced anew for each platform
+  with target.compiling_for(target.Target(platform)):
+    images, _ = device(*batch)
+    for i in range(BATCH):
+      alone, _ = device(*(array[i:i + 1] for array in batch))
+      np.testing.assert_array_equal(alone[0], images[i])
 
 
 def test_jit_and_eager_agree(train, batch):
