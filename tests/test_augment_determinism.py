@@ -58,17 +58,25 @@ def test_each_pair_alone_gives_the_batch_bits(train, batch):
     np.testing.assert_array_equal(alone[1], targets[rows])
 
 
-@pytest.mark.parametrize('platform', ['cpu', 'tpu'])
-def test_each_image_alone_gives_the_batch_bits_without_mixing(batch, platform):
-  """On a TPU the batch goes through in ``augment.TPU_PASSES`` passes (8 images: one a
-  pass) and an image alone in one."""
-  augment_ = augment.make_train_augment(image_size=SIZE, mixup_alpha=0.0, cutmix_alpha=0.0)
-  device = jax.jit(lambda *args: augment_.device(*args))  # traced anew for each platform
-  with target.compiling_for(target.Target(platform)):
-    images, _ = device(*batch)
-    for i in range(BATCH):
-      alone, _ = device(*(array[i:i + 1] for array in batch))
-      np.testing.assert_array_equal(alone[0], images[i])
+def test_each_image_alone_gives_the_batch_bits_without_mixing(batch):
+  device = jax.jit(
+      augment.make_train_augment(image_size=SIZE, mixup_alpha=0.0, cutmix_alpha=0.0).device)
+  images, _ = device(*batch)
+  for i in range(BATCH):
+    alone, _ = device(*(array[i:i + 1] for array in batch))
+    np.testing.assert_array_equal(alone[0], images[i])
+
+
+def test_a_tpus_passes_give_each_image_its_own_key():
+  """On a TPU the per-image ops go through the batch in ``augment.TPU_PASSES`` passes;
+  each image comes back in its place, made with its own key, as under one vmap."""
+  batch = 3 * augment.TPU_PASSES
+  images = jnp.arange(batch * 4, dtype=jnp.float32).reshape(batch, 2, 2)
+  image_keys = jax.random.split(jax.random.key(0), batch)
+  one_image = lambda image, key: image * jax.random.uniform(key)
+  with target.compiling_for(target.Target('tpu')):
+    passes = jax.jit(lambda *args: augment._each_image(one_image, *args))(images, image_keys)
+  np.testing.assert_array_equal(passes, jax.vmap(one_image)(images, image_keys))
 
 
 def test_jit_and_eager_agree(train, batch):
