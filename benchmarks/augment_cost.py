@@ -33,7 +33,7 @@ def programs(config, size: int):
   return {
       'device augmentation': (lambda i, k: device(i, k, None)[0], (image, ((2,), jnp.uint32))),
       'warp': (jax.vmap(warp), (image, ((6,), jnp.float32))),  # a drawn matrix
-      'histograms': (jax.vmap(uint8_ops._histograms), (image,)),  # pylint: disable=protected-access
+      'histograms': (jax.vmap(uint8_ops._histograms), (image,)),
       'lookup table': (jax.vmap(uint8_ops.apply_lut), (image, ((3, 256), jnp.uint8))),
   }
 
