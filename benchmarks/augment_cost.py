@@ -15,7 +15,6 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # plans need no device: keep libt
 
 import jax  # pylint: disable=wrong-import-position
 import jax.numpy as jnp  # pylint: disable=wrong-import-position
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=wrong-import-position
 
 from tinyvit_jax import chips  # pylint: disable=wrong-import-position
 from tinyvit_jax import target  # pylint: disable=wrong-import-position
@@ -39,7 +38,8 @@ def programs(config, size: int):
 
 
 def cost(fn, shapes, slice_, batch: int, gather_free: bool) -> dict:
-  sharding = NamedSharding(Mesh(chips.devices(slice_)[:1], ('data',)), P())
+  mesh = jax.sharding.Mesh(chips.devices(slice_)[:1], ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   args = [
       jax.ShapeDtypeStruct((batch,) + shape, dtype, sharding=sharding) for shape, dtype in shapes
   ]
