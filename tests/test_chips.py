@@ -125,6 +125,23 @@ def test_a_multi_host_mesh_compiles():
   assert compiled.memory_analysis().argument_size_in_bytes == (4 + 128) * 128 * 2
 
 
+@pytest.mark.parametrize('name', ['v5litepod-16', 'v4-32'])
+def test_a_program_each_host_runs_alone_compiles_for_one_hosts_slice(name):
+  """The save pass runs on each host alone: the plan compiles it for ``one_host``, a slice
+  of one host's chips (libtpu aborts on a subset of the whole slice's devices)."""
+  whole = chips.parse(name)
+  host = chips.one_host(whole)
+  assert (host.hosts, host.chips, host.hbm_bytes,
+          host.peak_flops) == (1, whole.chips_per_host, whole.hbm_bytes, whole.peak_flops)
+  devices = chips.devices(host)
+  assert len(devices) == whole.devices // whole.hosts
+  assert devices[0].device_kind == chips.devices(whole)[0].device_kind
+  mesh = Mesh(np.array(devices), ('data',))
+  x = jax.ShapeDtypeStruct((16, 128), jnp.bfloat16, sharding=NamedSharding(mesh, P('data')))
+  compiled = jax.jit(lambda x: jnp.sum(jnp.tanh(x), axis=0)).lower(x).compile()  # an all-reduce
+  assert 'all-reduce' in compiled.as_text()
+
+
 @pytest.mark.parametrize('name, hbm_gb, bandwidth_tbs', [('h100', 80, 3.35), ('h200', 141, 4.8)])
 def test_gpus(name, hbm_gb, bandwidth_tbs):
   t = chips.parse(name)

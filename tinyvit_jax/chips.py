@@ -178,6 +178,19 @@ def for_devices(device_kind: str, count: int) -> Target | None:
   return None
 
 
+def one_host(target: Target) -> Target:
+  """The slice of one of ``target``'s hosts, for a program each host runs alone (the save
+  pass): libtpu will not compile for a subset of a slice's devices (a fatal check, "device_id
+  4 in replica group (0,1,2,3)"), and a host's chips are a slice of their own shape."""
+  if target.hosts == 1:
+    return target
+  family, shape = target.topology.split(':')
+  per_host = dict(target.topology_args)['chips_per_host_bounds'][:shape.count('x') + 1]
+  return dataclasses.replace(target, topology=f'{family}:' + 'x'.join(map(str, per_host)),
+                             chips=target.chips_per_host, hosts=1,
+                             devices=target.devices // target.hosts)
+
+
 def devices(target: Target) -> list:
   """The slice's abstract devices, all of them, for one process to compile for."""
   return list(_topology(target).devices)

@@ -209,7 +209,7 @@ def _save_stage(config, runs, workdir, devices, slice_) -> Stage:
   """The save pass's step on one host's devices: ``save_pass.save_logits``'s teacher view
   (training's device augmentation, the teacher's softmax) and ``top_k_rows``."""
   distill = config.distill
-  host = [d for d in devices if d.process_index == devices[0].process_index]
+  host = chips.devices(chips.one_host(slice_)) if slice_.hosts > 1 else devices
   mesh = pipeline.data_mesh(host)
   batch = order.process_batch_size(config.batch_size, slice_.hosts)
   meta = _teacher_meta(distill, runs, workdir)
